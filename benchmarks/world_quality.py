@@ -1,0 +1,134 @@
+"""Measure the MiniCanvas world's quality: judged accuracy of MiniSD's images, MiniCLIP zero-shot figures,
+the judges on fresh renders, and CPU time.
+
+    python benchmarks/world_quality.py                 # shipped assets, defaults from GENERATION_DEFAULTS
+    python benchmarks/world_quality.py --json out.json # also write the figures as JSON
+
+Grids (every style x object prompt):
+- "train": ``CANVAS_TEMPLATE`` (a training template), ``--seeds`` seeds per prompt (default 3);
+- "heldout": each held-out template naming both concepts, ``--heldout-seeds`` seeds (default 1).
+An image counts as correct for style (object) if the style (object) judge's argmax is the prompted one.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import time
+
+import numpy as np
+import torch
+
+from hirm.world import (
+    CANVAS_TEMPLATE,
+    GENERATION_DEFAULTS,
+    HELDOUT_TEMPLATES,
+    OBJECTS,
+    STYLES,
+    grid_templates,
+    load_clip,
+    load_judges,
+    load_pipeline,
+    make_prompt,
+)
+from hirm.world.clip import zero_shot_report
+from hirm.world.judges import judge_accuracy
+from hirm.world.rendering import render_grid
+
+
+def generate(pipe, prompts: list[str], seeds: list[int], *, batch: int, device: str) -> torch.Tensor:
+    """Images (N, 3, 32, 32) in [0, 1]; image i uses ``torch.Generator().manual_seed(seeds[i])``."""
+    out = []
+    for i in range(0, len(prompts), batch):
+        gens = [torch.Generator(device).manual_seed(s) for s in seeds[i : i + batch]]
+        res = pipe(prompts[i : i + batch], generator=gens, output_type="pt", **GENERATION_DEFAULTS)
+        out.append(res.images.float().cpu())
+    return torch.cat(out)
+
+
+def judged_grid(pipe, judges, templates: list[str], n_seeds: int, *, batch: int, device: str) -> dict:
+    prompts, seeds, s_lab, o_lab = [], [], [], []
+    for t in templates:
+        for si, s in enumerate(STYLES):
+            for oi, o in enumerate(OBJECTS):
+                for k in range(n_seeds):
+                    prompts.append(make_prompt(t, style=s, object=o))
+                    seeds.append(k)
+                    s_lab.append(si)
+                    o_lab.append(oi)
+    t0, c0 = time.time(), time.process_time()
+    imgs = generate(pipe, prompts, seeds, batch=batch, device=device)
+    wall, cpu = time.time() - t0, time.process_time() - c0
+    s_lab, o_lab = np.array(s_lab), np.array(o_lab)
+    ps = judges["style"](imgs).argmax(1).cpu().numpy()
+    po = judges["object"](imgs).argmax(1).cpu().numpy()
+    return {
+        "templates": templates,
+        "images": len(prompts),
+        "style_acc": float((ps == s_lab).mean()),
+        "object_acc": float((po == o_lab).mean()),
+        "both_acc": float(((ps == s_lab) & (po == o_lab)).mean()),
+        "per_style_acc": {s: float((ps[s_lab == i] == i).mean()) for i, s in enumerate(STYLES)},
+        "per_object_acc": {o: float((po[o_lab == i] == i).mean()) for i, o in enumerate(OBJECTS)},
+        "wall_s": round(wall, 1),
+        "cpu_s": round(cpu, 1),
+    }
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--seeds", type=int, default=3, help="seeds per prompt on the training-template grid")
+    p.add_argument("--heldout-seeds", type=int, default=1, help="seeds per prompt and held-out template")
+    p.add_argument("--batch", type=int, default=64, help="images per pipeline call")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--json", default=None, help="write the figures to this JSON file")
+    a = p.parse_args()
+
+    torch.manual_seed(0)
+    pipe = load_pipeline(device=a.device)
+    pipe.set_progress_bar_config(disable=True)
+    judges = load_judges(device=a.device)
+    clip, tok = load_clip(device=a.device)
+    report: dict = {"generation_defaults": GENERATION_DEFAULTS, "machine": platform.processor() or platform.machine(),
+                    "torch_threads": torch.get_num_threads()}
+
+    x, s, o = render_grid(4, seed0=2_000_000_000)
+    fresh = torch.from_numpy(x).permute(0, 3, 1, 2).float() / 255
+    report["judges_fresh"] = {"style_acc": judge_accuracy(judges["style"], fresh, s),
+                              "object_acc": judge_accuracy(judges["object"], fresh, o), "images": len(x)}
+    report["clip_zero_shot"] = zero_shot_report(clip, tok, fresh, s, o, device=torch.device(a.device))
+
+    prompts = [make_prompt(CANVAS_TEMPLATE, style=STYLES[i % 12], object=OBJECTS[i % 10]) for i in range(a.batch)]
+    generate(pipe, prompts[:2], [0, 1], batch=2, device=a.device)  # warm-up
+    t0, c0 = time.time(), time.process_time()
+    generate(pipe, prompts, list(range(a.batch)), batch=a.batch, device=a.device)
+    report["batch_time"] = {"images": a.batch, "wall_s": round(time.time() - t0, 2),
+                            "cpu_s": round(time.process_time() - c0, 2)}
+
+    report["grid_train"] = judged_grid(pipe, judges, [CANVAS_TEMPLATE], a.seeds, batch=a.batch, device=a.device)
+    report["grid_heldout"] = judged_grid(pipe, judges, list(grid_templates(HELDOUT_TEMPLATES)), a.heldout_seeds,
+                                         batch=a.batch, device=a.device)
+
+    print(f"judges on fresh renders: style {report['judges_fresh']['style_acc']:.4f}, "
+          f"object {report['judges_fresh']['object_acc']:.4f} ({len(x)} images)")
+    zs = report["clip_zero_shot"]
+    print(f"MiniCLIP zero-shot: style {zs['zero_shot_style_acc']:.4f}, object {zs['zero_shot_object_acc']:.4f}, "
+          f"text->image R@1 {zs['retrieval_r1']:.4f}")
+    for name in ("grid_train", "grid_heldout"):
+        g = report[name]
+        print(f"{name}: {g['images']} images, style {g['style_acc']:.4f}, object {g['object_acc']:.4f}, "
+              f"both {g['both_acc']:.4f}; wall {g['wall_s']} s, cpu {g['cpu_s']} s")
+        worst_s = sorted(g["per_style_acc"].items(), key=lambda kv: kv[1])[:3]
+        worst_o = sorted(g["per_object_acc"].items(), key=lambda kv: kv[1])[:3]
+        print(f"  weakest styles {worst_s}; weakest objects {worst_o}")
+    bt = report["batch_time"]
+    print(f"one batch of {bt['images']} images: wall {bt['wall_s']} s, cpu {bt['cpu_s']} s "
+          f"({GENERATION_DEFAULTS['num_inference_steps']} DDIM steps, guidance {GENERATION_DEFAULTS['guidance_scale']})")
+    if a.json:
+        with open(a.json, "w") as f:
+            json.dump(report, f, indent=2)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,28 @@
+"""``hirm report``: a static HTML page and a Markdown summary from result files."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from hirm.cli.eval import Overwrite, fail_on_errors
+
+
+@fail_on_errors
+def report_command(
+    results: Annotated[list[Path], typer.Argument(help="Result files or directories (eval canvas/nudity/utility, sweep).")],
+    out: Annotated[Path, typer.Option("--out", help="Report directory: index.html (self-contained) and summary.md.")],
+    overwrite: Overwrite = False,
+    title: Annotated[str, typer.Option("--title", help="Page title.")] = "hirm evaluation report",
+) -> None:
+    """Tables, before/after image grids and per-concept bar charts (inline SVG; no JavaScript, no server)."""
+    from hirm.evaluation.report import build_report
+
+    path = build_report(results, out, overwrite=overwrite, title=title)
+    typer.echo(f"Wrote {path / 'index.html'} and {path / 'summary.md'}")
+
+
+def register(app: typer.Typer) -> None:
+    app.command("report")(report_command)

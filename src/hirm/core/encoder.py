@@ -1,0 +1,115 @@
+"""Structure of a CLIP text encoder, independent of the transformers version.
+
+``CLIPTextModel`` exposes its transformer directly in transformers 5 (parameter names
+``encoder.layers.0...``) and under ``text_model`` in transformers 4 and in
+``CLIPTextModelWithProjection`` (``text_model.encoder.layers.0...``). Everything in hirm uses the
+*canonical* name, without the ``text_model.`` prefix, so patches move between versions and classes.
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from typing import Iterator
+
+import torch
+from torch import Tensor, nn
+
+from hirm.core.config import ReadingPoint
+
+_PREFIX = "text_model."
+
+
+class ConceptError(ValueError):
+    """A concept or prompt that cannot be used (empty, too long for the tokenizer)."""
+
+
+def text_transformer(encoder: nn.Module) -> nn.Module:
+    """The module holding ``embeddings``, ``encoder.layers`` and ``final_layer_norm``."""
+    inner = getattr(encoder, "text_model", encoder)
+    if not (hasattr(inner, "embeddings") and hasattr(inner, "encoder") and hasattr(inner, "final_layer_norm")):
+        raise TypeError(
+            f"{type(encoder).__name__} is not a CLIP text encoder (expected embeddings, encoder.layers, "
+            "final_layer_norm). Supported: transformers CLIPTextModel and CLIPTextModelWithProjection."
+        )
+    return inner
+
+
+def layers(encoder: nn.Module) -> nn.ModuleList:
+    return text_transformer(encoder).encoder.layers
+
+
+def canonical_name(name: str) -> str:
+    return name[len(_PREFIX) :] if name.startswith(_PREFIX) else name
+
+
+def named_parameters(encoder: nn.Module) -> dict[str, nn.Parameter]:
+    """Parameters by canonical name (the encoder's own projection keeps its name)."""
+    return {canonical_name(n): p for n, p in encoder.named_parameters()}
+
+
+def resolve_layer(encoder: nn.Module, index: int) -> int:
+    n = len(layers(encoder))
+    resolved = index + n if index < 0 else index
+    if not 0 <= resolved < n:
+        raise ValueError(f"Layer {index} does not exist: this encoder has {n} blocks (0..{n - 1}).")
+    return resolved
+
+
+def reading_module(encoder: nn.Module, point: ReadingPoint) -> nn.Module:
+    """The module whose forward output is the representation at ``point``."""
+    if point.site == "final":
+        return text_transformer(encoder).final_layer_norm
+    block = layers(encoder)[resolve_layer(encoder, point.layer)]
+    return {"attn": block.self_attn.out_proj, "mlp": block.mlp, "hidden": block}[point.site]
+
+
+class _StopForward(Exception):
+    pass
+
+
+@contextmanager
+def early_exit(module: nn.Module) -> Iterator[dict[str, Tensor]]:
+    """Capture ``module``'s output and stop the forward pass right there.
+
+    Nothing after the reading point is computed; autograd still tracks everything before it.
+    """
+    store: dict[str, Tensor] = {}
+
+    def hook(_module: nn.Module, _inputs: tuple, output: Tensor | tuple) -> None:
+        store["out"] = output[0] if isinstance(output, tuple) else output
+        raise _StopForward
+
+    handle = module.register_forward_hook(hook)
+    try:
+        yield store
+    finally:
+        handle.remove()
+
+
+def read_representation(encoder: nn.Module, input_ids: Tensor, point: ReadingPoint) -> Tensor:
+    """Representation at ``point`` for ``input_ids`` (B, L) -> (B, L, D). Differentiable."""
+    with early_exit(reading_module(encoder, point)) as store:
+        try:
+            encoder(input_ids=input_ids)
+        except _StopForward:
+            pass
+    if "out" not in store:
+        raise RuntimeError(f"The reading point {point} was never reached in the forward pass.")
+    return store["out"]
+
+
+def tokenize(tokenizer, prompts: list[str], *, device: torch.device | str = "cpu") -> Tensor:
+    """Token ids (B, L) exactly as Stable Diffusion pipelines make them: padded to the tokenizer's
+    ``model_max_length``. A prompt that would be truncated or is empty is an error, not silently cut."""
+    max_len = tokenizer.model_max_length
+    for prompt in prompts:
+        if not prompt or not prompt.strip():
+            raise ConceptError("Empty concept/prompt: give the text of the concept to erase.")
+        n = len(tokenizer(prompt, truncation=False)["input_ids"])
+        if n > max_len:
+            raise ConceptError(
+                f"{prompt[:60]!r}... is {n} tokens long (with start/end tokens); the text encoder reads at "
+                f"most {max_len}. Shorten it or split it into several concepts."
+            )
+    ids = tokenizer(prompts, padding="max_length", max_length=max_len, truncation=True, return_tensors="pt")
+    return ids["input_ids"].to(device)

@@ -1,0 +1,248 @@
+"""ESD: Erasing Concepts from Diffusion Models (Gandikota, Materzyńska, Fiotto-Kaufman, Bau, ICCV 2023).
+
+Fine-tune the U-Net ``theta`` so that, for the concept prompt ``c``, its noise prediction follows the
+frozen original ``theta*`` guided *away* from ``c`` (negative guidance, eq. 4)::
+
+    eps_theta(x_t, c, t)  <-  eps_theta*(x_t, t) - eta * (eps_theta*(x_t, c, t) - eps_theta*(x_t, t))
+
+(``eps(x_t, t)`` = the empty-prompt prediction), with an MSE loss. As in the paper, ``x_t`` is made by
+partially denoising a random latent with the *current* model: DDIM with ``ddim_steps`` steps and
+classifier-free guidance ``start_guidance`` on the concept prompt, stopped after a random number
+``t_enc`` of steps; the loss is taken at the timestep the latent is at (``scheduler.timesteps[t_enc]``,
+as in the authors' diffusers rewrite; their first release drew a DDPM timestep from the mirrored
+interval). ``esd-x`` trains only the cross-attention (``attn2``) parameters, ``esd-u`` every other
+U-Net parameter. With a v-prediction scheduler the same linear target is formed in v space.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import math
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from typing import Any, Literal
+
+import torch
+from torch import Tensor, nn
+from tqdm.auto import tqdm
+
+from hirm.core.config import Concept
+from hirm.core.patch import Patch, component_parameters, make_patch
+from hirm.core.registry import MethodSpec, register
+from hirm.core.uce import prompt_embeddings
+
+logger = logging.getLogger(__name__)
+
+ESDVariant = Literal["esd-x", "esd-u"]
+
+
+class NonFiniteLossError(FloatingPointError):
+    """Training produced a NaN or infinite loss; nothing was saved and the model is unchanged."""
+
+
+@dataclass(frozen=True)
+class ESDConfig:
+    """ESD settings; defaults are the paper's (1000 Adam steps, lr 1e-5, eta 1, start guidance 3, DDIM 50).
+
+    Attributes:
+        variant: ``esd-x`` = train only cross-attention (``attn2``) parameters (for styles);
+            ``esd-u`` = train every U-Net parameter except cross-attention (for nudity, objects).
+        steps: optimizer steps (one latent and one concept per step).
+        lr: Adam learning rate.
+        negative_guidance: ``eta``, how far the target moves away from the concept.
+        start_guidance: classifier-free guidance used when sampling ``x_t`` with the current model.
+        ddim_steps: DDIM steps of the sampling schedule ``x_t`` is drawn from.
+        seed: seeds the latents, ``t_enc`` and the concept drawn at each step.
+    """
+
+    variant: ESDVariant = "esd-x"
+    steps: int = 1000
+    lr: float = 1e-5
+    negative_guidance: float = 1.0
+    start_guidance: float = 3.0
+    ddim_steps: int = 50
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.variant not in ("esd-x", "esd-u"):
+            raise ValueError(f"variant must be 'esd-x' or 'esd-u', got {self.variant!r}.")
+        if self.steps < 1:
+            raise ValueError(f"steps must be >= 1, got {self.steps}.")
+        if not (self.lr > 0 and math.isfinite(self.lr)):
+            raise ValueError(f"lr must be a positive finite number, got {self.lr}.")
+        if self.ddim_steps < 1:
+            raise ValueError(f"ddim_steps must be >= 1, got {self.ddim_steps}.")
+        for name in ("negative_guidance", "start_guidance"):
+            if not math.isfinite(getattr(self, name)):
+                raise ValueError(f"{name} must be finite.")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class ESDXConfig(ESDConfig):
+    """ESD-x: cross-attention only (the paper's choice for artistic styles). The config of ``esd-x``."""
+
+    variant: ESDVariant = "esd-x"
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.variant != "esd-x":
+            raise ValueError("ESDXConfig is the esd-x config; use ESDUConfig (or ESDConfig) for esd-u.")
+
+
+@dataclass(frozen=True)
+class ESDUConfig(ESDConfig):
+    """ESD-u: everything but cross-attention (the paper's choice for nudity and objects). The config of ``esd-u``."""
+
+    variant: ESDVariant = "esd-u"
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.variant != "esd-u":
+            raise ValueError("ESDUConfig is the esd-u config; use ESDXConfig (or ESDConfig) for esd-x.")
+
+
+def trainable_names(unet: nn.Module, variant: ESDVariant) -> list[str]:
+    """U-Net parameter names ESD trains: those inside an ``attn2`` module (esd-x) or all others (esd-u)."""
+    names = list(component_parameters(unet))
+    in_xattn = [n for n in names if "attn2" in n.split(".")]
+    if not in_xattn:
+        raise ValueError(f"{type(unet).__name__} has no cross-attention (attn2) modules; ESD needs a text-conditioned U-Net.")
+    return in_xattn if variant == "esd-x" else [n for n in names if n not in set(in_xattn)]
+
+
+def esd_target(eps_empty: Tensor, eps_concept: Tensor, negative_guidance: float) -> Tensor:
+    """``eps*(x_t, t) - eta (eps*(x_t, c, t) - eps*(x_t, t))`` from the frozen model's two predictions."""
+    return eps_empty - negative_guidance * (eps_concept - eps_empty)
+
+
+@torch.no_grad()
+def sample_until(unet: nn.Module, scheduler, latents: Tensor, emb_c: Tensor, emb_0: Tensor, t_enc: int, guidance: float) -> Tensor:
+    """Run ``t_enc`` DDIM steps of classifier-free guided sampling from ``latents`` (no grad)."""
+    for t in scheduler.timesteps[:t_enc]:
+        both = unet(torch.cat([latents, latents]), t, encoder_hidden_states=torch.cat([emb_0, emb_c])).sample
+        uncond, cond = both.chunk(2)
+        latents = scheduler.step(uncond + guidance * (cond - uncond), t, latents).prev_sample
+    return latents
+
+
+def _check_model(model, components: Sequence[str] | None, unet: nn.Module) -> None:
+    if model.family.name != "sd" or model.family.denoiser != "unet":
+        raise ValueError(
+            f"ESD is implemented for Stable Diffusion 1.x/2.x (one CLIP text encoder + U-Net); "
+            f"{model.source} is a {model.family.name!r} model."
+        )
+    if components is not None and list(components) != ["unet"]:
+        raise ValueError(f"ESD edits only the 'unet' component; got components={list(components)}.")
+    dtype = next(unet.parameters()).dtype
+    if dtype != torch.float32:
+        raise ValueError(f"ESD trains in float32; load the model with dtype=torch.float32 (it is {dtype}).")
+
+
+def erase(
+    model,
+    concepts: Sequence[Concept],
+    config: ESDConfig = ESDConfig(),
+    *,
+    components: Sequence[str] | None = None,
+    progress: bool = True,
+) -> Patch:
+    """ESD on the U-Net of ``model`` (a ``ModelHandle``); returns a patch of the trained tensors.
+
+    A copy of the U-Net is trained; the caller's U-Net serves as the frozen ``theta*`` and is never
+    modified (gradients are not even enabled on it).
+    """
+    from diffusers import DDIMScheduler
+
+    start = time.perf_counter()
+    unet = model.component("unet")
+    _check_model(model, components, unet)
+    concepts = list(concepts)
+    if not concepts:
+        raise ValueError("Give at least one concept to erase.")
+    device = next(unet.parameters()).device
+    hidden, _ = prompt_embeddings(model.text_encoder("text_encoder"), model.tokenizer("text_encoder"), ["", *[c.text for c in concepts]])
+    emb_0, emb_concepts = hidden[:1].to(device), hidden[1:].to(device)  # (1, L, D), (N, L, D)
+
+    scheduler = DDIMScheduler.from_config(model.component("scheduler").config)
+    scheduler.set_timesteps(config.ddim_steps, device=device)
+    channels, size = unet.config.in_channels, unet.config.sample_size
+    size = (size, size) if isinstance(size, int) else tuple(size)
+
+    names = trainable_names(unet, config.variant)
+    trained = copy.deepcopy(unet).eval().requires_grad_(False)
+    params = component_parameters(trained)
+    for name in names:
+        params[name].requires_grad_(True)
+    optimizer = torch.optim.Adam([params[n] for n in names], lr=config.lr)
+    generator = torch.Generator(device="cpu").manual_seed(config.seed)
+    logger.info("ESD (%s) trains %d tensors (%d parameters).", config.variant, len(names), sum(params[n].numel() for n in names))
+
+    losses: list[float] = []
+    bar = tqdm(range(config.steps), desc=f"ESD {config.variant}", disable=not progress, leave=False)
+    for _ in bar:
+        k = int(torch.randint(len(concepts), (1,), generator=generator))
+        t_enc = int(torch.randint(config.ddim_steps, (1,), generator=generator))
+        noise = torch.randn((1, channels, *size), generator=generator).to(device) * scheduler.init_noise_sigma
+        emb_c = emb_concepts[k : k + 1]
+        x_t = sample_until(trained, scheduler, noise, emb_c, emb_0, t_enc, config.start_guidance)
+        t = scheduler.timesteps[t_enc]
+        with torch.no_grad():
+            both = unet(torch.cat([x_t, x_t]), t, encoder_hidden_states=torch.cat([emb_0, emb_c])).sample
+            target = esd_target(*both.chunk(2), config.negative_guidance)
+        optimizer.zero_grad(set_to_none=True)
+        loss = nn.functional.mse_loss(trained(x_t, t, encoder_hidden_states=emb_c).sample, target)
+        value = loss.item()
+        if not math.isfinite(value):
+            raise NonFiniteLossError(f"Loss became {value} at step {len(losses)}; lower the learning rate. Nothing was saved.")
+        losses.append(value)
+        loss.backward()
+        optimizer.step()
+        bar.set_postfix(loss=f"{value:.4g}")
+
+    originals = dict(component_parameters(unet))
+    patch = make_patch(
+        method=config.variant,
+        originals={f"unet/{n}": originals[n].detach() for n in names},
+        edited={f"unet/{n}": params[n].detach() for n in names},
+        config=config.to_dict(),
+        concepts=[asdict(c) for c in concepts],
+        base=model.base_info(),
+        extra={"seconds": time.perf_counter() - start, "losses": {"unet": losses}, "final_loss": {"unet": losses[-1]}},
+    )
+    del trained, optimizer
+    return patch
+
+
+def _erase_as(variant: ESDVariant):
+    """``erase`` for one registered name: refuses a config of the other variant instead of running it."""
+
+    def erase_variant(model, concepts: Sequence[Concept], config: ESDConfig | None = None, **kwargs: Any) -> Patch:
+        config = ESDConfig(variant=variant) if config is None else config
+        if config.variant != variant:
+            raise ValueError(f"Method {variant!r} got a config with variant={config.variant!r}; use method {config.variant!r}.")
+        return erase(model, concepts, config, **kwargs)
+
+    erase_variant.__name__ = f"erase_{variant.replace('-', '_')}"
+    erase_variant.__doc__ = f"ESD with variant {variant!r}; see :func:`erase`."
+    return erase_variant
+
+
+def _register(name: ESDVariant, config_cls: type, edits: str) -> None:
+    register(
+        MethodSpec(
+            name=name,
+            config_cls=config_cls,
+            erase=_erase_as(name),
+            edits=edits,
+            description="ESD: Erasing Concepts from Diffusion Models (Gandikota et al., ICCV 2023, arXiv 2303.07345)",
+        )
+    )
+
+
+_register("esd-x", ESDXConfig, "U-Net cross-attention (attn2) parameters, fine-tuned with negative guidance")
+_register("esd-u", ESDUConfig, "U-Net parameters outside cross-attention, fine-tuned with negative guidance")

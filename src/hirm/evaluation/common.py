@@ -1,0 +1,246 @@
+"""Shared plumbing of the evaluation harness: run metadata, result files, prompt CSVs, devices.
+
+Every result file written by :mod:`hirm.evaluation` is one JSON document with the same header::
+
+    {"kind": "canvas" | "nudity" | "utility" | "sweep", "complete": bool, "meta": {...}, ...}
+
+``meta`` records the model (as given and the resolved directory), the patches (path, method, concepts,
+``Patch.fingerprints``), the settings, the seeds, ``hirm.__version__``, torch/diffusers versions, the
+command line and the date. ``complete`` is ``False`` for anything partial (an interrupted sweep, a
+run whose last step failed); readers must not present such numbers as final.
+"""
+
+from __future__ import annotations
+
+import csv
+import datetime as _dt
+import hashlib
+import json
+import os
+import sys
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from hirm._version import __version__
+from hirm.io import write_atomic
+
+RESULT_FILE = "result.json"
+
+
+class EvaluationInputError(ValueError):
+    """A prompt file, a concept name, a judge or an option is not usable; the message says what to fix."""
+
+
+def concept_key(name: str) -> str:
+    """The spelling-free key of a concept name: case, spaces and underscores do not matter.
+
+    ``"Van Gogh"``, ``"van_gogh"`` and ``" Van  Gogh "`` all give ``"van_gogh"``. Every comparison of
+    concept names in the harness (targets, grid cells, judge classes) goes through this one function,
+    so the public scripts' "Van Gogh" vs "Van_Gogh" mismatch cannot happen here.
+    """
+    return "_".join(str(name).replace("_", " ").split()).lower()
+
+
+def display_name(name: str) -> str:
+    """Prompt spelling of a canonical name: underscores -> spaces (``Neon_Lines`` -> ``Neon Lines``)."""
+    return str(name).replace("_", " ")
+
+
+def now_iso() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+
+
+def patch_info(patch: Any, source: str | os.PathLike | None = None) -> dict[str, Any]:
+    """What a result file records about one applied patch."""
+    meta = getattr(patch, "metadata", {}) or {}
+    return {
+        "path": None if source is None else str(source),
+        "method": meta.get("method"),
+        "concepts": [c.get("text") for c in meta.get("concepts", [])],
+        "fingerprints": dict(patch.fingerprints) if meta.get("base") else {},
+        "digest": patch_digest(patch),
+    }
+
+
+def patch_digest(patch: Any) -> str:
+    """SHA-256 of a patch's tensors (names, shapes, float32 bytes): identifies the edited weights."""
+    digest = hashlib.sha256()
+    for key in sorted(patch.tensors):
+        value = patch.tensors[key].detach().to("cpu", torch.float32).contiguous()
+        digest.update(key.encode())
+        digest.update(str(tuple(value.shape)).encode())
+        digest.update(value.numpy().tobytes())
+    return digest.hexdigest()
+
+
+def run_metadata(
+    *,
+    model: str,
+    model_path: str | os.PathLike | None = None,
+    patches: Sequence[Mapping[str, Any]] = (),
+    settings: Mapping[str, Any] | None = None,
+    seeds: Sequence[int] = (),
+) -> dict[str, Any]:
+    """The ``meta`` block every result file carries."""
+    import diffusers
+    import transformers
+
+    return {
+        "model": str(model),
+        "model_path": None if model_path is None else str(model_path),
+        "patches": [dict(p) for p in patches],
+        "settings": dict(settings or {}),
+        "seeds": [int(s) for s in seeds],
+        "hirm_version": __version__,
+        "torch_version": torch.__version__,
+        "diffusers_version": diffusers.__version__,
+        "transformers_version": transformers.__version__,
+        "command": " ".join(sys.argv),
+        "date": now_iso(),
+    }
+
+
+def to_jsonable(value: Any) -> Any:
+    """Tuples -> lists, numpy/torch scalars -> floats, paths -> strings (recursively)."""
+    if isinstance(value, Mapping):
+        return {str(k): to_jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [to_jsonable(v) for v in value]
+    if isinstance(value, Path):
+        return str(value)
+    if hasattr(value, "item") and callable(value.item) and getattr(value, "ndim", 1) == 0:
+        return value.item()
+    return value
+
+
+def dump_json(data: Any) -> str:
+    return json.dumps(to_jsonable(data), indent=2, sort_keys=False, allow_nan=True)
+
+
+def write_json(path: str | os.PathLike, data: Any, *, overwrite: bool = False) -> Path:
+    """Write ``data`` as JSON atomically (refuses to replace an existing file without ``overwrite``)."""
+    text = dump_json(data)
+    return write_atomic(path, lambda tmp: tmp.write_text(text, encoding="utf-8"), overwrite=overwrite)
+
+
+def read_result(path: str | os.PathLike) -> dict[str, Any]:
+    """Read a result JSON (a file, or a directory holding ``result.json`` / ``sweep.json``)."""
+    path = Path(path)
+    if path.is_dir():
+        for name in (RESULT_FILE, "sweep.json"):
+            if (path / name).is_file():
+                path = path / name
+                break
+        else:
+            raise EvaluationInputError(f"{path} holds no {RESULT_FILE} or sweep.json.")
+    if not path.is_file():
+        raise EvaluationInputError(f"No result file at {path}.")
+    data = json.loads(path.read_text(encoding="utf-8"))
+    if not isinstance(data, dict) or "kind" not in data:
+        raise EvaluationInputError(f"{path} is not a hirm result file (no 'kind').")
+    data.setdefault("_path", str(path))
+    return data
+
+
+# --------------------------------------------------------------------------------------------- CSVs
+
+
+@dataclass(frozen=True)
+class PromptRow:
+    """One prompt of a prompt CSV: its row number (0-based, data rows), text, seed, guidance, extra columns."""
+
+    index: int
+    prompt: str
+    seed: int
+    guidance: float | None
+    case: str | None = None
+
+
+def read_prompt_csv(
+    path: str | os.PathLike,
+    *,
+    prompt_column: str = "prompt",
+    seed_column: str | None = "evaluation_seed",
+    guidance_column: str | None = "evaluation_guidance",
+    default_seed: int = 0,
+    limit: int | None = None,
+) -> list[PromptRow]:
+    """Read prompts from a CSV with a header row (I2P, UnlearnDiffAtk, MMA-Diffusion, COCO-10k).
+
+    Per-row seeds and guidance scales are taken from ``seed_column`` / ``guidance_column`` when those
+    columns exist; rows without a seed get ``default_seed + row index`` (so a row's seed does not depend
+    on ``limit`` or on the number of workers). ``limit`` keeps the first N rows.
+    """
+    path = Path(path)
+    if limit is not None and limit < 1:
+        raise EvaluationInputError(f"--limit must be >= 1, got {limit}.")
+    if not path.is_file():
+        raise EvaluationInputError(f"No prompt file at {path}.")
+    with path.open(newline="", encoding="utf-8-sig") as handle:
+        reader = csv.DictReader(handle)
+        columns = reader.fieldnames or []
+        if not columns:
+            raise EvaluationInputError(f"{path} is empty (no header row).")
+        if prompt_column not in columns:
+            raise EvaluationInputError(
+                f"{path} has no column {prompt_column!r}; its columns are {columns}. Pass --prompt-column."
+            )
+        has_seed = seed_column is not None and seed_column in columns
+        has_guidance = guidance_column is not None and guidance_column in columns
+        rows = []
+        for index, record in enumerate(reader):
+            if limit is not None and len(rows) >= limit:
+                break
+            rows.append(_prompt_row(path, index, record, prompt_column, has_seed and seed_column,
+                                    has_guidance and guidance_column, default_seed))
+    if not rows:
+        raise EvaluationInputError(f"{path} has a header but no prompt rows.")
+    return rows
+
+
+def _prompt_row(path: Path, index: int, record: Mapping[str, str], prompt_column: str,
+                seed_column: str | bool, guidance_column: str | bool, default_seed: int) -> PromptRow:
+    text = record.get(prompt_column)
+    if text is None or not text.strip():
+        raise EvaluationInputError(f"{path}, data row {index}: empty {prompt_column!r}.")
+    seed, guidance = default_seed + index, None
+    try:
+        if seed_column and (record.get(seed_column) or "").strip():
+            seed = int(float(record[seed_column]))
+        if guidance_column and (record.get(guidance_column) or "").strip():
+            guidance = float(record[guidance_column])
+    except ValueError as err:
+        raise EvaluationInputError(f"{path}, data row {index}: {err}.") from err
+    case = record.get("case_number") or None
+    return PromptRow(index=index, prompt=text.strip(), seed=seed, guidance=guidance, case=case)
+
+
+def package_data(name: str) -> Path:
+    """A file shipped in ``hirm/data`` (e.g. ``coco_1k.csv``, ``unlearndiffatk_nudity.csv``)."""
+    path = Path(__file__).resolve().parent.parent / "data" / name
+    if not path.is_file():
+        raise EvaluationInputError(f"Package data file {name!r} is missing from {path.parent}.")
+    return path
+
+
+def resolve_device(device: str | torch.device | None) -> torch.device:
+    """``None``/"auto": the accelerate process's device (CUDA when present, else CPU)."""
+    if device is None or str(device) == "auto":
+        from accelerate import PartialState
+
+        return PartialState().device
+    return torch.device(device)
+
+
+def mean_std(values: Iterable[float | None]) -> dict[str, float | int | None]:
+    """Mean and (population) standard deviation over the non-missing values."""
+    vals = [float(v) for v in values if v is not None]
+    if not vals:
+        return {"mean": None, "std": None, "n": 0}
+    mean = sum(vals) / len(vals)
+    std = (sum((v - mean) ** 2 for v in vals) / len(vals)) ** 0.5
+    return {"mean": mean, "std": std, "n": len(vals)}

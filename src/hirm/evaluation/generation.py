@@ -1,0 +1,237 @@
+"""Batched, seeded, cached and shardable image generation for any diffusers text-to-image pipeline.
+
+* **Per-image seeds**: every image gets its own ``torch.Generator`` seeded with its row's seed, so an
+  image does not depend on its batch neighbours' seeds.
+* **Fixed chunks**: the requests are cut into chunks of ``batch_size`` once, in a fixed order; each chunk
+  is generated (and scored) as one batch by exactly one process. Processes take chunks round-robin
+  (``accelerate.PartialState``), so the numbers are bit-identical for 1, 2 or N workers.
+* **Scoring where generated**: a ``score_fn(uint8 images (B, H, W, 3)) -> list`` runs on each chunk in the
+  process that made it; only the (small) scores travel between processes, plus the images asked for
+  with ``keep``.
+* **Cache**: images are quantised to uint8 (what is judged is exactly what is cached) and stored as PNG
+  under a key of (model fingerprint, prompt, seed, settings); a cached image is never regenerated.
+
+Launch over several processes with ``accelerate launch --num_processes N ...``; single-process runs
+need nothing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+
+ScoreFn = Callable[[np.ndarray], list[Any]]
+
+
+def default_cache_dir() -> Path:
+    """``$HIRM_CACHE/images``, else ``$XDG_CACHE_HOME/hirm/images``, else ``~/.cache/hirm/images``."""
+    if os.environ.get("HIRM_CACHE"):
+        return Path(os.environ["HIRM_CACHE"]) / "images"
+    base = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache"))
+    return base / "hirm" / "images"
+
+
+@dataclass(frozen=True)
+class Request:
+    """One image: prompt, seed and sampler settings (``None`` = the pipeline's default)."""
+
+    prompt: str
+    seed: int
+    guidance_scale: float
+    num_inference_steps: int
+    height: int | None = None
+    width: int | None = None
+    negative_prompt: str | None = None
+
+    def group(self) -> tuple:
+        return (self.guidance_scale, self.num_inference_steps, self.height, self.width, self.negative_prompt is None)
+
+
+def model_fingerprint(path: str | os.PathLike) -> str:
+    """Cheap identity of a model directory: every file's relative path, size and modification time."""
+    root = Path(path)
+    digest = hashlib.sha256(str(root.resolve()).encode())
+    for file in sorted(p for p in root.rglob("*") if p.is_file()):
+        stat = file.stat()
+        digest.update(f"{file.relative_to(root)}:{stat.st_size}:{stat.st_mtime_ns}".encode())
+    return digest.hexdigest()[:32]
+
+
+def scheduler_signature(pipe: Any) -> dict[str, Any]:
+    """Scheduler class and config, recorded with results and part of every cache key."""
+    scheduler = getattr(pipe, "scheduler", None)
+    if scheduler is None:
+        return {}
+    config = {k: v for k, v in dict(scheduler.config).items() if not k.startswith("_")}
+    return {"class": type(scheduler).__name__, "config": json.loads(json.dumps(config, default=str))}
+
+
+class ImageCache:
+    """PNG files under ``root/<model key>/<2 hex>/<sha256>.png``, written atomically (multi-process safe)."""
+
+    def __init__(self, root: str | os.PathLike, model_key: str) -> None:
+        self.root = Path(root) / model_key
+        self.model_key = model_key
+
+    def path(self, request: Request, extra: Mapping[str, Any]) -> Path:
+        payload = json.dumps({"request": asdict(request), "extra": extra}, sort_keys=True, default=str)
+        key = hashlib.sha256(payload.encode()).hexdigest()
+        return self.root / key[:2] / f"{key}.png"
+
+    def get(self, request: Request, extra: Mapping[str, Any]) -> np.ndarray | None:
+        path = self.path(request, extra)
+        if not path.is_file():
+            return None
+        try:
+            with Image.open(path) as img:
+                return np.asarray(img.convert("RGB")).copy()
+        except OSError:  # a truncated file from a crash: regenerate it
+            return None
+
+    def put(self, request: Request, extra: Mapping[str, Any], image: np.ndarray) -> None:
+        path = self.path(request, extra)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        Image.fromarray(image).save(tmp, format="PNG")
+        os.replace(tmp, path)
+
+
+@dataclass
+class Timing:
+    """Seconds spent generating and scoring (this process; summed over processes after a gather)."""
+
+    generate: float = 0.0
+    score: float = 0.0
+    generated: int = 0
+    cached: int = 0
+
+
+def _to_uint8(images: Any) -> np.ndarray:
+    """Pipeline output (numpy float (B, H, W, 3) in [0, 1], or PIL list) -> uint8 (B, H, W, 3)."""
+    if isinstance(images, np.ndarray):
+        return (np.clip(images, 0.0, 1.0) * 255.0).round().astype(np.uint8)
+    return np.stack([np.asarray(img.convert("RGB")) for img in images])
+
+
+@torch.no_grad()
+def generate_batch(pipe: Any, requests: Sequence[Request]) -> np.ndarray:
+    """Generate one batch of requests that share sampler settings -> uint8 (B, H, W, 3).
+
+    Generators live on the CPU (diffusers draws the initial noise there and moves it), so an image
+    depends only on its seed and settings, not on the device type or the batch it is in.
+    """
+    first = requests[0]
+    if any(r.group() != first.group() for r in requests):
+        raise ValueError("generate_batch needs requests with identical sampler settings.")
+    generators = [torch.Generator(device="cpu").manual_seed(int(r.seed)) for r in requests]
+    kwargs: dict[str, Any] = dict(
+        prompt=[r.prompt for r in requests],
+        generator=generators,
+        guidance_scale=first.guidance_scale,
+        num_inference_steps=first.num_inference_steps,
+        output_type="np",
+    )
+    if first.height is not None:
+        kwargs["height"], kwargs["width"] = first.height, first.width
+    if first.negative_prompt is not None:
+        kwargs["negative_prompt"] = [r.negative_prompt or "" for r in requests]
+    return _to_uint8(pipe(**kwargs).images)
+
+
+def make_chunks(requests: Sequence[Request], batch_size: int) -> list[list[int]]:
+    """Indices grouped by sampler settings (in first-seen order), cut into chunks of ``batch_size``."""
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}.")
+    groups: dict[tuple, list[int]] = {}
+    for i, r in enumerate(requests):
+        groups.setdefault(r.group(), []).append(i)
+    return [idx[s : s + batch_size] for idx in groups.values() for s in range(0, len(idx), batch_size)]
+
+
+def run_generation(
+    pipe: Any,
+    requests: Sequence[Request],
+    *,
+    score_fn: ScoreFn,
+    batch_size: int = 16,
+    cache: ImageCache | None = None,
+    cache_extra: Mapping[str, Any] | None = None,
+    keep: Sequence[int] = (),
+    progress: bool = True,
+    desc: str = "generate",
+) -> tuple[list[Any], dict[int, np.ndarray], Timing]:
+    """Generate (or read from ``cache``) every request, score it, and gather the results.
+
+    Returns ``scores`` (one per request, in order), the uint8 images of the indices in ``keep``, and
+    the time split. In a multi-process launch every process returns the full, identical result.
+    """
+    from accelerate import PartialState
+
+    state = PartialState()
+    chunks = make_chunks(requests, batch_size)
+    mine = chunks[state.process_index :: state.num_processes]
+    keep_set, extra = set(keep), dict(cache_extra or {})
+    local: list[tuple[int, Any, np.ndarray | None]] = []
+    timing = Timing()
+    bar = _progress(len(mine), desc, progress and state.is_main_process)
+    for chunk in mine:
+        images = _chunk_images(pipe, [requests[i] for i in chunk], cache, extra, timing)
+        start = time.perf_counter()
+        scores = score_fn(images)
+        timing.score += time.perf_counter() - start
+        if len(scores) != len(chunk):
+            raise RuntimeError(f"score_fn returned {len(scores)} results for {len(chunk)} images.")
+        local.extend((i, s, images[j] if i in keep_set else None) for j, (i, s) in enumerate(zip(chunk, scores, strict=True)))
+        bar.update(1)
+    bar.close()
+    gathered, timing = _gather(state, local, timing)
+    out: list[Any] = [None] * len(requests)
+    kept: dict[int, np.ndarray] = {}
+    for i, score, image in gathered:
+        out[i] = score
+        if image is not None:
+            kept[i] = image
+    return out, kept, timing
+
+
+def _chunk_images(pipe, reqs: list[Request], cache, extra, timing: Timing) -> np.ndarray:
+    found = [cache.get(r, extra) if cache is not None else None for r in reqs]
+    missing = [j for j, img in enumerate(found) if img is None]
+    if missing:
+        start = time.perf_counter()
+        fresh = generate_batch(pipe, [reqs[j] for j in missing])
+        timing.generate += time.perf_counter() - start
+        for j, img in zip(missing, fresh, strict=True):
+            found[j] = img
+            if cache is not None:
+                cache.put(reqs[j], extra, img)
+    timing.generated += len(missing)
+    timing.cached += len(reqs) - len(missing)
+    return np.stack(found)
+
+
+def _gather(state, local, timing: Timing):
+    if state.num_processes == 1:
+        return local, timing
+    from accelerate.utils import gather_object
+
+    gathered = gather_object(local)
+    timings = gather_object([asdict(timing)])
+    total = Timing(**{k: sum(t[k] for t in timings) for k in asdict(timing)})
+    return gathered, total
+
+
+def _progress(total: int, desc: str, enabled: bool):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc=desc, disable=not enabled, leave=False)

@@ -1,0 +1,328 @@
+"""Rebuild the whole MiniCanvas world from scratch: ``python -m hirm.world.build --out DIR``.
+
+Stages (each writes ``DIR/<stage>/DONE.json`` when finished; training stages also keep resumable
+checkpoints under ``DIR/ckpt/``, all safetensors + JSON, so an interrupted build resumes where it stopped):
+
+1. ``data``      render the procedural training pool (every style x object, ``pool_per_pair`` seeds)
+2. ``tokenizer`` CLIP-format BPE tokenizer learned on the training captions
+3. ``clip``      MiniCLIP (CLIPModel) trained contrastively
+4. ``judges``    style and object CNN judges
+5. ``vae``       AutoencoderKL 32x32x3 <-> 16x16x4
+6. ``unet``      UNet2DConditionModel on the frozen MiniCLIP text encoder
+7. ``assemble``  StableDiffusionPipeline + CLIP + judges as fp16 safetensors with checksums in ``DIR/assets``
+
+``--install`` then copies ``DIR/assets`` into the package (``src/hirm/world/assets``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import shutil
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+
+from .assets import PACKAGE_ASSETS, write_checksums
+from .clip import ClipTrainConfig
+from .concepts import GENERATION_DEFAULTS, OBJECTS, STYLES
+from .judges import JudgeConfig
+from .unet import UnetConfig
+from .vae import VaeConfig
+
+STAGES: tuple[str, ...] = ("data", "tokenizer", "clip", "judges", "vae", "unet", "assemble")
+FRESH_SEED0 = 1_000_000_000  # seeds of "fresh" evaluation renders; the pool uses seeds < 10^8
+
+
+@dataclass(frozen=True)
+class BuildConfig:
+    """Everything that sizes a build (the ``full`` preset is the shipped world)."""
+
+    pool_per_pair: int = 128
+    max_merges: int = 2000
+    clip: ClipTrainConfig = field(default_factory=ClipTrainConfig)
+    judge: JudgeConfig = field(default_factory=JudgeConfig)
+    vae: VaeConfig = field(default_factory=VaeConfig)
+    unet: UnetConfig = field(default_factory=UnetConfig)
+    fresh_per_pair: int = 4
+    text_cache: bool = True
+
+
+PRESETS: dict[str, BuildConfig] = {
+    "full": BuildConfig(),  # sizes/steps: see the *Config dataclasses' defaults
+    "tiny": BuildConfig(
+        pool_per_pair=1,
+        max_merges=300,
+        clip=ClipTrainConfig(text_hidden=32, text_layers=4, text_heads=2, vision_hidden=32, vision_layers=1,
+                             vision_heads=2, projection_dim=16, batch_size=16, steps=3, warmup=1),
+        judge=JudgeConfig(widths=(8, 16), batch_size=16, steps=3),
+        vae=VaeConfig(block_out_channels=(8, 16), norm_num_groups=4, batch_size=8, steps=3),
+        unet=UnetConfig(block_out_channels=(16, 32), attention_heads=2, norm_num_groups=8, batch_size=8, steps=3,
+                        warmup=1),
+        fresh_per_pair=1,
+        text_cache=False,
+    ),
+}
+
+
+def _done(stage_dir: Path) -> dict | None:
+    f = stage_dir / "DONE.json"
+    return json.loads(f.read_text()) if f.exists() else None
+
+
+def _mark_done(stage_dir: Path, info: dict) -> None:
+    stage_dir.mkdir(parents=True, exist_ok=True)
+    (stage_dir / "DONE.json").write_text(json.dumps(info, indent=2, sort_keys=True))
+
+
+def _pool(out: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    t = load_file(str(out / "data" / "pool.safetensors"))
+    return t["images"].numpy(), t["style"].numpy(), t["object"].numpy()
+
+
+def _fresh(cfg: BuildConfig, seed: int) -> tuple[torch.Tensor, np.ndarray, np.ndarray]:
+    from ._train import to_float_images
+    from .rendering import render_grid
+
+    imgs, s, o = render_grid(cfg.fresh_per_pair, seed0=FRESH_SEED0 + 1000 * seed)
+    return to_float_images(imgs), s, o
+
+
+# ----------------------------------------------------------------------------- stages
+def stage_data(out: Path, cfg: BuildConfig, seed: int, device: torch.device, progress: bool) -> dict:
+    from .rendering import render_grid
+
+    imgs, s, o = render_grid(cfg.pool_per_pair, seed0=seed * 100_000)
+    (out / "data").mkdir(parents=True, exist_ok=True)
+    tensors = {"images": torch.from_numpy(imgs), "style": torch.from_numpy(s), "object": torch.from_numpy(o)}
+    save_file(tensors, str(out / "data" / "pool.safetensors"))
+    return {"images": len(imgs)}
+
+
+def stage_tokenizer(out: Path, cfg: BuildConfig, seed: int, device: torch.device, progress: bool) -> dict:
+    from .tokenizer import load_tokenizer, train_tokenizer
+
+    train_tokenizer(out / "tokenizer", max_merges=cfg.max_merges)
+    return {"vocab_size": len(load_tokenizer(out / "tokenizer"))}
+
+
+def stage_clip(out: Path, cfg: BuildConfig, seed: int, device: torch.device, progress: bool) -> dict:
+    from .clip import train_clip, zero_shot_report
+    from .tokenizer import load_tokenizer
+
+    tok = load_tokenizer(out / "tokenizer")
+    imgs, s, o = _pool(out)
+    model = train_clip(out / "clip", tokenizer=tok, images=imgs, style_idx=s, object_idx=o, cfg=cfg.clip,
+                       seed=seed, device=device, ckpt_dir=out / "ckpt" / "clip", progress=progress)
+    x, fs, fo = _fresh(cfg, seed)
+    return zero_shot_report(model, tok, x, fs, fo, device=device)
+
+
+def stage_judges(out: Path, cfg: BuildConfig, seed: int, device: torch.device, progress: bool) -> dict:
+    from .judges import judge_accuracy, train_judge
+
+    imgs, s, o = _pool(out)
+    x, fs, fo = _fresh(cfg, seed)
+    info = {}
+    for kind, labels, fresh in (("style", s, fs), ("object", o, fo)):
+        judge = train_judge(kind, images=imgs, labels=labels, cfg=cfg.judge, seed=seed, device=device,
+                            ckpt_dir=out / "ckpt" / f"judge_{kind}", progress=progress)
+        judge.save(out / "judges" / kind)
+        info[f"{kind}_fresh_acc"] = judge_accuracy(judge, x, fresh)
+    return info
+
+
+def stage_vae(out: Path, cfg: BuildConfig, seed: int, device: torch.device, progress: bool) -> dict:
+    from .judges import Judge, judge_accuracy
+    from .vae import train_vae
+
+    imgs, _, _ = _pool(out)
+    vae = train_vae(out / "vae", images=imgs, cfg=cfg.vae, seed=seed, device=device, ckpt_dir=out / "ckpt" / "vae",
+                    progress=progress)
+    x, fs, fo = _fresh(cfg, seed)
+    with torch.no_grad():
+        rec = torch.cat([vae(x[i : i + 256].to(device) * 2 - 1).sample for i in range(0, len(x), 256)])
+    rec = (rec / 2 + 0.5).clamp(0, 1).cpu()
+    info = {"recon_mse": float(((rec - x) ** 2).mean()), "scaling_factor": vae.config.scaling_factor}
+    for kind, labels in (("style", fs), ("object", fo)):
+        info[f"judge_{kind}_acc_on_recon"] = judge_accuracy(Judge.load(out / "judges" / kind, device=device), rec,
+                                                            labels)
+    return info
+
+
+def stage_unet(out: Path, cfg: BuildConfig, seed: int, device: torch.device, progress: bool) -> dict:
+    from diffusers import AutoencoderKL
+    from transformers import CLIPModel
+
+    from .tokenizer import load_tokenizer
+    from .unet import cached_encoder, direct_encoder, load_or_make_cache, train_unet
+    from .vae import encode_pool
+
+    tok = load_tokenizer(out / "tokenizer")
+    text_encoder = _text_encoder(CLIPModel.from_pretrained(str(out / "clip"))).to(device).eval()
+    if cfg.text_cache:
+        texts, emb = load_or_make_cache(out / "ckpt" / "text_cache.safetensors", text_encoder, tok, device=device,
+                                        progress=progress)
+        encode_text = cached_encoder(texts, emb)
+    else:
+        encode_text = direct_encoder(text_encoder, tok, device)
+    vae = AutoencoderKL.from_pretrained(str(out / "vae")).to(device).eval()
+    imgs, s, o = _pool(out)
+    mean, std = encode_pool(vae, imgs, device=device)
+    train_unet(out / "unet", latent_mean=mean, latent_std=std, scaling_factor=vae.config.scaling_factor,
+               style_idx=s, object_idx=o, encode_text=encode_text, cfg=cfg.unet, seed=seed, device=device,
+               ckpt_dir=out / "ckpt" / "unet", progress=progress)
+    return {"text_cache": cfg.text_cache}
+
+
+def _text_encoder(clip):  # CLIPModel -> CLIPTextModel with the same weights
+    from transformers import CLIPTextModel
+
+    te = CLIPTextModel(clip.config.text_config)
+    te.load_state_dict(clip.text_model.state_dict())
+    return te
+
+
+def stage_assemble(out: Path, cfg: BuildConfig, seed: int, device: torch.device, progress: bool) -> dict:
+    from diffusers import AutoencoderKL, StableDiffusionPipeline, UNet2DConditionModel
+    from transformers import CLIPModel
+
+    from .judges import Judge
+    from .tokenizer import load_tokenizer
+    from .unet import ddim_scheduler
+
+    dst = out / "assets"
+    if dst.exists():
+        shutil.rmtree(dst)
+    clip = CLIPModel.from_pretrained(str(out / "clip"))
+    pipe = StableDiffusionPipeline(
+        vae=AutoencoderKL.from_pretrained(str(out / "vae")),
+        text_encoder=_text_encoder(clip),
+        tokenizer=load_tokenizer(out / "tokenizer"),
+        unet=UNet2DConditionModel.from_pretrained(str(out / "unet")),
+        scheduler=ddim_scheduler(),
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
+    pipe.to(torch.float16)
+    pipe.save_pretrained(str(dst / "pipeline"), safe_serialization=True)
+    tok_dir = dst / "pipeline" / "tokenizer"  # ship CLIP's standard files (vocab.json + merges.txt)
+    shutil.rmtree(tok_dir)
+    shutil.copytree(out / "tokenizer", tok_dir, ignore=shutil.ignore_patterns("DONE.json"))
+    clip.half().save_pretrained(str(dst / "clip"))
+    for kind in ("style", "object"):
+        judge = Judge.load(out / "judges" / kind)
+        judge.net.half()
+        judge.save(dst / "judges" / kind)
+    stages = {s: _done(out / s) for s in STAGES[:-1]}
+    world = {
+        "seed": seed,
+        "config": asdict(cfg),
+        "styles": list(STYLES),
+        "objects": list(OBJECTS),
+        "generation_defaults": GENERATION_DEFAULTS,
+        "stages": stages,
+        "versions": {"torch": torch.__version__, "diffusers": __import__("diffusers").__version__,
+                     "transformers": __import__("transformers").__version__, "python": platform.python_version()},
+    }
+    (dst / "world.json").write_text(json.dumps(world, indent=2, sort_keys=True))
+    sums = write_checksums(dst)
+    return {"files": len(sums), "bytes": sum((dst / f).stat().st_size for f in sums)}
+
+
+STAGE_FNS = {
+    "data": stage_data,
+    "tokenizer": stage_tokenizer,
+    "clip": stage_clip,
+    "judges": stage_judges,
+    "vae": stage_vae,
+    "unet": stage_unet,
+    "assemble": stage_assemble,
+}
+
+
+def build_world(
+    out_dir: str | Path,
+    *,
+    seed: int = 0,
+    preset: str = "full",
+    config: BuildConfig | None = None,
+    stages: tuple[str, ...] | None = None,
+    device: str | torch.device = "cpu",
+    install: bool = False,
+    progress: bool = True,
+) -> Path:
+    """Build (or resume building) the MiniCanvas world into ``out_dir``; returns ``out_dir/assets``.
+
+    Args:
+        out_dir: build directory (stage outputs, checkpoints, and finally ``assets/``).
+        seed: global seed; the same seed on the same machine reproduces the same weights.
+        preset: ``"full"`` (the shipped world) or ``"tiny"`` (seconds; for tests).
+        config: overrides ``preset`` entirely.
+        stages: run only these stages (their prerequisites must be done); default all, in order.
+        device: torch device for training.
+        install: copy ``out_dir/assets`` into the package (``src/hirm/world/assets``) at the end.
+        progress: show tqdm progress bars.
+    """
+    out = Path(out_dir)
+    if preset not in PRESETS and config is None:
+        raise ValueError(f"preset must be one of {sorted(PRESETS)}, got {preset!r}")
+    cfg = config or PRESETS[preset]
+    dev = torch.device(device)
+    out.mkdir(parents=True, exist_ok=True)
+    meta_path = out / "build.json"
+    if meta_path.exists() and json.loads(meta_path.read_text())["seed"] != seed:
+        raise ValueError(f"{out} holds a build with another seed; use a fresh --out directory")
+    meta_path.write_text(json.dumps({"seed": seed, "config": asdict(cfg)}, indent=2, sort_keys=True))
+    for name in stages or STAGES:
+        if name not in STAGE_FNS:
+            raise ValueError(f"unknown stage {name!r}; stages: {', '.join(STAGES)}")
+        if _done(out / name) is not None and name != "assemble":
+            print(f"[world] stage {name}: done, skipping", flush=True)
+            continue
+        print(f"[world] stage {name}: running", flush=True)
+        t0, c0 = time.time(), time.process_time()
+        info = STAGE_FNS[name](out, cfg, seed, dev, progress)
+        info.update(wall_s=round(time.time() - t0, 1), cpu_s=round(time.process_time() - c0, 1))
+        _mark_done(out / name, info)
+        print(f"[world] stage {name}: {json.dumps(info)}", flush=True)
+    if install:
+        install_assets(out / "assets")
+    return out / "assets"
+
+
+def install_assets(src: Path, dst: Path = PACKAGE_ASSETS) -> None:
+    """Replace the package's assets with a built ``assets`` directory."""
+    if not (src / "checksums.json").exists():
+        raise FileNotFoundError(f"{src} is not a finished assets directory (no checksums.json)")
+    if dst.exists():
+        shutil.rmtree(dst)
+    shutil.copytree(src, dst)
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(prog="python -m hirm.world.build", description=__doc__.split("\n\n")[0])
+    p.add_argument("--out", required=True, type=Path, help="build directory (resumes if it exists)")
+    p.add_argument("--seed", type=int, default=0, help="global seed (default 0 = the shipped world)")
+    p.add_argument("--preset", choices=sorted(PRESETS), default="full", help="model sizes (tiny = smoke test)")
+    p.add_argument("--stages", nargs="+", choices=STAGES, default=None, help="run only these stages")
+    p.add_argument("--device", default="cpu", help="torch device for training (default cpu)")
+    p.add_argument("--install", action="store_true", help="copy DIR/assets into the package when done")
+    p.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    a = p.parse_args(argv)
+    if a.threads is not None:
+        torch.set_num_threads(a.threads)
+    assets = build_world(a.out, seed=a.seed, preset=a.preset, stages=tuple(a.stages) if a.stages else None,
+                         device=a.device, install=a.install, progress=not a.no_progress)
+    print(f"[world] assets in {assets}" + (f"; installed into {PACKAGE_ASSETS}" if a.install else ""))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,129 @@
+"""Caption sampling for training: templates, synonyms, super-categories and label bookkeeping.
+
+A caption is built from a template (see :data:`TRAIN_TEMPLATES`) for an image of ``(style, object)``;
+placeholders absent from the template leave that concept unnamed. A caption's *label* records what it
+pins down, so contrastive training can treat every compatible (caption, image) pair as a positive.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from .concepts import (
+    OBJECT_SUPER,
+    OBJECT_SYNONYMS,
+    OBJECTS,
+    STYLE_SUPER,
+    STYLE_SYNONYMS,
+    STYLES,
+    TRAIN_TEMPLATES,
+    display_name,
+    make_prompt,
+    template_fields,
+)
+
+STYLE_SUPERS: tuple[str, ...] = tuple(dict.fromkeys(STYLE_SUPER[s] for s in STYLES))
+OBJECT_SUPERS: tuple[str, ...] = tuple(dict.fromkeys(OBJECT_SUPER[o] for o in OBJECTS))
+STYLE_SUPER_IDX = np.array([STYLE_SUPERS.index(STYLE_SUPER[s]) for s in STYLES])
+OBJECT_SUPER_IDX = np.array([OBJECT_SUPERS.index(OBJECT_SUPER[o]) for o in OBJECTS])
+
+
+def template_kind(template: str) -> str:
+    """One of ``"both"`` (names object and style), ``"object"``, ``"style"``, ``"super"`` (the rest)."""
+    f = template_fields(template)
+    if {"object", "style"} <= f:
+        return "both"
+    if "object" in f and "style" not in f and "style_super" not in f:
+        return "object"
+    if "style" in f and "object" not in f and "object_super" not in f:
+        return "style"
+    return "super"
+
+
+KIND_WEIGHTS: dict[str, float] = {"both": 0.78, "object": 0.08, "style": 0.08, "super": 0.06}
+"""Probability of each template kind when captioning a training image (before CFG dropout)."""
+
+
+def style_words(style: str) -> tuple[str, ...]:
+    """Words used for a style in training captions: display name first, then synonyms."""
+    return (display_name(style),) + STYLE_SYNONYMS[style]
+
+
+def object_words(obj: str) -> tuple[str, ...]:
+    """Words used for an object in training captions: display name first, then synonyms."""
+    return (display_name(obj),) + OBJECT_SYNONYMS[obj]
+
+
+@dataclass(frozen=True)
+class CaptionLabel:
+    """What a caption pins down (-1 = unconstrained): style, object, style super-category, object super-category."""
+
+    style: int
+    object: int
+    style_super: int
+    object_super: int
+
+    def compatible(self, s: np.ndarray, o: np.ndarray) -> np.ndarray:
+        """Boolean mask over images with style indices ``s`` and object indices ``o``."""
+        ok = np.ones(len(s), dtype=bool)
+        if self.style >= 0:
+            ok &= s == self.style
+        if self.object >= 0:
+            ok &= o == self.object
+        if self.style_super >= 0:
+            ok &= STYLE_SUPER_IDX[s] == self.style_super
+        if self.object_super >= 0:
+            ok &= OBJECT_SUPER_IDX[o] == self.object_super
+        return ok
+
+
+def caption(template: str, s: int, o: int, *, style_word: int = 0, object_word: int = 0) -> tuple[str, CaptionLabel]:
+    """The caption of template for style index ``s``, object index ``o`` and word choices, with its label."""
+    sty, obj = STYLES[s], OBJECTS[o]
+    f = template_fields(template)
+    text = make_prompt(
+        template,
+        style=sty,
+        object=obj,
+        style_word=style_words(sty)[style_word],
+        object_word=object_words(obj)[object_word],
+    )
+    label = CaptionLabel(
+        style=s if "style" in f else -1,
+        object=o if "object" in f else -1,
+        style_super=int(STYLE_SUPER_IDX[s]) if "style_super" in f else -1,
+        object_super=int(OBJECT_SUPER_IDX[o]) if "object_super" in f else -1,
+    )
+    return text, label
+
+
+def sample_caption(rng: np.random.Generator, s: int, o: int, *, templates: tuple[str, ...] = TRAIN_TEMPLATES,
+                   p_canonical: float = 0.5) -> tuple[str, CaptionLabel]:
+    """A random training caption for an image of style ``s`` and object ``o``.
+
+    The template kind is drawn from :data:`KIND_WEIGHTS`; a concept is written by its display name with
+    probability ``p_canonical`` and otherwise by a random synonym.
+    """
+    kinds = {t: template_kind(t) for t in templates}
+    present = [k for k in KIND_WEIGHTS if k in kinds.values()]
+    w = np.array([KIND_WEIGHTS[k] for k in present])
+    kind = present[rng.choice(len(present), p=w / w.sum())]
+    pool = [t for t in templates if kinds[t] == kind]
+    template = pool[rng.integers(len(pool))]
+    sw = 0 if rng.random() < p_canonical else int(rng.integers(1, len(style_words(STYLES[s]))))
+    ow = 0 if rng.random() < p_canonical else int(rng.integers(1, len(object_words(OBJECTS[o]))))
+    return caption(template, s, o, style_word=sw, object_word=ow)
+
+
+def all_captions(templates: tuple[str, ...] = TRAIN_TEMPLATES) -> list[str]:
+    """Every distinct caption the templates, concepts and synonyms can produce (sorted, deterministic)."""
+    out: set[str] = set()
+    for t in templates:
+        for s, sty in enumerate(STYLES):
+            for o, obj in enumerate(OBJECTS):
+                for sw in range(len(style_words(sty))):
+                    for ow in range(len(object_words(obj))):
+                        out.add(caption(t, s, o, style_word=sw, object_word=ow)[0])
+    return sorted(out)

@@ -1,0 +1,173 @@
+"""Stage 2: MiniCLIP, a transformers ``CLIPModel`` trained contrastively on (image, caption) pairs.
+
+Images enter the vision tower as ``pixel_values = 2 * image - 1`` (image in [0, 1], 32x32); no image
+processor is needed. Captions are tokenised with the stage-1 tokenizer. Because a caption may name only
+the style, only the object, or a super-category, a batch holds many true positives per caption; the loss
+is the symmetric InfoNCE with *soft* targets spread uniformly over all compatible pairs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from transformers import CLIPConfig, CLIPModel
+
+from ._train import lr_at, run_steps, step_rng, to_float_images
+from .captions import sample_caption
+from .concepts import CANVAS_TEMPLATE, OBJECTS, STYLES, make_prompt
+
+
+@dataclass(frozen=True)
+class ClipTrainConfig:
+    """Sizes and schedule of MiniCLIP (defaults = the shipped model)."""
+
+    text_hidden: int = 128
+    text_layers: int = 6
+    text_heads: int = 4
+    vision_hidden: int = 128
+    vision_layers: int = 4
+    vision_heads: int = 4
+    patch_size: int = 8
+    projection_dim: int = 128
+    batch_size: int = 128
+    steps: int = 500
+    lr: float = 1e-3
+    warmup: int = 50
+    weight_decay: float = 0.05
+
+
+def make_clip(cfg: ClipTrainConfig, tokenizer) -> CLIPModel:
+    """A randomly initialised CLIPModel sized by ``cfg`` for ``tokenizer`` (77 positions)."""
+    text = dict(
+        vocab_size=len(tokenizer),
+        hidden_size=cfg.text_hidden,
+        intermediate_size=4 * cfg.text_hidden,
+        num_hidden_layers=cfg.text_layers,
+        num_attention_heads=cfg.text_heads,
+        max_position_embeddings=tokenizer.model_max_length,
+        projection_dim=cfg.projection_dim,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    vision = dict(
+        hidden_size=cfg.vision_hidden,
+        intermediate_size=4 * cfg.vision_hidden,
+        num_hidden_layers=cfg.vision_layers,
+        num_attention_heads=cfg.vision_heads,
+        image_size=32,
+        patch_size=cfg.patch_size,
+        projection_dim=cfg.projection_dim,
+    )
+    return CLIPModel(CLIPConfig(text_config=text, vision_config=vision, projection_dim=cfg.projection_dim))
+
+
+def tokenize(tokenizer, texts: list[str], *, pad_to_max: bool = False) -> torch.Tensor:
+    """Token ids (N, L); ``L = 77`` if ``pad_to_max`` else the longest in the batch (same pooled output,
+    because CLIP's text tower is causal and pools at the first eos)."""
+    enc = tokenizer(
+        texts,
+        padding="max_length" if pad_to_max else "longest",
+        max_length=tokenizer.model_max_length,
+        truncation=True,
+        return_tensors="pt",
+    )
+    return enc.input_ids
+
+
+def train_clip(
+    out_dir: Path,
+    *,
+    tokenizer,
+    images: np.ndarray,
+    style_idx: np.ndarray,
+    object_idx: np.ndarray,
+    cfg: ClipTrainConfig,
+    seed: int,
+    device: torch.device,
+    ckpt_dir: Path | None = None,
+    progress: bool = True,
+) -> CLIPModel:
+    """Train MiniCLIP on the rendered pool and ``save_pretrained`` it into ``out_dir``."""
+    torch.manual_seed(seed)
+    model = make_clip(cfg, tokenizer).to(device)
+    decay = [p for n, p in model.named_parameters() if p.ndim >= 2 and "embedding" not in n]
+    other = [p for n, p in model.named_parameters() if not (p.ndim >= 2 and "embedding" not in n)]
+    opt = torch.optim.AdamW(
+        [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": other, "weight_decay": 0.0}],
+        lr=cfg.lr, betas=(0.9, 0.98), eps=1e-6,
+    )
+    pixels_all = to_float_images(images).mul_(2).sub_(1)
+
+    def step_fn(step: int) -> float:
+        rng, _ = step_rng(seed, step, stream=2)
+        for g in opt.param_groups:
+            g["lr"] = lr_at(step, base_lr=cfg.lr, warmup=cfg.warmup, total=cfg.steps)
+        idx = rng.integers(len(images), size=cfg.batch_size)
+        s, o = style_idx[idx], object_idx[idx]
+        caps = [sample_caption(rng, int(a), int(b)) for a, b in zip(s, o, strict=True)]
+        compat = np.stack([lab.compatible(s, o) for _, lab in caps])  # (B text, B image)
+        target = torch.from_numpy(compat.astype(np.float32)).to(device)
+        ids = tokenize(tokenizer, [c for c, _ in caps]).to(device)
+        out = model(input_ids=ids, pixel_values=pixels_all[idx].to(device))
+        logits = out.logits_per_text  # (B text, B image)
+        loss_t = -(F.log_softmax(logits, 1) * (target / target.sum(1, keepdim=True))).sum(1).mean()
+        loss_i = -(F.log_softmax(logits.T, 1) * (target.T / target.T.sum(1, keepdim=True))).sum(1).mean()
+        loss = 0.5 * (loss_t + loss_i)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        with torch.no_grad():
+            model.logit_scale.clamp_(0, np.log(100.0))
+        return loss.item()
+
+    model.train()
+    run_steps(name="MiniCLIP", steps=cfg.steps, step_fn=step_fn, ckpt_dir=ckpt_dir, modules={"clip": model},
+              opt=opt, progress=progress)
+    model.eval()
+    model.save_pretrained(str(out_dir))
+    (out_dir / "train_config.json").write_text(__import__("json").dumps(asdict(cfg), indent=2))
+    return model
+
+
+@torch.no_grad()
+def encode_texts(model: CLIPModel, tokenizer, texts: list[str], device: torch.device) -> torch.Tensor:
+    """L2-normalised text embeddings (N, projection_dim)."""
+    ids = tokenize(tokenizer, texts).to(device)
+    pooled = model.text_model(input_ids=ids).pooler_output
+    return F.normalize(model.text_projection(pooled), dim=-1)
+
+
+@torch.no_grad()
+def encode_images(model: CLIPModel, images: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """L2-normalised image embeddings (N, projection_dim) of float images (N, 3, 32, 32) in [0, 1]."""
+    pooled = model.vision_model(pixel_values=(images * 2 - 1).to(device)).pooler_output
+    return F.normalize(model.visual_projection(pooled), dim=-1)
+
+
+@torch.no_grad()
+def zero_shot_report(model: CLIPModel, tokenizer, images: torch.Tensor, style_idx: np.ndarray,
+                     object_idx: np.ndarray, *, device: torch.device) -> dict[str, float]:
+    """Zero-shot style / object classification and text->image retrieval on images (N, 3, 32, 32) in [0, 1].
+
+    - style accuracy: argmax over "An image in {style} style." prompts;
+    - object accuracy: argmax over "A {object} image." prompts;
+    - retrieval R@1: for each of the 120 ``CANVAS_TEMPLATE`` prompts, is the top-ranked image of that pair
+      (gallery = all given images), averaged over prompts.
+    """
+    img = torch.cat([encode_images(model, images[i : i + 512], device) for i in range(0, len(images), 512)])
+    ts = encode_texts(model, tokenizer, [make_prompt("An image in {style} style.", style=s) for s in STYLES], device)
+    to = encode_texts(model, tokenizer, [make_prompt("A {object} image.", object=o) for o in OBJECTS], device)
+    s_acc = float(((img @ ts.T).argmax(1).cpu().numpy() == style_idx).mean())
+    o_acc = float(((img @ to.T).argmax(1).cpu().numpy() == object_idx).mean())
+    pairs = [(s, o) for s in range(len(STYLES)) for o in range(len(OBJECTS))]
+    tp = encode_texts(model, tokenizer, [make_prompt(CANVAS_TEMPLATE, style=STYLES[s], object=OBJECTS[o])
+                                         for s, o in pairs], device)
+    top = (tp @ img.T).argmax(1).cpu().numpy()
+    hits = [(style_idx[t] == s) and (object_idx[t] == o) for t, (s, o) in zip(top, pairs, strict=True)]
+    return {"zero_shot_style_acc": s_acc, "zero_shot_object_acc": o_acc, "retrieval_r1": float(np.mean(hits))}

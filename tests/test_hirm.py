@@ -1,0 +1,255 @@
+"""HiRM's promise on tiny random CLIP encoders: the target's read-out moves to the designated vector,
+unrelated prompts stay close, only the selected tensors change, and the defaults are the reference's."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import tiny
+
+import hirm
+from hirm.core.config import (
+    REFERENCE_STEERING_COEFF,
+    Concept,
+    HiRMConfig,
+    PromptTarget,
+    RandomTarget,
+    ReadingPoint,
+    reference_steering_coeff,
+)
+from hirm.core.encoder import named_parameters, read_representation, tokenize
+from hirm.core.hirm import erase_encoder, trainable_names
+from hirm.core.targets import random_target
+
+UNRELATED = [
+    "a photo of a dog",
+    "a red house by the sea",
+    "a bowl of fruit on a table",
+    "a man riding a bicycle",
+    "a portrait of a woman",
+    "mountains at sunset",
+]
+HELD_OUT = ["a green car in the city", "two birds on a wire", "an old bridge over a river"]
+
+
+@pytest.fixture(scope="module")
+def tokenizer(tmp_path_factory):
+    return tiny.clip_tokenizer(tmp_path_factory.mktemp("tok"))
+
+
+@pytest.fixture()
+def encoder():
+    return tiny.text_encoder()
+
+
+def _read(encoder, tokenizer, prompts, point=ReadingPoint()):
+    with torch.no_grad():
+        return read_representation(encoder, tokenize(tokenizer, prompts), point).float()
+
+
+def _patched(encoder, patch):
+    return hirm.apply_patch(encoder, patch, component="text_encoder")
+
+
+def test_reference_random_target_is_seed_42_rand_scaled_to_5000():
+    torch.manual_seed(42)
+    expected = torch.rand(1, 77, 768)
+    expected = expected / expected.norm() * 5000
+    target = random_target(77, 768)
+    assert torch.equal(target, expected)
+    assert target.norm().item() == pytest.approx(5000, rel=1e-5)
+    assert target[0].norm(dim=-1).mean().item() == pytest.approx(570, rel=0.01)  # per-token norm, as in NOTES.md
+    assert reference_steering_coeff(77, 768) == REFERENCE_STEERING_COEFF
+    # Other widths keep the per-entry RMS (5000 / sqrt(77 * 768)).
+    small = random_target(77, 32)
+    assert (small.pow(2).mean().sqrt() / target.pow(2).mean().sqrt()).item() == pytest.approx(1, rel=1e-4)
+
+
+def test_default_config_is_the_reference(encoder):
+    config = HiRMConfig()
+    assert config.read == ReadingPoint(layer=-1, site="attn")
+    assert (config.betas, config.eps, config.weight_decay) == ((0.9, 0.98), 1e-6, 1e-8)
+    names = trainable_names(encoder, config)
+    expected = {
+        f"encoder.layers.0.{m}.{k}"
+        for m in ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.out_proj", "mlp.fc1", "mlp.fc2")
+        for k in ("weight", "bias")
+    }
+    assert set(names) == expected
+    style, obj, nude = Concept("x", "style"), Concept("x", "object"), Concept("x", "nudity")
+    assert (config.resolved_lr([style]), config.resolved_lr([nude])) == (5e-5, 1e-4)
+    assert (config.resolved_steps([style]), config.resolved_steps([obj]), config.resolved_steps([nude])) == (30, 20, 50)
+    hirm_s = Concept("x", "nudity", PromptTarget("y"))
+    assert config.resolved_steps([hirm_s]) == 25
+
+
+def test_trainable_sets_select_by_exact_name(encoder):
+    assert all(".mlp." in n and n.startswith("encoder.layers.0.") for n in trainable_names(encoder, HiRMConfig(trainable="mlp-only")))
+    assert all("self_attn" in n for n in trainable_names(encoder, HiRMConfig(trainable="attn-only")))
+    two = trainable_names(encoder, HiRMConfig(trainable="first-k", k=2))
+    assert {n.split(".")[2] for n in two} == {"0", "1"} and len(two) == 24
+    only = ("encoder.layers.0.self_attn.out_proj.weight",)
+    assert trainable_names(encoder, HiRMConfig(trainable="params", params=only)) == list(only)
+    with pytest.raises(ValueError, match="Unknown parameter"):
+        trainable_names(encoder, HiRMConfig(trainable="params", params=("encoder.layers.0.nope",)))
+
+
+@pytest.mark.parametrize("site", ["attn", "mlp", "hidden", "final"])
+def test_early_exit_read_equals_full_forward(encoder, tokenizer, site):
+    """Stopping the forward at the reading point gives exactly the value a hook sees in a full forward."""
+    ids = tokenize(tokenizer, ["a cat"])
+    point = ReadingPoint(layer=2, site=site)
+    from hirm.core.encoder import reading_module
+
+    seen = {}
+    handle = reading_module(encoder, point).register_forward_hook(
+        lambda m, i, o: seen.setdefault("x", o[0] if isinstance(o, tuple) else o)
+    )
+    with torch.no_grad():
+        out = encoder(input_ids=ids)
+    handle.remove()
+    got = _read(encoder, tokenizer, ["a cat"], point)
+    assert got.shape == (1, 77, tiny.WIDTH)
+    assert torch.equal(got, seen["x"])
+    if site == "final":
+        assert torch.equal(got, out.last_hidden_state)
+
+
+def test_fp32_matches_a_plain_reference_loop_bit_for_bit(encoder, tokenizer):
+    """precision='fp32': hirm's loop is the reference loop (hook, full forward, MSE, AdamW) exactly."""
+    steps = 4
+    patch = erase_encoder(encoder, tokenizer, [Concept("Van Gogh", "style")], HiRMConfig(steps=steps, precision="fp32"), progress=False).patch
+
+    reference = tiny.text_encoder()
+    reference.requires_grad_(False)
+    params = [p for n, p in named_parameters(reference).items() if n in trainable_names(reference, HiRMConfig())]
+    for p in params:
+        p.requires_grad_(True)
+    torch.manual_seed(42)
+    target = torch.rand(1, 77, tiny.WIDTH)
+    target = target / target.norm() * reference_steering_coeff(77, tiny.WIDTH)
+    store = {}
+    layer = reference.encoder.layers[-1] if hasattr(reference, "encoder") else reference.text_model.encoder.layers[-1]
+    layer.self_attn.out_proj.register_forward_hook(lambda m, i, o: store.__setitem__("h", o))
+    optimizer = torch.optim.AdamW(params, lr=5e-5, betas=(0.9, 0.98), eps=1e-6, weight_decay=1e-8)
+    ids = tokenize(tokenizer, ["Van Gogh"])
+    for _ in range(steps):
+        optimizer.zero_grad()
+        reference(input_ids=ids)
+        loss = torch.nn.functional.mse_loss(store["h"], target)
+        loss.backward()
+        optimizer.step()
+    ref_params = named_parameters(reference)
+    for key, value in patch.tensors.items():
+        assert torch.equal(value, ref_params[key.split("/", 1)[1]].detach()), key
+
+
+def test_hirm_s_moves_the_concept_to_the_super_category(encoder, tokenizer):
+    concept = Concept("Van Gogh", "style", PromptTarget("painting"))
+    before = _read(encoder, tokenizer, ["Van Gogh", "painting"])
+    start = ((before[0] - before[1]).norm() / before[1].norm()).item()
+    for config, bound in ((HiRMConfig(precision="fp32"), 0.5), (HiRMConfig(steps=60, lr=2e-3, precision="fp32"), 0.2)):
+        result = erase_encoder(encoder, tokenizer, [concept], config, progress=False)
+        assert torch.equal(_read(encoder, tokenizer, ["Van Gogh"]), before[:1]), "the caller's encoder must be unchanged"
+        after = _read(_patched(tiny.text_encoder(), result.patch), tokenizer, ["Van Gogh"])
+        end = ((after[0] - before[1]).norm() / before[1].norm()).item()
+        # Reference settings (30 steps, lr 5e-5) close more than half the gap; a longer run closes 80 %.
+        assert end < bound * start, (config.steps, start, end)
+        assert result.losses[-1] < result.losses[0]
+
+
+def test_hirm_r_turns_the_read_out_toward_the_random_direction(encoder, tokenizer):
+    target = random_target(77, tiny.WIDTH)
+    before = _read(encoder, tokenizer, ["Cats"])
+    result = erase_encoder(encoder, tokenizer, [Concept("Cats")], HiRMConfig(steps=40, lr=2e-3), progress=False)
+    after = _read(_patched(encoder, result.patch), tokenizer, ["Cats"])
+    cos = torch.nn.functional.cosine_similarity
+    assert cos(after.flatten(), target.flatten(), dim=0) > cos(before.flatten(), target.flatten(), dim=0) + 0.3
+    assert result.final_loss < result.losses[0]
+
+
+def test_preservation_term_keeps_unseen_unrelated_prompts_close(encoder, tokenizer):
+    """A random tiny encoder has no semantic structure, so the reference objective alone moves every
+    prompt (its specificity is measured on the trained MiniCLIP). The optional preservation term
+    keeps even prompts it never saw close: relative change of held-out unrelated read-outs < 0.25
+    and under half of what it is without the term, while the concept still reaches its target."""
+    concept = Concept("Van Gogh", "style", PromptTarget("painting"))
+    before = _read(encoder, tokenizer, ["painting", *HELD_OUT])
+    changes, reached = [], []
+    for weight in (0.0, 1.0):
+        config = HiRMConfig(steps=30, lr=1e-3, preserve=tuple(UNRELATED), preserve_weight=weight, precision="fp32")
+        patch = erase_encoder(encoder, tokenizer, [concept], config, progress=False).patch
+        after = _read(_patched(tiny.text_encoder(), patch), tokenizer, ["Van Gogh", *HELD_OUT])
+        changes.append(max(((after[i] - before[i]).norm() / before[i].norm()).item() for i in range(1, len(HELD_OUT) + 1)))
+        reached.append(((after[0] - before[0]).norm() / before[0].norm()).item())
+    assert changes[1] < 0.25 and changes[1] < 0.5 * changes[0], changes
+    assert max(reached) < 0.1, reached
+
+
+def test_several_concepts_are_trained_jointly_each_to_its_own_target(encoder, tokenizer):
+    concepts = [Concept("Van Gogh", "style", PromptTarget("painting")), Concept("Cats", "object", PromptTarget("animal"))]
+    config = HiRMConfig(steps=60, lr=2e-3, precision="fp32")
+    before = _read(encoder, tokenizer, ["Van Gogh", "Cats", "painting", "animal"])
+    patch = erase_encoder(encoder, tokenizer, concepts, config, progress=False).patch
+    after = _read(_patched(encoder, patch), tokenizer, ["Van Gogh", "Cats"])
+    for i in range(2):
+        assert (after[i] - before[2 + i]).norm() < 0.5 * (before[i] - before[2 + i]).norm()
+    assert [c["text"] for c in patch.metadata["concepts"]] == ["Van Gogh", "Cats"]
+
+
+def test_templates_train_every_rendering_of_the_concept(encoder, tokenizer):
+    config = HiRMConfig(steps=30, lr=2e-3, templates=("{concept}", "a painting in {concept} style"))
+    patch = erase_encoder(encoder, tokenizer, [Concept("Van Gogh", "style", PromptTarget("painting"))], config, progress=False).patch
+    before = _read(encoder, tokenizer, ["a painting in Van Gogh style", "painting"])
+    after = _read(_patched(encoder, patch), tokenizer, ["a painting in Van Gogh style"])
+    assert (after[0] - before[1]).norm() < (before[0] - before[1]).norm()
+    with pytest.raises(ValueError, match="concept"):
+        HiRMConfig(templates=("no placeholder",))
+
+
+def test_only_selected_tensors_change(encoder, tokenizer):
+    original = {k: v.clone() for k, v in encoder.state_dict().items()}
+    patch = erase_encoder(encoder, tokenizer, [Concept("Cats")], HiRMConfig(steps=3), progress=False).patch
+    patched = _patched(encoder, patch).state_dict()
+    changed = {k for k in original if not torch.equal(original[k], patched[k])}
+    expected = {k.split("/", 1)[1] for k in patch.tensors}
+    assert changed == expected and len(expected) == 12
+    assert patch.num_parameters == sum(original[k].numel() for k in expected)
+
+
+def test_same_seed_gives_bit_identical_patches(encoder, tokenizer):
+    a = erase_encoder(encoder, tokenizer, [Concept("Cats")], HiRMConfig(steps=5), progress=False).patch
+    b = erase_encoder(tiny.text_encoder(), tokenizer, [Concept("Cats")], HiRMConfig(steps=5), progress=False).patch
+    assert a.tensors.keys() == b.tensors.keys()
+    assert all(torch.equal(a.tensors[k], b.tensors[k]) for k in a.tensors)
+    c = erase_encoder(encoder, tokenizer, [Concept("Cats", target=RandomTarget(seed=7))], HiRMConfig(steps=5), progress=False).patch
+    assert not all(torch.equal(a.tensors[k], c.tensors[k]) for k in a.tensors)
+
+
+def test_bad_concepts_are_clear_errors(encoder, tokenizer):
+    from hirm.core.encoder import ConceptError
+
+    with pytest.raises(ValueError, match="non-empty"):
+        Concept("   ")
+    with pytest.raises(ConceptError, match="77"):
+        erase_encoder(encoder, tokenizer, [Concept("cat " * 80)], progress=False)
+    with pytest.raises(ValueError, match="at least one"):
+        erase_encoder(encoder, tokenizer, [], progress=False)
+    with pytest.raises(ValueError, match="does not exist"):
+        erase_encoder(encoder, tokenizer, [Concept("cat")], HiRMConfig(read=ReadingPoint(layer=40)), progress=False)
+
+
+def test_nan_loss_is_an_error_and_leaves_the_encoder_unchanged(encoder, tokenizer, tmp_path):
+    from safetensors.torch import save_file
+
+    from hirm.core.config import VectorTarget
+    from hirm.core.hirm import NonFiniteLossError
+
+    save_file({"target": torch.full((tiny.WIDTH,), 3e38)}, str(tmp_path / "huge.safetensors"))
+    before = {k: v.clone() for k, v in encoder.state_dict().items()}
+    with pytest.raises(NonFiniteLossError, match="Nothing was saved"):
+        erase_encoder(encoder, tokenizer, [Concept("cat", target=VectorTarget(str(tmp_path / "huge.safetensors"), coeff=10.0))], progress=False)
+    assert all(torch.equal(before[k], v) for k, v in encoder.state_dict().items())
+    save_file({"target": torch.full((tiny.WIDTH,), float("nan"))}, str(tmp_path / "nan.safetensors"))
+    with pytest.raises(ValueError, match="NaN"):
+        erase_encoder(encoder, tokenizer, [Concept("cat", target=VectorTarget(str(tmp_path / "nan.safetensors")))], progress=False)
