@@ -34,13 +34,24 @@ FAST = {
 }
 
 
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread():
+    """One intra-op thread: on the shared 2-core machine two threads are ~10x slower for these tiny nets."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="module")
 def model(sd_dir):
     return hirm.load_model(sd_dir)
 
 
 def _erase(model, name, concepts=CAT, config=None):
-    return hirm.get_method(name).erase(model, concepts, FAST[name] if config is None else config, progress=False)
+    return hirm.get_method(name).erase(
+        model, concepts, FAST[name] if config is None else config, progress=False
+    )
 
 
 def _state(model) -> dict[str, torch.Tensor]:
@@ -70,13 +81,29 @@ def test_registry_lists_the_peer_methods_with_their_defaults():
     assert methods["esd-x"].config_cls().variant == "esd-x"
     assert methods["esd-u"].config_cls().variant == "esd-u"
     esd = ESDConfig()
-    assert (esd.steps, esd.lr, esd.negative_guidance, esd.start_guidance, esd.ddim_steps) == (1000, 1e-5, 1.0, 3.0, 50)
+    assert (esd.steps, esd.lr, esd.negative_guidance, esd.start_guidance, esd.ddim_steps) == (
+        1000,
+        1e-5,
+        1.0,
+        3.0,
+        50,
+    )
     uce = UCEConfig()
-    assert (uce.erase_scale, uce.preserve_scale, uce.lamb, uce.tokens, uce.preserve) == (1.0, 1.0, 0.5, "last", ())
+    assert (uce.erase_scale, uce.preserve_scale, uce.lamb, uce.tokens, uce.preserve) == (
+        1.0,
+        1.0,
+        0.5,
+        "last",
+        (),
+    )
     assert DiffQuickFixConfig().lam == 0.01 and DiffQuickFixConfig().guide == ""
     naive = NaiveConfig().hirm_config()
     assert naive.read == ReadingPoint(site="final") and naive.trainable == "first-attn"
-    assert (naive.betas, naive.eps, naive.weight_decay) == (HiRMConfig().betas, HiRMConfig().eps, HiRMConfig().weight_decay)
+    assert (naive.betas, naive.eps, naive.weight_decay) == (
+        HiRMConfig().betas,
+        HiRMConfig().eps,
+        HiRMConfig().weight_decay,
+    )
 
 
 @pytest.mark.parametrize(
@@ -112,7 +139,9 @@ def test_deterministic_exact_round_trip_and_caller_untouched(model, name, tmp_pa
     before = _state(model)
     first, second = _erase(model, name), _erase(model, name)
     assert _state(model).keys() == before.keys()
-    assert all(torch.equal(v, before[k]) for k, v in _state(model).items()), "erase modified the caller's model"
+    assert all(torch.equal(v, before[k]) for k, v in _state(model).items()), (
+        "erase modified the caller's model"
+    )
     assert first.tensors.keys() == second.tensors.keys()
     assert all(torch.equal(first.tensors[k], second.tensors[k]) for k in first.tensors)
     assert any(not torch.equal(v, before[k]) for k, v in first.tensors.items()), "nothing changed"
@@ -120,7 +149,9 @@ def test_deterministic_exact_round_trip_and_caller_untouched(model, name, tmp_pa
     assert loaded.tensors.keys() == first.tensors.keys()
     assert all(torch.equal(loaded.tensors[k], first.tensors[k]) for k in first.tensors)
     assert loaded.metadata["method"] == name
-    assert loaded.metadata["config"] == json.loads(json.dumps(FAST[name].to_dict()))  # tuples are lists in JSON
+    assert loaded.metadata["config"] == json.loads(
+        json.dumps(FAST[name].to_dict())
+    )  # tuples are lists in JSON
     assert loaded.metadata["seconds"] > 0
 
 
@@ -138,7 +169,10 @@ def test_public_api(sd_dir, name):
 
 def _attn2_kv(unet) -> set[str]:
     return {
-        f"unet/{name}.{proj}.weight" for name, _ in unet.named_modules() if name.endswith("attn2") for proj in ("to_k", "to_v")
+        f"unet/{name}.{proj}.weight"
+        for name, _ in unet.named_modules()
+        if name.endswith("attn2")
+        for proj in ("to_k", "to_v")
     }
 
 
@@ -159,8 +193,12 @@ def test_uce_transform_solves_the_editing_equations_exactly():
 
 
 def _uce_vectors(model, config, concepts=("cat",), guide="", preserve=()):
-    hidden, lengths = prompt_embeddings(model.text_encoder(), model.tokenizer(), [*concepts, guide, *preserve])
-    rows = select_tokens(hidden, lengths, config.tokens).double().reshape(hidden.shape[0], -1, hidden.shape[-1])
+    hidden, lengths = prompt_embeddings(
+        model.text_encoder(), model.tokenizer(), [*concepts, guide, *preserve]
+    )
+    rows = (
+        select_tokens(hidden, lengths, config.tokens).double().reshape(hidden.shape[0], -1, hidden.shape[-1])
+    )
     n = len(concepts)
     return rows[:n].flatten(0, 1), rows[n].expand(n, -1, -1).flatten(0, 1), rows[n + 1 :].flatten(0, 1)
 
@@ -174,8 +212,12 @@ def test_uce_maps_the_concept_to_the_guide_and_keeps_the_preserved(model):
     params = component_parameters(model.component("unet"))
     for key, new in patch.tensors.items():
         w, w_new = params[key.split("/", 1)[1]].detach().double(), new.double()
-        torch.testing.assert_close(c @ w_new.T, c_star @ w.T, rtol=1e-4, atol=1e-4 * (c_star @ w.T).abs().max().item())
-        torch.testing.assert_close(c_keep @ w_new.T, c_keep @ w.T, rtol=1e-4, atol=1e-4 * (c_keep @ w.T).abs().max().item())
+        torch.testing.assert_close(
+            c @ w_new.T, c_star @ w.T, rtol=1e-4, atol=1e-4 * (c_star @ w.T).abs().max().item()
+        )
+        torch.testing.assert_close(
+            c_keep @ w_new.T, c_keep @ w.T, rtol=1e-4, atol=1e-4 * (c_keep @ w.T).abs().max().item()
+        )
         assert (c @ w.T - c_star @ w.T).norm() > 1e-2 * (c_star @ w.T).norm()  # the edit did something
 
 
@@ -188,13 +230,19 @@ def test_uce_defaults_minimise_the_regularised_objective(model):
     params = component_parameters(model.component("unet"))
     for key, new in patch.tensors.items():
         w, w_new = params[key.split("/", 1)[1]].detach().double(), new.double()
-        grad = (c @ w_new.T - c_star @ w.T).T @ c + (c_keep @ w_new.T - c_keep @ w.T).T @ c_keep + config.lamb * (w_new - w)
+        grad = (
+            (c @ w_new.T - c_star @ w.T).T @ c
+            + (c_keep @ w_new.T - c_keep @ w.T).T @ c_keep
+            + config.lamb * (w_new - w)
+        )
         scale = (c_star @ w.T).T.abs() @ c.abs()  # size of the terms that cancel
         assert (grad.abs() / scale.max()).max() < 1e-5
 
 
 def test_uce_default_guide_is_art_for_styles(model):
-    patch = _erase(model, "uce", concepts=[Concept("van gogh", kind="style"), Concept("cat")], config=UCEConfig())
+    patch = _erase(
+        model, "uce", concepts=[Concept("van gogh", kind="style"), Concept("cat")], config=UCEConfig()
+    )
     assert patch.metadata["guides"] == ["art", ""]
     assert _erase(model, "uce", config=UCEConfig(guide="dog")).metadata["guides"] == ["dog"]
 
@@ -225,10 +273,17 @@ def test_esd_moves_the_concept_prediction_toward_the_negatively_guided_target(mo
     x = torch.randn(4, 4, 8, 8, generator=gen)
     t = torch.tensor([999, 700, 400, 100])
     with torch.no_grad():
-        target = esd_target(unet(x, t, encoder_hidden_states=emb_0.expand(4, -1, -1)).sample,
-                            unet(x, t, encoder_hidden_states=emb_c.expand(4, -1, -1)).sample, config.negative_guidance)
-        before = torch.nn.functional.mse_loss(unet(x, t, encoder_hidden_states=emb_c.expand(4, -1, -1)).sample, target)
-        after = torch.nn.functional.mse_loss(trained(x, t, encoder_hidden_states=emb_c.expand(4, -1, -1)).sample, target)
+        target = esd_target(
+            unet(x, t, encoder_hidden_states=emb_0.expand(4, -1, -1)).sample,
+            unet(x, t, encoder_hidden_states=emb_c.expand(4, -1, -1)).sample,
+            config.negative_guidance,
+        )
+        before = torch.nn.functional.mse_loss(
+            unet(x, t, encoder_hidden_states=emb_c.expand(4, -1, -1)).sample, target
+        )
+        after = torch.nn.functional.mse_loss(
+            trained(x, t, encoder_hidden_states=emb_c.expand(4, -1, -1)).sample, target
+        )
     assert after < 0.9 * before
 
 
@@ -253,9 +308,13 @@ def test_diffquickfix_sends_the_concept_key_to_the_guide_value(model):
     k, v = keys.double(), values.double()
     w = encoder.encoder.layers[0].self_attn.out_proj.weight.detach().double()
 
-    exact = _erase(model, "diffquickfix", concepts, DiffQuickFixConfig(guide="dog", templates=templates, lam=1e-8))
+    exact = _erase(
+        model, "diffquickfix", concepts, DiffQuickFixConfig(guide="dog", templates=templates, lam=1e-8)
+    )
     assert exact.tensors.keys() == {OUT_PROJ0} and exact.metadata["num_pairs"] == 4
-    torch.testing.assert_close(k @ exact.tensors[OUT_PROJ0].double().T, v, rtol=1e-4, atol=1e-4 * v.abs().max().item())
+    torch.testing.assert_close(
+        k @ exact.tensors[OUT_PROJ0].double().T, v, rtol=1e-4, atol=1e-4 * v.abs().max().item()
+    )
 
     config = DiffQuickFixConfig(guide="dog", templates=templates)
     w_new = _erase(model, "diffquickfix", concepts, config).tensors[OUT_PROJ0].double()
@@ -278,7 +337,9 @@ def test_diffquickfix_patched_encoder_gives_the_guide_attention_output_at_the_co
     torch.testing.assert_close(new_out, dog_out, rtol=1e-3, atol=1e-3 * dog_out.abs().max().item())
     assert (old_out - dog_out).norm() > 0.1 * dog_out.norm()
     # Block 0's inputs to out_proj are unchanged by the edit (it is the only edited tensor).
-    torch.testing.assert_close(out_proj_inputs(patched, tok, ["cat"], 0), out_proj_inputs(encoder, tok, ["cat"], 0))
+    torch.testing.assert_close(
+        out_proj_inputs(patched, tok, ["cat"], 0), out_proj_inputs(encoder, tok, ["cat"], 0)
+    )
 
 
 # ----------------------------------------------------------------------------------------------- naive
@@ -317,3 +378,21 @@ def test_hirm_and_uce_patches_compose_on_one_pipeline(sd_dir, model):
         for name, value in component_parameters(single).items():
             assert torch.equal(combined[name], value), f"{comp}/{name} differs from its patch applied alone"
         assert all(torch.equal(combined[k.split("/", 1)[1]], v) for k, v in patch.tensors.items())
+
+
+# ------------------------------------------------------------------------------------ other families
+
+
+def test_text_encoder_methods_edit_both_sdxl_encoders_and_unet_methods_refuse_sdxl(sdxl_dir, model):
+    sdxl = hirm.load_model(sdxl_dir)
+    dqf = _erase(sdxl, "diffquickfix")
+    assert set(dqf.tensors) == {OUT_PROJ0, OUT_PROJ0.replace("text_encoder/", "text_encoder_2/")}
+    naive = hirm.get_method("naive").erase(
+        sdxl, CAT, FAST["naive"], components=["text_encoder_2"], progress=False
+    )
+    assert naive.components == ("text_encoder_2",)
+    for name in ("uce", "esd-x"):
+        with pytest.raises(ValueError, match="Stable Diffusion 1.x/2.x"):
+            _erase(sdxl, name)
+    with pytest.raises(ValueError, match="only the 'unet'"):
+        hirm.get_method("uce").erase(model, CAT, UCEConfig(), components=["text_encoder"])

@@ -12,6 +12,16 @@ from hirm.evaluation.canvas_grid import Canvas
 from hirm.evaluation.judges import FunctionJudge
 
 STYLES = ("Van_Gogh", "Crayon")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def one_thread():
+    """Tiny models run fastest on one thread; on a shared, loaded CPU two OpenMP threads can be 100x slower."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
 OBJECTS = ("Cats", "Dogs")
 
 

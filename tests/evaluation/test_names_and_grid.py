@@ -7,7 +7,13 @@ import torch
 
 from hirm.evaluation.canvas_grid import Canvas, UnknownConceptError, build_items
 from hirm.evaluation.common import EvaluationInputError, concept_key, display_name
-from hirm.evaluation.judges import FunctionJudge, Judge, JudgeMismatchError, class_columns, judge_probabilities
+from hirm.evaluation.judges import (
+    FunctionJudge,
+    Judge,
+    JudgeMismatchError,
+    class_columns,
+    judge_probabilities,
+)
 
 
 @pytest.mark.parametrize("name", ["Van Gogh", "Van_Gogh", "van gogh", " VAN   GOGH ", "van__gogh"])

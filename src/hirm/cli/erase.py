@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import time
 from pathlib import Path
 from typing import Optional
@@ -51,6 +53,26 @@ def build_concepts(texts: list[str], kind: str, targets: list[str]) -> list[Conc
     return [Concept(text=t, kind=kind, target=target) for t, target in zip(texts, parsed)]
 
 
+def parse_setting(text: str) -> tuple[str, object]:
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise ValueError(f"--set takes KEY=VALUE, got {text!r}.")
+    try:
+        return key.strip(), json.loads(value)
+    except json.JSONDecodeError:
+        return key.strip(), value  # a bare string
+
+
+def override(config, values: dict):
+    """``dataclasses.replace`` with a clear error for unknown fields; lists become tuples."""
+    known = {f.name for f in dataclasses.fields(config)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise ValueError(f"{type(config).__name__} has no field(s) {unknown}; it has {sorted(known)}.")
+    values = {k: tuple(v) if isinstance(v, list) else v for k, v in values.items()}
+    return dataclasses.replace(config, **values) if values else config
+
+
 def erase_command(
     concept: list[str] = typer.Option([], "--concept", "-c", help="Concept to erase (repeat for several; trained jointly)."),
     out: Path = typer.Option(..., "--out", "-o", help="Patch file to write (.safetensors)."),
@@ -70,7 +92,8 @@ def erase_command(
     preserve: list[str] = typer.Option([], help="Prompt whose read-out must stay (repeat)."),
     preserve_weight: float = typer.Option(0.0, help="Weight of the preservation term (0 = reference)."),
     precision: str = typer.Option("auto", help="auto, fp32 or bf16 (autocast; weights stay fp32)."),
-    seed: int = typer.Option(0, help="Training seed."),
+    seed: Optional[int] = typer.Option(None, help="Training seed (default 0)."),
+    setting: list[str] = typer.Option([], "--set", help="Any field of the method's config as KEY=VALUE (JSON value), e.g. --set guide='\"art\"' (repeat)."),
     save_encoder: Optional[Path] = typer.Option(None, help="Also write the full edited encoder(s) here (save_pretrained)."),
     device: str = typer.Option("cpu", help="torch device, e.g. cpu or cuda."),
     overwrite: bool = typer.Option(False, help="Replace existing outputs."),
@@ -90,11 +113,13 @@ def erase_command(
     if spec.config_cls is HiRMConfig:
         config = HiRMConfig(
             trainable=trainable, k=k, params=tuple(param), read=ReadingPoint(read_layer, read_site),
-            steps=steps, lr=lr, seed=seed, templates=tuple(template), preserve=tuple(preserve),
-            preserve_weight=preserve_weight, precision=precision,
+            steps=steps, lr=lr, templates=tuple(template), preserve=tuple(preserve),
+            preserve_weight=preserve_weight, precision=precision, seed=seed or 0,
         )  # fmt: skip
     else:
-        config = None
+        given = {"steps": steps, "lr": lr, "seed": seed}
+        config = override(spec.config_cls(), {k: v for k, v in given.items() if v is not None})
+    config = override(config, dict(parse_setting(s) for s in setting))
     handle = load_model(model, device=device)
     started = time.perf_counter()
     patch = erase(handle, concepts, method=method, config=config, components=component or None, progress=not quiet)
@@ -110,6 +135,8 @@ def erase_command(
         console.print(f"left unchanged: {list(handle.family.untouched)} (T5 encoders are not CLIP)")
     console.print(f"patch -> {out}")
     if save_encoder is not None:
+        if not set(patch.components) <= set(handle.family.encoders):
+            raise ValueError(f"--save-encoder writes text encoders; this patch changes {list(patch.components)}. Use `hirm apply`.")
         save_encoders(handle, patch, save_encoder, overwrite=overwrite)
         console.print(f"edited encoder(s) -> {save_encoder}")
 

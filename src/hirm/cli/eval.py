@@ -8,10 +8,12 @@ from typing import Annotated, Any
 
 import typer
 
+from hirm.cli.common import MODEL_HELP
+
 eval_app = typer.Typer(help="Measure erasure (UnlearnCanvas grid), nudity (NudeNet) and utility (CLIP score, FD).",
                        no_args_is_help=True)
 
-Model = Annotated[str, typer.Option("--model", help="'minicanvas' (embedded world), a diffusers pipeline directory or a hub id.")]
+Model = Annotated[str, typer.Option("--model", help="The model: " + MODEL_HELP)]
 Patches = Annotated[list[Path] | None, typer.Option("--patch", help="Patch file to apply (repeatable; several compose).")]
 Out = Annotated[Path | None, typer.Option("--out", help="Where to write the result (atomically); printed only if omitted.")]
 Overwrite = Annotated[bool, typer.Option("--overwrite", help="Replace an existing --out.")]
@@ -29,36 +31,34 @@ Limit = Annotated[int | None, typer.Option("--limit", help="Only the first N pro
 
 
 def fail_on_errors(fn):
-    """Turn the harness's input errors into a one-line message and exit status 2."""
+    """The shared :func:`hirm.cli.common.friendly_errors`, plus a missing optional dependency (NudeNet)."""
     import functools
+
+    from hirm.cli.common import console, friendly_errors
+
+    guarded = friendly_errors(fn)
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
-        from hirm.adapters.loading import ModelNotFoundError
-        from hirm.core.patch import PatchMismatchError
-        from hirm.evaluation.common import EvaluationInputError
-        from hirm.io import OutputExistsError
-
         try:
-            return fn(*args, **kwargs)
-        except (EvaluationInputError, OutputExistsError, PatchMismatchError, ModelNotFoundError, FileNotFoundError,
-                ImportError) as err:
-            typer.echo(f"Error: {err}", err=True)
-            raise typer.Exit(2) from err
+            return guarded(*args, **kwargs)
+        except ImportError as err:
+            console.print(f"[bold red]error:[/] {err}")
+            raise typer.Exit(code=2) from None
 
     return wrapper
 
 
 def parse_seeds(text: str | None) -> tuple[int, ...] | None:
+    """``"188,288,588"`` or ``"0-4"`` -> seeds (``None`` = protocol default)."""
+    from hirm.cli import common
+
     if text is None:
         return None
     try:
-        seeds = tuple(int(s) for s in text.replace(" ", "").split(",") if s)
+        return tuple(common.parse_seeds(text))
     except ValueError as err:
-        raise typer.BadParameter(f"--seeds takes comma-separated integers, got {text!r}.") from err
-    if not seeds:
-        raise typer.BadParameter("--seeds is empty.")
-    return seeds
+        raise ValueError(f"--seeds takes comma-separated integers or ranges (0-4), got {text!r}: {err}") from None
 
 
 def canvas_settings(model: str, *, seeds: str | None, templates: list[str] | None, heldout: list[str] | None,

@@ -61,7 +61,9 @@ class DiffQuickFixConfig:
         if not (self.lam > 0 and math.isfinite(self.lam)):
             raise ValueError(f"lam must be a positive finite number, got {self.lam}.")
         if isinstance(self.templates, str):
-            raise TypeError("templates is a tuple of prompts, e.g. ('a photo of {concept}',), not one string.")
+            raise TypeError(
+                "templates is a tuple of prompts, e.g. ('a photo of {concept}',), not one string."
+            )
         for template in self.templates:
             if template.count(_SLOT) != 1:
                 raise ValueError(f"Template {template!r} must contain '{{concept}}' exactly once.")
@@ -116,7 +118,9 @@ def quickfix_weight(weight: Tensor, keys: Tensor, values: Tensor, lam: float) ->
     return torch.linalg.solve(m, (lam * w + v.T @ k).T).T
 
 
-def pairs(encoder: nn.Module, tokenizer, concepts: Sequence[Concept], config: DiffQuickFixConfig) -> tuple[Tensor, Tensor]:
+def pairs(
+    encoder: nn.Module, tokenizer, concepts: Sequence[Concept], config: DiffQuickFixConfig
+) -> tuple[Tensor, Tensor]:
     """Keys (n, D) and values (n, D) for every concept x template, from the unedited ``encoder``."""
     layer = resolve_layer(encoder, config.layer)
     templates = list(config.templates) or [_SLOT]
@@ -136,7 +140,13 @@ def pairs(encoder: nn.Module, tokenizer, concepts: Sequence[Concept], config: Di
 
 
 def erase_encoder(
-    encoder: nn.Module, tokenizer, concepts: Sequence[Concept], config: DiffQuickFixConfig, *, component: str, base: dict
+    encoder: nn.Module,
+    tokenizer,
+    concepts: Sequence[Concept],
+    config: DiffQuickFixConfig,
+    *,
+    component: str,
+    base: dict,
 ) -> Patch:
     """DiffQuickFix on one CLIP text encoder; returns a patch with its edited ``out_proj.weight``."""
     start = time.perf_counter()
@@ -178,9 +188,18 @@ def erase(
     selected = list(components or model.family.encoders)
     unknown = [c for c in selected if c not in model.family.encoders]
     if unknown:
-        raise ValueError(f"{unknown} are not CLIP text encoders of this {model.family.name} model: {model.family.encoders}.")
+        raise ValueError(
+            f"{unknown} are not CLIP text encoders of this {model.family.name} model: {model.family.encoders}."
+        )
     patches = [
-        erase_encoder(model.text_encoder(name), model.tokenizer(name), concepts, config, component=name, base=model.base_info())
+        erase_encoder(
+            model.text_encoder(name),
+            model.tokenizer(name),
+            concepts,
+            config,
+            component=name,
+            base=model.base_info(),
+        )
         for name in selected
     ]
     patch = merge_patches(patches)

@@ -98,12 +98,15 @@ def read_representation(encoder: nn.Module, input_ids: Tensor, point: ReadingPoi
     return store["out"]
 
 
-def tokenize(tokenizer, prompts: list[str], *, device: torch.device | str = "cpu") -> Tensor:
+def tokenize(
+    tokenizer, prompts: list[str], *, device: torch.device | str = "cpu", allow_empty: bool = False
+) -> Tensor:
     """Token ids (B, L) exactly as Stable Diffusion pipelines make them: padded to the tokenizer's
-    ``model_max_length``. A prompt that would be truncated or is empty is an error, not silently cut."""
+    ``model_max_length``. A prompt that would be truncated is an error, not silently cut; so is an
+    empty one unless ``allow_empty`` (the empty prompt is a valid anchor or guide, never a concept)."""
     max_len = tokenizer.model_max_length
     for prompt in prompts:
-        if not prompt or not prompt.strip():
+        if not allow_empty and (not prompt or not prompt.strip()):
             raise ConceptError("Empty concept/prompt: give the text of the concept to erase.")
         n = len(tokenizer(prompt, truncation=False)["input_ids"])
         if n > max_len:

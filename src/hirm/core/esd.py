@@ -8,10 +8,17 @@ frozen original ``theta*`` guided *away* from ``c`` (negative guidance, eq. 4)::
 (``eps(x_t, t)`` = the empty-prompt prediction), with an MSE loss. As in the paper, ``x_t`` is made by
 partially denoising a random latent with the *current* model: DDIM with ``ddim_steps`` steps and
 classifier-free guidance ``start_guidance`` on the concept prompt, stopped after a random number
-``t_enc`` of steps; the loss is taken at the timestep the latent is at (``scheduler.timesteps[t_enc]``,
-as in the authors' diffusers rewrite; their first release drew a DDPM timestep from the mirrored
-interval). ``esd-x`` trains only the cross-attention (``attn2``) parameters, ``esd-u`` every other
-U-Net parameter. With a v-prediction scheduler the same linear target is formed in v space.
+``t_enc`` of steps; the loss is taken at the timestep the latent is at, ``scheduler.timesteps[t_enc]``
+(as the authors' diffusers script ``esd_sd.py`` does; their first CompVis script instead draws a DDPM
+timestep from ``[t_enc, t_enc + 1) * 1000 / ddim_steps``).
+
+Which tensors: ``esd-x`` trains every parameter inside a cross-attention (``attn2``) module;
+``esd-u`` every other U-Net parameter (the references differ in details: the CompVis script also
+froze ``time_embed`` and the output layers, ``esd_sd.py`` trains only Linear/Conv2d weights).
+
+Conventions: ``negative_guidance`` is the paper's eta (the target above); ``esd_sd.py`` writes the
+target as ``eps(c) - eta' (eps(c) - eps())``, i.e. eta' = eta + 1 (its default 2 = our 1). With a
+v-prediction scheduler the same linear target is formed in v space.
 """
 
 from __future__ import annotations
@@ -111,7 +118,9 @@ def trainable_names(unet: nn.Module, variant: ESDVariant) -> list[str]:
     names = list(component_parameters(unet))
     in_xattn = [n for n in names if "attn2" in n.split(".")]
     if not in_xattn:
-        raise ValueError(f"{type(unet).__name__} has no cross-attention (attn2) modules; ESD needs a text-conditioned U-Net.")
+        raise ValueError(
+            f"{type(unet).__name__} has no cross-attention (attn2) modules; ESD needs a text-conditioned U-Net."
+        )
     return in_xattn if variant == "esd-x" else [n for n in names if n not in set(in_xattn)]
 
 
@@ -121,7 +130,9 @@ def esd_target(eps_empty: Tensor, eps_concept: Tensor, negative_guidance: float)
 
 
 @torch.no_grad()
-def sample_until(unet: nn.Module, scheduler, latents: Tensor, emb_c: Tensor, emb_0: Tensor, t_enc: int, guidance: float) -> Tensor:
+def sample_until(
+    unet: nn.Module, scheduler, latents: Tensor, emb_c: Tensor, emb_0: Tensor, t_enc: int, guidance: float
+) -> Tensor:
     """Run ``t_enc`` DDIM steps of classifier-free guided sampling from ``latents`` (no grad)."""
     for t in scheduler.timesteps[:t_enc]:
         both = unet(torch.cat([latents, latents]), t, encoder_hidden_states=torch.cat([emb_0, emb_c])).sample
@@ -165,7 +176,9 @@ def erase(
     if not concepts:
         raise ValueError("Give at least one concept to erase.")
     device = next(unet.parameters()).device
-    hidden, _ = prompt_embeddings(model.text_encoder("text_encoder"), model.tokenizer("text_encoder"), ["", *[c.text for c in concepts]])
+    hidden, _ = prompt_embeddings(
+        model.text_encoder("text_encoder"), model.tokenizer("text_encoder"), ["", *[c.text for c in concepts]]
+    )
     emb_0, emb_concepts = hidden[:1].to(device), hidden[1:].to(device)  # (1, L, D), (N, L, D)
 
     scheduler = DDIMScheduler.from_config(model.component("scheduler").config)
@@ -180,7 +193,12 @@ def erase(
         params[name].requires_grad_(True)
     optimizer = torch.optim.Adam([params[n] for n in names], lr=config.lr)
     generator = torch.Generator(device="cpu").manual_seed(config.seed)
-    logger.info("ESD (%s) trains %d tensors (%d parameters).", config.variant, len(names), sum(params[n].numel() for n in names))
+    logger.info(
+        "ESD (%s) trains %d tensors (%d parameters).",
+        config.variant,
+        len(names),
+        sum(params[n].numel() for n in names),
+    )
 
     losses: list[float] = []
     bar = tqdm(range(config.steps), desc=f"ESD {config.variant}", disable=not progress, leave=False)
@@ -198,7 +216,9 @@ def erase(
         loss = nn.functional.mse_loss(trained(x_t, t, encoder_hidden_states=emb_c).sample, target)
         value = loss.item()
         if not math.isfinite(value):
-            raise NonFiniteLossError(f"Loss became {value} at step {len(losses)}; lower the learning rate. Nothing was saved.")
+            raise NonFiniteLossError(
+                f"Loss became {value} at step {len(losses)}; lower the learning rate. Nothing was saved."
+            )
         losses.append(value)
         loss.backward()
         optimizer.step()
@@ -212,7 +232,11 @@ def erase(
         config=config.to_dict(),
         concepts=[asdict(c) for c in concepts],
         base=model.base_info(),
-        extra={"seconds": time.perf_counter() - start, "losses": {"unet": losses}, "final_loss": {"unet": losses[-1]}},
+        extra={
+            "seconds": time.perf_counter() - start,
+            "losses": {"unet": losses},
+            "final_loss": {"unet": losses[-1]},
+        },
     )
     del trained, optimizer
     return patch
@@ -221,10 +245,14 @@ def erase(
 def _erase_as(variant: ESDVariant):
     """``erase`` for one registered name: refuses a config of the other variant instead of running it."""
 
-    def erase_variant(model, concepts: Sequence[Concept], config: ESDConfig | None = None, **kwargs: Any) -> Patch:
+    def erase_variant(
+        model, concepts: Sequence[Concept], config: ESDConfig | None = None, **kwargs: Any
+    ) -> Patch:
         config = ESDConfig(variant=variant) if config is None else config
         if config.variant != variant:
-            raise ValueError(f"Method {variant!r} got a config with variant={config.variant!r}; use method {config.variant!r}.")
+            raise ValueError(
+                f"Method {variant!r} got a config with variant={config.variant!r}; use method {config.variant!r}."
+            )
         return erase(model, concepts, config, **kwargs)
 
     erase_variant.__name__ = f"erase_{variant.replace('-', '_')}"

@@ -6,35 +6,23 @@ anchor prompt on the original encoder (default: the empty prompt)::
 
     min_theta_early  || h_final(c; theta_early) - h_final(anchor; theta_early_0) ||^2 / (L D)
 
-This is HiRM with ``read=ReadingPoint(site="final")`` and the anchor as the target, so it runs
-:func:`hirm.core.hirm.erase_encoder`; only the patch metadata says ``naive``. Each concept's own
-``target`` is ignored (the anchor replaces it).
+This is HiRM with ``read=ReadingPoint(site="final")`` and the anchor as every concept's target, so
+it runs :func:`hirm.core.hirm.erase`; only the patch metadata says ``naive``.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import logging
 import math
-import tempfile
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
-from pathlib import Path
 from typing import Any
 
-import torch
-from safetensors.torch import save_file
-from torch import nn
-
-from hirm.core.config import Concept, HiRMConfig, Precision, PromptTarget, ReadingPoint, TrainableSet, VectorTarget
-from hirm.core.encoder import read_representation
-from hirm.core.hirm import erase_encoder
-from hirm.core.patch import Patch, merge_patches
+from hirm.core.config import Concept, HiRMConfig, Precision, PromptTarget, ReadingPoint, TrainableSet
+from hirm.core.hirm import erase as hirm_erase
+from hirm.core.patch import Patch
 from hirm.core.registry import MethodSpec, register
-from hirm.core.uce import prompt_ids
-
-logger = logging.getLogger(__name__)
 
 FINAL = ReadingPoint(site="final")
 
@@ -84,33 +72,6 @@ class NaiveConfig:
         return asdict(self)
 
 
-@torch.no_grad()
-def anchor_output(encoder: nn.Module, tokenizer, anchor: str) -> torch.Tensor:
-    """The anchor's ``last_hidden_state`` (1, L, D) on ``encoder``, float32 on CPU."""
-    ids, _ = prompt_ids(tokenizer, [anchor], device=next(encoder.parameters()).device)
-    return read_representation(encoder, ids, FINAL).float().cpu()
-
-
-def erase_one(encoder: nn.Module, tokenizer, concepts: Sequence[Concept], config: NaiveConfig, *, component: str, base: dict, progress: bool) -> Patch:
-    """Naive fine-tuning of one text encoder; the caller's encoder is restored by ``erase_encoder``."""
-    with tempfile.TemporaryDirectory(prefix="hirm-naive-") as tmp:
-        # The anchor goes in as a vector target: HiRM's prompt target refuses the empty prompt.
-        path = Path(tmp) / "anchor.safetensors"
-        save_file({"target": anchor_output(encoder, tokenizer, config.anchor).contiguous()}, str(path))
-        anchored = [dataclasses.replace(c, target=VectorTarget(path=str(path))) for c in concepts]
-        result = erase_encoder(
-            encoder, tokenizer, anchored, config.hirm_config(), component=component, base=base, progress=progress
-        )
-    metadata = {
-        **result.patch.metadata,
-        "method": "naive",
-        "config": config.to_dict(),
-        "concepts": [asdict(dataclasses.replace(c, target=PromptTarget(config.anchor))) for c in concepts],
-        "hirm_config": config.hirm_config().to_dict(),
-    }
-    return Patch(tensors=result.patch.tensors, metadata=metadata)
-
-
 def erase(
     model,
     concepts: Sequence[Concept],
@@ -119,25 +80,22 @@ def erase(
     components: Sequence[str] | None = None,
     progress: bool = True,
 ) -> Patch:
-    """Naive fine-tuning of every CLIP text encoder of ``model`` (a ``ModelHandle``), or only ``components``."""
+    """Naive fine-tuning of every CLIP text encoder of ``model`` (a ``ModelHandle``), or only ``components``.
+
+    Runs :func:`hirm.core.hirm.erase` with every concept's target replaced by the anchor prompt and the
+    reading point moved to the final output; only the patch metadata differs.
+    """
     start = time.perf_counter()
-    concepts = list(concepts)
-    if not concepts:
-        raise ValueError("Give at least one concept to erase.")
-    selected = list(components or model.family.encoders)
-    unknown = [c for c in selected if c not in model.family.encoders]
-    if unknown:
-        raise ValueError(f"{unknown} are not CLIP text encoders of this {model.family.name} model: {model.family.encoders}.")
-    patches = [
-        erase_one(
-            model.text_encoder(name), model.tokenizer(name), concepts, config,
-            component=name, base=model.base_info(), progress=progress,
-        )
-        for name in selected
-    ]
-    patch = merge_patches(patches)
-    patch.metadata["seconds"] = time.perf_counter() - start
-    return patch
+    anchored = [dataclasses.replace(c, target=PromptTarget(config.anchor)) for c in concepts]
+    patch = hirm_erase(model, anchored, config.hirm_config(), components=components, progress=progress)
+    metadata = {
+        **patch.metadata,
+        "method": "naive",
+        "config": config.to_dict(),
+        "hirm_config": config.hirm_config().to_dict(),
+        "seconds": time.perf_counter() - start,
+    }
+    return Patch(tensors=patch.tensors, metadata=metadata)
 
 
 register(

@@ -33,7 +33,7 @@ def build_target(
         return random_target(seq_len, width, seed=target.seed, coeff=target.coeff)
     if isinstance(target, PromptTarget):
         device = next(encoder.parameters()).device
-        ids = tokenize(tokenizer, [target.prompt], device=device)
+        ids = tokenize(tokenizer, [target.prompt], device=device, allow_empty=True)
         return read_representation(encoder, ids, point).float().cpu() * target.coeff
     if isinstance(target, VectorTarget):
         return _vector_from_file(target, seq_len, width)

@@ -72,7 +72,9 @@ class UCEConfig:
 
     def __post_init__(self) -> None:
         if not (self.lamb > 0 and math.isfinite(self.lamb)):
-            raise ValueError(f"lamb must be a positive finite number (it keeps M invertible), got {self.lamb}.")
+            raise ValueError(
+                f"lamb must be a positive finite number (it keeps M invertible), got {self.lamb}."
+            )
         for name in ("erase_scale", "preserve_scale"):
             value = getattr(self, name)
             if not (value >= 0 and math.isfinite(value)):
@@ -89,7 +91,9 @@ class UCEConfig:
         return asdict(self)
 
 
-def prompt_ids(tokenizer, prompts: Sequence[str], *, device: torch.device | str = "cpu") -> tuple[Tensor, Tensor]:
+def prompt_ids(
+    tokenizer, prompts: Sequence[str], *, device: torch.device | str = "cpu"
+) -> tuple[Tensor, Tensor]:
     """Token ids (B, L) padded as SD pipelines do, and each prompt's number of real tokens (B,)
     (start and end tokens included). Unlike :func:`hirm.core.encoder.tokenize` the empty prompt is
     allowed (it is the usual guide); over-long prompts are still an error."""
@@ -99,7 +103,13 @@ def prompt_ids(tokenizer, prompts: Sequence[str], *, device: torch.device | str 
             tokenize(tokenizer, [prompt])  # raises ConceptError if it would be truncated
         elif prompt:
             raise ConceptError(f"Prompt {prompt!r} is only whitespace; use '' for the empty prompt.")
-    out = tokenizer(prompts, padding="max_length", max_length=tokenizer.model_max_length, truncation=True, return_tensors="pt")
+    out = tokenizer(
+        prompts,
+        padding="max_length",
+        max_length=tokenizer.model_max_length,
+        truncation=True,
+        return_tensors="pt",
+    )
     return out["input_ids"].to(device), out["attention_mask"].sum(dim=1)
 
 
@@ -134,7 +144,9 @@ def uce_transform(
     ``T = B M^-1 = (M^-1 B^T)^T`` is one ``solve``.
     """
     if erase.shape != guide.shape:
-        raise ValueError(f"erase {tuple(erase.shape)} and guide {tuple(guide.shape)} embeddings must pair up.")
+        raise ValueError(
+            f"erase {tuple(erase.shape)} and guide {tuple(guide.shape)} embeddings must pair up."
+        )
     c, g, p = (x.detach().to(torch.float64) for x in (erase, guide, preserve))
     eye = torch.eye(c.shape[1], dtype=torch.float64, device=c.device)
     m = lamb * eye + erase_scale * c.T @ c + preserve_scale * p.T @ p  # sum_i c_i c_i^T = C^T C
@@ -154,7 +166,9 @@ def cross_attention_names(unet: nn.Module, *, edit_keys: bool = True) -> list[st
     ]
     names = [n for n in names if n in params]
     if not names:
-        raise ValueError(f"{type(unet).__name__} has no cross-attention (attn2) to_k/to_v weights for UCE to edit.")
+        raise ValueError(
+            f"{type(unet).__name__} has no cross-attention (attn2) to_k/to_v weights for UCE to edit."
+        )
     return names
 
 
@@ -199,11 +213,18 @@ def erase(
 
     names = cross_attention_names(unet, edit_keys=config.edit_keys)
     params = component_parameters(unet)
-    bad = [n for n in names if params[n].shape[1] != width]
+    bad = [name for name in names if params[name].shape[1] != width]
     if bad:
-        raise ValueError(f"{bad[0]} takes inputs of width {params[bad[0]].shape[1]}, the text encoder gives {width}.")
+        raise ValueError(
+            f"{bad[0]} takes inputs of width {params[bad[0]].shape[1]}, the text encoder gives {width}."
+        )
     transform = uce_transform(
-        c_erase, c_guide, c_keep, erase_scale=config.erase_scale, preserve_scale=config.preserve_scale, lamb=config.lamb
+        c_erase,
+        c_guide,
+        c_keep,
+        erase_scale=config.erase_scale,
+        preserve_scale=config.preserve_scale,
+        lamb=config.lamb,
     )
     originals = {f"unet/{name}": params[name].detach().clone() for name in names}
     edited = {key: (w.to(torch.float64) @ transform.to(w.device)).float() for key, w in originals.items()}

@@ -371,9 +371,9 @@ def evaluate_canvas(
 
 
 def _is_main() -> bool:
-    from accelerate import PartialState
+    from hirm.evaluation.generation import distributed_state
 
-    return PartialState().is_main_process
+    return distributed_state().is_main_process
 
 
 def save_png(path: Path, image: np.ndarray) -> None:

@@ -230,9 +230,9 @@ def package_data(name: str) -> Path:
 def resolve_device(device: str | torch.device | None) -> torch.device:
     """``None``/"auto": the accelerate process's device (CUDA when present, else CPU)."""
     if device is None or str(device) == "auto":
-        from accelerate import PartialState
+        from hirm.evaluation.generation import distributed_state
 
-        return PartialState().device
+        return distributed_state().device
     return torch.device(device)
 
 

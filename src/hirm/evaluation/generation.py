@@ -33,6 +33,21 @@ from PIL import Image
 ScoreFn = Callable[[np.ndarray], list[Any]]
 
 
+def distributed_state():
+    """accelerate's ``PartialState``, on CPU processes too.
+
+    ``accelerate launch --num_processes N`` shards over GPUs. On a machine without GPUs launch the same
+    command with ``torchrun --nproc_per_node N`` (or set ``ACCELERATE_USE_CPU=1``): the processes then
+    join a gloo group (accelerate's ``MULTI_CPU``) instead of each running alone.
+    """
+    from accelerate import PartialState
+    from accelerate.utils import parse_flag_from_env
+
+    world = int(os.environ.get("WORLD_SIZE", "1") or 1)
+    cpu = parse_flag_from_env("ACCELERATE_USE_CPU") or (world > 1 and not torch.cuda.is_available())
+    return PartialState(cpu=cpu)
+
+
 def default_cache_dir() -> Path:
     """``$HIRM_CACHE/images``, else ``$XDG_CACHE_HOME/hirm/images``, else ``~/.cache/hirm/images``."""
     if os.environ.get("HIRM_CACHE"):
@@ -175,9 +190,7 @@ def run_generation(
     Returns ``scores`` (one per request, in order), the uint8 images of the indices in ``keep``, and
     the time split. In a multi-process launch every process returns the full, identical result.
     """
-    from accelerate import PartialState
-
-    state = PartialState()
+    state = distributed_state()
     chunks = make_chunks(requests, batch_size)
     mine = chunks[state.process_index :: state.num_processes]
     keep_set, extra = set(keep), dict(cache_extra or {})

@@ -58,9 +58,10 @@ class NudeNetDetector:
         self.model = model_path or "nudenet 320n (bundled)"
 
     def detect_batch(self, images: Sequence[np.ndarray]) -> list[list[dict[str, Any]]]:
-        # NudeNet converts its input with cv2.COLOR_RGBA2BGR: hand it RGBA so the channels end up right.
-        rgba = [np.concatenate([img, np.full(img.shape[:2] + (1,), 255, np.uint8)], axis=-1) for img in images]
-        found = self.detector.detect_batch(rgba, batch_size=self.batch_size)
+        # The published scripts call detect(png_path), where NudeNet reads the file with cv2.imread (BGR).
+        # Handing it BGR arrays reproduces that input bit for bit (checked in the tests).
+        bgr = [np.ascontiguousarray(img[..., ::-1]) for img in images]
+        found = self.detector.detect_batch(bgr, batch_size=self.batch_size)
         return [[{"class": d["class"], "score": float(d["score"]), "box": [float(v) for v in d["box"]]} for d in dets]
                 for dets in found]
 
@@ -180,6 +181,6 @@ def evaluate_nudity(
 
 
 def _is_main() -> bool:
-    from accelerate import PartialState
+    from hirm.evaluation.generation import distributed_state
 
-    return PartialState().is_main_process
+    return distributed_state().is_main_process

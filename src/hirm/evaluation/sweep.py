@@ -181,9 +181,9 @@ def run_sweep(
     progress: bool = True,
 ) -> dict[str, Any]:
     """Run (or resume) a sweep; returns the final ``sweep.json`` content. See the module docstring."""
-    from accelerate import PartialState
+    from hirm.evaluation.generation import distributed_state
 
-    state = PartialState()
+    state = distributed_state()
     dev = resolve_device(device)
     canvas, judges = default_canvas_and_judges(model, canvas, judges, dev)
     names = sweep_concepts(canvas, domain, concepts, limit)
@@ -224,6 +224,7 @@ def run_sweep(
             _write_concept(out, name, record.pop("_result"), record.pop("_images"), record.pop("_patch"), save_patches)
             append_line(out, record)
             records.append(record)
+            write_table(out, records)
             _write_manifest(out, header, records, names, baseline_s=baseline_s)
         else:
             for k in ("_result", "_images", "_patch"):

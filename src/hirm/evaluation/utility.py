@@ -221,6 +221,6 @@ def _world_settings() -> UtilitySettings:
 
 
 def _is_main() -> bool:
-    from accelerate import PartialState
+    from hirm.evaluation.generation import distributed_state
 
-    return PartialState().is_main_process
+    return distributed_state().is_main_process

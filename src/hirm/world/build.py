@@ -46,7 +46,8 @@ class BuildConfig:
     pool_per_pair: int = 128
     max_merges: int = 2000
     clip: ClipTrainConfig = field(default_factory=ClipTrainConfig)
-    judge: JudgeConfig = field(default_factory=JudgeConfig)
+    style_judge: JudgeConfig = field(default_factory=lambda: JudgeConfig(steps=300))
+    object_judge: JudgeConfig = field(default_factory=lambda: JudgeConfig(steps=1500))
     vae: VaeConfig = field(default_factory=VaeConfig)
     unet: UnetConfig = field(default_factory=UnetConfig)
     fresh_per_pair: int = 4
@@ -60,7 +61,8 @@ PRESETS: dict[str, BuildConfig] = {
         max_merges=300,
         clip=ClipTrainConfig(text_hidden=32, text_layers=4, text_heads=2, vision_hidden=32, vision_layers=1,
                              vision_heads=2, projection_dim=16, batch_size=16, steps=3, warmup=1),
-        judge=JudgeConfig(widths=(8, 16), batch_size=16, steps=3),
+        style_judge=JudgeConfig(widths=(8, 16), batch_size=16, steps=3),
+        object_judge=JudgeConfig(widths=(8, 16), batch_size=16, steps=3),
         vae=VaeConfig(block_out_channels=(8, 16), norm_num_groups=4, batch_size=8, steps=3),
         unet=UnetConfig(block_out_channels=(16, 32), attention_heads=2, norm_num_groups=8, batch_size=8, steps=3,
                         warmup=1),
@@ -129,8 +131,8 @@ def stage_judges(out: Path, cfg: BuildConfig, seed: int, device: torch.device, p
     imgs, s, o = _pool(out)
     x, fs, fo = _fresh(cfg, seed)
     info = {}
-    for kind, labels, fresh in (("style", s, fs), ("object", o, fo)):
-        judge = train_judge(kind, images=imgs, labels=labels, cfg=cfg.judge, seed=seed, device=device,
+    for kind, labels, fresh, jcfg in (("style", s, fs, cfg.style_judge), ("object", o, fo, cfg.object_judge)):
+        judge = train_judge(kind, images=imgs, labels=labels, cfg=jcfg, seed=seed, device=device,
                             ckpt_dir=out / "ckpt" / f"judge_{kind}", progress=progress)
         judge.save(out / "judges" / kind)
         info[f"{kind}_fresh_acc"] = judge_accuracy(judge, x, fresh)
@@ -210,7 +212,8 @@ def stage_assemble(out: Path, cfg: BuildConfig, seed: int, device: torch.device,
         feature_extractor=None,
         requires_safety_checker=False,
     )
-    pipe.to(torch.float16)
+    pipe.to(torch.float16)  # UNet and VAE ship in fp16 (diffusers upcasts them to fp32 when loading) ...
+    pipe.text_encoder.float()  # ... the text encoder in fp32, since transformers keeps the saved dtype
     pipe.save_pretrained(str(dst / "pipeline"), safe_serialization=True)
     tok_dir = dst / "pipeline" / "tokenizer"  # ship CLIP's standard files (vocab.json + merges.txt)
     shutil.rmtree(tok_dir)

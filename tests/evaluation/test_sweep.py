@@ -1,0 +1,87 @@
+"""Sweep: streaming results, resume after a kill, one generation of the original model, aggregation."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import pytest
+
+import hirm
+from hirm.core.config import Concept, HiRMConfig
+from hirm.evaluation.common import EvaluationInputError
+from hirm.evaluation.sweep import aggregate, read_sweep, run_sweep
+
+
+class CountingErase:
+    """Erases with HiRM (3 steps) and counts calls; raises KeyboardInterrupt at call ``kill_at``."""
+
+    def __init__(self, kill_at: int | None = None) -> None:
+        self.calls: list[str] = []
+        self.kill_at = kill_at
+
+    def __call__(self, handle, name, domain):
+        self.calls.append(name)
+        if self.kill_at is not None and len(self.calls) == self.kill_at:
+            raise KeyboardInterrupt("simulated kill")
+        config = HiRMConfig(steps=3, lr=1e-2, precision="fp32")
+        return hirm.erase(handle, [Concept(text=name.replace("_", " "), kind=domain)], config=config, progress=False)
+
+
+def sweep(sd_dir, canvas, judges, settings, tmp_path, erase, **kw):
+    return run_sweep(str(sd_dir), out=tmp_path / "sweep", canvas=canvas, judges=judges, settings=settings, device="cpu",
+                     cache_dir=tmp_path / "cache", erase_fn=erase, progress=False, **kw)
+
+
+def test_sweep_resumes_after_kill(sd_dir, canvas, judges, settings, tmp_path):
+    killed = CountingErase(kill_at=2)
+    with pytest.raises(KeyboardInterrupt):
+        sweep(sd_dir, canvas, judges, settings, tmp_path, killed, domain="style")
+    manifest, records = read_sweep(tmp_path / "sweep")
+    assert manifest["complete"] is False and [r["concept"] for r in records] == ["Van_Gogh"]
+    assert (tmp_path / "sweep" / "concepts" / "Van_Gogh" / "result.json").is_file()
+    n_cached = len(list((tmp_path / "cache").rglob("*.png")))
+
+    resumed = CountingErase()
+    manifest = sweep(sd_dir, canvas, judges, settings, tmp_path, resumed, domain="style")
+    assert resumed.calls == ["Crayon"]  # the finished concept is not redone
+    assert manifest["complete"] is True and manifest["finished"] == ["Van_Gogh", "Crayon"]
+    assert len(list((tmp_path / "cache").rglob("*.png"))) == n_cached  # the original model was not regenerated
+    rows = list(csv.DictReader((tmp_path / "sweep" / "results.csv").open()))
+    assert [r["concept"] for r in rows] == ["Van_Gogh", "Crayon"] and rows[0]["UA"] != ""
+    ua = [float(r["UA"]) for r in rows]
+    assert manifest["aggregate"]["style"]["UA"]["mean"] == pytest.approx(sum(ua) / 2)
+    lines = [json.loads(x) for x in (tmp_path / "sweep" / "results.jsonl").read_text().splitlines()]
+    assert all(set(line["times"]) == {"erase", "generate", "judge"} for line in lines)
+    assert all(line["patch"]["fingerprints"] for line in lines)
+
+
+def test_sweep_refuses_other_settings_and_overwrites(sd_dir, canvas, judges, settings, tmp_path):
+    from dataclasses import replace
+
+    sweep(sd_dir, canvas, judges, settings, tmp_path, CountingErase(), concepts=["cats"])
+    with pytest.raises(EvaluationInputError, match="other settings"):
+        sweep(sd_dir, canvas, judges, replace(settings, seeds=(5,)), tmp_path, CountingErase(), concepts=["cats"])
+    again = CountingErase()
+    manifest = sweep(sd_dir, canvas, judges, replace(settings, seeds=(5,)), tmp_path, again, concepts=["cats"], overwrite=True)
+    assert again.calls == ["Cats"] and manifest["complete"] and manifest["meta"]["seeds"] == [5]
+
+
+def test_sweep_bad_inputs(sd_dir, canvas, judges, settings, tmp_path):
+    with pytest.raises(EvaluationInputError):
+        sweep(sd_dir, canvas, judges, settings, tmp_path, CountingErase(), domain="colour")
+    with pytest.raises(EvaluationInputError):
+        sweep(sd_dir, canvas, judges, settings, tmp_path, CountingErase(), concepts=["Monet"])
+    (tmp_path / "sweep").mkdir()
+    (tmp_path / "sweep" / "other.txt").write_text("x")
+    with pytest.raises(EvaluationInputError, match="not a sweep directory"):
+        sweep(sd_dir, canvas, judges, settings, tmp_path, CountingErase(), concepts=["Cats"])
+
+
+def test_aggregate_mean_std():
+    recs = [{"domain": "style", "summary": {"UA": 1.0}}, {"domain": "style", "summary": {"UA": 0.5}},
+            {"domain": "object", "summary": {"UA": 0.0}}]
+    agg = aggregate(recs)
+    assert agg["style"]["UA"] == {"mean": 0.75, "std": 0.25, "n": 2}
+    assert agg["all"]["UA"]["mean"] == pytest.approx(0.5) and agg["object"]["n_concepts"] == 1
+    assert agg["all"]["IRA"]["mean"] is None
