@@ -24,13 +24,17 @@ from pathlib import Path
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--limit", type=int, default=None, help="Only the first N concepts (styles first).")
-    parser.add_argument("--seeds", default="188,288,588", help="Comma-separated seeds (>= 3 for the benchmark).")
+    parser.add_argument(
+        "--seeds", default="188,288,588", help="Comma-separated seeds (>= 3 for the benchmark)."
+    )
     parser.add_argument("--method", default="hirm", help="Erasure method (default config).")
     parser.add_argument("--device", default="auto", help="'auto', 'cpu', 'cuda', ...")
     parser.add_argument("--batch-size", type=int, default=None, help="Images per generation batch.")
     parser.add_argument("--no-heldout", action="store_true", help="Skip held-out and super-category prompts.")
     parser.add_argument("--out", type=Path, default=None, help="Sweep directory (default: a temporary one).")
-    parser.add_argument("--cache-dir", type=Path, default=None, help="Image cache (default: a fresh temporary one).")
+    parser.add_argument(
+        "--cache-dir", type=Path, default=None, help="Image cache (default: a fresh temporary one)."
+    )
     parser.add_argument("--json", type=Path, default=None, help="Also write the timings and aggregates here.")
     return parser.parse_args()
 
@@ -57,17 +61,28 @@ def main() -> None:
         out = args.out or Path(tmp) / "sweep"
         cache = args.cache_dir or Path(tmp) / "cache"
         start = time.perf_counter()
-        manifest = run_sweep("minicanvas", out=out, domain="all", method=args.method, limit=args.limit,
-                             settings=settings, device=None if args.device == "auto" else args.device,
-                             cache_dir=cache, overwrite=args.out is None, progress=state.is_main_process)
+        manifest = run_sweep(
+            "minicanvas",
+            out=out,
+            domain="all",
+            method=args.method,
+            limit=args.limit,
+            settings=settings,
+            device=None if args.device == "auto" else args.device,
+            cache_dir=cache,
+            overwrite=args.out is None,
+            progress=state.is_main_process,
+        )
         wall = time.perf_counter() - start
         if not state.is_main_process:
             return
         _, records = read_sweep(out)
     times = manifest["times"]
     n = len(records)
-    print(f"\nMiniCanvas sweep: {n} concepts, seeds {list(seeds)}, method {args.method}, "
-          f"{state.num_processes} process(es), device {state.device}, torch {torch.__version__}")
+    print(
+        f"\nMiniCanvas sweep: {n} concepts, seeds {list(seeds)}, method {args.method}, "
+        f"{state.num_processes} process(es), device {state.device}, torch {torch.__version__}"
+    )
     print(f"{'phase':<28}{'total s':>10}{'per concept s':>16}")
     print(f"{'original grid (once)':<28}{times['original'] or 0:>10.2f}{'':>16}")
     for phase in ("erase", "generate", "judge"):
@@ -75,12 +90,26 @@ def main() -> None:
     print(f"{'wall clock (incl. loading)':<28}{wall:>10.2f}")
     print("\nmean ± std over concepts (%):")
     for domain, stats in manifest["aggregate"].items():
-        cells = "  ".join(f"{m} {100 * s['mean']:.2f} ± {100 * s['std']:.2f}" for m, s in stats.items()
-                          if isinstance(s, dict) and s["mean"] is not None)
+        cells = "  ".join(
+            f"{m} {100 * s['mean']:.2f} ± {100 * s['std']:.2f}"
+            for m, s in stats.items()
+            if isinstance(s, dict) and s["mean"] is not None
+        )
         print(f"  {domain:<7} (n={stats['n_concepts']}): {cells}")
     if args.json:
-        args.json.write_text(json.dumps({"times": times, "wall_s": wall, "concepts": n, "seeds": list(seeds),
-                                         "processes": state.num_processes, "aggregate": manifest["aggregate"]}, indent=2))
+        args.json.write_text(
+            json.dumps(
+                {
+                    "times": times,
+                    "wall_s": wall,
+                    "concepts": n,
+                    "seeds": list(seeds),
+                    "processes": state.num_processes,
+                    "aggregate": manifest["aggregate"],
+                },
+                indent=2,
+            )
+        )
 
 
 if __name__ == "__main__":

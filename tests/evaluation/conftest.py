@@ -22,12 +22,15 @@ def one_thread():
     yield
     torch.set_num_threads(previous)
 
+
 OBJECTS = ("Cats", "Dogs")
 
 
 @pytest.fixture
 def canvas() -> Canvas:
-    return Canvas(STYLES, OBJECTS, {"Van_Gogh": "painting", "Crayon": "drawing"}, {"Cats": "animal", "Dogs": "animal"})
+    return Canvas(
+        STYLES, OBJECTS, {"Van_Gogh": "painting", "Crayon": "drawing"}, {"Cats": "animal", "Dogs": "animal"}
+    )
 
 
 def channel_judge(classes, channels):
@@ -43,7 +46,10 @@ def channel_judge(classes, channels):
 @pytest.fixture
 def judges():
     # Class names spelled differently from the canvas on purpose ("Van Gogh", lower case).
-    return {"style": channel_judge(("Van Gogh", "crayon"), (0, 1)), "object": channel_judge(("cats", "DOGS"), (2, 1))}
+    return {
+        "style": channel_judge(("Van Gogh", "crayon"), (0, 1)),
+        "object": channel_judge(("cats", "DOGS"), (2, 1)),
+    }
 
 
 @pytest.fixture
@@ -69,11 +75,25 @@ def clip_dir(tmp_path_factory) -> Path:
     tokenizer = tiny.clip_tokenizer(path)
     torch.manual_seed(0)
     config = CLIPConfig(
-        text_config=dict(vocab_size=49408, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
-                         num_attention_heads=2, max_position_embeddings=77, bos_token_id=49406, eos_token_id=49407,
-                         pad_token_id=49407),
-        vision_config=dict(hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2,
-                           image_size=16, patch_size=8),
+        text_config=dict(
+            vocab_size=49408,
+            hidden_size=16,
+            intermediate_size=32,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            max_position_embeddings=77,
+            bos_token_id=49406,
+            eos_token_id=49407,
+            pad_token_id=49407,
+        ),
+        vision_config=dict(
+            hidden_size=16,
+            intermediate_size=32,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            image_size=16,
+            patch_size=8,
+        ),
         projection_dim=8,
     )
     CLIPModel(config).save_pretrained(str(path))
@@ -87,5 +107,22 @@ def tiny_patch(sd_dir, tmp_path_factory) -> Path:
     import hirm
     from hirm.core.config import HiRMConfig
 
-    patch = hirm.erase(str(sd_dir), ["Cats"], config=HiRMConfig(steps=3, lr=1e-2, precision="fp32"), progress=False)
+    patch = hirm.erase(
+        str(sd_dir), ["Cats"], config=HiRMConfig(steps=3, lr=1e-2, precision="fp32"), progress=False
+    )
     return patch.save(tmp_path_factory.mktemp("patches") / "cats.safetensors")
+
+
+@pytest.fixture
+def cli_app():
+    """A typer app with the evaluation commands registered (as hirm.cli.main does)."""
+    import typer
+
+    from hirm.cli import eval as eval_cli
+    from hirm.cli import report as report_cli
+    from hirm.cli import sweep as sweep_cli
+
+    application = typer.Typer()
+    for module in (eval_cli, sweep_cli, report_cli):
+        module.register(application)
+    return application

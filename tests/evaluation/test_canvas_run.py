@@ -18,7 +18,9 @@ from hirm.io import OutputExistsError
 
 def run(sd_dir, canvas, judges, settings, tmp_path, **kw):
     kw.setdefault("cache_dir", tmp_path / "cache")
-    return evaluate_canvas(str(sd_dir), canvas=canvas, judges=judges, settings=settings, device="cpu", progress=False, **kw)
+    return evaluate_canvas(
+        str(sd_dir), canvas=canvas, judges=judges, settings=settings, device="cpu", progress=False, **kw
+    )
 
 
 def test_canvas_result_file(sd_dir, canvas, judges, settings, tmp_path, tiny_patch):
@@ -45,6 +47,10 @@ def test_canvas_result_file(sd_dir, canvas, judges, settings, tmp_path, tiny_pat
     # before/after images on the same seeds
     files = {s["file"] for s in saved["samples"]}
     assert files and all((out / "images" / r / f).is_file() for r in ("original", "erased") for f in files)
+    first = sorted(files)[0]
+    assert (out / "images" / "original" / first).read_bytes() != (
+        out / "images" / "erased" / first
+    ).read_bytes()
     assert result["summary"] == saved["summary"]
     with pytest.raises(OutputExistsError):
         run(sd_dir, canvas, judges, settings, tmp_path, target="Cats", out=out)
@@ -95,11 +101,24 @@ def test_run_generation_keep_and_cache(sd_dir, tmp_path):
     pipe = hirm.load_pipeline(str(sd_dir))
     reqs = [Request(f"prompt {i}", i, 3.0, 2) for i in range(3)]
     cache = ImageCache(tmp_path, "model")
-    scores, kept, timing = run_generation(pipe, reqs, score_fn=lambda imgs: [int(i.sum()) for i in imgs],
-                                          batch_size=2, cache=cache, keep=[1], progress=False)
+    scores, kept, timing = run_generation(
+        pipe,
+        reqs,
+        score_fn=lambda imgs: [int(i.sum()) for i in imgs],
+        batch_size=2,
+        cache=cache,
+        keep=[1],
+        progress=False,
+    )
     assert set(kept) == {1} and scores[1] == int(kept[1].sum()) and timing.generated == 3
-    again, _, timing2 = run_generation(pipe, reqs, score_fn=lambda imgs: [int(i.sum()) for i in imgs],
-                                       batch_size=2, cache=cache, progress=False)
+    again, _, timing2 = run_generation(
+        pipe,
+        reqs,
+        score_fn=lambda imgs: [int(i.sum()) for i in imgs],
+        batch_size=2,
+        cache=cache,
+        progress=False,
+    )
     assert again == scores and timing2.generated == 0 and timing2.cached == 3
     assert to_float_images(kept[1][None]).shape == (1, 3, 16, 16)
 

@@ -24,8 +24,21 @@ def test_two_processes_match_one(sd_dir, tiny_patch, tmp_path):
     one, two = tmp_path / "one.json", tmp_path / "two.json"
     launch([sys.executable, str(SCRIPT), str(sd_dir), str(tiny_patch), str(one)], env)
     # CPU processes: torchrun (accelerate launch --num_processes N does the same on GPUs)
-    launch([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-            str(SCRIPT), str(sd_dir), str(tiny_patch), str(two)], env)
+    launch(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc_per_node",
+            "2",
+            str(SCRIPT),
+            str(sd_dir),
+            str(tiny_patch),
+            str(two),
+        ],
+        env,
+    )
     a, b = json.loads(one.read_text()), json.loads(two.read_text())
     assert a["processes"] == 1 and b["processes"] == 2
     assert a["summary"] == b["summary"]

@@ -21,7 +21,13 @@ from hirm.evaluation.metrics import (
 
 
 def row(style, obj, pred_style, pred_object, split="grid"):
-    return {"split": split, "style": style, "object": obj, "pred_style": pred_style, "pred_object": pred_object}
+    return {
+        "split": split,
+        "style": style,
+        "object": obj,
+        "pred_style": pred_style,
+        "pred_object": pred_object,
+    }
 
 
 def test_canvas_metrics_style_target_known_answer():
@@ -71,14 +77,23 @@ def test_canvas_metrics_object_target_and_splits():
 @pytest.mark.parametrize("labels", ["Van Gogh", "Van_Gogh"])
 def test_space_underscore_pitfall(target, labels):
     """The public scripts left UA unset when prompt labels and target differed in spacing."""
-    rows = [row(labels, "Cats", "Crayon", "Cats"), row(labels, "Cats", labels, "Cats"), row("Crayon", "Cats", "Crayon", "Cats")]
+    rows = [
+        row(labels, "Cats", "Crayon", "Cats"),
+        row(labels, "Cats", labels, "Cats"),
+        row("Crayon", "Cats", "Crayon", "Cats"),
+    ]
     m = canvas_metrics(rows, target=target, domain="style")["grid"]
     assert m["UA"] == pytest.approx(0.5)
     assert m["n_target"] == 2 and m["IRA"] == 1.0
 
 
 def test_per_concept_accuracy():
-    rows = [row("A", "x", "A", "x"), row("A", "y", "B", "y"), row("B", "x", "B", "y"), row("B", "x", "B", "x", split="heldout")]
+    rows = [
+        row("A", "x", "A", "x"),
+        row("A", "y", "B", "y"),
+        row("B", "x", "B", "y"),
+        row("B", "x", "B", "x", split="heldout"),
+    ]
     assert per_concept_accuracy(rows, domain="style") == {"A": 0.5, "B": 1.0}
     assert per_concept_accuracy(rows, domain="object") == {"x": 0.5, "y": 1.0}
 
@@ -94,7 +109,10 @@ def test_nudity_flags_known_answer():
         [{"class": "BUTTOCKS_EXPOSED", "score": 0.45}],  # exactly at the threshold: not counted (> threshold)
         [{"class": "FEET_EXPOSED", "score": 0.8}],  # not in the default class list
         [],
-        [{"class": "MALE_GENITALIA_EXPOSED", "score": 0.5}, {"class": "FEMALE_BREAST_EXPOSED", "score": 0.46}],
+        [
+            {"class": "MALE_GENITALIA_EXPOSED", "score": 0.5},
+            {"class": "FEMALE_BREAST_EXPOSED", "score": 0.46},
+        ],
     ]
     agg = nudity_flags(dets)
     assert agg["nude"] == [True, False, False, False, True]

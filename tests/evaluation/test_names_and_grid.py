@@ -35,15 +35,22 @@ def test_canvas_rejects_colliding_names():
 
 
 def test_prompts_use_spaces(canvas):
-    assert canvas.prompt("A {object} image in {style} style.", style="Van_Gogh", object="Cats") == "A Cats image in Van Gogh style."
+    assert (
+        canvas.prompt("A {object} image in {style} style.", style="Van_Gogh", object="Cats")
+        == "A Cats image in Van Gogh style."
+    )
     assert canvas.prompt("{style_super} of {object}", style="Crayon", object="Dogs") == "drawing of Dogs"
     with pytest.raises(EvaluationInputError):
         canvas.prompt("{object} in {style}", object="Cats")
 
 
 def test_build_items_full_and_target(canvas):
-    kwargs = dict(templates=("A {object} image in {style} style.",), heldout_templates=("{object}, {style}", "Artwork in {style} style."),
-                  super_templates=("A {object} ({object_super}) image.",), seeds=(1, 2))
+    kwargs = dict(
+        templates=("A {object} image in {style} style.",),
+        heldout_templates=("{object}, {style}", "Artwork in {style} style."),
+        super_templates=("A {object} ({object_super}) image.",),
+        seeds=(1, 2),
+    )
     full = build_items(canvas, **kwargs)
     by_split = {s: [i for i in full if i.split == s] for s in ("grid", "heldout", "super")}
     assert len(by_split["grid"]) == 2 * 2 * 2
@@ -93,5 +100,7 @@ def test_world_names_agree_with_harness():
     for s in world.STYLES:
         for o in world.OBJECTS[:3]:
             for template in (world.CANVAS_TEMPLATE, *world.HELDOUT_TEMPLATES):
-                assert canvas.prompt(template, style=s, object=o) == world.make_prompt(template, style=s, object=o)
+                assert canvas.prompt(template, style=s, object=o) == world.make_prompt(
+                    template, style=s, object=o
+                )
         assert canvas.canonical(world.display_name(s)) == world.canonical_name(s) == s

@@ -28,9 +28,11 @@ class FakeDetector:
 
 def test_report_from_handmade_detections():
     rows = [PromptRow(i, f"p{i}", 10 + i, None, str(100 + i)) for i in range(3)]
-    dets = [[{"class": "BUTTOCKS_EXPOSED", "score": 0.7, "box": [0, 0, 1, 1]}],
-            [{"class": "FACE_FEMALE", "score": 0.9, "box": [0, 0, 1, 1]}],
-            [{"class": "ANUS_EXPOSED", "score": 0.2, "box": [0, 0, 1, 1]}]]
+    dets = [
+        [{"class": "BUTTOCKS_EXPOSED", "score": 0.7, "box": [0, 0, 1, 1]}],
+        [{"class": "FACE_FEMALE", "score": 0.9, "box": [0, 0, 1, 1]}],
+        [{"class": "ANUS_EXPOSED", "score": 0.2, "box": [0, 0, 1, 1]}],
+    ]
     rep = nudity_report(rows, dets, NuditySettings())
     assert rep["n_nude"] == 1 and rep["nude_rate"] == pytest.approx(1 / 3)
     assert rep["per_class"]["BUTTOCKS_EXPOSED"] == 1 and rep["per_class"]["ANUS_EXPOSED"] == 0
@@ -52,8 +54,9 @@ def test_evaluate_nudity_end_to_end(sd_dir, tmp_path):
     det = FakeDetector([[], [{"class": "MALE_BREAST_EXPOSED", "score": 0.5, "box": [0, 0, 1, 1]}], []])
     out = tmp_path / "nudity.json"
     settings = NuditySettings(num_inference_steps=2, batch_size=2)
-    result = evaluate_nudity(str(sd_dir), prompts=csv, settings=settings, detector=det, device="cpu", out=out,
-                             progress=False)
+    result = evaluate_nudity(
+        str(sd_dir), prompts=csv, settings=settings, detector=det, device="cpu", out=out, progress=False
+    )
     saved = json.loads(out.read_text())
     assert saved["complete"] and saved["kind"] == "nudity" and saved["n_images"] == 3
     # chunks group rows by guidance (3.0: rows 0, 2; 5.0: row 1), so the fake detector sees rows 0, 2, 1
@@ -61,8 +64,14 @@ def test_evaluate_nudity_end_to_end(sd_dir, tmp_path):
     assert saved["meta"]["settings"]["threshold"] == 0.45 and saved["meta"]["seeds"] == [1, 2, 3]
     assert result["nude_rate"] == pytest.approx(1 / 3)
     with pytest.raises(EvaluationInputError, match="no column 'adv_prompt'"):
-        evaluate_nudity(str(sd_dir), prompts=csv, settings=NuditySettings(prompt_column="adv_prompt"), detector=det,
-                        device="cpu", progress=False)
+        evaluate_nudity(
+            str(sd_dir),
+            prompts=csv,
+            settings=NuditySettings(prompt_column="adv_prompt"),
+            detector=det,
+            device="cpu",
+            progress=False,
+        )
 
 
 def test_missing_nudenet_gives_clear_error(monkeypatch):

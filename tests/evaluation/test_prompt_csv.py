@@ -13,10 +13,15 @@ def write(path, text):
 
 
 def test_seeds_guidance_and_awkward_text(tmp_path):
-    csv = write(tmp_path / "p.csv", 'idx,prompt,evaluation_seed,evaluation_guidance,case_number\n'
-                '0,"a, b ""quoted"" 🎨 café",2868251644,7,21\n1,plain,,,22\n')
+    csv = write(
+        tmp_path / "p.csv",
+        "idx,prompt,evaluation_seed,evaluation_guidance,case_number\n"
+        '0,"a, b ""quoted"" 🎨 café",2868251644,7,21\n1,plain,,,22\n',
+    )
     rows = read_prompt_csv(csv, default_seed=100)
-    assert rows[0].prompt == 'a, b "quoted" 🎨 café' and rows[0].seed == 2868251644 and rows[0].guidance == 7.0
+    assert (
+        rows[0].prompt == 'a, b "quoted" 🎨 café' and rows[0].seed == 2868251644 and rows[0].guidance == 7.0
+    )
     assert rows[0].case == "21"
     assert rows[1].seed == 101 and rows[1].guidance is None  # default_seed + row index
 

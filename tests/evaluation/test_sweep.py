@@ -25,12 +25,24 @@ class CountingErase:
         if self.kill_at is not None and len(self.calls) == self.kill_at:
             raise KeyboardInterrupt("simulated kill")
         config = HiRMConfig(steps=3, lr=1e-2, precision="fp32")
-        return hirm.erase(handle, [Concept(text=name.replace("_", " "), kind=domain)], config=config, progress=False)
+        return hirm.erase(
+            handle, [Concept(text=name.replace("_", " "), kind=domain)], config=config, progress=False
+        )
 
 
 def sweep(sd_dir, canvas, judges, settings, tmp_path, erase, **kw):
-    return run_sweep(str(sd_dir), out=tmp_path / "sweep", canvas=canvas, judges=judges, settings=settings, device="cpu",
-                     cache_dir=tmp_path / "cache", erase_fn=erase, progress=False, **kw)
+    return run_sweep(
+        str(sd_dir),
+        out=tmp_path / "sweep",
+        canvas=canvas,
+        judges=judges,
+        settings=settings,
+        device="cpu",
+        cache_dir=tmp_path / "cache",
+        erase_fn=erase,
+        progress=False,
+        **kw,
+    )
 
 
 def test_sweep_resumes_after_kill(sd_dir, canvas, judges, settings, tmp_path):
@@ -46,7 +58,9 @@ def test_sweep_resumes_after_kill(sd_dir, canvas, judges, settings, tmp_path):
     manifest = sweep(sd_dir, canvas, judges, settings, tmp_path, resumed, domain="style")
     assert resumed.calls == ["Crayon"]  # the finished concept is not redone
     assert manifest["complete"] is True and manifest["finished"] == ["Van_Gogh", "Crayon"]
-    assert len(list((tmp_path / "cache").rglob("*.png"))) == n_cached  # the original model was not regenerated
+    assert (
+        len(list((tmp_path / "cache").rglob("*.png"))) == n_cached
+    )  # the original model was not regenerated
     rows = list(csv.DictReader((tmp_path / "sweep" / "results.csv").open()))
     assert [r["concept"] for r in rows] == ["Van_Gogh", "Crayon"] and rows[0]["UA"] != ""
     ua = [float(r["UA"]) for r in rows]
@@ -61,9 +75,26 @@ def test_sweep_refuses_other_settings_and_overwrites(sd_dir, canvas, judges, set
 
     sweep(sd_dir, canvas, judges, settings, tmp_path, CountingErase(), concepts=["cats"])
     with pytest.raises(EvaluationInputError, match="other settings"):
-        sweep(sd_dir, canvas, judges, replace(settings, seeds=(5,)), tmp_path, CountingErase(), concepts=["cats"])
+        sweep(
+            sd_dir,
+            canvas,
+            judges,
+            replace(settings, seeds=(5,)),
+            tmp_path,
+            CountingErase(),
+            concepts=["cats"],
+        )
     again = CountingErase()
-    manifest = sweep(sd_dir, canvas, judges, replace(settings, seeds=(5,)), tmp_path, again, concepts=["cats"], overwrite=True)
+    manifest = sweep(
+        sd_dir,
+        canvas,
+        judges,
+        replace(settings, seeds=(5,)),
+        tmp_path,
+        again,
+        concepts=["cats"],
+        overwrite=True,
+    )
     assert again.calls == ["Cats"] and manifest["complete"] and manifest["meta"]["seeds"] == [5]
 
 
@@ -79,9 +110,46 @@ def test_sweep_bad_inputs(sd_dir, canvas, judges, settings, tmp_path):
 
 
 def test_aggregate_mean_std():
-    recs = [{"domain": "style", "summary": {"UA": 1.0}}, {"domain": "style", "summary": {"UA": 0.5}},
-            {"domain": "object", "summary": {"UA": 0.0}}]
+    recs = [
+        {"domain": "style", "summary": {"UA": 1.0}},
+        {"domain": "style", "summary": {"UA": 0.5}},
+        {"domain": "object", "summary": {"UA": 0.0}},
+    ]
     agg = aggregate(recs)
     assert agg["style"]["UA"] == {"mean": 0.75, "std": 0.25, "n": 2}
     assert agg["all"]["UA"]["mean"] == pytest.approx(0.5) and agg["object"]["n_concepts"] == 1
     assert agg["all"]["IRA"]["mean"] is None
+
+
+def test_default_erase_spelling_and_super_target(sd_dir, canvas):
+    import torch
+
+    from hirm.evaluation.sweep import default_erase
+
+    handle = hirm.load_model(str(sd_dir))
+    patch = default_erase("hirm", torch.device("cpu"))(handle, "Van_Gogh", "style")
+    assert (
+        patch.metadata["concepts"][0]["text"] == "Van Gogh"
+        and patch.metadata["concepts"][0]["kind"] == "style"
+    )
+    patch = default_erase("hirm", torch.device("cpu"), target="super", canvas=canvas)(
+        handle, "Cats", "object"
+    )
+    assert patch.metadata["concepts"][0]["target"]["prompt"] == "animal"
+    with pytest.raises(EvaluationInputError):
+        default_erase("hirm", torch.device("cpu"), target="nearest")
+
+
+def test_sweep_unknown_method_fails_before_work(sd_dir, canvas, judges, settings, tmp_path):
+    with pytest.raises(ValueError, match="Unknown method"):
+        run_sweep(
+            str(sd_dir),
+            out=tmp_path / "s",
+            method="nope",
+            canvas=canvas,
+            judges=judges,
+            settings=settings,
+            device="cpu",
+            progress=False,
+        )
+    assert not (tmp_path / "s").exists()

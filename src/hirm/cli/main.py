@@ -20,6 +20,10 @@ COMMANDS = (
     "hirm.cli.apply",
     "hirm.cli.generate",
     "hirm.cli.info",
+    "hirm.cli.eval",
+    "hirm.cli.sweep",
+    "hirm.cli.report",
+    "hirm.cli.world",
     "hirm.cli.env",
 )
 
@@ -29,3 +33,7 @@ for _name in COMMANDS:
 
 def main() -> None:  # pragma: no cover - console entry point
     app()
+
+
+if __name__ == "__main__":  # `python -m hirm.cli.main`, e.g. under torchrun or accelerate launch
+    main()

@@ -12,8 +12,12 @@ from hirm.cli.eval import Overwrite, fail_on_errors
 
 @fail_on_errors
 def report_command(
-    results: Annotated[list[Path], typer.Argument(help="Result files or directories (eval canvas/nudity/utility, sweep).")],
-    out: Annotated[Path, typer.Option("--out", help="Report directory: index.html (self-contained) and summary.md.")],
+    results: Annotated[
+        list[Path], typer.Argument(help="Result files or directories (eval canvas/nudity/utility, sweep).")
+    ],
+    out: Annotated[
+        Path, typer.Option("--out", help="Report directory: index.html (self-contained) and summary.md.")
+    ],
     overwrite: Overwrite = False,
     title: Annotated[str, typer.Option("--title", help="Page title.")] = "hirm evaluation report",
 ) -> None:

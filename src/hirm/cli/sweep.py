@@ -28,16 +28,37 @@ from hirm.cli.eval import (
 
 @fail_on_errors
 def sweep_command(
-    out: Annotated[Path, typer.Option("--out", help="Sweep directory: sweep.json, results.jsonl/csv, concepts/<name>/. Re-run to resume.")],
+    out: Annotated[
+        Path,
+        typer.Option(
+            "--out",
+            help="Sweep directory: sweep.json, results.jsonl/csv, concepts/<name>/. Re-run to resume.",
+        ),
+    ],
     domain: Annotated[str, typer.Option("--domain", help="style, object or all.")] = "all",
-    method: Annotated[str, typer.Option("--method", help="Erasure method (hirm.methods()); its default config is used.")] = "hirm",
-    concept: Annotated[list[str] | None, typer.Option("--concept", help="Only these concepts (repeatable; any spelling).")] = None,
-    limit: Annotated[int | None, typer.Option("--limit", help="Only the first N concepts (smoke runs).")] = None,
+    method: Annotated[
+        str, typer.Option("--method", help="Erasure method (hirm.methods()); its default config is used.")
+    ] = "hirm",
+    target: Annotated[
+        str,
+        typer.Option(
+            "--target", help="random (HiRM-R) or super (HiRM-S toward the concept's super-category word)."
+        ),
+    ] = "random",
+    concept: Annotated[
+        list[str] | None, typer.Option("--concept", help="Only these concepts (repeatable; any spelling).")
+    ] = None,
+    limit: Annotated[
+        int | None, typer.Option("--limit", help="Only the first N concepts (smoke runs).")
+    ] = None,
     model: Model = "minicanvas",
     overwrite: Overwrite = False,
     device: Device = "auto",
     seeds: Seeds = None,
-    template: Annotated[list[str] | None, typer.Option("--template", help="Grid template with {style} and {object} (repeatable).")] = None,
+    template: Annotated[
+        list[str] | None,
+        typer.Option("--template", help="Grid template with {style} and {object} (repeatable)."),
+    ] = None,
     no_heldout: Annotated[bool, typer.Option("--no-heldout", help="Skip the held-out templates.")] = False,
     no_super: Annotated[bool, typer.Option("--no-super", help="Skip the super-category prompts.")] = False,
     steps: Steps = None,
@@ -45,7 +66,12 @@ def sweep_command(
     height: Height = None,
     width: Width = None,
     batch_size: Batch = None,
-    save_patches: Annotated[bool, typer.Option("--save-patches", help="Keep each concept's patch in concepts/<name>/patch.safetensors.")] = False,
+    save_patches: Annotated[
+        bool,
+        typer.Option(
+            "--save-patches", help="Keep each concept's patch in concepts/<name>/patch.safetensors."
+        ),
+    ] = False,
     cache_dir: CacheDir = None,
     no_cache: NoCache = False,
     quiet: Quiet = False,
@@ -53,14 +79,49 @@ def sweep_command(
     """Erase each concept of --domain with --method and evaluate it on the UnlearnCanvas grid; streams results, resumes."""
     from hirm.evaluation.sweep import run_sweep
 
-    settings = canvas_settings(model, seeds=seeds, templates=template, heldout=None, supers=None, no_heldout=no_heldout,
-                               no_super=no_super, steps=steps, guidance=guidance, height=height, width=width,
-                               batch_size=batch_size)
-    manifest = run_sweep(model, out=out, domain=domain, method=method, concepts=concept, limit=limit, settings=settings,
-                         device=device, cache_dir=cache_dir, use_cache=not no_cache, overwrite=overwrite,
-                         save_patches=save_patches, progress=not quiet)
+    settings = canvas_settings(
+        model,
+        seeds=seeds,
+        templates=template,
+        heldout=None,
+        supers=None,
+        no_heldout=no_heldout,
+        no_super=no_super,
+        steps=steps,
+        guidance=guidance,
+        height=height,
+        width=width,
+        batch_size=batch_size,
+    )
+    manifest = run_sweep(
+        model,
+        out=out,
+        domain=domain,
+        method=method,
+        target=target,
+        concepts=concept,
+        limit=limit,
+        settings=settings,
+        device=device,
+        cache_dir=cache_dir,
+        use_cache=not no_cache,
+        overwrite=overwrite,
+        save_patches=save_patches,
+        progress=not quiet,
+    )
     print_json({k: manifest.get(k) for k in ("complete", "finished", "aggregate", "times")})
 
 
 def register(app: typer.Typer) -> None:
     app.command("sweep")(sweep_command)
+
+
+def main() -> None:
+    """``accelerate launch -m hirm.cli.sweep ...`` / ``torchrun ... -m hirm.cli.sweep ...``."""
+    app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
+    app.command()(sweep_command)
+    app()
+
+
+if __name__ == "__main__":
+    main()

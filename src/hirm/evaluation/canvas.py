@@ -17,6 +17,7 @@ For another pipeline pass ``canvas=Canvas(styles, objects)`` and ``judges={"styl
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -32,6 +33,7 @@ from hirm.evaluation.canvas_grid import SUPER_TEMPLATES, Canvas, Item, build_ite
 from hirm.evaluation.common import (
     RESULT_FILE,
     EvaluationInputError,
+    concept_key,
     patch_digest,
     patch_info,
     resolve_device,
@@ -41,10 +43,10 @@ from hirm.evaluation.generation import (
     ImageCache,
     Request,
     Timing,
+    cache_extra,
     default_cache_dir,
     model_fingerprint,
     run_generation,
-    scheduler_signature,
 )
 from hirm.evaluation.judges import Judge, class_columns, judge_probabilities
 from hirm.evaluation.metrics import canvas_metrics, per_concept_accuracy, summary_metrics
@@ -165,15 +167,21 @@ class CanvasEvaluator:
             class_columns(judges[role], canvas.names(role), role=f"{role} judge")
         self.pipe, self.canvas, self.judges, self.settings = pipe, canvas, judges, settings
         self.cache, self.progress = cache, progress
-        self.cache_extra = {"scheduler": scheduler_signature(pipe)}
+        self.cache_extra = cache_extra(pipe)
         self._baseline: tuple[list[dict], dict[str, np.ndarray]] | None = None
         self.timing = Timing()
 
     # ---------------------------------------------------------------------------------------- items
     def items(self, target: str | None) -> list[Item]:
         s = self.settings
-        return build_items(self.canvas, templates=s.templates, heldout_templates=s.heldout_templates,
-                           super_templates=s.super_templates, seeds=s.seeds, target=target)
+        return build_items(
+            self.canvas,
+            templates=s.templates,
+            heldout_templates=s.heldout_templates,
+            super_templates=s.super_templates,
+            seeds=s.seeds,
+            target=target,
+        )
 
     def sample_items(self, target: str, items: Sequence[Item]) -> list[int]:
         """Indices of the images kept for the report: first template and seed, target + a few retained rows."""
@@ -181,32 +189,73 @@ class CanvasEvaluator:
         retained = [n for n in self.canvas.names(domain) if n != target][: self.settings.samples]
         rows = {target, *retained}
         t0, s0 = self.settings.templates[0], self.settings.seeds[0]
-        return [i for i, it in enumerate(items)
-                if it.split == "grid" and it.template == t0 and it.seed == s0 and it.label(domain) in rows]
+        return [
+            i
+            for i, it in enumerate(items)
+            if it.split == "grid" and it.template == t0 and it.seed == s0 and it.label(domain) in rows
+        ]
 
     # -------------------------------------------------------------------------------------- judging
     def _score(self, images: np.ndarray) -> list[tuple[str, float, str, float]]:
         out = []
-        probs = {r: judge_probabilities(self.judges[r], images, batch_size=self.settings.judge_batch_size,
-                                        role=f"{r} judge") for r in ("style", "object")}
+        probs = {
+            r: judge_probabilities(
+                self.judges[r], images, batch_size=self.settings.judge_batch_size, role=f"{r} judge"
+            )
+            for r in ("style", "object")
+        }
         classes = {r: tuple(self.judges[r].classes) for r in probs}
         for j in range(len(images)):
             s, o = int(probs["style"][j].argmax()), int(probs["object"][j].argmax())
-            out.append((classes["style"][s], float(probs["style"][j, s]), classes["object"][o], float(probs["object"][j, o])))
+            out.append(
+                (
+                    classes["style"][s],
+                    float(probs["style"][j, s]),
+                    classes["object"][o],
+                    float(probs["object"][j, o]),
+                )
+            )
         return out
 
-    def judge_items(self, items: Sequence[Item], *, cache: ImageCache | None, keep: Sequence[int] = (),
-                    desc: str = "generate") -> tuple[list[dict[str, Any]], dict[int, np.ndarray]]:
+    def judge_items(
+        self,
+        items: Sequence[Item],
+        *,
+        cache: ImageCache | None,
+        keep: Sequence[int] = (),
+        desc: str = "generate",
+    ) -> tuple[list[dict[str, Any]], dict[int, np.ndarray]]:
         s = self.settings
-        requests = [Request(it.prompt, it.seed, s.guidance_scale, s.num_inference_steps, s.height, s.width) for it in items]
-        scores, kept, timing = run_generation(self.pipe, requests, score_fn=self._score, batch_size=s.batch_size,
-                                              cache=cache, cache_extra=self.cache_extra, keep=keep,
-                                              progress=self.progress, desc=desc)
+        requests = [
+            Request(it.prompt, it.seed, s.guidance_scale, s.num_inference_steps, s.height, s.width)
+            for it in items
+        ]
+        scores, kept, timing = run_generation(
+            self.pipe,
+            requests,
+            score_fn=self._score,
+            batch_size=s.batch_size,
+            cache=cache,
+            cache_extra=self.cache_extra,
+            keep=keep,
+            progress=self.progress,
+            desc=desc,
+        )
         for name in ("generate", "score", "generated", "cached"):
             setattr(self.timing, name, getattr(self.timing, name) + getattr(timing, name))
         rows = [
-            {"split": it.split, "template": it.template, "style": it.style, "object": it.object, "seed": it.seed,
-             "prompt": it.prompt, "pred_style": sc[0], "p_style": sc[1], "pred_object": sc[2], "p_object": sc[3]}
+            {
+                "split": it.split,
+                "template": it.template,
+                "style": it.style,
+                "object": it.object,
+                "seed": it.seed,
+                "prompt": it.prompt,
+                "pred_style": sc[0],
+                "p_style": sc[1],
+                "pred_object": sc[2],
+                "p_object": sc[3],
+            }
             for it, sc in zip(items, scores, strict=True)
         ]
         return rows, kept
@@ -218,14 +267,20 @@ class CanvasEvaluator:
         """
         if self._baseline is None:
             items = self.items(None)
-            keep = [i for i, it in enumerate(items) if it.split == "grid" and it.template == self.settings.templates[0]
-                    and it.seed == self.settings.seeds[0]]
+            keep = [
+                i
+                for i, it in enumerate(items)
+                if it.split == "grid"
+                and it.template == self.settings.templates[0]
+                and it.seed == self.settings.seeds[0]
+            ]
             rows, kept = self.judge_items(items, cache=self.cache, keep=keep, desc="original")
             self._baseline = (rows, {item_key(items[i]): img for i, img in kept.items()})
         return self._baseline
 
-    def evaluate(self, target: str, *, patches: Sequence[Any] = (), baseline: bool = True,
-                 cache_patched: bool = False) -> tuple[dict[str, Any], dict[str, dict[str, np.ndarray]]]:
+    def evaluate(
+        self, target: str, *, patches: Sequence[Any] = (), baseline: bool = True, cache_patched: bool = False
+    ) -> tuple[dict[str, Any], dict[str, dict[str, np.ndarray]]]:
         """Metrics for ``target`` with ``patches`` applied (none: the original model). Returns (result, images)."""
         target = self.canvas.canonical(target)
         domain = self.canvas.domain(target)
@@ -233,8 +288,14 @@ class CanvasEvaluator:
         keys = [item_key(it) for it in items]
         samples = self.sample_items(target, items)
         images: dict[str, dict[str, np.ndarray]] = {"erased": {}, "original": {}}
-        result: dict[str, Any] = {"target": target, "domain": domain, "metrics": {}, "summary": {},
-                                  "per_concept": {}, "rows": {}}
+        result: dict[str, Any] = {
+            "target": target,
+            "domain": domain,
+            "metrics": {},
+            "summary": {},
+            "per_concept": {},
+            "rows": {},
+        }
         runs: dict[str, list[dict]] = {}
         if baseline or not patches:
             base_rows, base_imgs = self.baseline()
@@ -256,11 +317,19 @@ class CanvasEvaluator:
             per_split = canvas_metrics(rows, target=target, domain=domain)
             result["metrics"][name] = per_split
             result["summary"][name] = summary_metrics(per_split)
-            result["per_concept"][name] = {d: per_concept_accuracy(rows, domain=d) for d in ("style", "object")}
+            result["per_concept"][name] = {
+                d: per_concept_accuracy(rows, domain=d) for d in ("style", "object")
+            }
             result["rows"][name] = rows
         result["samples"] = [
-            {"key": keys[i], "style": items[i].style, "object": items[i].object, "seed": items[i].seed,
-             "prompt": items[i].prompt, "file": item_file(items[i])}
+            {
+                "key": keys[i],
+                "style": items[i].style,
+                "object": items[i].object,
+                "seed": items[i].seed,
+                "prompt": items[i].prompt,
+                "file": item_file(items[i]),
+            }
             for i in samples
         ]
         return result, images
@@ -296,8 +365,9 @@ def open_model(model: str | os.PathLike, device: torch.device) -> tuple[Any, Pat
     return handle.pipeline(), handle.path
 
 
-def default_canvas_and_judges(model: str | os.PathLike, canvas: Canvas | None, judges: Mapping[str, Judge] | None,
-                              device: torch.device) -> tuple[Canvas, Mapping[str, Judge]]:
+def default_canvas_and_judges(
+    model: str | os.PathLike, canvas: Canvas | None, judges: Mapping[str, Judge] | None, device: torch.device
+) -> tuple[Canvas, Mapping[str, Judge]]:
     from hirm.adapters.loading import EMBEDDED
 
     if (canvas is None or judges is None) and str(model) != EMBEDDED:
@@ -351,17 +421,35 @@ def evaluate_canvas(
     if settings is None:
         settings = CanvasSettings.for_world() if str(model) == "minicanvas" else CanvasSettings()
     loaded, info = load_patches(patches)
+    erased = {concept_key(c) for p in info for c in p["concepts"] if c}
+    if loaded and concept_key(target) not in erased:
+        logging.getLogger(__name__).warning(
+            "The patches erase %s, not the evaluated target %r.", sorted(erased) or "unknown concepts", target
+        )
     pipe, path = open_model(model, dev)
-    evaluator = CanvasEvaluator(pipe, canvas=canvas, judges=judges, settings=settings,
-                                cache=make_cache(cache_dir, path, use_cache), progress=progress)
+    evaluator = CanvasEvaluator(
+        pipe,
+        canvas=canvas,
+        judges=judges,
+        settings=settings,
+        cache=make_cache(cache_dir, path, use_cache),
+        progress=progress,
+    )
     result, images = evaluator.evaluate(target, patches=loaded, baseline=baseline)
     result = {
         "kind": "canvas",
         "complete": True,
-        "meta": run_metadata(model=str(model), model_path=path, patches=info,
-                             settings={**settings.to_dict(), "scheduler": evaluator.cache_extra["scheduler"],
-                                       "cache": None if evaluator.cache is None else str(evaluator.cache.root)},
-                             seeds=settings.seeds),
+        "meta": run_metadata(
+            model=str(model),
+            model_path=path,
+            patches=info,
+            settings={
+                **settings.to_dict(),
+                "scheduler": evaluator.cache_extra["scheduler"],
+                "cache": None if evaluator.cache is None else str(evaluator.cache.root),
+            },
+            seeds=settings.seeds,
+        ),
         **result,
         "timing": asdict(evaluator.timing),
     }
@@ -381,8 +469,13 @@ def save_png(path: Path, image: np.ndarray) -> None:
     Image.fromarray(image).save(path, format="PNG")
 
 
-def write_canvas_dir(out: str | os.PathLike, result: Mapping[str, Any],
-                     images: Mapping[str, Mapping[str, np.ndarray]], *, overwrite: bool = False) -> Path:
+def write_canvas_dir(
+    out: str | os.PathLike,
+    result: Mapping[str, Any],
+    images: Mapping[str, Mapping[str, np.ndarray]],
+    *,
+    overwrite: bool = False,
+) -> Path:
     """``out/result.json`` + ``out/images/{original,erased}/<sample file>.png``, atomically."""
     from hirm.io import atomic_path
 
@@ -391,7 +484,9 @@ def write_canvas_dir(out: str | os.PathLike, result: Mapping[str, Any],
     return Path(out)
 
 
-def fill_canvas_dir(directory: Path, result: Mapping[str, Any], images: Mapping[str, Mapping[str, np.ndarray]]) -> None:
+def fill_canvas_dir(
+    directory: Path, result: Mapping[str, Any], images: Mapping[str, Mapping[str, np.ndarray]]
+) -> None:
     from hirm.evaluation.common import dump_json
 
     for sample in result.get("samples", []):

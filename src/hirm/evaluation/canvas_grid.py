@@ -58,7 +58,9 @@ class Canvas:
         """The miniature world's 12 styles x 10 objects (``hirm.world``)."""
         import hirm.world as world
 
-        return cls(tuple(world.STYLES), tuple(world.OBJECTS), dict(world.STYLE_SUPER), dict(world.OBJECT_SUPER))
+        return cls(
+            tuple(world.STYLES), tuple(world.OBJECTS), dict(world.STYLE_SUPER), dict(world.OBJECT_SUPER)
+        )
 
     def names(self, domain: Domain) -> tuple[str, ...]:
         return self.styles if domain == "style" else self.objects

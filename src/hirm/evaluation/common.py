@@ -61,6 +61,7 @@ def patch_info(patch: Any, source: str | os.PathLike | None = None) -> dict[str,
         "path": None if source is None else str(source),
         "method": meta.get("method"),
         "concepts": [c.get("text") for c in meta.get("concepts", [])],
+        "config": meta.get("config"),
         "fingerprints": dict(patch.fingerprints) if meta.get("base") else {},
         "digest": patch_digest(patch),
     }
@@ -195,15 +196,31 @@ def read_prompt_csv(
         for index, record in enumerate(reader):
             if limit is not None and len(rows) >= limit:
                 break
-            rows.append(_prompt_row(path, index, record, prompt_column, has_seed and seed_column,
-                                    has_guidance and guidance_column, default_seed))
+            rows.append(
+                _prompt_row(
+                    path,
+                    index,
+                    record,
+                    prompt_column,
+                    has_seed and seed_column,
+                    has_guidance and guidance_column,
+                    default_seed,
+                )
+            )
     if not rows:
         raise EvaluationInputError(f"{path} has a header but no prompt rows.")
     return rows
 
 
-def _prompt_row(path: Path, index: int, record: Mapping[str, str], prompt_column: str,
-                seed_column: str | bool, guidance_column: str | bool, default_seed: int) -> PromptRow:
+def _prompt_row(
+    path: Path,
+    index: int,
+    record: Mapping[str, str],
+    prompt_column: str,
+    seed_column: str | bool,
+    guidance_column: str | bool,
+    default_seed: int,
+) -> PromptRow:
     text = record.get(prompt_column)
     if text is None or not text.strip():
         raise EvaluationInputError(f"{path}, data row {index}: empty {prompt_column!r}.")

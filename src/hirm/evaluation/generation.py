@@ -69,7 +69,13 @@ class Request:
     negative_prompt: str | None = None
 
     def group(self) -> tuple:
-        return (self.guidance_scale, self.num_inference_steps, self.height, self.width, self.negative_prompt is None)
+        return (
+            self.guidance_scale,
+            self.num_inference_steps,
+            self.height,
+            self.width,
+            self.negative_prompt is None,
+        )
 
 
 def model_fingerprint(path: str | os.PathLike) -> str:
@@ -89,6 +95,16 @@ def scheduler_signature(pipe: Any) -> dict[str, Any]:
         return {}
     config = {k: v for k, v in dict(scheduler.config).items() if not k.startswith("_")}
     return {"class": type(scheduler).__name__, "config": json.loads(json.dumps(config, default=str))}
+
+
+def cache_extra(pipe: Any) -> dict[str, Any]:
+    """What besides the request decides an image: scheduler, pipeline class, device type and dtype."""
+    return {
+        "scheduler": scheduler_signature(pipe),
+        "pipeline": type(pipe).__name__,
+        "device": getattr(getattr(pipe, "device", None), "type", "cpu"),
+        "dtype": str(getattr(pipe, "dtype", "")),
+    }
 
 
 class ImageCache:
@@ -204,7 +220,10 @@ def run_generation(
         timing.score += time.perf_counter() - start
         if len(scores) != len(chunk):
             raise RuntimeError(f"score_fn returned {len(scores)} results for {len(chunk)} images.")
-        local.extend((i, s, images[j] if i in keep_set else None) for j, (i, s) in enumerate(zip(chunk, scores, strict=True)))
+        local.extend(
+            (i, s, images[j] if i in keep_set else None)
+            for j, (i, s) in enumerate(zip(chunk, scores, strict=True))
+        )
         bar.update(1)
     bar.close()
     gathered, timing = _gather(state, local, timing)

@@ -61,7 +61,9 @@ def class_columns(judge: Judge, names: Sequence[str], *, role: str = "judge") ->
         raise JudgeMismatchError(f"The {role} has no `classes` attribute (a sequence of class names).")
     keys = [concept_key(c) for c in classes]
     if len(set(keys)) != len(keys):
-        raise JudgeMismatchError(f"The {role}'s classes {classes} contain duplicates once spelling is normalised.")
+        raise JudgeMismatchError(
+            f"The {role}'s classes {classes} contain duplicates once spelling is normalised."
+        )
     index = {k: i for i, k in enumerate(keys)}
     missing = [n for n in names if concept_key(n) not in index]
     if missing:
@@ -78,7 +80,9 @@ def to_float_images(images: np.ndarray) -> Tensor:
 
 
 @torch.no_grad()
-def judge_probabilities(judge: Judge, images: np.ndarray, *, batch_size: int = 256, role: str = "judge") -> np.ndarray:
+def judge_probabilities(
+    judge: Judge, images: np.ndarray, *, batch_size: int = 256, role: str = "judge"
+) -> np.ndarray:
     """Run ``judge`` on uint8 images (N, H, W, 3) in batches -> float32 probabilities (N, C)."""
     out = []
     for start in range(0, len(images), batch_size):

@@ -32,7 +32,9 @@ def _acc(hits: list[bool]) -> float | None:
     return sum(hits) / len(hits) if hits else None
 
 
-def canvas_metrics(rows: Iterable[Mapping[str, Any]], *, target: str, domain: str) -> dict[str, dict[str, Any]]:
+def canvas_metrics(
+    rows: Iterable[Mapping[str, Any]], *, target: str, domain: str
+) -> dict[str, dict[str, Any]]:
     """UA, IRA, CRA and AA per split for erasing ``target`` of ``domain`` ("style" or "object").
 
     Each row is one judged image: ``split``, ``style``, ``object`` (the concepts its prompt names, or
@@ -64,8 +66,15 @@ def canvas_metrics(rows: Iterable[Mapping[str, Any]], *, target: str, domain: st
         ta = _acc(b["target"])
         ua, ira, cra = (None if ta is None else 1.0 - ta), _acc(b["in"]), _acc(b["cross"])
         aa = None if None in (ua, ira, cra) else (ua + ira + cra) / 3.0
-        out[split] = {"UA": ua, "IRA": ira, "CRA": cra, "AA": aa, "n_target": len(b["target"]),
-                      "n_in_domain": len(b["in"]), "n_cross": len(b["cross"])}
+        out[split] = {
+            "UA": ua,
+            "IRA": ira,
+            "CRA": cra,
+            "AA": aa,
+            "n_target": len(b["target"]),
+            "n_in_domain": len(b["in"]),
+            "n_cross": len(b["cross"]),
+        }
     return out
 
 
@@ -82,7 +91,9 @@ def summary_metrics(per_split: Mapping[str, Mapping[str, Any]]) -> dict[str, flo
     }
 
 
-def per_concept_accuracy(rows: Iterable[Mapping[str, Any]], *, domain: str, split: str = "grid") -> dict[str, float]:
+def per_concept_accuracy(
+    rows: Iterable[Mapping[str, Any]], *, domain: str, split: str = "grid"
+) -> dict[str, float]:
     """Accuracy of the ``domain`` judge per concept of that domain (images of ``split``)."""
     hits: dict[str, list[bool]] = {}
     for row in rows:
@@ -153,7 +164,9 @@ def frechet_distance(x: np.ndarray | torch.Tensor, y: np.ndarray | torch.Tensor)
     """
     x, y = torch.as_tensor(x, dtype=torch.float64), torch.as_tensor(y, dtype=torch.float64)
     if x.ndim != 2 or y.ndim != 2 or x.shape[1] != y.shape[1]:
-        raise ValueError(f"Feature sets must be (N, D) and (M, D), got {tuple(x.shape)} and {tuple(y.shape)}.")
+        raise ValueError(
+            f"Feature sets must be (N, D) and (M, D), got {tuple(x.shape)} and {tuple(y.shape)}."
+        )
     if len(x) < 2 or len(y) < 2:
         raise ValueError("The Fréchet distance needs at least 2 samples per set.")
     mu_x, mu_y = x.mean(0), y.mean(0)

@@ -62,8 +62,13 @@ class NudeNetDetector:
         # Handing it BGR arrays reproduces that input bit for bit (checked in the tests).
         bgr = [np.ascontiguousarray(img[..., ::-1]) for img in images]
         found = self.detector.detect_batch(bgr, batch_size=self.batch_size)
-        return [[{"class": d["class"], "score": float(d["score"]), "box": [float(v) for v in d["box"]]} for d in dets]
-                for dets in found]
+        return [
+            [
+                {"class": d["class"], "score": float(d["score"]), "box": [float(v) for v in d["box"]]}
+                for d in dets
+            ]
+            for dets in found
+        ]
 
 
 @dataclass(frozen=True)
@@ -93,20 +98,35 @@ class NuditySettings:
 def requests_for(rows: Sequence[PromptRow], settings: NuditySettings) -> list[Request]:
     """One request per row: the row's seed, and its guidance when the CSV gives one."""
     return [
-        Request(r.prompt, r.seed, settings.guidance_scale if r.guidance is None else r.guidance,
-                settings.num_inference_steps, settings.height, settings.width)
+        Request(
+            r.prompt,
+            r.seed,
+            settings.guidance_scale if r.guidance is None else r.guidance,
+            settings.num_inference_steps,
+            settings.height,
+            settings.width,
+        )
         for r in rows
     ]
 
 
-def nudity_report(rows: Sequence[PromptRow], detections: Sequence[Sequence[dict]], settings: NuditySettings) -> dict:
+def nudity_report(
+    rows: Sequence[PromptRow], detections: Sequence[Sequence[dict]], settings: NuditySettings
+) -> dict:
     """Aggregate detections into the result block: rate, per-class counts, flagged rows, all detections."""
     agg = nudity_flags(detections, classes=settings.classes, threshold=settings.threshold)
     wanted = set(settings.classes)
     flagged = [
-        {"row": r.index, "case_number": r.case, "prompt": r.prompt, "seed": r.seed, "guidance": r.guidance,
-         "detections": [d for d in dets if d["class"] in wanted and d["score"] > settings.threshold]}
-        for r, dets, nude in zip(rows, detections, agg["nude"], strict=True) if nude
+        {
+            "row": r.index,
+            "case_number": r.case,
+            "prompt": r.prompt,
+            "seed": r.seed,
+            "guidance": r.guidance,
+            "detections": [d for d in dets if d["class"] in wanted and d["score"] > settings.threshold],
+        }
+        for r, dets, nude in zip(rows, detections, agg["nude"], strict=True)
+        if nude
     ]
     return {
         "classes": agg["classes"],
@@ -116,9 +136,17 @@ def nudity_report(rows: Sequence[PromptRow], detections: Sequence[Sequence[dict]
         "nude_rate": agg["nude_rate"],
         "per_class": agg["per_class"],
         "flagged": flagged,
-        "rows": [{"row": r.index, "prompt": r.prompt, "seed": r.seed, "guidance": r.guidance, "nude": nude,
-                  "detections": [{"class": d["class"], "score": d["score"]} for d in dets]}
-                 for r, dets, nude in zip(rows, detections, agg["nude"], strict=True)],
+        "rows": [
+            {
+                "row": r.index,
+                "prompt": r.prompt,
+                "seed": r.seed,
+                "guidance": r.guidance,
+                "nude": nude,
+                "detections": [{"class": d["class"], "score": d["score"]} for d in dets],
+            }
+            for r, dets, nude in zip(rows, detections, agg["nude"], strict=True)
+        ],
     }
 
 
@@ -143,13 +171,19 @@ def evaluate_nudity(
     from hirm.evaluation.canvas import load_patches, open_model, patched
     from hirm.io import check_writable
 
-    settings = settings or NuditySettings()
+    if settings is None:
+        settings = _world_settings() if str(model) == "minicanvas" else NuditySettings()
     if out is not None:
         check_writable(out, overwrite=overwrite)
     prompts_path = Path(prompts) if prompts is not None else package_data(DEFAULT_PROMPTS)
-    rows = read_prompt_csv(prompts_path, prompt_column=settings.prompt_column, seed_column=settings.seed_column,
-                           guidance_column=settings.guidance_column, default_seed=settings.default_seed,
-                           limit=settings.limit)
+    rows = read_prompt_csv(
+        prompts_path,
+        prompt_column=settings.prompt_column,
+        seed_column=settings.seed_column,
+        guidance_column=settings.guidance_column,
+        default_seed=settings.default_seed,
+        limit=settings.limit,
+    )
     detector = detector or NudeNetDetector()
     dev = resolve_device(device)
     loaded, info = load_patches(patches)
@@ -161,16 +195,29 @@ def evaluate_nudity(
         return detector.detect_batch(list(images))
 
     with patched(pipe, loaded):
-        detections, _, timing = run_generation(pipe, requests_for(rows, settings), score_fn=score,
-                                               batch_size=settings.batch_size, progress=progress, desc="nudity")
+        detections, _, timing = run_generation(
+            pipe,
+            requests_for(rows, settings),
+            score_fn=score,
+            batch_size=settings.batch_size,
+            progress=progress,
+            desc="nudity",
+        )
     result = {
         "kind": "nudity",
         "complete": True,
-        "meta": run_metadata(model=str(model), model_path=model_path, patches=info,
-                             settings={**asdict(settings), "prompts": str(prompts_path),
-                                       "detector": getattr(detector, "model", type(detector).__name__),
-                                       "scheduler": scheduler_signature(pipe)},
-                             seeds=sorted({r.seed for r in rows})),
+        "meta": run_metadata(
+            model=str(model),
+            model_path=model_path,
+            patches=info,
+            settings={
+                **asdict(settings),
+                "prompts": str(prompts_path),
+                "detector": getattr(detector, "model", type(detector).__name__),
+                "scheduler": scheduler_signature(pipe),
+            },
+            seeds=sorted({r.seed for r in rows}),
+        ),
         "prompts": str(prompts_path),
         **nudity_report(rows, detections, settings),
         "timing": asdict(timing),
@@ -178,6 +225,19 @@ def evaluate_nudity(
     if out is not None and _is_main():
         write_json(out, result, overwrite=overwrite)
     return result
+
+
+def _world_settings() -> NuditySettings:
+    import hirm.world as world
+
+    gen = world.GENERATION_DEFAULTS
+    return NuditySettings(
+        guidance_scale=float(gen["guidance_scale"]),
+        num_inference_steps=int(gen["num_inference_steps"]),
+        height=gen.get("height"),
+        width=gen.get("width"),
+        batch_size=64,
+    )
 
 
 def _is_main() -> bool:

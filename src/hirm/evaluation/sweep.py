@@ -58,23 +58,42 @@ MANIFEST, LINES, TABLE = "sweep.json", "results.jsonl", "results.csv"
 EraseFn = Callable[[Any, str, str], Any]
 
 
-def default_erase(method: str, device: torch.device) -> EraseFn:
-    """Erase one concept with ``hirm.api.erase(..., method=method, config=None)`` (the method's defaults)."""
+def default_erase(
+    method: str, device: torch.device, *, target: str = "random", canvas: Canvas | None = None
+) -> EraseFn:
+    """Erase one concept with ``hirm.api.erase(..., method=method, config=None)`` (the method's defaults).
+
+    The concept text is the prompt spelling (``Neon Lines``). ``target="random"``: HiRM-R;
+    ``target="super"``: HiRM-S toward the concept's super-category word from ``canvas``.
+    """
     from hirm.api import erase
-    from hirm.core.config import Concept
+    from hirm.core.config import Concept, PromptTarget, RandomTarget
     from hirm.evaluation.common import display_name
 
+    if target not in ("random", "super"):
+        raise EvaluationInputError(f"--target must be 'random' or 'super', got {target!r}.")
+
     def run(handle: Any, name: str, domain: str) -> Any:
-        concept = Concept(text=display_name(name), kind=domain)
+        goal = RandomTarget()
+        if target == "super":
+            words = (canvas.style_super if domain == "style" else canvas.object_super) if canvas else {}
+            if name not in words:
+                raise EvaluationInputError(f"No super-category word for {name!r}; HiRM-S needs one.")
+            goal = PromptTarget(words[name])
+        concept = Concept(text=display_name(name), kind=domain, target=goal)
         return erase(handle, [concept], method=method, config=None, device=device, progress=False)
 
     return run
 
 
-def sweep_concepts(canvas: Canvas, domain: str, concepts: Sequence[str] | None, limit: int | None) -> list[str]:
+def sweep_concepts(
+    canvas: Canvas, domain: str, concepts: Sequence[str] | None, limit: int | None
+) -> list[str]:
     if domain not in ("style", "object", "all"):
         raise EvaluationInputError(f"--domain must be style, object or all; got {domain!r}.")
-    names = list(canvas.styles if domain in ("style", "all") else ()) + list(canvas.objects if domain in ("object", "all") else ())
+    names = list(canvas.styles if domain in ("style", "all") else ()) + list(
+        canvas.objects if domain in ("object", "all") else ()
+    )
     if concepts:
         names = [canvas.canonical(c) for c in concepts]
     if limit is not None:
@@ -118,7 +137,9 @@ def prepare_out(out: Path, key: str, *, overwrite: bool) -> dict[str, dict[str, 
         manifest = out / MANIFEST
         if not manifest.is_file():
             if any(out.iterdir()):
-                raise EvaluationInputError(f"{out} exists and is not a sweep directory; pass --overwrite or another --out.")
+                raise EvaluationInputError(
+                    f"{out} exists and is not a sweep directory; pass --overwrite or another --out."
+                )
         elif json.loads(manifest.read_text()).get("settings_key") != key:
             raise EvaluationInputError(
                 f"{out} holds a sweep with other settings; pass --overwrite to start again or choose another --out."
@@ -142,11 +163,27 @@ def aggregate(records: Sequence[Mapping[str, Any]], which: str = "summary") -> d
 def write_table(out: Path, records: Sequence[Mapping[str, Any]]) -> None:
     buffer = io.StringIO()
     writer = csv.writer(buffer)
-    writer.writerow(["concept", "domain", *METRICS, *(f"original_{m}" for m in METRICS), "erase_s", "generate_s", "judge_s"])
+    writer.writerow(
+        [
+            "concept",
+            "domain",
+            *METRICS,
+            *(f"original_{m}" for m in METRICS),
+            "erase_s",
+            "generate_s",
+            "judge_s",
+        ]
+    )
     for r in records:
-        writer.writerow([r["concept"], r["domain"], *(_fmt(r["summary"].get(m)) for m in METRICS),
-                         *(_fmt(r["baseline"].get(m)) for m in METRICS),
-                         *(f"{r['times'][k]:.3f}" for k in ("erase", "generate", "judge"))])
+        writer.writerow(
+            [
+                r["concept"],
+                r["domain"],
+                *(_fmt(r["summary"].get(m)) for m in METRICS),
+                *(_fmt(r["baseline"].get(m)) for m in METRICS),
+                *(f"{r['times'][k]:.3f}" for k in ("erase", "generate", "judge")),
+            ]
+        )
     write_atomic(out / TABLE, lambda tmp: tmp.write_text(buffer.getvalue(), encoding="utf-8"), overwrite=True)
 
 
@@ -167,6 +204,7 @@ def run_sweep(
     out: str | os.PathLike,
     domain: str = "all",
     method: str = "hirm",
+    target: str = "random",
     concepts: Sequence[str] | None = None,
     limit: int | None = None,
     settings: CanvasSettings | None = None,
@@ -187,21 +225,55 @@ def run_sweep(
     dev = resolve_device(device)
     canvas, judges = default_canvas_and_judges(model, canvas, judges, dev)
     names = sweep_concepts(canvas, domain, concepts, limit)
+    method_config = None if erase_fn is not None else _method_config(method)  # fails early on unknown methods
     if settings is None:
         settings = CanvasSettings.for_world() if str(model) == "minicanvas" else CanvasSettings()
     pipe, path = open_model(model, dev)
-    key = _settings_key({"model": model_fingerprint(path), "method": method, "settings": settings.to_dict(),
-                         "styles": canvas.styles, "objects": canvas.objects})
+    key = _settings_key(
+        {
+            "model": model_fingerprint(path),
+            "method": method,
+            "target": target,
+            "settings": settings.to_dict(),
+            "styles": canvas.styles,
+            "objects": canvas.objects,
+        }
+    )
     out = Path(out)
     done = prepare_out(out, key, overwrite=overwrite) if state.is_main_process else {}
     state.wait_for_everyone()
     if not state.is_main_process:
         done = read_finished(out, key)
-    evaluator = CanvasEvaluator(pipe, canvas=canvas, judges=judges, settings=settings,
-                                cache=make_cache(cache_dir, path, use_cache), progress=progress)
-    meta = run_metadata(model=str(model), model_path=path, settings={**settings.to_dict(), "method": method,
-                        "domain": domain, "scheduler": evaluator.cache_extra["scheduler"]}, seeds=settings.seeds)
-    header = {"kind": "sweep", "settings_key": key, "method": method, "domain": domain, "concepts": names, "meta": meta}
+    evaluator = CanvasEvaluator(
+        pipe,
+        canvas=canvas,
+        judges=judges,
+        settings=settings,
+        cache=make_cache(cache_dir, path, use_cache),
+        progress=progress,
+    )
+    meta = run_metadata(
+        model=str(model),
+        model_path=path,
+        settings={
+            **settings.to_dict(),
+            "method": method,
+            "target": target if erase_fn is None else "custom erase_fn",
+            "domain": domain,
+            "scheduler": evaluator.cache_extra["scheduler"],
+        },
+        seeds=settings.seeds,
+    )
+    header = {
+        "method_config": method_config,
+        "kind": "sweep",
+        "settings_key": key,
+        "method": method,
+        "target": target,
+        "domain": domain,
+        "concepts": names,
+        "meta": meta,
+    }
     records = [done[n] for n in names if n in done]
     if state.is_main_process:
         _write_manifest(out, header, records, names)
@@ -209,7 +281,7 @@ def run_sweep(
     start = time.perf_counter()
     evaluator.baseline()
     baseline_s = time.perf_counter() - start
-    erase = erase_fn or default_erase(method, dev)
+    erase = erase_fn or default_erase(method, dev, target=target, canvas=canvas)
     handle = None
     for name in names:
         if name in done:
@@ -221,7 +293,9 @@ def run_sweep(
         record = _one_concept(evaluator, erase, handle, name, canvas.domain(name), state)
         record = {"concept": name, "settings_key": key, **record}
         if state.is_main_process:
-            _write_concept(out, name, record.pop("_result"), record.pop("_images"), record.pop("_patch"), save_patches)
+            _write_concept(
+                out, name, record.pop("_result"), record.pop("_images"), record.pop("_patch"), save_patches
+            )
             append_line(out, record)
             records.append(record)
             write_table(out, records)
@@ -233,7 +307,19 @@ def run_sweep(
     return json.loads((out / MANIFEST).read_text()) if state.is_main_process else header
 
 
-def _one_concept(evaluator: CanvasEvaluator, erase: EraseFn, handle: Any, name: str, domain: str, state) -> dict[str, Any]:
+def _method_config(method: str) -> dict[str, Any] | None:
+    """The method's default config (what ``config=None`` means), recorded in the manifest."""
+    from dataclasses import asdict, is_dataclass
+
+    from hirm.core.registry import get_method
+
+    config = get_method(method).config_cls()
+    return asdict(config) if is_dataclass(config) else None
+
+
+def _one_concept(
+    evaluator: CanvasEvaluator, erase: EraseFn, handle: Any, name: str, domain: str, state
+) -> dict[str, Any]:
     before = asdict(evaluator.timing)
     start = time.perf_counter()
     patch = erase(handle, name, domain) if state.is_main_process else None
@@ -248,8 +334,11 @@ def _one_concept(evaluator: CanvasEvaluator, erase: EraseFn, handle: Any, name: 
         "domain": domain,
         "summary": result["summary"]["erased"],
         "baseline": result["summary"]["original"],
-        "times": {"erase": erase_s, "generate": after["generate"] - before["generate"],
-                  "judge": after["score"] - before["score"]},
+        "times": {
+            "erase": erase_s,
+            "generate": after["generate"] - before["generate"],
+            "judge": after["score"] - before["score"],
+        },
         "patch": patch_info(patch),
         "_result": result,
         "_images": images,
@@ -265,8 +354,14 @@ def _write_concept(out: Path, name: str, result: dict, images: dict, patch: Any,
             patch.save(tmp / "patch.safetensors")
 
 
-def _write_manifest(out: Path, header: Mapping[str, Any], records: Sequence[Mapping[str, Any]], names: Sequence[str],
-                    *, baseline_s: float | None = None) -> None:
+def _write_manifest(
+    out: Path,
+    header: Mapping[str, Any],
+    records: Sequence[Mapping[str, Any]],
+    names: Sequence[str],
+    *,
+    baseline_s: float | None = None,
+) -> None:
     finished = [r["concept"] for r in records]
     totals = {k: sum(r["times"][k] for r in records) for k in ("erase", "generate", "judge")}
     manifest = {

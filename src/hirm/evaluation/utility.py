@@ -33,7 +33,7 @@ from hirm.evaluation.common import (
     run_metadata,
     write_json,
 )
-from hirm.evaluation.generation import Request, run_generation, scheduler_signature
+from hirm.evaluation.generation import Request, cache_extra, run_generation
 from hirm.evaluation.judges import to_float_images
 from hirm.evaluation.metrics import clip_scores, frechet_distance
 
@@ -48,8 +48,15 @@ class ClipScorer:
     to the vision tower's size, then normalised with ``mean``/``std`` (MiniCLIP: 0.5/0.5, i.e. ``2x - 1``).
     """
 
-    def __init__(self, model: Any, tokenizer: Any, *, mean: Sequence[float] = (0.5, 0.5, 0.5),
-                 std: Sequence[float] = (0.5, 0.5, 0.5), name: str = "clip") -> None:
+    def __init__(
+        self,
+        model: Any,
+        tokenizer: Any,
+        *,
+        mean: Sequence[float] = (0.5, 0.5, 0.5),
+        std: Sequence[float] = (0.5, 0.5, 0.5),
+        name: str = "clip",
+    ) -> None:
         self.model, self.tokenizer, self.name = model.eval(), tokenizer, name
         self.size = int(model.config.vision_config.image_size)
         self.mean = torch.tensor(mean).view(1, 3, 1, 1)
@@ -98,10 +105,22 @@ class ClipScorer:
         out = []
         max_len = min(int(getattr(self.tokenizer, "model_max_length", 77) or 77), 77)
         for start in range(0, len(prompts), batch_size):
-            tok = self.tokenizer(list(prompts[start : start + batch_size]), padding="max_length", truncation=True,
-                                 max_length=max_len, return_tensors="pt").to(self.device)
-            out.append(_tensor(self.model.get_text_features(input_ids=tok["input_ids"],
-                                                            attention_mask=tok.get("attention_mask"))).float().cpu())
+            tok = self.tokenizer(
+                list(prompts[start : start + batch_size]),
+                padding="max_length",
+                truncation=True,
+                max_length=max_len,
+                return_tensors="pt",
+            ).to(self.device)
+            out.append(
+                _tensor(
+                    self.model.get_text_features(
+                        input_ids=tok["input_ids"], attention_mask=tok.get("attention_mask")
+                    )
+                )
+                .float()
+                .cpu()
+            )
         return torch.cat(out).numpy()
 
 
@@ -163,8 +182,13 @@ def evaluate_utility(
     if out is not None:
         check_writable(out, overwrite=overwrite)
     prompts_path = Path(prompts) if prompts is not None else package_data(DEFAULT_PROMPTS)
-    rows = read_prompt_csv(prompts_path, seed_column="evaluation_seed", guidance_column=None,
-                           default_seed=settings.default_seed, limit=settings.limit)
+    rows = read_prompt_csv(
+        prompts_path,
+        seed_column="evaluation_seed",
+        guidance_column=None,
+        default_seed=settings.default_seed,
+        limit=settings.limit,
+    )
     if len(rows) < 2:
         raise EvaluationInputError("The Fréchet distance needs at least 2 prompts (--limit >= 2).")
     dev = resolve_device(device)
@@ -172,30 +196,61 @@ def evaluate_utility(
     loaded, info = load_patches(patches)
     pipe, model_path = open_model(model, dev)
     cache = make_cache(cache_dir, model_path, use_cache)
-    extra = {"scheduler": scheduler_signature(pipe)}
-    requests = [Request(r.prompt, r.seed, settings.guidance_scale, settings.num_inference_steps, settings.height,
-                        settings.width) for r in rows]
+    extra = cache_extra(pipe)
+    requests = [
+        Request(
+            r.prompt,
+            r.seed,
+            settings.guidance_scale,
+            settings.num_inference_steps,
+            settings.height,
+            settings.width,
+        )
+        for r in rows
+    ]
 
     def score(images: np.ndarray) -> list:
         return list(scorer.image_features(images))
 
-    original, _, t_orig = run_generation(pipe, requests, score_fn=score, batch_size=settings.batch_size, cache=cache,
-                                         cache_extra=extra, progress=progress, desc="original")
+    original, _, t_orig = run_generation(
+        pipe,
+        requests,
+        score_fn=score,
+        batch_size=settings.batch_size,
+        cache=cache,
+        cache_extra=extra,
+        progress=progress,
+        desc="original",
+    )
     erased, t_erased = original, t_orig
     if loaded:
         with patched(pipe, loaded):
-            erased, _, t_erased = run_generation(pipe, requests, score_fn=score, batch_size=settings.batch_size,
-                                                 progress=progress, desc="erased")
+            erased, _, t_erased = run_generation(
+                pipe,
+                requests,
+                score_fn=score,
+                batch_size=settings.batch_size,
+                progress=progress,
+                desc="erased",
+            )
     text = torch.from_numpy(scorer.text_features([r.prompt for r in rows]))
     feats = {"original": torch.from_numpy(np.stack(original)), "erased": torch.from_numpy(np.stack(erased))}
     cos = {k: clip_scores(v, text) for k, v in feats.items()}
     result = {
         "kind": "utility",
         "complete": True,
-        "meta": run_metadata(model=str(model), model_path=model_path, patches=info,
-                             settings={**asdict(settings), "prompts": str(prompts_path), "clip": scorer.name,
-                                       "scheduler": extra["scheduler"]},
-                             seeds=sorted({r.seed for r in rows})),
+        "meta": run_metadata(
+            model=str(model),
+            model_path=model_path,
+            patches=info,
+            settings={
+                **asdict(settings),
+                "prompts": str(prompts_path),
+                "clip": scorer.name,
+                "scheduler": extra["scheduler"],
+            },
+            seeds=sorted({r.seed for r in rows}),
+        ),
         "prompts": str(prompts_path),
         "clip_model": scorer.name,
         "features": "CLIP image embeddings (projection output)",
@@ -203,8 +258,16 @@ def evaluate_utility(
         "clip_score": {k: float(v.mean()) for k, v in cos.items()},
         "clip_score_100": {k: float((100 * v.clamp(min=0)).mean()) for k, v in cos.items()},
         "frechet_distance": frechet_distance(feats["original"], feats["erased"]),
-        "rows": [{"row": r.index, "prompt": r.prompt, "seed": r.seed, "clip_erased": float(cos["erased"][i]),
-                  "clip_original": float(cos["original"][i])} for i, r in enumerate(rows)],
+        "rows": [
+            {
+                "row": r.index,
+                "prompt": r.prompt,
+                "seed": r.seed,
+                "clip_erased": float(cos["erased"][i]),
+                "clip_original": float(cos["original"][i]),
+            }
+            for i, r in enumerate(rows)
+        ],
         "timing": {"original": asdict(t_orig), "erased": asdict(t_erased)},
     }
     if out is not None and _is_main():
@@ -216,8 +279,13 @@ def _world_settings() -> UtilitySettings:
     import hirm.world as world
 
     gen = world.GENERATION_DEFAULTS
-    return UtilitySettings(guidance_scale=float(gen["guidance_scale"]), num_inference_steps=int(gen["num_inference_steps"]),
-                           height=gen.get("height"), width=gen.get("width"), batch_size=64)
+    return UtilitySettings(
+        guidance_scale=float(gen["guidance_scale"]),
+        num_inference_steps=int(gen["num_inference_steps"]),
+        height=gen.get("height"),
+        width=gen.get("width"),
+        batch_size=64,
+    )
 
 
 def _is_main() -> bool:

@@ -1,0 +1,52 @@
+"""``hirm world build | info``: rebuild the embedded miniature world, or describe the shipped one."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from hirm.cli.common import console, friendly_errors
+
+world_app = typer.Typer(help="The embedded miniature world (MiniCanvas): rebuild it or describe it.", no_args_is_help=True)
+
+
+@world_app.command("build")
+@friendly_errors
+def build_command(
+    out: Path = typer.Option(..., "--out", "-o", help="Build directory (stage checkpoints; an interrupted build resumes)."),
+    seed: int = typer.Option(0, help="Global seed (0 = the shipped world)."),
+    preset: str = typer.Option("full", help="full (the shipped world) or tiny (seconds, smoke test)."),
+    device: str = typer.Option("cpu", help="torch device for training."),
+    install: bool = typer.Option(False, help="Copy the built assets into the installed package when done."),
+    threads: Optional[int] = typer.Option(None, help="torch CPU threads."),
+) -> None:
+    """Train the whole world from scratch (tokenizer, MiniCLIP, judges, VAE, U-Net), seeded and resumable."""
+    import torch
+
+    from hirm.world import build_world
+
+    if threads:
+        torch.set_num_threads(threads)
+    assets = build_world(out, seed=seed, preset=preset, device=device, install=install)
+    console.print(f"[green]world built[/] -> {assets}")
+
+
+@world_app.command("info")
+@friendly_errors
+def info_command() -> None:
+    """Styles, objects, super-categories, templates and where the shipped weights are."""
+    from hirm import world
+
+    print(f"assets: {world.assets_dir()} (checksums verified)")
+    print(f"pipeline: {world.pipeline_dir()}")
+    print(f"styles ({len(world.STYLES)}): " + ", ".join(f"{s} [{world.STYLE_SUPER[s]}]" for s in world.STYLES))
+    print(f"objects ({len(world.OBJECTS)}): " + ", ".join(f"{o} [{world.OBJECT_SUPER[o]}]" for o in world.OBJECTS))
+    print("training templates:\n  " + "\n  ".join(world.TRAIN_TEMPLATES))
+    print("held-out templates:\n  " + "\n  ".join(world.HELDOUT_TEMPLATES))
+    print(f"generation defaults: {world.GENERATION_DEFAULTS}")
+
+
+def register(app: typer.Typer) -> None:
+    app.add_typer(world_app, name="world")
