@@ -22,6 +22,7 @@ COMMANDS = (
     "hirm.cli.info",
     "hirm.cli.eval",
     "hirm.cli.sweep",
+    "hirm.cli.compare",
     "hirm.cli.report",
     "hirm.cli.world",
     "hirm.cli.env",

@@ -63,6 +63,7 @@ def patch_info(patch: Any, source: str | os.PathLike | None = None) -> dict[str,
         "concepts": [c.get("text") for c in meta.get("concepts", [])],
         "config": meta.get("config"),
         "fingerprints": dict(patch.fingerprints) if meta.get("base") else {},
+        "num_parameters": sum(t.numel() for t in patch.tensors.values()),
         "digest": patch_digest(patch),
     }
 

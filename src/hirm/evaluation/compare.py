@@ -1,0 +1,211 @@
+"""Every method on the same runs: one sweep per method over the miniature world's styles and objects,
+then one table (``hirm compare``).
+
+Output directory::
+
+    out/<entry>/            a full sweep directory per entry (resumable; see hirm.evaluation.sweep)
+    out/compare.md          the table, with the command, settings and machine
+    out/compare.csv         the same numbers, one row per (entry, domain)
+
+The original model's grid is cached on disk once and shared by every entry. Re-running the same
+command resumes: finished concepts of every entry are kept.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import os
+import platform
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from hirm.core.config import Concept, PromptTarget, RandomTarget
+from hirm.evaluation.canvas import CanvasSettings
+from hirm.evaluation.canvas_grid import Canvas
+from hirm.evaluation.common import EvaluationInputError, display_name, mean_std, now_iso
+from hirm.evaluation.sweep import EraseFn, read_sweep, run_sweep
+from hirm.io import write_atomic
+
+METRICS = ("UA", "IRA", "CRA", "AA", "UA_heldout")
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One row group of the table: a method (or several whose patches are applied together).
+
+    Attributes:
+        name: the label in the table and the sub-directory name.
+        methods: registered method names; several = their patches merged (e.g. HiRM + UCE).
+        target: ``random`` (HiRM-R) or ``super`` (HiRM-S: toward the concept's super-category) for
+            methods whose concepts carry a target; ignored by the others.
+        overrides: config fields per method, e.g. ``{"esd-x": {"steps": 200}}``.
+    """
+
+    name: str
+    methods: tuple[str, ...]
+    target: str = "random"
+    overrides: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+
+
+#: The default comparison: HiRM-R/-S, the paper's naive baseline, the peers, and HiRM + UCE.
+ENTRIES: dict[str, Entry] = {
+    e.name: e
+    for e in (
+        Entry("hirm-r", ("hirm",)),
+        Entry("hirm-s", ("hirm",), target="super"),
+        Entry("naive", ("naive",)),
+        Entry("diffquickfix", ("diffquickfix",)),
+        Entry("uce", ("uce",)),
+        Entry("hirm+uce", ("hirm", "uce")),
+        Entry("esd-x", ("esd-x",)),
+        Entry("esd-u", ("esd-u",)),
+    )
+}
+
+
+def make_erase(entry: Entry, canvas: Canvas, device: torch.device) -> EraseFn:
+    """``erase_fn(handle, name, domain)`` for :func:`run_sweep`: every method of ``entry``, merged."""
+    from hirm.api import erase
+    from hirm.core.patch import merge_patches
+    from hirm.core.registry import get_method
+
+    configs = {}
+    for method in entry.methods:
+        spec = get_method(method)
+        configs[method] = replace(spec.config_cls(), **dict(entry.overrides.get(method, {})))
+
+    def run(handle: Any, name: str, domain: str):
+        if entry.target == "super":
+            words = canvas.style_super if domain == "style" else canvas.object_super
+            target = PromptTarget(words[name])
+        else:
+            target = RandomTarget()
+        concept = Concept(text=display_name(name), kind=domain, target=target)
+        patches = [erase(handle, [concept], method=m, config=configs[m], device=device, progress=False) for m in entry.methods]
+        return patches[0] if len(patches) == 1 else merge_patches(patches)
+
+    return run
+
+
+def run_compare(
+    model: str | os.PathLike = "minicanvas",
+    *,
+    out: str | os.PathLike,
+    entries: Sequence[Entry] = tuple(ENTRIES.values()),
+    domain: str = "all",
+    limit: int | None = None,
+    settings: CanvasSettings | None = None,
+    canvas: Canvas | None = None,
+    judges: Mapping[str, Any] | None = None,
+    device: str | torch.device = "cpu",
+    cache_dir: str | os.PathLike | None = None,
+    command: str = "",
+    progress: bool = True,
+) -> Path:
+    """Run (or resume) one sweep per entry and write ``compare.md`` and ``compare.csv``.
+
+    ``canvas`` and ``judges`` default to the miniature world's; give both for another pipeline.
+    """
+    from hirm.evaluation.canvas import default_canvas_and_judges
+
+    if not entries:
+        raise EvaluationInputError("Give at least one method to compare.")
+    device = torch.device(device)
+    canvas, judges = default_canvas_and_judges(model, canvas, judges, device)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    for entry in entries:
+        run_sweep(
+            model, out=out / entry.name, domain=domain, method="+".join(entry.methods), target=entry.target,
+            limit=limit, settings=settings, canvas=canvas, judges=judges, device=device, cache_dir=cache_dir,
+            erase_fn=make_erase(entry, canvas, device), progress=progress,
+        )  # fmt: skip
+    rows = table_rows(out, [e.name for e in entries])
+    write_tables(out, rows, command=command, settings=settings)
+    return out / "compare.md"
+
+
+def table_rows(out: Path, names: Sequence[str]) -> list[dict[str, Any]]:
+    """One row per (entry, domain) with mean ± std over concepts of every metric, cost and size."""
+    rows = []
+    for name in names:
+        manifest, records = read_sweep(out / name)
+        for domain in ("style", "object"):
+            chosen = [r for r in records if r["domain"] == domain]
+            if not chosen:
+                continue
+            row: dict[str, Any] = {"method": name, "domain": domain, "concepts": len(chosen), "complete": manifest["complete"]}
+            for metric in METRICS:
+                row[metric] = mean_std(r["summary"].get(metric) for r in chosen)
+            row["seconds"] = mean_std(r["times"]["erase"] for r in chosen)
+            row["parameters"] = max(r["patch"].get("num_parameters", 0) for r in chosen)
+            rows.append(row)
+    return rows
+
+
+def _pm(stats: Mapping[str, Any], scale: float = 100.0, digits: int = 1) -> str:
+    if stats.get("mean") is None:
+        return "–"
+    return f"{stats['mean'] * scale:.{digits}f} ± {(stats.get('std') or 0.0) * scale:.{digits}f}"
+
+
+def write_tables(out: Path, rows: Sequence[Mapping[str, Any]], *, command: str, settings: CanvasSettings | None) -> None:
+    header = ["method", "domain", "UA", "IRA", "CRA", "AA", "held-out UA", "s / concept", "changed params", "concepts"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for r in rows:
+        cells = [r["method"], r["domain"], *(_pm(r[m]) for m in METRICS), _pm(r["seconds"], 1.0, 2),
+                 f"{r['parameters']:,}", f"{r['concepts']}{'' if r['complete'] else ' (incomplete)'}"]  # fmt: skip
+        lines.append("| " + " | ".join(cells) + " |")
+    best = _best_notes(rows)
+    machine = f"{platform.machine()} CPU, {torch.get_num_threads()} torch threads, torch {torch.__version__}"
+    text = "\n".join(
+        [
+            "# Method comparison on the miniature world (MiniCanvas)",
+            "",
+            "UA / IRA / CRA / AA and held-out-template UA in % (mean ± std over concepts); seconds per concept are",
+            "the erase time only; changed params = tensors in the patch.",
+            "",
+            *lines,
+            "",
+            *best,
+            "",
+            f"- command: `{command}`" if command else "",
+            f"- settings: {settings.to_dict() if settings else 'world defaults'}",
+            f"- machine: {machine}; date {now_iso()}",
+        ]
+    )
+    write_atomic(out / "compare.md", lambda tmp: tmp.write_text(text + "\n", encoding="utf-8"), overwrite=True)
+    buffer = io.StringIO()
+    writer = csv.writer(buffer)
+    writer.writerow(["method", "domain", "concepts", "complete", *(f"{m}_{s}" for m in METRICS for s in ("mean", "std")),
+                     "seconds_mean", "seconds_std", "parameters"])  # fmt: skip
+    for r in rows:
+        writer.writerow([r["method"], r["domain"], r["concepts"], r["complete"],
+                         *(r[m].get(s) for m in METRICS for s in ("mean", "std")),
+                         r["seconds"]["mean"], r["seconds"]["std"], r["parameters"]])  # fmt: skip
+    write_atomic(out / "compare.csv", lambda tmp: tmp.write_text(buffer.getvalue(), encoding="utf-8"), overwrite=True)
+
+
+def _best_notes(rows: Sequence[Mapping[str, Any]]) -> list[str]:
+    """Plain sentences: which method is best per domain and metric, and where a peer beats HiRM."""
+    notes = []
+    for domain in ("style", "object"):
+        chosen = [r for r in rows if r["domain"] == domain and r["AA"].get("mean") is not None]
+        hirm = [r for r in chosen if r["method"].startswith("hirm-")]
+        for metric in ("UA", "IRA", "CRA", "AA"):
+            if not chosen:
+                continue
+            top = max(chosen, key=lambda r: r[metric]["mean"] or 0)
+            line = f"- {domain} {metric}: best {top['method']} ({_pm(top[metric])})"
+            if hirm:
+                best_hirm = max(hirm, key=lambda r: r[metric]["mean"] or 0)
+                beaters = [r["method"] for r in chosen if not r["method"].startswith("hirm") and (r[metric]["mean"] or 0) > (best_hirm[metric]["mean"] or 0)]
+                if beaters:
+                    line += f"; peers above the best HiRM ({best_hirm['method']}): {', '.join(beaters)}"
+            notes.append(line)
+    return notes
