@@ -59,7 +59,9 @@ def _final_loss(encoder, ids, target) -> float:
     from hirm.core.encoder import read_representation
 
     with torch.no_grad():
-        return torch.nn.functional.mse_loss(read_representation(encoder, ids, ReadingPoint()).float(), target).item()
+        return torch.nn.functional.mse_loss(
+            read_representation(encoder, ids, ReadingPoint()).float(), target
+        ).item()
 
 
 def run_variant(variant: str, directory: str, steps: int, device: str, queue) -> None:
@@ -84,7 +86,9 @@ def run_variant(variant: str, directory: str, steps: int, device: str, queue) ->
         for p in trained:
             p.requires_grad_(True)
         store = {}
-        layers(encoder)[11].self_attn.out_proj.register_forward_hook(lambda m, i, o: store.__setitem__("h", o))
+        layers(encoder)[11].self_attn.out_proj.register_forward_hook(
+            lambda m, i, o: store.__setitem__("h", o)
+        )
         optimizer = torch.optim.AdamW(trained, lr=lr, betas=(0.9, 0.98), eps=1e-6, weight_decay=1e-8)
         start = time.perf_counter()
         for _ in range(steps):
@@ -111,7 +115,15 @@ def run_variant(variant: str, directory: str, steps: int, device: str, queue) ->
         peak = torch.cuda.max_memory_allocated() / 2**20
     else:
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    queue.put({"variant": variant, "seconds": seconds, "per_step": seconds / steps, "final_loss": final, "peak_mib": peak})
+    queue.put(
+        {
+            "variant": variant,
+            "seconds": seconds,
+            "per_step": seconds / steps,
+            "final_loss": final,
+            "peak_mib": peak,
+        }
+    )
 
 
 def _apply(encoder, patch):
@@ -121,7 +133,9 @@ def _apply(encoder, patch):
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--steps", type=int, default=50, help="optimizer steps per variant")
     parser.add_argument("--device", default="cpu", help="torch device")
     parser.add_argument("--json", type=Path, default=None, help="also write the figures to this JSON file")
@@ -139,19 +153,29 @@ def main() -> None:
             proc.join()
 
     plain = results[0]
-    print(f"machine: {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}, device {args.device}")
+    print(
+        f"machine: {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}, device {args.device}"
+    )
     print(f"SD 1.4 CLIP-L architecture (random init), {args.steps} steps, reference nudity concept")
-    print(f"{'variant':<10} {'s/step':>8} {'total s':>8} {'peak MiB':>9} {'final loss':>12} {'time ratio':>10}")
+    print(
+        f"{'variant':<10} {'s/step':>8} {'total s':>8} {'peak MiB':>9} {'final loss':>12} {'time ratio':>10}"
+    )
     for r in results:
         print(
             f"{r['variant']:<10} {r['per_step']:>8.3f} {r['seconds']:>8.2f} {r['peak_mib']:>9.0f} "
             f"{r['final_loss']:>12.4f} {r['seconds'] / plain['seconds']:>9.2f}x"
         )
     best = results[-1]
-    verdict = "met" if best["seconds"] <= 0.5 * plain["seconds"] and best["final_loss"] <= plain["final_loss"] else "NOT met"
+    verdict = (
+        "met"
+        if best["seconds"] <= 0.5 * plain["seconds"] and best["final_loss"] <= plain["final_loss"]
+        else "NOT met"
+    )
     print(f"goal (hirm <= 0.5x plain time at <= plain final loss): {verdict}")
     if args.json:
-        args.json.write_text(json.dumps({"steps": args.steps, "device": args.device, "results": results}, indent=2))
+        args.json.write_text(
+            json.dumps({"steps": args.steps, "device": args.device, "results": results}, indent=2)
+        )
 
 
 if __name__ == "__main__":

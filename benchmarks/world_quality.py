@@ -90,41 +90,63 @@ def main() -> None:
     pipe.set_progress_bar_config(disable=True)
     judges = load_judges(device=a.device)
     clip, tok = load_clip(device=a.device)
-    report: dict = {"generation_defaults": GENERATION_DEFAULTS, "machine": platform.processor() or platform.machine(),
-                    "torch_threads": torch.get_num_threads()}
+    report: dict = {
+        "generation_defaults": GENERATION_DEFAULTS,
+        "machine": platform.processor() or platform.machine(),
+        "torch_threads": torch.get_num_threads(),
+    }
 
     x, s, o = render_grid(4, seed0=2_000_000_000)
     fresh = torch.from_numpy(x).permute(0, 3, 1, 2).float() / 255
-    report["judges_fresh"] = {"style_acc": judge_accuracy(judges["style"], fresh, s),
-                              "object_acc": judge_accuracy(judges["object"], fresh, o), "images": len(x)}
+    report["judges_fresh"] = {
+        "style_acc": judge_accuracy(judges["style"], fresh, s),
+        "object_acc": judge_accuracy(judges["object"], fresh, o),
+        "images": len(x),
+    }
     report["clip_zero_shot"] = zero_shot_report(clip, tok, fresh, s, o, device=torch.device(a.device))
 
-    prompts = [make_prompt(CANVAS_TEMPLATE, style=STYLES[i % 12], object=OBJECTS[i % 10]) for i in range(a.batch)]
+    prompts = [
+        make_prompt(CANVAS_TEMPLATE, style=STYLES[i % 12], object=OBJECTS[i % 10]) for i in range(a.batch)
+    ]
     generate(pipe, prompts[:2], [0, 1], batch=2, device=a.device)  # warm-up
     t0, c0 = time.time(), time.process_time()
     generate(pipe, prompts, list(range(a.batch)), batch=a.batch, device=a.device)
-    report["batch_time"] = {"images": a.batch, "wall_s": round(time.time() - t0, 2),
-                            "cpu_s": round(time.process_time() - c0, 2)}
+    report["batch_time"] = {
+        "images": a.batch,
+        "wall_s": round(time.time() - t0, 2),
+        "cpu_s": round(time.process_time() - c0, 2),
+    }
 
-    report["grid_train"] = judged_grid(pipe, judges, [CANVAS_TEMPLATE], a.seeds, batch=a.batch, device=a.device)
-    report["grid_heldout"] = judged_grid(pipe, judges, list(grid_templates(HELDOUT_TEMPLATES)), a.heldout_seeds,
-                                         batch=a.batch, device=a.device)
+    report["grid_train"] = judged_grid(
+        pipe, judges, [CANVAS_TEMPLATE], a.seeds, batch=a.batch, device=a.device
+    )
+    report["grid_heldout"] = judged_grid(
+        pipe, judges, list(grid_templates(HELDOUT_TEMPLATES)), a.heldout_seeds, batch=a.batch, device=a.device
+    )
 
-    print(f"judges on fresh renders: style {report['judges_fresh']['style_acc']:.4f}, "
-          f"object {report['judges_fresh']['object_acc']:.4f} ({len(x)} images)")
+    print(
+        f"judges on fresh renders: style {report['judges_fresh']['style_acc']:.4f}, "
+        f"object {report['judges_fresh']['object_acc']:.4f} ({len(x)} images)"
+    )
     zs = report["clip_zero_shot"]
-    print(f"MiniCLIP zero-shot: style {zs['zero_shot_style_acc']:.4f}, object {zs['zero_shot_object_acc']:.4f}, "
-          f"text->image R@1 {zs['retrieval_r1']:.4f}")
+    print(
+        f"MiniCLIP zero-shot: style {zs['zero_shot_style_acc']:.4f}, object {zs['zero_shot_object_acc']:.4f}, "
+        f"text->image R@1 {zs['retrieval_r1']:.4f}"
+    )
     for name in ("grid_train", "grid_heldout"):
         g = report[name]
-        print(f"{name}: {g['images']} images, style {g['style_acc']:.4f}, object {g['object_acc']:.4f}, "
-              f"both {g['both_acc']:.4f}; wall {g['wall_s']} s, cpu {g['cpu_s']} s")
+        print(
+            f"{name}: {g['images']} images, style {g['style_acc']:.4f}, object {g['object_acc']:.4f}, "
+            f"both {g['both_acc']:.4f}; wall {g['wall_s']} s, cpu {g['cpu_s']} s"
+        )
         worst_s = sorted(g["per_style_acc"].items(), key=lambda kv: kv[1])[:3]
         worst_o = sorted(g["per_object_acc"].items(), key=lambda kv: kv[1])[:3]
         print(f"  weakest styles {worst_s}; weakest objects {worst_o}")
     bt = report["batch_time"]
-    print(f"one batch of {bt['images']} images: wall {bt['wall_s']} s, cpu {bt['cpu_s']} s "
-          f"({GENERATION_DEFAULTS['num_inference_steps']} DDIM steps, guidance {GENERATION_DEFAULTS['guidance_scale']})")
+    print(
+        f"one batch of {bt['images']} images: wall {bt['wall_s']} s, cpu {bt['cpu_s']} s "
+        f"({GENERATION_DEFAULTS['num_inference_steps']} DDIM steps, guidance {GENERATION_DEFAULTS['guidance_scale']})"
+    )
     if a.json:
         with open(a.json, "w") as f:
             json.dump(report, f, indent=2)

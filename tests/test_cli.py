@@ -22,7 +22,11 @@ def test_erase_info_apply_generate(sd_dir, tmp_path):
     patch = tmp_path / "vg.safetensors"
     out = _run("erase", "--model", sd_dir, "-c", "Van Gogh", "--kind", "style", "-t", "super:painting",
                "--steps", "2", "--quiet", "-o", patch, "--save-encoder", tmp_path / "enc")  # fmt: skip
-    assert "final loss" in out and patch.is_file() and (tmp_path / "enc" / "text_encoder" / "config.json").is_file()
+    assert (
+        "final loss" in out
+        and patch.is_file()
+        and (tmp_path / "enc" / "text_encoder" / "config.json").is_file()
+    )
     meta = json.loads(_run("info", patch, "--json"))
     assert meta["concepts"][0]["target"] == {"kind": "prompt", "prompt": "painting", "coeff": 1.0}
     assert meta["config"]["steps"] == 2
@@ -40,9 +44,47 @@ def test_erase_info_apply_generate(sd_dir, tmp_path):
 
 
 def test_erase_other_methods_and_settings(sd_dir, tmp_path):
-    _run("erase", "--model", sd_dir, "-c", "cat", "--method", "uce", "--set", 'guide="dog"', "-o", tmp_path / "u.safetensors")
-    _run("erase", "--model", sd_dir, "-c", "cat", "--method", "esd-x", "--steps", "1", "--quiet", "-o", tmp_path / "e.safetensors")
-    out = _run("erase", "--model", sd_dir, "-c", "cat", "--method", "uce", "--set", "nope=1", "-o", tmp_path / "x.safetensors", code=2)
+    _run(
+        "erase",
+        "--model",
+        sd_dir,
+        "-c",
+        "cat",
+        "--method",
+        "uce",
+        "--set",
+        'guide="dog"',
+        "-o",
+        tmp_path / "u.safetensors",
+    )
+    _run(
+        "erase",
+        "--model",
+        sd_dir,
+        "-c",
+        "cat",
+        "--method",
+        "esd-x",
+        "--steps",
+        "1",
+        "--quiet",
+        "-o",
+        tmp_path / "e.safetensors",
+    )
+    out = _run(
+        "erase",
+        "--model",
+        sd_dir,
+        "-c",
+        "cat",
+        "--method",
+        "uce",
+        "--set",
+        "nope=1",
+        "-o",
+        tmp_path / "x.safetensors",
+        code=2,
+    )
     assert "no field" in out
 
 

@@ -4,8 +4,8 @@ unrelated prompts stay close, only the selected tensors change, and the defaults
 from __future__ import annotations
 
 import pytest
-import torch
 import tiny
+import torch
 
 import hirm
 from hirm.core.config import (
@@ -58,7 +58,9 @@ def test_reference_random_target_is_seed_42_rand_scaled_to_5000():
     target = random_target(77, 768)
     assert torch.equal(target, expected)
     assert target.norm().item() == pytest.approx(5000, rel=1e-5)
-    assert target[0].norm(dim=-1).mean().item() == pytest.approx(570, rel=0.01)  # per-token norm, as in NOTES.md
+    assert target[0].norm(dim=-1).mean().item() == pytest.approx(
+        570, rel=0.01
+    )  # per-token norm, as in NOTES.md
     assert reference_steering_coeff(77, 768) == REFERENCE_STEERING_COEFF
     # Other widths keep the per-entry RMS (5000 / sqrt(77 * 768)).
     small = random_target(77, 32)
@@ -72,19 +74,33 @@ def test_default_config_is_the_reference(encoder):
     names = trainable_names(encoder, config)
     expected = {
         f"encoder.layers.0.{m}.{k}"
-        for m in ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.out_proj", "mlp.fc1", "mlp.fc2")
+        for m in (
+            "self_attn.q_proj",
+            "self_attn.k_proj",
+            "self_attn.v_proj",
+            "self_attn.out_proj",
+            "mlp.fc1",
+            "mlp.fc2",
+        )
         for k in ("weight", "bias")
     }
     assert set(names) == expected
     style, obj, nude = Concept("x", "style"), Concept("x", "object"), Concept("x", "nudity")
     assert (config.resolved_lr([style]), config.resolved_lr([nude])) == (5e-5, 1e-4)
-    assert (config.resolved_steps([style]), config.resolved_steps([obj]), config.resolved_steps([nude])) == (30, 20, 50)
+    assert (config.resolved_steps([style]), config.resolved_steps([obj]), config.resolved_steps([nude])) == (
+        30,
+        20,
+        50,
+    )
     hirm_s = Concept("x", "nudity", PromptTarget("y"))
     assert config.resolved_steps([hirm_s]) == 25
 
 
 def test_trainable_sets_select_by_exact_name(encoder):
-    assert all(".mlp." in n and n.startswith("encoder.layers.0.") for n in trainable_names(encoder, HiRMConfig(trainable="mlp-only")))
+    assert all(
+        ".mlp." in n and n.startswith("encoder.layers.0.")
+        for n in trainable_names(encoder, HiRMConfig(trainable="mlp-only"))
+    )
     assert all("self_attn" in n for n in trainable_names(encoder, HiRMConfig(trainable="attn-only")))
     two = trainable_names(encoder, HiRMConfig(trainable="first-k", k=2))
     assert {n.split(".")[2] for n in two} == {"0", "1"} and len(two) == 24
@@ -118,18 +134,30 @@ def test_early_exit_read_equals_full_forward(encoder, tokenizer, site):
 def test_fp32_matches_a_plain_reference_loop_bit_for_bit(encoder, tokenizer):
     """precision='fp32': hirm's loop is the reference loop (hook, full forward, MSE, AdamW) exactly."""
     steps = 4
-    patch = erase_encoder(encoder, tokenizer, [Concept("Van Gogh", "style")], HiRMConfig(steps=steps, precision="fp32"), progress=False).patch
+    patch = erase_encoder(
+        encoder,
+        tokenizer,
+        [Concept("Van Gogh", "style")],
+        HiRMConfig(steps=steps, precision="fp32"),
+        progress=False,
+    ).patch
 
     reference = tiny.text_encoder()
     reference.requires_grad_(False)
-    params = [p for n, p in named_parameters(reference).items() if n in trainable_names(reference, HiRMConfig())]
+    params = [
+        p for n, p in named_parameters(reference).items() if n in trainable_names(reference, HiRMConfig())
+    ]
     for p in params:
         p.requires_grad_(True)
     torch.manual_seed(42)
     target = torch.rand(1, 77, tiny.WIDTH)
     target = target / target.norm() * reference_steering_coeff(77, tiny.WIDTH)
     store = {}
-    layer = reference.encoder.layers[-1] if hasattr(reference, "encoder") else reference.text_model.encoder.layers[-1]
+    layer = (
+        reference.encoder.layers[-1]
+        if hasattr(reference, "encoder")
+        else reference.text_model.encoder.layers[-1]
+    )
     layer.self_attn.out_proj.register_forward_hook(lambda m, i, o: store.__setitem__("h", o))
     optimizer = torch.optim.AdamW(params, lr=5e-5, betas=(0.9, 0.98), eps=1e-6, weight_decay=1e-8)
     ids = tokenize(tokenizer, ["Van Gogh"])
@@ -148,9 +176,14 @@ def test_hirm_s_moves_the_concept_to_the_super_category(encoder, tokenizer):
     concept = Concept("Van Gogh", "style", PromptTarget("painting"))
     before = _read(encoder, tokenizer, ["Van Gogh", "painting"])
     start = ((before[0] - before[1]).norm() / before[1].norm()).item()
-    for config, bound in ((HiRMConfig(precision="fp32"), 0.5), (HiRMConfig(steps=60, lr=2e-3, precision="fp32"), 0.2)):
+    for config, bound in (
+        (HiRMConfig(precision="fp32"), 0.5),
+        (HiRMConfig(steps=60, lr=2e-3, precision="fp32"), 0.2),
+    ):
         result = erase_encoder(encoder, tokenizer, [concept], config, progress=False)
-        assert torch.equal(_read(encoder, tokenizer, ["Van Gogh"]), before[:1]), "the caller's encoder must be unchanged"
+        assert torch.equal(_read(encoder, tokenizer, ["Van Gogh"]), before[:1]), (
+            "the caller's encoder must be unchanged"
+        )
         after = _read(_patched(tiny.text_encoder(), result.patch), tokenizer, ["Van Gogh"])
         end = ((after[0] - before[1]).norm() / before[1].norm()).item()
         # Reference settings (30 steps, lr 5e-5) close more than half the gap; a longer run closes 80 %.
@@ -161,10 +194,14 @@ def test_hirm_s_moves_the_concept_to_the_super_category(encoder, tokenizer):
 def test_hirm_r_turns_the_read_out_toward_the_random_direction(encoder, tokenizer):
     target = random_target(77, tiny.WIDTH)
     before = _read(encoder, tokenizer, ["Cats"])
-    result = erase_encoder(encoder, tokenizer, [Concept("Cats")], HiRMConfig(steps=40, lr=2e-3), progress=False)
+    result = erase_encoder(
+        encoder, tokenizer, [Concept("Cats")], HiRMConfig(steps=40, lr=2e-3), progress=False
+    )
     after = _read(_patched(encoder, result.patch), tokenizer, ["Cats"])
     cos = torch.nn.functional.cosine_similarity
-    assert cos(after.flatten(), target.flatten(), dim=0) > cos(before.flatten(), target.flatten(), dim=0) + 0.3
+    assert (
+        cos(after.flatten(), target.flatten(), dim=0) > cos(before.flatten(), target.flatten(), dim=0) + 0.3
+    )
     assert result.final_loss < result.losses[0]
 
 
@@ -177,17 +214,26 @@ def test_preservation_term_keeps_unseen_unrelated_prompts_close(encoder, tokeniz
     before = _read(encoder, tokenizer, ["painting", *HELD_OUT])
     changes, reached = [], []
     for weight in (0.0, 1.0):
-        config = HiRMConfig(steps=30, lr=1e-3, preserve=tuple(UNRELATED), preserve_weight=weight, precision="fp32")
+        config = HiRMConfig(
+            steps=30, lr=1e-3, preserve=tuple(UNRELATED), preserve_weight=weight, precision="fp32"
+        )
         patch = erase_encoder(encoder, tokenizer, [concept], config, progress=False).patch
         after = _read(_patched(tiny.text_encoder(), patch), tokenizer, ["Van Gogh", *HELD_OUT])
-        changes.append(max(((after[i] - before[i]).norm() / before[i].norm()).item() for i in range(1, len(HELD_OUT) + 1)))
+        changes.append(
+            max(
+                ((after[i] - before[i]).norm() / before[i].norm()).item() for i in range(1, len(HELD_OUT) + 1)
+            )
+        )
         reached.append(((after[0] - before[0]).norm() / before[0].norm()).item())
     assert changes[1] < 0.25 and changes[1] < 0.5 * changes[0], changes
     assert max(reached) < 0.1, reached
 
 
 def test_several_concepts_are_trained_jointly_each_to_its_own_target(encoder, tokenizer):
-    concepts = [Concept("Van Gogh", "style", PromptTarget("painting")), Concept("Cats", "object", PromptTarget("animal"))]
+    concepts = [
+        Concept("Van Gogh", "style", PromptTarget("painting")),
+        Concept("Cats", "object", PromptTarget("animal")),
+    ]
     config = HiRMConfig(steps=60, lr=2e-3, precision="fp32")
     before = _read(encoder, tokenizer, ["Van Gogh", "Cats", "painting", "animal"])
     patch = erase_encoder(encoder, tokenizer, concepts, config, progress=False).patch
@@ -199,7 +245,9 @@ def test_several_concepts_are_trained_jointly_each_to_its_own_target(encoder, to
 
 def test_templates_train_every_rendering_of_the_concept(encoder, tokenizer):
     config = HiRMConfig(steps=30, lr=2e-3, templates=("{concept}", "a painting in {concept} style"))
-    patch = erase_encoder(encoder, tokenizer, [Concept("Van Gogh", "style", PromptTarget("painting"))], config, progress=False).patch
+    patch = erase_encoder(
+        encoder, tokenizer, [Concept("Van Gogh", "style", PromptTarget("painting"))], config, progress=False
+    ).patch
     before = _read(encoder, tokenizer, ["a painting in Van Gogh style", "painting"])
     after = _read(_patched(encoder, patch), tokenizer, ["a painting in Van Gogh style"])
     assert (after[0] - before[1]).norm() < (before[0] - before[1]).norm()
@@ -219,10 +267,18 @@ def test_only_selected_tensors_change(encoder, tokenizer):
 
 def test_same_seed_gives_bit_identical_patches(encoder, tokenizer):
     a = erase_encoder(encoder, tokenizer, [Concept("Cats")], HiRMConfig(steps=5), progress=False).patch
-    b = erase_encoder(tiny.text_encoder(), tokenizer, [Concept("Cats")], HiRMConfig(steps=5), progress=False).patch
+    b = erase_encoder(
+        tiny.text_encoder(), tokenizer, [Concept("Cats")], HiRMConfig(steps=5), progress=False
+    ).patch
     assert a.tensors.keys() == b.tensors.keys()
     assert all(torch.equal(a.tensors[k], b.tensors[k]) for k in a.tensors)
-    c = erase_encoder(encoder, tokenizer, [Concept("Cats", target=RandomTarget(seed=7))], HiRMConfig(steps=5), progress=False).patch
+    c = erase_encoder(
+        encoder,
+        tokenizer,
+        [Concept("Cats", target=RandomTarget(seed=7))],
+        HiRMConfig(steps=5),
+        progress=False,
+    ).patch
     assert not all(torch.equal(a.tensors[k], c.tensors[k]) for k in a.tensors)
 
 
@@ -236,7 +292,9 @@ def test_bad_concepts_are_clear_errors(encoder, tokenizer):
     with pytest.raises(ValueError, match="at least one"):
         erase_encoder(encoder, tokenizer, [], progress=False)
     with pytest.raises(ValueError, match="does not exist"):
-        erase_encoder(encoder, tokenizer, [Concept("cat")], HiRMConfig(read=ReadingPoint(layer=40)), progress=False)
+        erase_encoder(
+            encoder, tokenizer, [Concept("cat")], HiRMConfig(read=ReadingPoint(layer=40)), progress=False
+        )
 
 
 def test_nan_loss_is_an_error_and_leaves_the_encoder_unchanged(encoder, tokenizer, tmp_path):
@@ -248,8 +306,18 @@ def test_nan_loss_is_an_error_and_leaves_the_encoder_unchanged(encoder, tokenize
     save_file({"target": torch.full((tiny.WIDTH,), 3e38)}, str(tmp_path / "huge.safetensors"))
     before = {k: v.clone() for k, v in encoder.state_dict().items()}
     with pytest.raises(NonFiniteLossError, match="Nothing was saved"):
-        erase_encoder(encoder, tokenizer, [Concept("cat", target=VectorTarget(str(tmp_path / "huge.safetensors"), coeff=10.0))], progress=False)
+        erase_encoder(
+            encoder,
+            tokenizer,
+            [Concept("cat", target=VectorTarget(str(tmp_path / "huge.safetensors"), coeff=10.0))],
+            progress=False,
+        )
     assert all(torch.equal(before[k], v) for k, v in encoder.state_dict().items())
     save_file({"target": torch.full((tiny.WIDTH,), float("nan"))}, str(tmp_path / "nan.safetensors"))
     with pytest.raises(ValueError, match="NaN"):
-        erase_encoder(encoder, tokenizer, [Concept("cat", target=VectorTarget(str(tmp_path / "nan.safetensors")))], progress=False)
+        erase_encoder(
+            encoder,
+            tokenizer,
+            [Concept("cat", target=VectorTarget(str(tmp_path / "nan.safetensors")))],
+            progress=False,
+        )

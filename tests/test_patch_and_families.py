@@ -90,7 +90,11 @@ def test_composition_rule(sd_dir):
     params = dict(ab.named_parameters())
     for key in a.tensors:
         name = key.split("/", 1)[1]
-        assert torch.allclose(params[name], base[name] + (a.tensors[key] - base[name]) + (b.tensors[key] - base[name]), atol=1e-7)
+        assert torch.allclose(
+            params[name],
+            base[name] + (a.tensors[key] - base[name]) + (b.tensors[key] - base[name]),
+            atol=1e-7,
+        )
         assert torch.equal(params[name], dict(ba.named_parameters())[name])
 
     # Disjoint: SD patch with only attention + one with only MLP equals each alone on its tensors.
@@ -120,7 +124,11 @@ def test_families_erase_apply_and_generate(family, request, tmp_path):
     assert patch.components == expected
     assert model.family.untouched == {"sd3": ("text_encoder_3",), "flux": ("text_encoder_2",)}.get(family, ())
     pipe = hirm.load_pipeline(path)
-    before = {name: _state(getattr(pipe, name)) for name in pipe.components if isinstance(getattr(pipe, name), torch.nn.Module)}
+    before = {
+        name: _state(getattr(pipe, name))
+        for name in pipe.components
+        if isinstance(getattr(pipe, name), torch.nn.Module)
+    }
     hirm.apply_patch(pipe, patch)
     for name, state in before.items():
         changed = _changed(state, getattr(pipe, name))
@@ -128,7 +136,15 @@ def test_families_erase_apply_and_generate(family, request, tmp_path):
         if changed:
             assert changed == {k.split("/", 1)[1] for k in patch.tensors if k.startswith(name + "/")}
     kwargs = {"max_sequence_length": 16} if family in ("sd3", "flux") else {}
-    out = pipe("a cat", num_inference_steps=2, height=16, width=16, output_type="np", generator=torch.Generator().manual_seed(0), **kwargs)
+    out = pipe(
+        "a cat",
+        num_inference_steps=2,
+        height=16,
+        width=16,
+        output_type="np",
+        generator=torch.Generator().manual_seed(0),
+        **kwargs,
+    )
     assert out.images.shape == (1, 16, 16, 3) and torch.isfinite(torch.as_tensor(out.images)).all()
 
 
@@ -148,13 +164,19 @@ def test_bare_text_encoder_directory_and_drop_in_encoders(sd_dir, tmp_path):
     from transformers import CLIPTextModel
 
     reloaded = CLIPTextModel.from_pretrained(str(out / "text_encoder"))
-    assert all(torch.equal(a, b) for a, b in zip(reloaded.state_dict().values(), pipe.text_encoder.state_dict().values()))
+    assert all(
+        torch.equal(a, b)
+        for a, b in zip(reloaded.state_dict().values(), pipe.text_encoder.state_dict().values())
+    )
     assert (out / "tokenizer" / "tokenizer_config.json").is_file()
     # the edited encoder, loaded back, reads "Cats" differently and a prompt the same way up to the edit
     tok = model.tokenizer()
     ids = tokenize(tok, ["Cats"])
     with torch.no_grad():
-        assert not torch.equal(read_representation(reloaded, ids, HiRMConfig().read), read_representation(model.text_encoder(), ids, HiRMConfig().read))
+        assert not torch.equal(
+            read_representation(reloaded, ids, HiRMConfig().read),
+            read_representation(model.text_encoder(), ids, HiRMConfig().read),
+        )
 
 
 def test_save_patched_writes_a_loadable_pipeline(sd_dir, tmp_path):
@@ -190,6 +212,11 @@ def test_bad_models_are_clear_errors(sd_dir, tmp_path, monkeypatch):
 
 def test_hirm_s_on_sdxl_uses_each_encoders_own_target(sdxl_dir):
     model = hirm.load_model(sdxl_dir)
-    patch = hirm.erase(model, [Concept("Van Gogh", "style", PromptTarget("painting"))], config=FAST, progress=False)
+    patch = hirm.erase(
+        model, [Concept("Van Gogh", "style", PromptTarget("painting"))], config=FAST, progress=False
+    )
     losses = patch.metadata["final_loss"]
-    assert set(losses) == {"text_encoder", "text_encoder_2"} and losses["text_encoder"] != losses["text_encoder_2"]
+    assert (
+        set(losses) == {"text_encoder", "text_encoder_2"}
+        and losses["text_encoder"] != losses["text_encoder_2"]
+    )

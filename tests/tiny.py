@@ -23,7 +23,11 @@ LAYERS = 4
 
 def _bytes_to_unicode() -> dict[int, str]:
     """CLIP's reversible byte -> printable unicode map (GPT-2 style)."""
-    printable = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+    printable = (
+        list(range(ord("!"), ord("~") + 1))
+        + list(range(ord("¡"), ord("¬") + 1))
+        + list(range(ord("®"), ord("ÿ") + 1))
+    )
     codes = printable[:]
     extra = 0
     for b in range(256):
@@ -38,7 +42,9 @@ def _bytes_to_unicode() -> dict[int, str]:
 def _clip_vocab() -> tuple[dict[str, int], list[str]]:
     spec = importlib.util.find_spec("open_clip")
     if spec is None or not spec.submodule_search_locations:
-        raise RuntimeError("open-clip-torch is needed for the real CLIP vocabulary: pip install open-clip-torch")
+        raise RuntimeError(
+            "open-clip-torch is needed for the real CLIP vocabulary: pip install open-clip-torch"
+        )
     bpe = Path(spec.submodule_search_locations[0]) / "bpe_simple_vocab_16e6.txt.gz"
     lines = gzip.open(bpe).read().decode("utf-8").split("\n")
     merges = lines[1 : 49152 - 256 - 2 + 1]
@@ -55,7 +61,10 @@ def clip_tokenizer(directory: Path) -> CLIPTokenizer:
     (directory / "vocab.json").write_text(json.dumps(vocab))
     (directory / "merges.txt").write_text("#version: 0.2\n" + "\n".join(merges) + "\n")
     tokenizer = CLIPTokenizer(
-        str(directory / "vocab.json"), str(directory / "merges.txt"), pad_token="<|endoftext|>", model_max_length=77
+        str(directory / "vocab.json"),
+        str(directory / "merges.txt"),
+        pad_token="<|endoftext|>",
+        model_max_length=77,
     )
     tokenizer.save_pretrained(str(directory))
     return tokenizer
@@ -131,7 +140,13 @@ def sd_pipeline_dir(path: Path) -> Path:
         text_encoder=text_encoder(),
         tokenizer=tokenizer,
         unet=_sd_unet(),
-        scheduler=DDIMScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012, clip_sample=False, steps_offset=1),
+        scheduler=DDIMScheduler(
+            beta_schedule="scaled_linear",
+            beta_start=0.00085,
+            beta_end=0.012,
+            clip_sample=False,
+            steps_offset=1,
+        ),
         safety_checker=None,
         feature_extractor=None,
         requires_safety_checker=False,
@@ -173,18 +188,35 @@ def _t5(path: Path):
     torch.manual_seed(SEED)
     words = "a photo of cat dog painting style van gogh tree house person nude red blue green the in by an".split()
     spm = SentencePieceUnigramTokenizer()
-    spm.train_from_iterator([" ".join(words)] * 20, vocab_size=60, special_tokens=["<pad>", "</s>", "<unk>"], unk_token="<unk>")
-    tokenizer = T5TokenizerFast(tokenizer_object=spm._tokenizer, pad_token="<pad>", eos_token="</s>", unk_token="<unk>", extra_ids=0)
+    spm.train_from_iterator(
+        [" ".join(words)] * 20, vocab_size=60, special_tokens=["<pad>", "</s>", "<unk>"], unk_token="<unk>"
+    )
+    tokenizer = T5TokenizerFast(
+        tokenizer_object=spm._tokenizer, pad_token="<pad>", eos_token="</s>", unk_token="<unk>", extra_ids=0
+    )
     tokenizer.model_max_length = 32
     encoder = T5EncoderModel(
-        T5Config(vocab_size=64, d_model=WIDTH, d_kv=8, d_ff=37, num_layers=2, num_heads=4, relative_attention_num_buckets=8)
+        T5Config(
+            vocab_size=64,
+            d_model=WIDTH,
+            d_kv=8,
+            d_ff=37,
+            num_layers=2,
+            num_heads=4,
+            relative_attention_num_buckets=8,
+        )
     )
     return encoder, tokenizer
 
 
 def sd3_pipeline_dir(path: Path) -> Path:
     """A tiny SD3 pipeline: two CLIP encoders with projection, a T5 encoder, an MMDiT transformer."""
-    from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, SD3Transformer2DModel, StableDiffusion3Pipeline
+    from diffusers import (
+        AutoencoderKL,
+        FlowMatchEulerDiscreteScheduler,
+        SD3Transformer2DModel,
+        StableDiffusion3Pipeline,
+    )
 
     tokenizer = clip_tokenizer(path.parent / f".{path.name}-tokenizer")
     t5, t5_tokenizer = _t5(path)

@@ -68,7 +68,9 @@ def _as_patches(patches: PatchLike | Sequence[PatchLike]) -> list[Patch]:
     return [p if isinstance(p, Patch) else Patch.load(p) for p in items]
 
 
-def apply_patch(target: Any, patches: PatchLike | Sequence[PatchLike], *, component: str | None = None) -> Any:
+def apply_patch(
+    target: Any, patches: PatchLike | Sequence[PatchLike], *, component: str | None = None
+) -> Any:
     """Apply patch(es) in place to a diffusers pipeline or a single module and return it.
 
     Several patches compose (see :mod:`hirm.core.patch`); a patch made for other weights is refused.
@@ -115,7 +117,11 @@ def save_patched(
 
 
 def save_encoders(
-    model: str | os.PathLike | ModelHandle, patch: PatchLike, out_dir: str | os.PathLike, *, overwrite: bool = False
+    model: str | os.PathLike | ModelHandle,
+    patch: PatchLike,
+    out_dir: str | os.PathLike,
+    *,
+    overwrite: bool = False,
 ) -> Path:
     """Write each edited text encoder (and its tokenizer) as a drop-in ``save_pretrained`` folder
     ``out_dir/<component>`` (e.g. ``text_encoder``, ``text_encoder_2``), in float32."""

@@ -44,8 +44,15 @@ def grid(rows: Sequence[np.ndarray], *, pad: int = 2) -> Image.Image:
 
 
 def compare_original_erased(
-    original, erased, prompts: Sequence[str], seeds: Sequence[int], out_dir: str | Path, *,
-    overwrite: bool = False, metadata: dict[str, Any] | None = None, **call_kwargs: Any,
+    original,
+    erased,
+    prompts: Sequence[str],
+    seeds: Sequence[int],
+    out_dir: str | Path,
+    *,
+    overwrite: bool = False,
+    metadata: dict[str, Any] | None = None,
+    **call_kwargs: Any,
 ) -> Path:
     """Write ``original/``, ``erased/`` PNGs, ``grid.png`` (per prompt: original row, erased row) and
     ``manifest.json`` to ``out_dir`` atomically."""
@@ -57,7 +64,11 @@ def compare_original_erased(
             (tmp / name).mkdir()
             for k, image in enumerate(images):
                 Image.fromarray(image).save(tmp / name / f"p{k // n:03d}_s{seeds[k % n]}.png")
-        rows = [block for i in range(len(prompts)) for block in (before[i * n : (i + 1) * n], after[i * n : (i + 1) * n])]
+        rows = [
+            block
+            for i in range(len(prompts))
+            for block in (before[i * n : (i + 1) * n], after[i * n : (i + 1) * n])
+        ]
         scale = max(1, 96 // before.shape[1])
         picture = grid(rows)
         picture.resize((picture.width * scale, picture.height * scale), Image.NEAREST).save(tmp / "grid.png")

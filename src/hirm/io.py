@@ -18,7 +18,9 @@ def check_writable(path: str | os.PathLike, *, overwrite: bool = False) -> Path:
     """Fail early, before any work, if ``path`` exists (without ``overwrite``) or cannot be written."""
     path = Path(path)
     if path.exists() and not overwrite:
-        raise OutputExistsError(f"{path} already exists; choose another path or pass overwrite=True (--overwrite).")
+        raise OutputExistsError(
+            f"{path} already exists; choose another path or pass overwrite=True (--overwrite)."
+        )
     parent = path.parent if str(path.parent) else Path(".")
     probe = parent
     while not probe.exists():
@@ -31,7 +33,9 @@ def check_writable(path: str | os.PathLike, *, overwrite: bool = False) -> Path:
 
 
 @contextmanager
-def atomic_path(path: str | os.PathLike, *, overwrite: bool = False, directory: bool = False) -> Iterator[Path]:
+def atomic_path(
+    path: str | os.PathLike, *, overwrite: bool = False, directory: bool = False
+) -> Iterator[Path]:
     """Yield a temporary sibling of ``path``; on success it is renamed to ``path`` in one step.
 
     On any error the temporary file or directory is removed and ``path`` is left as it was.

@@ -17,13 +17,19 @@ def test_compare_runs_every_entry_and_writes_the_table(sd_dir, canvas, judges, s
     text = table.read_text()
     assert "| hirm-r | style |" in text and "| esd-x | object |" in text and "hirm compare --test" in text
     rows = list(csv.DictReader((out / "compare.csv").open()))
-    assert {(r["method"], r["domain"]) for r in rows} == {(e.name, d) for e in entries for d in ("style", "object")}
+    assert {(r["method"], r["domain"]) for r in rows} == {
+        (e.name, d) for e in entries for d in ("style", "object")
+    }
     by = {(r["method"], r["domain"]): r for r in rows}
-    assert int(by[("hirm+uce", "style")]["parameters"]) == int(by[("hirm-r", "style")]["parameters"]) + int(by[("uce", "style")]["parameters"])
+    assert int(by[("hirm+uce", "style")]["parameters"]) == int(by[("hirm-r", "style")]["parameters"]) + int(
+        by[("uce", "style")]["parameters"]
+    )
     assert all(float(r["seconds_mean"]) > 0 for r in rows)
     for r in rows:
         assert 0.0 <= float(r["UA_mean"]) <= 1.0
 
     stamp = (out / "hirm-r" / "results.jsonl").read_text()
-    run_compare(sd_dir, out=out, entries=entries[:1], settings=settings, canvas=canvas, judges=judges, progress=False)
+    run_compare(
+        sd_dir, out=out, entries=entries[:1], settings=settings, canvas=canvas, judges=judges, progress=False
+    )
     assert (out / "hirm-r" / "results.jsonl").read_text() == stamp  # resumed: nothing redone

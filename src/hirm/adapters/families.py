@@ -32,18 +32,24 @@ class Family:
         for enc, tok in self.clip:
             if enc == encoder:
                 return tok
-        raise ValueError(f"{encoder!r} is not a CLIP text encoder of the {self.name} family; it has {self.encoders}.")
+        raise ValueError(
+            f"{encoder!r} is not a CLIP text encoder of the {self.name} family; it has {self.encoders}."
+        )
 
 
 SD = Family("sd", clip=(("text_encoder", "tokenizer"),), denoiser="unet")
-SDXL = Family("sdxl", clip=(("text_encoder", "tokenizer"), ("text_encoder_2", "tokenizer_2")), denoiser="unet")
+SDXL = Family(
+    "sdxl", clip=(("text_encoder", "tokenizer"), ("text_encoder_2", "tokenizer_2")), denoiser="unet"
+)
 SD3 = Family(
     "sd3",
     clip=(("text_encoder", "tokenizer"), ("text_encoder_2", "tokenizer_2")),
     untouched=("text_encoder_3",),
     denoiser="transformer",
 )
-FLUX = Family("flux", clip=(("text_encoder", "tokenizer"),), untouched=("text_encoder_2",), denoiser="transformer")
+FLUX = Family(
+    "flux", clip=(("text_encoder", "tokenizer"),), untouched=("text_encoder_2",), denoiser="transformer"
+)
 
 #: Pipeline class-name prefixes, most specific first.
 _PREFIXES: tuple[tuple[str, Family], ...] = (

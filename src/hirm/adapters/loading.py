@@ -58,7 +58,9 @@ def resolve_path(source: str | os.PathLike, *, components: tuple[str, ...] | Non
             raise ModelNotFoundError(f"{path} is a file; --model takes a pipeline or text-encoder directory.")
         return path
     if text.startswith((".", "/", "~")) or text.count("/") != 1:
-        raise ModelNotFoundError(f"No model at {text!r}: not a directory, not 'minicanvas', not a hub id (owner/name).")
+        raise ModelNotFoundError(
+            f"No model at {text!r}: not a directory, not 'minicanvas', not a hub id (owner/name)."
+        )
     return _from_hub(text, components)
 
 
@@ -141,7 +143,10 @@ class ModelHandle:
             from transformers import CLIPTokenizer
 
             for candidate in (self.path, self.path.parent / tokenizer_name, self.path.parent / "tokenizer"):
-                if any((candidate / f).is_file() for f in ("tokenizer.json", "vocab.json", "tokenizer_config.json")):
+                if any(
+                    (candidate / f).is_file()
+                    for f in ("tokenizer.json", "vocab.json", "tokenizer_config.json")
+                ):
                     return CLIPTokenizer.from_pretrained(str(candidate))
             raise ModelNotFoundError(
                 f"No tokenizer next to the text encoder at {self.path}: expected tokenizer files (tokenizer.json or vocab.json + merges.txt) there or "
@@ -152,7 +157,9 @@ class ModelHandle:
     def pipeline(self):
         """The whole diffusers pipeline (for generation), on this handle's device and dtype."""
         if not self.is_pipeline:
-            raise UnsupportedModelError(f"{self.source} is a bare text encoder; generation needs a whole pipeline.")
+            raise UnsupportedModelError(
+                f"{self.source} is a bare text encoder; generation needs a whole pipeline."
+            )
         from diffusers import DiffusionPipeline
 
         pipe = DiffusionPipeline.from_pretrained(str(self.path), **_dtype_kwargs(self.dtype))
@@ -184,9 +191,15 @@ def load_model(
         config = json.loads(config_file.read_text())
         arch = (config.get("architectures") or [""])[0]
         if arch not in _CLIP_CLASSES:
-            raise UnsupportedModelError(f"{path} holds a {arch or 'unknown'} model; hirm supports {SUPPORTED}.")
+            raise UnsupportedModelError(
+                f"{path} holds a {arch or 'unknown'} model; hirm supports {SUPPORTED}."
+            )
         component = path.name if path.name.startswith("text_encoder") else "text_encoder"
-        handle = ModelHandle(str(source), path, text_encoder_family(component), {}, torch.device(device), dtype)
+        handle = ModelHandle(
+            str(source), path, text_encoder_family(component), {}, torch.device(device), dtype
+        )
     else:
-        raise UnsupportedModelError(f"{path} has neither model_index.json nor config.json; hirm supports {SUPPORTED}.")
+        raise UnsupportedModelError(
+            f"{path} has neither model_index.json nor config.json; hirm supports {SUPPORTED}."
+        )
     return handle

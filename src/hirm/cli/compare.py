@@ -5,7 +5,6 @@ from __future__ import annotations
 import shlex
 import sys
 from pathlib import Path
-from typing import Optional
 
 import typer
 
@@ -13,15 +12,24 @@ from hirm.cli.common import MODEL_HELP, console, friendly_errors, parse_seeds
 
 
 def compare_command(
-    out: Path = typer.Option(Path("results/compare"), "--out", "-o", help="Directory: one sweep per method + compare.md/csv. Re-run to resume."),
-    method: list[str] = typer.Option([], "--method", help="Entries to compare (repeat); default all: hirm-r, hirm-s, naive, diffquickfix, uce, hirm+uce, esd-x, esd-u."),
+    out: Path = typer.Option(
+        Path("results/compare"),
+        "--out",
+        "-o",
+        help="Directory: one sweep per method + compare.md/csv. Re-run to resume.",
+    ),
+    method: list[str] = typer.Option(
+        [],
+        "--method",
+        help="Entries to compare (repeat); default all: hirm-r, hirm-s, naive, diffquickfix, uce, hirm+uce, esd-x, esd-u.",
+    ),
     domain: str = typer.Option("all", help="style, object or all."),
-    limit: Optional[int] = typer.Option(None, help="Only the first N concepts of the domain (smoke runs)."),
+    limit: int | None = typer.Option(None, help="Only the first N concepts of the domain (smoke runs)."),
     seeds: str = typer.Option("188,288,588", help="Seeds of the grid (one image per prompt and seed)."),
-    esd_steps: Optional[int] = typer.Option(None, help="Override ESD's 1000 steps (the table states it)."),
+    esd_steps: int | None = typer.Option(None, help="Override ESD's 1000 steps (the table states it)."),
     model: str = typer.Option("minicanvas", "--model", "-m", help=MODEL_HELP),
     device: str = typer.Option("cpu", help="torch device."),
-    cache_dir: Optional[Path] = typer.Option(None, help="Image cache for the original model's grid."),
+    cache_dir: Path | None = typer.Option(None, help="Image cache for the original model's grid."),
     quiet: bool = typer.Option(False, help="No progress bars."),
 ) -> None:
     """Run every method on the world's styles and objects and write compare.md + compare.csv."""
@@ -38,7 +46,9 @@ def compare_command(
         entries = [replace(e, overrides={m: {"steps": esd_steps} for m in e.methods if m.startswith("esd")}) if any(
             m.startswith("esd") for m in e.methods) else e for e in entries]  # fmt: skip
     if model != "minicanvas":
-        raise ValueError("compare runs on the miniature world (its judges); use the Python API for other pipelines.")
+        raise ValueError(
+            "compare runs on the miniature world (its judges); use the Python API for other pipelines."
+        )
     settings = CanvasSettings.for_world(seeds=tuple(parse_seeds(seeds)))
     command = "hirm " + " ".join(shlex.quote(a) for a in sys.argv[1:])
     table = run_compare(model, out=out, entries=entries, domain=domain, limit=limit, settings=settings,

@@ -6,7 +6,6 @@ import dataclasses
 import json
 import time
 from pathlib import Path
-from typing import Optional
 
 import typer
 
@@ -47,7 +46,9 @@ def build_concepts(texts: list[str], kind: str, targets: list[str]) -> list[Conc
     if not texts:
         raise ValueError("Give at least one --concept.")
     if len(targets) not in (0, 1, len(texts)):
-        raise ValueError(f"{len(targets)} --target values for {len(texts)} concepts; give one or one per concept.")
+        raise ValueError(
+            f"{len(targets)} --target values for {len(texts)} concepts; give one or one per concept."
+        )
     parsed = [parse_target(t) for t in targets] or [RandomTarget()]
     parsed = parsed * len(texts) if len(parsed) == 1 else parsed
     return [Concept(text=t, kind=kind, target=target) for t, target in zip(texts, parsed)]
@@ -74,27 +75,41 @@ def override(config, values: dict):
 
 
 def erase_command(
-    concept: list[str] = typer.Option([], "--concept", "-c", help="Concept to erase (repeat for several; trained jointly)."),
+    concept: list[str] = typer.Option(
+        [], "--concept", "-c", help="Concept to erase (repeat for several; trained jointly)."
+    ),
     out: Path = typer.Option(..., "--out", "-o", help="Patch file to write (.safetensors)."),
     model: str = typer.Option("minicanvas", "--model", "-m", help=MODEL_HELP),
-    kind: str = typer.Option("object", help="Concept kind: style, object or nudity (picks reference lr and steps)."),
+    kind: str = typer.Option(
+        "object", help="Concept kind: style, object or nudity (picks reference lr and steps)."
+    ),
     target: list[str] = typer.Option([], "--target", "-t", help=TARGET_HELP),
     method: str = typer.Option("hirm", help="Erasure method (see `hirm info --methods`)."),
-    component: list[str] = typer.Option([], help="Text encoder(s) to edit, e.g. text_encoder_2 (default: all CLIP encoders)."),
-    steps: Optional[int] = typer.Option(None, help="Optimizer steps (default: reference value for the kind)."),
-    lr: Optional[float] = typer.Option(None, help="Learning rate (default: 5e-5 style/object, 1e-4 nudity)."),
+    component: list[str] = typer.Option(
+        [], help="Text encoder(s) to edit, e.g. text_encoder_2 (default: all CLIP encoders)."
+    ),
+    steps: int | None = typer.Option(None, help="Optimizer steps (default: reference value for the kind)."),
+    lr: float | None = typer.Option(None, help="Learning rate (default: 5e-5 style/object, 1e-4 nudity)."),
     trainable: str = typer.Option("first-attn", help="first-attn, attn-only, mlp-only, first-k or params."),
     k: int = typer.Option(1, help="Number of early blocks for --trainable first-k."),
     param: list[str] = typer.Option([], help="Exact parameter names for --trainable params (repeat)."),
     read_layer: int = typer.Option(-1, help="Block whose output is read (negative counts from the end)."),
     read_site: str = typer.Option("attn", help="attn (reference), mlp, hidden or final."),
-    template: list[str] = typer.Option([], help="Prompt template with {concept} (repeat); default: the raw concept."),
+    template: list[str] = typer.Option(
+        [], help="Prompt template with {concept} (repeat); default: the raw concept."
+    ),
     preserve: list[str] = typer.Option([], help="Prompt whose read-out must stay (repeat)."),
     preserve_weight: float = typer.Option(0.0, help="Weight of the preservation term (0 = reference)."),
     precision: str = typer.Option("auto", help="auto, fp32 or bf16 (autocast; weights stay fp32)."),
-    seed: Optional[int] = typer.Option(None, help="Training seed (default 0)."),
-    setting: list[str] = typer.Option([], "--set", help="Any field of the method's config as KEY=VALUE (JSON value), e.g. --set guide='\"art\"' (repeat)."),
-    save_encoder: Optional[Path] = typer.Option(None, help="Also write the full edited encoder(s) here (save_pretrained)."),
+    seed: int | None = typer.Option(None, help="Training seed (default 0)."),
+    setting: list[str] = typer.Option(
+        [],
+        "--set",
+        help="Any field of the method's config as KEY=VALUE (JSON value), e.g. --set guide='\"art\"' (repeat).",
+    ),
+    save_encoder: Path | None = typer.Option(
+        None, help="Also write the full edited encoder(s) here (save_pretrained)."
+    ),
     device: str = typer.Option("cpu", help="torch device, e.g. cpu or cuda."),
     overwrite: bool = typer.Option(False, help="Replace existing outputs."),
     quiet: bool = typer.Option(False, help="No progress bar."),
@@ -122,7 +137,9 @@ def erase_command(
     config = override(config, dict(parse_setting(s) for s in setting))
     handle = load_model(model, device=device)
     started = time.perf_counter()
-    patch = erase(handle, concepts, method=method, config=config, components=component or None, progress=not quiet)
+    patch = erase(
+        handle, concepts, method=method, config=config, components=component or None, progress=not quiet
+    )
     seconds = time.perf_counter() - started
     patch.save(out, overwrite=overwrite)
     losses = patch.metadata.get("final_loss", {})
@@ -136,7 +153,9 @@ def erase_command(
     console.print(f"patch -> {out}")
     if save_encoder is not None:
         if not set(patch.components) <= set(handle.family.encoders):
-            raise ValueError(f"--save-encoder writes text encoders; this patch changes {list(patch.components)}. Use `hirm apply`.")
+            raise ValueError(
+                f"--save-encoder writes text encoders; this patch changes {list(patch.components)}. Use `hirm apply`."
+            )
         save_encoders(handle, patch, save_encoder, overwrite=overwrite)
         console.print(f"edited encoder(s) -> {save_encoder}")
 

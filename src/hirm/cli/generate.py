@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
 
 import typer
 
@@ -16,10 +15,12 @@ def generate_command(
     out: Path = typer.Option(..., "--out", "-o", help="Output directory (PNGs, grid.png, manifest.json)."),
     model: str = typer.Option("minicanvas", "--model", "-m", help=MODEL_HELP),
     seeds: str = typer.Option("0,1,2", help="Seeds, e.g. '0,1,2' or '0-7'; one image per prompt and seed."),
-    steps: Optional[int] = typer.Option(None, help="Sampler steps (default: the model's; minicanvas: its recorded default)."),
-    guidance: Optional[float] = typer.Option(None, help="Classifier-free guidance scale."),
-    height: Optional[int] = typer.Option(None, help="Image height."),
-    width: Optional[int] = typer.Option(None, help="Image width."),
+    steps: int | None = typer.Option(
+        None, help="Sampler steps (default: the model's; minicanvas: its recorded default)."
+    ),
+    guidance: float | None = typer.Option(None, help="Classifier-free guidance scale."),
+    height: int | None = typer.Option(None, help="Image height."),
+    width: int | None = typer.Option(None, help="Image width."),
     device: str = typer.Option("cpu", help="torch device."),
     overwrite: bool = typer.Option(False, help="Replace an existing output directory."),
 ) -> None:
@@ -41,8 +42,14 @@ def generate_command(
         call.update(GENERATION_DEFAULTS)
     overrides = {"num_inference_steps": steps, "guidance_scale": guidance, "height": height, "width": width}
     call.update({k: v for k, v in overrides.items() if v is not None})
-    meta = {"model": model, "patches": [str(p) for p in patch], "fingerprints": [p.fingerprints for p in patches]}
-    compare_original_erased(original, erased, prompt, parse_seeds(seeds), out, overwrite=overwrite, metadata=meta, **call)
+    meta = {
+        "model": model,
+        "patches": [str(p) for p in patch],
+        "fingerprints": [p.fingerprints for p in patches],
+    }
+    compare_original_erased(
+        original, erased, prompt, parse_seeds(seeds), out, overwrite=overwrite, metadata=meta, **call
+    )
     console.print(f"[green]images[/] -> {out} (grid: {out / 'grid.png'})")
 
 

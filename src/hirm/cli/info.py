@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Optional
 
 import typer
 from rich.console import Console
@@ -14,7 +13,7 @@ from hirm.cli.common import friendly_errors
 
 
 def info_command(
-    patch: Optional[Path] = typer.Argument(None, help="Patch file to describe."),
+    patch: Path | None = typer.Argument(None, help="Patch file to describe."),
     methods: bool = typer.Option(False, "--methods", help="List the available erasure methods."),
     as_json: bool = typer.Option(False, "--json", help="Print the raw metadata as JSON."),
 ) -> None:
@@ -38,7 +37,10 @@ def info_command(
         return
     table = Table(show_header=False)
     table.add_row("method", meta.get("method", "?"))
-    table.add_row("concepts", ", ".join(f"{c['text']} ({c['kind']}, {c['target']['kind']})" for c in meta.get("concepts", [])))
+    table.add_row(
+        "concepts",
+        ", ".join(f"{c['text']} ({c['kind']}, {c['target']['kind']})" for c in meta.get("concepts", [])),
+    )
     table.add_row("base", json.dumps({k: v for k, v in meta.get("base", {}).items() if k != "fingerprints"}))
     for component, fp in loaded.fingerprints.items():
         table.add_row(f"fingerprint {component}", fp)

@@ -3,24 +3,27 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
 
 import typer
 
 from hirm.cli.common import console, friendly_errors
 
-world_app = typer.Typer(help="The embedded miniature world (MiniCanvas): rebuild it or describe it.", no_args_is_help=True)
+world_app = typer.Typer(
+    help="The embedded miniature world (MiniCanvas): rebuild it or describe it.", no_args_is_help=True
+)
 
 
 @world_app.command("build")
 @friendly_errors
 def build_command(
-    out: Path = typer.Option(..., "--out", "-o", help="Build directory (stage checkpoints; an interrupted build resumes)."),
+    out: Path = typer.Option(
+        ..., "--out", "-o", help="Build directory (stage checkpoints; an interrupted build resumes)."
+    ),
     seed: int = typer.Option(0, help="Global seed (0 = the shipped world)."),
     preset: str = typer.Option("full", help="full (the shipped world) or tiny (seconds, smoke test)."),
     device: str = typer.Option("cpu", help="torch device for training."),
     install: bool = typer.Option(False, help="Copy the built assets into the installed package when done."),
-    threads: Optional[int] = typer.Option(None, help="torch CPU threads."),
+    threads: int | None = typer.Option(None, help="torch CPU threads."),
 ) -> None:
     """Train the whole world from scratch (tokenizer, MiniCLIP, judges, VAE, U-Net), seeded and resumable."""
     import torch
@@ -41,8 +44,13 @@ def info_command() -> None:
 
     print(f"assets: {world.assets_dir()} (checksums verified)")
     print(f"pipeline: {world.pipeline_dir()}")
-    print(f"styles ({len(world.STYLES)}): " + ", ".join(f"{s} [{world.STYLE_SUPER[s]}]" for s in world.STYLES))
-    print(f"objects ({len(world.OBJECTS)}): " + ", ".join(f"{o} [{world.OBJECT_SUPER[o]}]" for o in world.OBJECTS))
+    print(
+        f"styles ({len(world.STYLES)}): " + ", ".join(f"{s} [{world.STYLE_SUPER[s]}]" for s in world.STYLES)
+    )
+    print(
+        f"objects ({len(world.OBJECTS)}): "
+        + ", ".join(f"{o} [{world.OBJECT_SUPER[o]}]" for o in world.OBJECTS)
+    )
     print("training templates:\n  " + "\n  ".join(world.TRAIN_TEMPLATES))
     print("held-out templates:\n  " + "\n  ".join(world.HELDOUT_TEMPLATES))
     print(f"generation defaults: {world.GENERATION_DEFAULTS}")

@@ -8,8 +8,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Iterator
 
 import torch
 from torch import Tensor, nn
@@ -26,7 +26,9 @@ class ConceptError(ValueError):
 def text_transformer(encoder: nn.Module) -> nn.Module:
     """The module holding ``embeddings``, ``encoder.layers`` and ``final_layer_norm``."""
     inner = getattr(encoder, "text_model", encoder)
-    if not (hasattr(inner, "embeddings") and hasattr(inner, "encoder") and hasattr(inner, "final_layer_norm")):
+    if not (
+        hasattr(inner, "embeddings") and hasattr(inner, "encoder") and hasattr(inner, "final_layer_norm")
+    ):
         raise TypeError(
             f"{type(encoder).__name__} is not a CLIP text encoder (expected embeddings, encoder.layers, "
             "final_layer_norm). Supported: transformers CLIPTextModel and CLIPTextModelWithProjection."

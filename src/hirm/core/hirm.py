@@ -129,7 +129,12 @@ def erase_encoder(
     originals = {name: params[name].detach().clone() for name in names}
     steps, lr = config.resolved_steps(concepts), config.resolved_lr(concepts)
     autocast_dtype = resolve_precision(config, device)
-    logger.info("HiRM trains %d tensors (%d parameters): %s", len(names), sum(p.numel() for p in originals.values()), names)
+    logger.info(
+        "HiRM trains %d tensors (%d parameters): %s",
+        len(names),
+        sum(p.numel() for p in originals.values()),
+        names,
+    )
 
     was_training = encoder.training
     grad_flags = {name: p.requires_grad for name, p in params.items()}
@@ -141,7 +146,14 @@ def erase_encoder(
             seq_len, width = original_reads.shape[1:]
             targets = torch.cat(
                 [
-                    build_target(c.target, encoder=encoder, tokenizer=tokenizer, point=point, seq_len=seq_len, width=width)
+                    build_target(
+                        c.target,
+                        encoder=encoder,
+                        tokenizer=tokenizer,
+                        point=point,
+                        seq_len=seq_len,
+                        width=width,
+                    )
                     for c in concepts
                 ]
             ).to(device)[owners]  # (N, L, D)
@@ -157,12 +169,16 @@ def erase_encoder(
         )
 
         def objective() -> Tensor:
-            with torch.autocast(device.type, dtype=autocast_dtype or torch.float32, enabled=autocast_dtype is not None):
+            with torch.autocast(
+                device.type, dtype=autocast_dtype or torch.float32, enabled=autocast_dtype is not None
+            ):
                 reads = read_representation(encoder, ids, point)
             reads = reads.float()
             loss = nn.functional.mse_loss(reads[: len(prompts)], targets)
             if config.preserve_weight > 0:
-                loss = loss + config.preserve_weight * nn.functional.mse_loss(reads[len(prompts) :], preserved)
+                loss = loss + config.preserve_weight * nn.functional.mse_loss(
+                    reads[len(prompts) :], preserved
+                )
             return loss
 
         losses: list[float] = []
@@ -182,7 +198,9 @@ def erase_encoder(
             bar.set_postfix(loss=f"{value:.4g}")
 
         with torch.no_grad():
-            final = nn.functional.mse_loss(read_representation(encoder, ids[: len(prompts)], point).float(), targets)
+            final = nn.functional.mse_loss(
+                read_representation(encoder, ids[: len(prompts)], point).float(), targets
+            )
         final_loss = final.item()
         if not math.isfinite(final_loss) or not all(torch.isfinite(params[n]).all() for n in names):
             raise NonFiniteLossError("Training produced non-finite weights or loss. Nothing was saved.")
@@ -229,7 +247,9 @@ def erase(
     selected = list(components or model.family.encoders)
     unknown = [c for c in selected if c not in model.family.encoders]
     if unknown:
-        raise ValueError(f"{unknown} are not CLIP text encoders of this {model.family.name} model: {model.family.encoders}.")
+        raise ValueError(
+            f"{unknown} are not CLIP text encoders of this {model.family.name} model: {model.family.encoders}."
+        )
     if model.family.untouched:
         logger.warning("HiRM leaves %s (T5) unchanged; only %s are erased.", model.family.untouched, selected)
     patches = [

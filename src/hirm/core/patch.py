@@ -79,7 +79,9 @@ class Patch:
         """Write atomically; an existing file is only replaced with ``overwrite=True``."""
         tensors = {k: v.detach().to("cpu", torch.float32).contiguous() for k, v in self.tensors.items()}
         meta = {"format": FORMAT, "hirm": json.dumps(self.metadata, sort_keys=True)}
-        return write_atomic(path, lambda tmp: save_file(tensors, str(tmp), metadata=meta), overwrite=overwrite)
+        return write_atomic(
+            path, lambda tmp: save_file(tensors, str(tmp), metadata=meta), overwrite=overwrite
+        )
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> Patch:
@@ -93,7 +95,9 @@ class Patch:
         except Exception as err:  # safetensors raises its own error types for corrupt files
             raise ValueError(f"{path} is not a readable safetensors patch: {err}") from err
         if meta.get("format") != FORMAT:
-            raise ValueError(f"{path} is not a hirm patch (format {meta.get('format')!r}, expected {FORMAT}).")
+            raise ValueError(
+                f"{path} is not a hirm patch (format {meta.get('format')!r}, expected {FORMAT})."
+            )
         return cls(tensors=tensors, metadata=json.loads(meta["hirm"]))
 
 
@@ -178,7 +182,9 @@ def _components(target: Any, patches: list[Patch], component: str | None) -> dic
                 )
             component = needed[0]
         if len(needed) > 1:
-            raise PatchMismatchError(f"The patches change {needed}; a single module can only take one of them.")
+            raise PatchMismatchError(
+                f"The patches change {needed}; a single module can only take one of them."
+            )
         return {needed[0]: target} if needed[0] == component else {}
     modules = {}
     for name in needed:

@@ -8,7 +8,14 @@ import torch
 from safetensors import safe_open
 from torch import Tensor, nn
 
-from hirm.core.config import PromptTarget, RandomTarget, ReadingPoint, Target, VectorTarget, reference_steering_coeff
+from hirm.core.config import (
+    PromptTarget,
+    RandomTarget,
+    ReadingPoint,
+    Target,
+    VectorTarget,
+    reference_steering_coeff,
+)
 from hirm.core.encoder import read_representation, tokenize
 
 

@@ -86,7 +86,10 @@ def make_erase(entry: Entry, canvas: Canvas, device: torch.device) -> EraseFn:
         else:
             target = RandomTarget()
         concept = Concept(text=display_name(name), kind=domain, target=target)
-        patches = [erase(handle, [concept], method=m, config=configs[m], device=device, progress=False) for m in entry.methods]
+        patches = [
+            erase(handle, [concept], method=m, config=configs[m], device=device, progress=False)
+            for m in entry.methods
+        ]
         return patches[0] if len(patches) == 1 else merge_patches(patches)
 
     return run
@@ -139,7 +142,12 @@ def table_rows(out: Path, names: Sequence[str]) -> list[dict[str, Any]]:
             chosen = [r for r in records if r["domain"] == domain]
             if not chosen:
                 continue
-            row: dict[str, Any] = {"method": name, "domain": domain, "concepts": len(chosen), "complete": manifest["complete"]}
+            row: dict[str, Any] = {
+                "method": name,
+                "domain": domain,
+                "concepts": len(chosen),
+                "complete": manifest["complete"],
+            }
             for metric in METRICS:
                 row[metric] = mean_std(r["summary"].get(metric) for r in chosen)
             row["seconds"] = mean_std(r["times"]["erase"] for r in chosen)
@@ -154,8 +162,21 @@ def _pm(stats: Mapping[str, Any], scale: float = 100.0, digits: int = 1) -> str:
     return f"{stats['mean'] * scale:.{digits}f} ± {(stats.get('std') or 0.0) * scale:.{digits}f}"
 
 
-def write_tables(out: Path, rows: Sequence[Mapping[str, Any]], *, command: str, settings: CanvasSettings | None) -> None:
-    header = ["method", "domain", "UA", "IRA", "CRA", "AA", "held-out UA", "s / concept", "changed params", "concepts"]
+def write_tables(
+    out: Path, rows: Sequence[Mapping[str, Any]], *, command: str, settings: CanvasSettings | None
+) -> None:
+    header = [
+        "method",
+        "domain",
+        "UA",
+        "IRA",
+        "CRA",
+        "AA",
+        "held-out UA",
+        "s / concept",
+        "changed params",
+        "concepts",
+    ]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for r in rows:
         cells = [r["method"], r["domain"], *(_pm(r[m]) for m in METRICS), _pm(r["seconds"], 1.0, 2),
@@ -179,7 +200,9 @@ def write_tables(out: Path, rows: Sequence[Mapping[str, Any]], *, command: str, 
             f"- machine: {machine}; date {now_iso()}",
         ]
     )
-    write_atomic(out / "compare.md", lambda tmp: tmp.write_text(text + "\n", encoding="utf-8"), overwrite=True)
+    write_atomic(
+        out / "compare.md", lambda tmp: tmp.write_text(text + "\n", encoding="utf-8"), overwrite=True
+    )
     buffer = io.StringIO()
     writer = csv.writer(buffer)
     writer.writerow(["method", "domain", "concepts", "complete", *(f"{m}_{s}" for m in METRICS for s in ("mean", "std")),
@@ -188,7 +211,9 @@ def write_tables(out: Path, rows: Sequence[Mapping[str, Any]], *, command: str, 
         writer.writerow([r["method"], r["domain"], r["concepts"], r["complete"],
                          *(r[m].get(s) for m in METRICS for s in ("mean", "std")),
                          r["seconds"]["mean"], r["seconds"]["std"], r["parameters"]])  # fmt: skip
-    write_atomic(out / "compare.csv", lambda tmp: tmp.write_text(buffer.getvalue(), encoding="utf-8"), overwrite=True)
+    write_atomic(
+        out / "compare.csv", lambda tmp: tmp.write_text(buffer.getvalue(), encoding="utf-8"), overwrite=True
+    )
 
 
 def _best_notes(rows: Sequence[Mapping[str, Any]]) -> list[str]:
@@ -204,7 +229,12 @@ def _best_notes(rows: Sequence[Mapping[str, Any]]) -> list[str]:
             line = f"- {domain} {metric}: best {top['method']} ({_pm(top[metric])})"
             if hirm:
                 best_hirm = max(hirm, key=lambda r: r[metric]["mean"] or 0)
-                beaters = [r["method"] for r in chosen if not r["method"].startswith("hirm") and (r[metric]["mean"] or 0) > (best_hirm[metric]["mean"] or 0)]
+                beaters = [
+                    r["method"]
+                    for r in chosen
+                    if not r["method"].startswith("hirm")
+                    and (r[metric]["mean"] or 0) > (best_hirm[metric]["mean"] or 0)
+                ]
                 if beaters:
                     line += f"; peers above the best HiRM ({best_hirm['method']}): {', '.join(beaters)}"
             notes.append(line)

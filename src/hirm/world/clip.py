@@ -38,6 +38,9 @@ class ClipTrainConfig:
     lr: float = 1e-3
     warmup: int = 50
     weight_decay: float = 0.05
+    vision_steps: int = 800
+    vision_batch_size: int = 256
+    vision_lr: float = 5e-4
 
 
 def make_clip(cfg: ClipTrainConfig, tokenizer) -> CLIPModel:
@@ -114,10 +117,7 @@ def train_clip(
         target = torch.from_numpy(compat.astype(np.float32)).to(device)
         ids = tokenize(tokenizer, [c for c, _ in caps]).to(device)
         out = model(input_ids=ids, pixel_values=pixels_all[idx].to(device))
-        logits = out.logits_per_text  # (B text, B image)
-        loss_t = -(F.log_softmax(logits, 1) * (target / target.sum(1, keepdim=True))).sum(1).mean()
-        loss_i = -(F.log_softmax(logits.T, 1) * (target.T / target.T.sum(1, keepdim=True))).sum(1).mean()
-        loss = 0.5 * (loss_t + loss_i)
+        loss = soft_clip_loss(out.logits_per_text, target)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -129,10 +129,69 @@ def train_clip(
     model.train()
     run_steps(name="MiniCLIP", steps=cfg.steps, step_fn=step_fn, ckpt_dir=ckpt_dir, modules={"clip": model},
               opt=opt, progress=progress)
+    if cfg.vision_steps > 0:
+        finetune_vision(model, tokenizer=tokenizer, images=images, style_idx=style_idx, object_idx=object_idx,
+                        cfg=cfg, seed=seed, device=device,
+                        ckpt_dir=None if ckpt_dir is None else ckpt_dir.with_name(ckpt_dir.name + "_vision"),
+                        progress=progress)
     model.eval()
     model.save_pretrained(str(out_dir))
     (out_dir / "train_config.json").write_text(__import__("json").dumps(asdict(cfg), indent=2))
     return model
+
+
+def soft_clip_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Symmetric InfoNCE with soft targets. logits, target: (B text, B image); target is 1 for compatible pairs."""
+    loss_t = -(F.log_softmax(logits, 1) * (target / target.sum(1, keepdim=True))).sum(1).mean()
+    loss_i = -(F.log_softmax(logits.T, 1) * (target.T / target.T.sum(1, keepdim=True))).sum(1).mean()
+    return 0.5 * (loss_t + loss_i)
+
+
+def finetune_vision(
+    model: CLIPModel,
+    *,
+    tokenizer,
+    images: np.ndarray,
+    style_idx: np.ndarray,
+    object_idx: np.ndarray,
+    cfg: ClipTrainConfig,
+    seed: int,
+    device: torch.device,
+    ckpt_dir: Path | None = None,
+    progress: bool = True,
+) -> None:
+    """Phase 2: train the vision tower (and projection) only, with the text tower frozen.
+
+    The text tower - and so MiniSD's text encoder - is bit-identical before and after; this phase only
+    sharpens the image side (object shapes are learned slower than styles).
+    """
+    vision = [*model.vision_model.parameters(), *model.visual_projection.parameters()]
+    opt = torch.optim.AdamW(vision, lr=cfg.vision_lr, betas=(0.9, 0.98), eps=1e-6, weight_decay=cfg.weight_decay)
+    pixels_all = to_float_images(images).mul_(2).sub_(1)
+
+    def step_fn(step: int) -> float:
+        rng, _ = step_rng(seed, step, stream=7)
+        for g in opt.param_groups:
+            g["lr"] = lr_at(step, base_lr=cfg.vision_lr, warmup=cfg.warmup, total=cfg.vision_steps)
+        idx = rng.integers(len(images), size=cfg.vision_batch_size)
+        s, o = style_idx[idx], object_idx[idx]
+        caps = [sample_caption(rng, int(a), int(b)) for a, b in zip(s, o, strict=True)]
+        target = torch.from_numpy(np.stack([lab.compatible(s, o) for _, lab in caps]).astype(np.float32))
+        with torch.no_grad():
+            text = encode_texts(model, tokenizer, [c for c, _ in caps], device)
+        pooled = model.vision_model(pixel_values=pixels_all[idx].to(device)).pooler_output
+        img = F.normalize(model.visual_projection(pooled), dim=-1)
+        loss = soft_clip_loss(model.logit_scale.exp().detach() * text @ img.T, target.to(device))
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(vision, 1.0)
+        opt.step()
+        return loss.item()
+
+    model.train()
+    run_steps(name="MiniCLIP vision", steps=cfg.vision_steps, step_fn=step_fn, ckpt_dir=ckpt_dir,
+              modules={"vision": model.vision_model, "proj": model.visual_projection}, opt=opt, progress=progress)
+    model.eval()
 
 
 @torch.no_grad()
