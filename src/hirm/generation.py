@@ -3,32 +3,34 @@ batching or on the number of workers."""
 
 from __future__ import annotations
 
+import inspect
 import json
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 from PIL import Image
 
+from hirm.evaluation.generation import Request, generate_batch
 from hirm.io import atomic_path
 
 
 def generate(
     pipe, prompts: Sequence[str], seeds: Sequence[int], *, batch_size: int = 16, **call_kwargs: Any
 ) -> np.ndarray:
-    """Images (len(prompts) * len(seeds), H, W, 3) uint8, ordered prompt-major; seeds are per image."""
-    device = getattr(pipe, "_execution_device", None) or pipe.device
-    jobs = [(p, s) for p in prompts for s in seeds]
-    images = []
-    for start in range(0, len(jobs), batch_size):
-        chunk = jobs[start : start + batch_size]
-        generators = [torch.Generator(device="cpu").manual_seed(s) for _, s in chunk]
-        out = pipe([p for p, _ in chunk], generator=generators, output_type="np", **call_kwargs)
-        images.append((np.clip(out.images, 0, 1) * 255).round().astype(np.uint8))
-    del device
-    return np.concatenate(images) if images else np.zeros((0, 1, 1, 3), np.uint8)
+    """Images (len(prompts) * len(seeds), H, W, 3) uint8, prompt-major; one CPU generator per image.
+
+    Sampler settings not given in ``call_kwargs`` take the pipeline's own ``__call__`` defaults.
+    """
+    defaults = inspect.signature(pipe.__call__).parameters
+    settings = {
+        key: call_kwargs.get(key, defaults[key].default if key in defaults else None)
+        for key in ("guidance_scale", "num_inference_steps", "height", "width")
+    }
+    requests = [Request(prompt=p, seed=s, **settings) for p in prompts for s in seeds]
+    chunks = [requests[i : i + batch_size] for i in range(0, len(requests), batch_size)]
+    return np.concatenate([generate_batch(pipe, chunk) for chunk in chunks])
 
 
 def grid(rows: Sequence[np.ndarray], *, pad: int = 2) -> Image.Image:

@@ -36,6 +36,7 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from hirm.core.config import Concept
+from hirm.core.hirm import NonFiniteLossError
 from hirm.core.patch import Patch, component_parameters, make_patch
 from hirm.core.registry import MethodSpec, register
 from hirm.core.uce import prompt_embeddings
@@ -43,10 +44,6 @@ from hirm.core.uce import prompt_embeddings
 logger = logging.getLogger(__name__)
 
 ESDVariant = Literal["esd-x", "esd-u"]
-
-
-class NonFiniteLossError(FloatingPointError):
-    """Training produced a NaN or infinite loss; nothing was saved and the model is unchanged."""
 
 
 @dataclass(frozen=True)
