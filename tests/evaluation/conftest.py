@@ -9,7 +9,7 @@ import torch
 
 from hirm.evaluation.canvas import CanvasSettings
 from hirm.evaluation.canvas_grid import Canvas
-from hirm.evaluation.judges import FunctionJudge
+from stand_ins import channel_judge
 
 STYLES = ("Van_Gogh", "Crayon")
 
@@ -31,16 +31,6 @@ def canvas() -> Canvas:
     return Canvas(
         STYLES, OBJECTS, {"Van_Gogh": "painting", "Crayon": "drawing"}, {"Cats": "animal", "Dogs": "animal"}
     )
-
-
-def channel_judge(classes, channels):
-    """Class k scores the mean of channel ``channels[k]``: deterministic, depends on the image."""
-
-    def fn(images: torch.Tensor) -> torch.Tensor:
-        means = images.mean(dim=(2, 3))  # (N, 3)
-        return torch.stack([means[:, c] for c in channels], dim=1).mul(50).softmax(-1)
-
-    return FunctionJudge(classes, fn)
 
 
 @pytest.fixture

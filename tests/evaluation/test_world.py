@@ -69,7 +69,7 @@ def test_cli_canvas_on_minicanvas(world, tmp_path, cli_app):
 
 def test_minicanvas_defaults_with_stand_in_world(monkeypatch, sd_dir, clip_dir, tmp_path, cli_app):
     """The 'minicanvas' code paths (world names, defaults, judges, MiniCLIP) with a tiny stand-in model."""
-    from conftest import channel_judge
+    from stand_ins import channel_judge
     from typer.testing import CliRunner
 
     import hirm.world as world

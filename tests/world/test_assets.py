@@ -34,7 +34,9 @@ def test_corrupted_asset_raises_clear_error(tmp_path: Path) -> None:
     data = bytearray(target.read_bytes())
     data[len(data) // 2] ^= 0xFF
     target.write_bytes(bytes(data))
-    with pytest.raises(AssetError, match=r"corrupted.*diffusion_pytorch_model\.safetensors.*hirm\.world\.build"):
+    with pytest.raises(
+        AssetError, match=r"corrupted.*diffusion_pytorch_model\.safetensors.*hirm\.world\.build"
+    ):
         verify_assets(root)
 
 
@@ -63,14 +65,27 @@ def test_load_pipeline_generates_recognisable_image() -> None:
     pipe = w.load_pipeline(device="cpu")
     pipe.set_progress_bar_config(disable=True)
     judges = w.load_judges()
-    prompts = [w.make_prompt(w.CANVAS_TEMPLATE, style=s, object=o) for s, o in
-               [("Pop_Art", "Fishes"), ("Winter", "Towers"), ("Neon_Lines", "Butterfly"), ("Bricks", "Trees")]]
+    prompts = [
+        w.make_prompt(w.CANVAS_TEMPLATE, style=s, object=o)
+        for s, o in [
+            ("Pop_Art", "Fishes"),
+            ("Winter", "Towers"),
+            ("Neon_Lines", "Butterfly"),
+            ("Bricks", "Trees"),
+        ]
+    ]
     gens = [torch.Generator().manual_seed(i) for i in range(len(prompts))]
     imgs = pipe(prompts, generator=gens, output_type="pt", **w.GENERATION_DEFAULTS).images
     s = judges["style"](imgs).argmax(1).tolist()
     o = judges["object"](imgs).argmax(1).tolist()
-    assert sum(judges["style"].classes[i] == p for i, p in zip(s, ["Pop_Art", "Winter", "Neon_Lines", "Bricks"])) >= 3
-    assert sum(judges["object"].classes[i] == p for i, p in zip(o, ["Fishes", "Towers", "Butterfly", "Trees"])) >= 3
+    assert (
+        sum(judges["style"].classes[i] == p for i, p in zip(s, ["Pop_Art", "Winter", "Neon_Lines", "Bricks"]))
+        >= 3
+    )
+    assert (
+        sum(judges["object"].classes[i] == p for i, p in zip(o, ["Fishes", "Towers", "Butterfly", "Trees"]))
+        >= 3
+    )
 
 
 def test_judges_on_fresh_renders() -> None:
@@ -92,7 +107,9 @@ def test_load_clip_matches_pipeline_text_encoder() -> None:
     from transformers import CLIPTextModel
 
     te = CLIPTextModel.from_pretrained(str(pipe_dir / "text_encoder"))
-    ids = tok(["A Cats image in Rust style."], padding="max_length", max_length=77, return_tensors="pt").input_ids
+    ids = tok(
+        ["A Cats image in Rust style."], padding="max_length", max_length=77, return_tensors="pt"
+    ).input_ids
     with torch.no_grad():
         a = model.text_model(input_ids=ids).last_hidden_state
         b = te(input_ids=ids).last_hidden_state

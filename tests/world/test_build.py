@@ -31,10 +31,18 @@ def test_all_stages_done(tiny_build: Path) -> None:
 def test_tiny_pipeline_loads_and_generates(tiny_build: Path) -> None:
     from diffusers import StableDiffusionPipeline
 
-    pipe = StableDiffusionPipeline.from_pretrained(str(tiny_build / "assets" / "pipeline"), safety_checker=None)
+    pipe = StableDiffusionPipeline.from_pretrained(
+        str(tiny_build / "assets" / "pipeline"), safety_checker=None
+    )
     pipe.set_progress_bar_config(disable=True)
-    out = pipe(["A Cats image in Rust style."], num_inference_steps=2, height=32, width=32, output_type="np",
-               generator=torch.Generator().manual_seed(0))
+    out = pipe(
+        ["A Cats image in Rust style."],
+        num_inference_steps=2,
+        height=32,
+        width=32,
+        output_type="np",
+        generator=torch.Generator().manual_seed(0),
+    )
     assert out.images.shape == (1, 32, 32, 3)
 
 
@@ -60,8 +68,16 @@ def _toy_run(ckpt: Path, *, interrupt_at: int | None) -> torch.nn.Module:
         opt.step()
         return loss.item()
 
-    run_steps(name="toy", steps=6, step_fn=step_fn, ckpt_dir=ckpt, modules={"m": model}, opt=opt, ckpt_every=2,
-              progress=False)
+    run_steps(
+        name="toy",
+        steps=6,
+        step_fn=step_fn,
+        ckpt_dir=ckpt,
+        modules={"m": model},
+        opt=opt,
+        ckpt_every=2,
+        progress=False,
+    )
     return model
 
 
@@ -81,8 +97,12 @@ def test_same_seed_same_weights(tmp_path: Path) -> None:
 
     imgs, s, _ = render_grid(1, seed0=0)
     cfg = JudgeConfig(widths=(8, 16), batch_size=8, steps=3)
-    a = train_judge("style", images=imgs, labels=s, cfg=cfg, seed=1, device=torch.device("cpu"), progress=False)
-    b = train_judge("style", images=imgs, labels=s, cfg=cfg, seed=1, device=torch.device("cpu"), progress=False)
+    a = train_judge(
+        "style", images=imgs, labels=s, cfg=cfg, seed=1, device=torch.device("cpu"), progress=False
+    )
+    b = train_judge(
+        "style", images=imgs, labels=s, cfg=cfg, seed=1, device=torch.device("cpu"), progress=False
+    )
     for x, y in zip(a.net.parameters(), b.net.parameters(), strict=True):
         assert torch.equal(x, y)
     assert np.isfinite(sum(float(p.sum()) for p in a.net.parameters()))

@@ -25,7 +25,9 @@ def test_canonical_name_unknown_lists_names() -> None:
 
 
 def test_make_prompt_uses_spaces() -> None:
-    assert w.make_prompt(w.CANVAS_TEMPLATE, style="On_Fire", object="cats") == "A Cats image in On Fire style."
+    assert (
+        w.make_prompt(w.CANVAS_TEMPLATE, style="On_Fire", object="cats") == "A Cats image in On Fire style."
+    )
     assert w.make_prompt("{object}", object="Birds") == "Birds"
     with pytest.raises(ValueError, match="needs style"):
         w.make_prompt(w.CANVAS_TEMPLATE, object="Birds")
@@ -38,8 +40,12 @@ def test_template_split() -> None:
     kinds = {template_kind(t) for t in w.TRAIN_TEMPLATES}
     assert kinds == {"both", "object", "style", "super"}
     train = set(all_captions())
-    held = {w.make_prompt(t, style=s, object=o) for t in w.grid_templates(w.HELDOUT_TEMPLATES)
-            for s in w.STYLES for o in w.OBJECTS}
+    held = {
+        w.make_prompt(t, style=s, object=o)
+        for t in w.grid_templates(w.HELDOUT_TEMPLATES)
+        for s in w.STYLES
+        for o in w.OBJECTS
+    }
     assert not train & held
 
 
@@ -62,3 +68,30 @@ def test_caption_labels_are_consistent() -> None:
 
 def test_generation_defaults() -> None:
     assert set(w.GENERATION_DEFAULTS) == {"num_inference_steps", "guidance_scale", "height", "width"}
+
+
+def test_public_api_names() -> None:
+    for name in (
+        "STYLES",
+        "OBJECTS",
+        "STYLE_SUPER",
+        "OBJECT_SUPER",
+        "TRAIN_TEMPLATES",
+        "HELDOUT_TEMPLATES",
+        "CANVAS_TEMPLATE",
+        "display_name",
+        "canonical_name",
+        "make_prompt",
+        "render",
+        "render_batch",
+        "assets_dir",
+        "pipeline_dir",
+        "load_pipeline",
+        "load_clip",
+        "load_judges",
+        "GENERATION_DEFAULTS",
+    ):
+        assert hasattr(w, name), name
+    from hirm.world.judges import Judge
+
+    assert w.Judge is Judge and callable(w.render)

@@ -41,7 +41,9 @@ def test_files_in_clip_format(fresh_tokenizer) -> None:
 def test_round_trip_training_and_heldout_captions(fresh_tokenizer) -> None:
     _, tok = fresh_tokenizer
     caps = all_captions()[::97]
-    caps += [make_prompt(t, style=s, object=o) for t in HELDOUT_TEMPLATES for s, o in zip(STYLES, OBJECTS * 2)]
+    caps += [
+        make_prompt(t, style=s, object=o) for t in HELDOUT_TEMPLATES for s, o in zip(STYLES, OBJECTS * 2)
+    ]
     for text in caps:
         _round_trip(tok, text)
 

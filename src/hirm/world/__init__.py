@@ -25,7 +25,7 @@ from .concepts import (
 )
 
 if TYPE_CHECKING:
-    from .assets import assets_dir, load_clip, load_judges, load_pipeline, pipeline_dir
+    from .assets import AssetError, assets_dir, load_clip, load_judges, load_pipeline, pipeline_dir
     from .build import build_world
     from .judges import Judge
     from .rendering import render, render_batch, render_grid
@@ -57,7 +57,17 @@ __all__ = [
     "display_name",
     "grid_templates",
     "make_prompt",
-    *_LAZY,
+    "render",
+    "render_batch",
+    "render_grid",
+    "assets_dir",
+    "pipeline_dir",
+    "load_pipeline",
+    "load_clip",
+    "load_judges",
+    "AssetError",
+    "Judge",
+    "build_world",
 ]
 
 

@@ -41,10 +41,16 @@ def _opt_to_tensors(opt: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor]
     return tensors, sd["param_groups"]
 
 
-def save_checkpoint(path: Path, step: int, modules: dict[str, torch.nn.Module], opt: torch.optim.Optimizer) -> None:
+def save_checkpoint(
+    path: Path, step: int, modules: dict[str, torch.nn.Module], opt: torch.optim.Optimizer
+) -> None:
     """Atomically write modules' weights, optimizer state and the step to ``path`` (safetensors + json)."""
     path.mkdir(parents=True, exist_ok=True)
-    tensors = {f"{name}.{k}": v.detach().contiguous() for name, m in modules.items() for k, v in m.state_dict().items()}
+    tensors = {
+        f"{name}.{k}": v.detach().contiguous()
+        for name, m in modules.items()
+        for k, v in m.state_dict().items()
+    }
     opt_tensors, groups = _opt_to_tensors(opt)
     tensors.update({k: v.contiguous() for k, v in opt_tensors.items()})
     tmp = path / "ckpt.safetensors.tmp"
@@ -61,7 +67,7 @@ def load_checkpoint(path: Path, modules: dict[str, torch.nn.Module], opt: torch.
     tensors = load_file(str(path / "ckpt.safetensors"))
     for name, m in modules.items():
         prefix = f"{name}."
-        m.load_state_dict({k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)})
+        m.load_state_dict({k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)})
     state: dict[int, dict] = {}
     for k, v in tensors.items():
         if k.startswith("opt."):
@@ -85,7 +91,9 @@ def run_steps(
     """Run ``step_fn(step) -> loss`` for ``steps`` steps with periodic resumable checkpoints."""
     start = load_checkpoint(ckpt_dir, modules, opt) if ckpt_dir is not None else 0
     losses: list[float] = []
-    bar = tqdm(range(start, steps), desc=name, initial=start, total=steps, disable=not progress, mininterval=5)
+    bar = tqdm(
+        range(start, steps), desc=name, initial=start, total=steps, disable=not progress, mininterval=5
+    )
     for step in bar:
         loss = step_fn(step)
         losses.append(loss)

@@ -89,7 +89,10 @@ def load_pipeline(*, device: str | torch.device = "cpu", dtype: torch.dtype = to
     from diffusers import StableDiffusionPipeline
 
     pipe = StableDiffusionPipeline.from_pretrained(
-        str(pipeline_dir()), dtype=dtype, safety_checker=None, feature_extractor=None,
+        str(pipeline_dir()),
+        dtype=dtype,
+        safety_checker=None,
+        feature_extractor=None,
         requires_safety_checker=False,
     )
     return pipe.to(device)

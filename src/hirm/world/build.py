@@ -59,13 +59,24 @@ PRESETS: dict[str, BuildConfig] = {
     "tiny": BuildConfig(
         pool_per_pair=1,
         max_merges=300,
-        clip=ClipTrainConfig(text_hidden=32, text_layers=4, text_heads=2, vision_hidden=32, vision_layers=1,
-                             vision_heads=2, projection_dim=16, batch_size=16, steps=3, warmup=1),
+        clip=ClipTrainConfig(
+            text_hidden=32,
+            text_layers=4,
+            text_heads=2,
+            vision_hidden=32,
+            vision_layers=1,
+            vision_heads=2,
+            projection_dim=16,
+            batch_size=16,
+            steps=3,
+            warmup=1,
+        ),
         style_judge=JudgeConfig(widths=(8, 16), batch_size=16, steps=3),
         object_judge=JudgeConfig(widths=(8, 16), batch_size=16, steps=3),
         vae=VaeConfig(block_out_channels=(8, 16), norm_num_groups=4, batch_size=8, steps=3),
-        unet=UnetConfig(block_out_channels=(16, 32), attention_heads=2, norm_num_groups=8, batch_size=8, steps=3,
-                        warmup=1),
+        unet=UnetConfig(
+            block_out_channels=(16, 32), attention_heads=2, norm_num_groups=8, batch_size=8, steps=3, warmup=1
+        ),
         fresh_per_pair=1,
         text_cache=False,
     ),
@@ -119,8 +130,18 @@ def stage_clip(out: Path, cfg: BuildConfig, seed: int, device: torch.device, pro
 
     tok = load_tokenizer(out / "tokenizer")
     imgs, s, o = _pool(out)
-    model = train_clip(out / "clip", tokenizer=tok, images=imgs, style_idx=s, object_idx=o, cfg=cfg.clip,
-                       seed=seed, device=device, ckpt_dir=out / "ckpt" / "clip", progress=progress)
+    model = train_clip(
+        out / "clip",
+        tokenizer=tok,
+        images=imgs,
+        style_idx=s,
+        object_idx=o,
+        cfg=cfg.clip,
+        seed=seed,
+        device=device,
+        ckpt_dir=out / "ckpt" / "clip",
+        progress=progress,
+    )
     x, fs, fo = _fresh(cfg, seed)
     return zero_shot_report(model, tok, x, fs, fo, device=device)
 
@@ -132,8 +153,16 @@ def stage_judges(out: Path, cfg: BuildConfig, seed: int, device: torch.device, p
     x, fs, fo = _fresh(cfg, seed)
     info = {}
     for kind, labels, fresh, jcfg in (("style", s, fs, cfg.style_judge), ("object", o, fo, cfg.object_judge)):
-        judge = train_judge(kind, images=imgs, labels=labels, cfg=jcfg, seed=seed, device=device,
-                            ckpt_dir=out / "ckpt" / f"judge_{kind}", progress=progress)
+        judge = train_judge(
+            kind,
+            images=imgs,
+            labels=labels,
+            cfg=jcfg,
+            seed=seed,
+            device=device,
+            ckpt_dir=out / "ckpt" / f"judge_{kind}",
+            progress=progress,
+        )
         judge.save(out / "judges" / kind)
         info[f"{kind}_fresh_acc"] = judge_accuracy(judge, x, fresh)
     return info
@@ -144,16 +173,24 @@ def stage_vae(out: Path, cfg: BuildConfig, seed: int, device: torch.device, prog
     from .vae import train_vae
 
     imgs, _, _ = _pool(out)
-    vae = train_vae(out / "vae", images=imgs, cfg=cfg.vae, seed=seed, device=device, ckpt_dir=out / "ckpt" / "vae",
-                    progress=progress)
+    vae = train_vae(
+        out / "vae",
+        images=imgs,
+        cfg=cfg.vae,
+        seed=seed,
+        device=device,
+        ckpt_dir=out / "ckpt" / "vae",
+        progress=progress,
+    )
     x, fs, fo = _fresh(cfg, seed)
     with torch.no_grad():
         rec = torch.cat([vae(x[i : i + 256].to(device) * 2 - 1).sample for i in range(0, len(x), 256)])
     rec = (rec / 2 + 0.5).clamp(0, 1).cpu()
     info = {"recon_mse": float(((rec - x) ** 2).mean()), "scaling_factor": vae.config.scaling_factor}
     for kind, labels in (("style", fs), ("object", fo)):
-        info[f"judge_{kind}_acc_on_recon"] = judge_accuracy(Judge.load(out / "judges" / kind, device=device), rec,
-                                                            labels)
+        info[f"judge_{kind}_acc_on_recon"] = judge_accuracy(
+            Judge.load(out / "judges" / kind, device=device), rec, labels
+        )
     return info
 
 
@@ -168,17 +205,29 @@ def stage_unet(out: Path, cfg: BuildConfig, seed: int, device: torch.device, pro
     tok = load_tokenizer(out / "tokenizer")
     text_encoder = _text_encoder(CLIPModel.from_pretrained(str(out / "clip"))).to(device).eval()
     if cfg.text_cache:
-        texts, emb = load_or_make_cache(out / "ckpt" / "text_cache.safetensors", text_encoder, tok, device=device,
-                                        progress=progress)
+        texts, emb = load_or_make_cache(
+            out / "ckpt" / "text_cache.safetensors", text_encoder, tok, device=device, progress=progress
+        )
         encode_text = cached_encoder(texts, emb)
     else:
         encode_text = direct_encoder(text_encoder, tok, device)
     vae = AutoencoderKL.from_pretrained(str(out / "vae")).to(device).eval()
     imgs, s, o = _pool(out)
     mean, std = encode_pool(vae, imgs, device=device)
-    train_unet(out / "unet", latent_mean=mean, latent_std=std, scaling_factor=vae.config.scaling_factor,
-               style_idx=s, object_idx=o, encode_text=encode_text, cfg=cfg.unet, seed=seed, device=device,
-               ckpt_dir=out / "ckpt" / "unet", progress=progress)
+    train_unet(
+        out / "unet",
+        latent_mean=mean,
+        latent_std=std,
+        scaling_factor=vae.config.scaling_factor,
+        style_idx=s,
+        object_idx=o,
+        encode_text=encode_text,
+        cfg=cfg.unet,
+        seed=seed,
+        device=device,
+        ckpt_dir=out / "ckpt" / "unet",
+        progress=progress,
+    )
     return {"text_cache": cfg.text_cache}
 
 
@@ -231,8 +280,12 @@ def stage_assemble(out: Path, cfg: BuildConfig, seed: int, device: torch.device,
         "objects": list(OBJECTS),
         "generation_defaults": GENERATION_DEFAULTS,
         "stages": stages,
-        "versions": {"torch": torch.__version__, "diffusers": __import__("diffusers").__version__,
-                     "transformers": __import__("transformers").__version__, "python": platform.python_version()},
+        "versions": {
+            "torch": torch.__version__,
+            "diffusers": __import__("diffusers").__version__,
+            "transformers": __import__("transformers").__version__,
+            "python": platform.python_version(),
+        },
     }
     (dst / "world.json").write_text(json.dumps(world, indent=2, sort_keys=True))
     sums = write_checksums(dst)
@@ -313,7 +366,9 @@ def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(prog="python -m hirm.world.build", description=__doc__.split("\n\n")[0])
     p.add_argument("--out", required=True, type=Path, help="build directory (resumes if it exists)")
     p.add_argument("--seed", type=int, default=0, help="global seed (default 0 = the shipped world)")
-    p.add_argument("--preset", choices=sorted(PRESETS), default="full", help="model sizes (tiny = smoke test)")
+    p.add_argument(
+        "--preset", choices=sorted(PRESETS), default="full", help="model sizes (tiny = smoke test)"
+    )
     p.add_argument("--stages", nargs="+", choices=STAGES, default=None, help="run only these stages")
     p.add_argument("--device", default="cpu", help="torch device for training (default cpu)")
     p.add_argument("--install", action="store_true", help="copy DIR/assets into the package when done")
@@ -322,8 +377,15 @@ def main(argv: list[str] | None = None) -> None:
     a = p.parse_args(argv)
     if a.threads is not None:
         torch.set_num_threads(a.threads)
-    assets = build_world(a.out, seed=a.seed, preset=a.preset, stages=tuple(a.stages) if a.stages else None,
-                         device=a.device, install=a.install, progress=not a.no_progress)
+    assets = build_world(
+        a.out,
+        seed=a.seed,
+        preset=a.preset,
+        stages=tuple(a.stages) if a.stages else None,
+        device=a.device,
+        install=a.install,
+        progress=not a.no_progress,
+    )
     print(f"[world] assets in {assets}" + (f"; installed into {PACKAGE_ASSETS}" if a.install else ""))
 
 

@@ -79,7 +79,9 @@ class CaptionLabel:
         return ok
 
 
-def caption(template: str, s: int, o: int, *, style_word: int = 0, object_word: int = 0) -> tuple[str, CaptionLabel]:
+def caption(
+    template: str, s: int, o: int, *, style_word: int = 0, object_word: int = 0
+) -> tuple[str, CaptionLabel]:
     """The caption of template for style index ``s``, object index ``o`` and word choices, with its label."""
     sty, obj = STYLES[s], OBJECTS[o]
     f = template_fields(template)
@@ -99,8 +101,14 @@ def caption(template: str, s: int, o: int, *, style_word: int = 0, object_word: 
     return text, label
 
 
-def sample_caption(rng: np.random.Generator, s: int, o: int, *, templates: tuple[str, ...] = TRAIN_TEMPLATES,
-                   p_canonical: float = 0.5) -> tuple[str, CaptionLabel]:
+def sample_caption(
+    rng: np.random.Generator,
+    s: int,
+    o: int,
+    *,
+    templates: tuple[str, ...] = TRAIN_TEMPLATES,
+    p_canonical: float = 0.5,
+) -> tuple[str, CaptionLabel]:
     """A random training caption for an image of style ``s`` and object ``o``.
 
     The template kind is drawn from :data:`KIND_WEIGHTS`; a concept is written by its display name with

@@ -102,7 +102,9 @@ def train_clip(
     other = [p for n, p in model.named_parameters() if not (p.ndim >= 2 and "embedding" not in n)]
     opt = torch.optim.AdamW(
         [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": other, "weight_decay": 0.0}],
-        lr=cfg.lr, betas=(0.9, 0.98), eps=1e-6,
+        lr=cfg.lr,
+        betas=(0.9, 0.98),
+        eps=1e-6,
     )
     pixels_all = to_float_images(images).mul_(2).sub_(1)
 
@@ -127,13 +129,28 @@ def train_clip(
         return loss.item()
 
     model.train()
-    run_steps(name="MiniCLIP", steps=cfg.steps, step_fn=step_fn, ckpt_dir=ckpt_dir, modules={"clip": model},
-              opt=opt, progress=progress)
+    run_steps(
+        name="MiniCLIP",
+        steps=cfg.steps,
+        step_fn=step_fn,
+        ckpt_dir=ckpt_dir,
+        modules={"clip": model},
+        opt=opt,
+        progress=progress,
+    )
     if cfg.vision_steps > 0:
-        finetune_vision(model, tokenizer=tokenizer, images=images, style_idx=style_idx, object_idx=object_idx,
-                        cfg=cfg, seed=seed, device=device,
-                        ckpt_dir=None if ckpt_dir is None else ckpt_dir.with_name(ckpt_dir.name + "_vision"),
-                        progress=progress)
+        finetune_vision(
+            model,
+            tokenizer=tokenizer,
+            images=images,
+            style_idx=style_idx,
+            object_idx=object_idx,
+            cfg=cfg,
+            seed=seed,
+            device=device,
+            ckpt_dir=None if ckpt_dir is None else ckpt_dir.with_name(ckpt_dir.name + "_vision"),
+            progress=progress,
+        )
     model.eval()
     model.save_pretrained(str(out_dir))
     (out_dir / "train_config.json").write_text(__import__("json").dumps(asdict(cfg), indent=2))
@@ -166,7 +183,9 @@ def finetune_vision(
     sharpens the image side (object shapes are learned slower than styles).
     """
     vision = [*model.vision_model.parameters(), *model.visual_projection.parameters()]
-    opt = torch.optim.AdamW(vision, lr=cfg.vision_lr, betas=(0.9, 0.98), eps=1e-6, weight_decay=cfg.weight_decay)
+    opt = torch.optim.AdamW(
+        vision, lr=cfg.vision_lr, betas=(0.9, 0.98), eps=1e-6, weight_decay=cfg.weight_decay
+    )
     pixels_all = to_float_images(images).mul_(2).sub_(1)
 
     def step_fn(step: int) -> float:
@@ -189,8 +208,15 @@ def finetune_vision(
         return loss.item()
 
     model.train()
-    run_steps(name="MiniCLIP vision", steps=cfg.vision_steps, step_fn=step_fn, ckpt_dir=ckpt_dir,
-              modules={"vision": model.vision_model, "proj": model.visual_projection}, opt=opt, progress=progress)
+    run_steps(
+        name="MiniCLIP vision",
+        steps=cfg.vision_steps,
+        step_fn=step_fn,
+        ckpt_dir=ckpt_dir,
+        modules={"vision": model.vision_model, "proj": model.visual_projection},
+        opt=opt,
+        progress=progress,
+    )
     model.eval()
 
 
@@ -210,8 +236,15 @@ def encode_images(model: CLIPModel, images: torch.Tensor, device: torch.device) 
 
 
 @torch.no_grad()
-def zero_shot_report(model: CLIPModel, tokenizer, images: torch.Tensor, style_idx: np.ndarray,
-                     object_idx: np.ndarray, *, device: torch.device) -> dict[str, float]:
+def zero_shot_report(
+    model: CLIPModel,
+    tokenizer,
+    images: torch.Tensor,
+    style_idx: np.ndarray,
+    object_idx: np.ndarray,
+    *,
+    device: torch.device,
+) -> dict[str, float]:
     """Zero-shot style / object classification and text->image retrieval on images (N, 3, 32, 32) in [0, 1].
 
     - style accuracy: argmax over "An image in {style} style." prompts;
@@ -220,13 +253,19 @@ def zero_shot_report(model: CLIPModel, tokenizer, images: torch.Tensor, style_id
       (gallery = all given images), averaged over prompts.
     """
     img = torch.cat([encode_images(model, images[i : i + 512], device) for i in range(0, len(images), 512)])
-    ts = encode_texts(model, tokenizer, [make_prompt("An image in {style} style.", style=s) for s in STYLES], device)
+    ts = encode_texts(
+        model, tokenizer, [make_prompt("An image in {style} style.", style=s) for s in STYLES], device
+    )
     to = encode_texts(model, tokenizer, [make_prompt("A {object} image.", object=o) for o in OBJECTS], device)
     s_acc = float(((img @ ts.T).argmax(1).cpu().numpy() == style_idx).mean())
     o_acc = float(((img @ to.T).argmax(1).cpu().numpy() == object_idx).mean())
     pairs = [(s, o) for s in range(len(STYLES)) for o in range(len(OBJECTS))]
-    tp = encode_texts(model, tokenizer, [make_prompt(CANVAS_TEMPLATE, style=STYLES[s], object=OBJECTS[o])
-                                         for s, o in pairs], device)
+    tp = encode_texts(
+        model,
+        tokenizer,
+        [make_prompt(CANVAS_TEMPLATE, style=STYLES[s], object=OBJECTS[o]) for s, o in pairs],
+        device,
+    )
     top = (tp @ img.T).argmax(1).cpu().numpy()
     hits = [(style_idx[t] == s) and (object_idx[t] == o) for t, (s, o) in zip(top, pairs, strict=True)]
     return {"zero_shot_style_acc": s_acc, "zero_shot_object_acc": o_acc, "retrieval_r1": float(np.mean(hits))}

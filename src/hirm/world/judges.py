@@ -66,7 +66,9 @@ class Judge:
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
         """images: float (N, 3, H, W) in [0, 1] -> class probabilities (N, C) on the judge's device."""
         if images.ndim != 4 or images.shape[1] != 3:
-            raise ValueError(f"Judge expects float images (N, 3, H, W) in [0, 1], got shape {tuple(images.shape)}")
+            raise ValueError(
+                f"Judge expects float images (N, 3, H, W) in [0, 1], got shape {tuple(images.shape)}"
+            )
         p = next(self.net.parameters())
         x = images.to(device=p.device, dtype=p.dtype) * 2 - 1
         return F.softmax(self.net(x), dim=-1)
@@ -79,10 +81,14 @@ class Judge:
     def save(self, directory: Path) -> None:
         """Write ``model.safetensors`` and ``config.json`` into ``directory``."""
         directory.mkdir(parents=True, exist_ok=True)
-        save_file({k: v.detach().contiguous().cpu() for k, v in self.net.state_dict().items()},
-                  str(directory / "model.safetensors"))
+        save_file(
+            {k: v.detach().contiguous().cpu() for k, v in self.net.state_dict().items()},
+            str(directory / "model.safetensors"),
+        )
         widths = [m.out_channels for m in self.net.features if isinstance(m, nn.Conv2d)]
-        (directory / "config.json").write_text(json.dumps({"classes": list(self.classes), "widths": widths}, indent=2))
+        (directory / "config.json").write_text(
+            json.dumps({"classes": list(self.classes), "widths": widths}, indent=2)
+        )
 
     @classmethod
     def load(cls, directory: Path, *, device: torch.device | str = "cpu") -> Judge:
@@ -144,8 +150,15 @@ def train_judge(
         return loss.item()
 
     net.train()
-    run_steps(name=f"judge[{kind}]", steps=cfg.steps, step_fn=step_fn, ckpt_dir=ckpt_dir, modules={"net": net},
-              opt=opt, progress=progress)
+    run_steps(
+        name=f"judge[{kind}]",
+        steps=cfg.steps,
+        step_fn=step_fn,
+        ckpt_dir=ckpt_dir,
+        modules={"net": net},
+        opt=opt,
+        progress=progress,
+    )
     return Judge(net.eval(), classes)
 
 

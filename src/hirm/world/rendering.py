@@ -17,13 +17,22 @@ import numpy as np
 from .concepts import OBJECTS, STYLES, canonical_name
 
 SUPERSAMPLE = 4
-Prim = tuple  # ("ellipse", cx, cy, a, b, angle) | ("poly", [(x, y), ...]) | ("seg", x0, y0, x1, y1, half_width)
+Prim = (
+    tuple  # ("ellipse", cx, cy, a, b, angle) | ("poly", [(x, y), ...]) | ("seg", x0, y0, x1, y1, half_width)
+)
 
 
 # ----------------------------------------------------------------------------- silhouettes
 def _petals(cx: float, cy: float, r: float, n: int) -> list[Prim]:
     return [
-        ("ellipse", cx + r * np.cos(2 * np.pi * k / n), cy + r * np.sin(2 * np.pi * k / n), 0.2, 0.11, 2 * np.pi * k / n)
+        (
+            "ellipse",
+            cx + r * np.cos(2 * np.pi * k / n),
+            cy + r * np.sin(2 * np.pi * k / n),
+            0.2,
+            0.11,
+            2 * np.pi * k / n,
+        )
         for k in range(n)
     ]
 
@@ -140,7 +149,10 @@ def _jitter(p: Prim, rng: np.random.Generator, amount: float) -> Prim:
         j = rng.uniform(-amount, amount, 5)
         return ("ellipse", cx + j[0], cy + j[1], a * (1 + j[2]), b * (1 + j[3]), ang + 2 * j[4], *p[6:])
     if p[0] == "poly":
-        return ("poly", [(x + rng.uniform(-amount, amount), y + rng.uniform(-amount, amount)) for x, y in p[1]])
+        return (
+            "poly",
+            [(x + rng.uniform(-amount, amount), y + rng.uniform(-amount, amount)) for x, y in p[1]],
+        )
     x0, y0, x1, y1, w = p[1:6]
     j = rng.uniform(-amount, amount, 4)
     return ("seg", x0 + j[0], y0 + j[1], x1 + j[2], y1 + j[3], w)
@@ -225,7 +237,7 @@ def _mosaic(a: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     bright = 1 + rng.uniform(-0.18, 0.18, (k, k, 1))
     cols = np.where(tiles[..., None], _col((0.97, 0.75, 0.15), rng), _col((0.1, 0.5, 0.55), rng)) * bright
     img = np.repeat(np.repeat(cols, t, 0), t, 1)
-    grout = (np.arange(n) % t == t - 1)
+    grout = np.arange(n) % t == t - 1
     img[grout[:, None] & grout[None, :]] = 0.15
     return img
 
@@ -306,8 +318,12 @@ def _bricks(a: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     yy, xx = np.mgrid[0:n, 0:n]
     row = yy // 4
     mortar = (yy % 4 == 0) | ((xx + 4 * (row % 2)) % 8 == 0)
-    brick_shade = 1 + rng.uniform(-0.12, 0.12, (n // 4 + 1, n // 8 + 2))[row, (xx + 4 * (row % 2)) // 8][..., None]
-    bg = np.where(mortar[..., None], _col((0.85, 0.82, 0.75), rng), _col((0.68, 0.26, 0.16), rng) * brick_shade)
+    brick_shade = (
+        1 + rng.uniform(-0.12, 0.12, (n // 4 + 1, n // 8 + 2))[row, (xx + 4 * (row % 2)) // 8][..., None]
+    )
+    bg = np.where(
+        mortar[..., None], _col((0.85, 0.82, 0.75), rng), _col((0.68, 0.26, 0.16), rng) * brick_shade
+    )
     img = _mix(bg, _col((0.5, 0.52, 0.56), rng) * (0.9 + 0.1 * rng.random((n, n, 1))), a)
     return _mix(img, np.zeros(3) + 0.1, _edge(a) * 0.9)
 
@@ -385,7 +401,9 @@ def render_batch(
     return out
 
 
-def render_grid(seeds_per_pair: int, *, seed0: int, size: int = 32) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def render_grid(
+    seeds_per_pair: int, *, seed0: int, size: int = 32
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Every style x object pair rendered ``seeds_per_pair`` times with seeds ``seed0 + k``.
 
     Returns:

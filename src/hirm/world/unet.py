@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import copy
 import json
-from dataclasses import asdict, dataclass
 from collections.abc import Callable
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -36,7 +36,8 @@ class UnetConfig:
     attention_heads: int = 4
     norm_num_groups: int = 16
     batch_size: int = 128
-    steps: int = 2500
+    steps: int = 4000
+    lr_horizon: int | None = None  # length of the cosine schedule; None = steps
     lr: float = 6e-4
     warmup: int = 100
     p_uncond: float = 0.1
@@ -46,20 +47,36 @@ class UnetConfig:
 
 def ddpm_scheduler() -> DDPMScheduler:
     """SD 1.x's training noise schedule."""
-    return DDPMScheduler(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
-                         prediction_type="epsilon", clip_sample=False, steps_offset=1)
+    return DDPMScheduler(
+        num_train_timesteps=1000,
+        beta_start=0.00085,
+        beta_end=0.012,
+        beta_schedule="scaled_linear",
+        prediction_type="epsilon",
+        clip_sample=False,
+        steps_offset=1,
+    )
 
 
 def ddim_scheduler():
     """SD 1.x's DDIM sampler over the same schedule (the pipeline's scheduler)."""
     from diffusers import DDIMScheduler
 
-    return DDIMScheduler(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
-                         prediction_type="epsilon", clip_sample=False, set_alpha_to_one=False, steps_offset=1)
+    return DDIMScheduler(
+        num_train_timesteps=1000,
+        beta_start=0.00085,
+        beta_end=0.012,
+        beta_schedule="scaled_linear",
+        prediction_type="epsilon",
+        clip_sample=False,
+        set_alpha_to_one=False,
+        steps_offset=1,
+    )
 
 
-def make_unet(cfg: UnetConfig, *, cross_attention_dim: int, latent_channels: int = 4, sample_size: int = 16
-              ) -> UNet2DConditionModel:
+def make_unet(
+    cfg: UnetConfig, *, cross_attention_dim: int, latent_channels: int = 4, sample_size: int = 16
+) -> UNet2DConditionModel:
     """Randomly initialised UNet; the first level is convolutional, the deeper levels use cross-attention."""
     n = len(cfg.block_out_channels)
     return UNet2DConditionModel(
@@ -77,19 +94,32 @@ def make_unet(cfg: UnetConfig, *, cross_attention_dim: int, latent_channels: int
 
 
 @torch.no_grad()
-def text_embedding_cache(text_encoder: CLIPTextModel, tokenizer, texts: list[str], *, device: torch.device,
-                         batch: int = 256, progress: bool = True) -> torch.Tensor:
+def text_embedding_cache(
+    text_encoder: CLIPTextModel,
+    tokenizer,
+    texts: list[str],
+    *,
+    device: torch.device,
+    batch: int = 256,
+    progress: bool = True,
+) -> torch.Tensor:
     """``last_hidden_state`` (N, 77, D) in fp16 of ``texts`` padded to 77 tokens (SD's text conditioning)."""
     out = []
     for i in tqdm(range(0, len(texts), batch), desc="text cache", disable=not progress, mininterval=5):
-        ids = tokenizer(texts[i : i + batch], padding="max_length", max_length=tokenizer.model_max_length,
-                        truncation=True, return_tensors="pt").input_ids.to(device)
+        ids = tokenizer(
+            texts[i : i + batch],
+            padding="max_length",
+            max_length=tokenizer.model_max_length,
+            truncation=True,
+            return_tensors="pt",
+        ).input_ids.to(device)
         out.append(text_encoder(ids).last_hidden_state.half().cpu())
     return torch.cat(out)
 
 
-def load_or_make_cache(path: Path, text_encoder: CLIPTextModel, tokenizer, *, device: torch.device,
-                       progress: bool = True) -> tuple[list[str], torch.Tensor]:
+def load_or_make_cache(
+    path: Path, text_encoder: CLIPTextModel, tokenizer, *, device: torch.device, progress: bool = True
+) -> tuple[list[str], torch.Tensor]:
     """All training captions plus ``""`` (index 0) and their cached embeddings (safetensors at ``path``)."""
     texts = [""] + all_captions()
     if path.exists():
@@ -108,14 +138,20 @@ def cached_encoder(texts: list[str], emb: torch.Tensor) -> Callable[[list[str]],
     return lambda captions: emb[[lookup[c] for c in captions]]
 
 
-def direct_encoder(text_encoder: CLIPTextModel, tokenizer, device: torch.device
-                   ) -> Callable[[list[str]], torch.Tensor]:
+def direct_encoder(
+    text_encoder: CLIPTextModel, tokenizer, device: torch.device
+) -> Callable[[list[str]], torch.Tensor]:
     """``encode_text`` that runs the frozen text encoder on every call (for tiny builds)."""
 
     @torch.no_grad()
     def encode(captions: list[str]) -> torch.Tensor:
-        ids = tokenizer(captions, padding="max_length", max_length=tokenizer.model_max_length, truncation=True,
-                        return_tensors="pt").input_ids.to(device)
+        ids = tokenizer(
+            captions,
+            padding="max_length",
+            max_length=tokenizer.model_max_length,
+            truncation=True,
+            return_tensors="pt",
+        ).input_ids.to(device)
         return text_encoder(ids).last_hidden_state.cpu()
 
     return encode
@@ -143,8 +179,12 @@ def train_unet(
     """
     torch.manual_seed(seed)
     width = encode_text([""]).shape[-1]
-    unet = make_unet(cfg, cross_attention_dim=width, latent_channels=latent_mean.shape[1],
-                     sample_size=latent_mean.shape[-1]).to(device)
+    unet = make_unet(
+        cfg,
+        cross_attention_dim=width,
+        latent_channels=latent_mean.shape[1],
+        sample_size=latent_mean.shape[-1],
+    ).to(device)
     ema = copy.deepcopy(unet).requires_grad_(False)
     opt = torch.optim.AdamW(unet.parameters(), lr=cfg.lr, weight_decay=0.01)
     sched = ddpm_scheduler()
@@ -155,12 +195,16 @@ def train_unet(
     def step_fn(step: int) -> float:
         rng, gen = step_rng(seed, step, stream=6)
         for g in opt.param_groups:
-            g["lr"] = lr_at(step, base_lr=cfg.lr, warmup=cfg.warmup, total=cfg.steps, final_frac=0.1)
+            g["lr"] = lr_at(
+                step, base_lr=cfg.lr, warmup=cfg.warmup, total=cfg.lr_horizon or cfg.steps, final_frac=0.1
+            )
         idx = rng.integers(n, size=cfg.batch_size)
         eps_post = torch.randn(latent_mean[idx].shape, generator=gen)
         z0 = (latent_mean[idx] + latent_std[idx] * eps_post) * scaling_factor
-        caps = ["" if rng.random() < cfg.p_uncond else sample_caption(rng, int(s), int(o))[0]
-                for s, o in zip(style_idx[idx], object_idx[idx], strict=True)]
+        caps = [
+            "" if rng.random() < cfg.p_uncond else sample_caption(rng, int(s), int(o))[0]
+            for s, o in zip(style_idx[idx], object_idx[idx], strict=True)
+        ]
         cond = encode_text(caps).float()
         t = torch.randint(0, sched.config.num_train_timesteps, (cfg.batch_size,), generator=gen)
         noise = torch.randn(z0.shape, generator=gen)
@@ -179,8 +223,16 @@ def train_unet(
         return loss.item()
 
     unet.train()
-    run_steps(name="UNet", steps=cfg.steps, step_fn=step_fn, ckpt_dir=ckpt_dir, modules={"unet": unet, "ema": ema},
-              opt=opt, progress=progress, ckpt_every=250)
+    run_steps(
+        name="UNet",
+        steps=cfg.steps,
+        step_fn=step_fn,
+        ckpt_dir=ckpt_dir,
+        modules={"unet": unet, "ema": ema},
+        opt=opt,
+        progress=progress,
+        ckpt_every=250,
+    )
     ema.eval()
     ema.save_pretrained(str(out_dir))
     (out_dir / "train_config.json").write_text(json.dumps(asdict(cfg), indent=2))

@@ -80,12 +80,21 @@ def train_vae(
         return loss.item()
 
     vae.train()
-    run_steps(name="VAE", steps=cfg.steps, step_fn=step_fn, ckpt_dir=ckpt_dir, modules={"vae": vae}, opt=opt,
-              progress=progress)
+    run_steps(
+        name="VAE",
+        steps=cfg.steps,
+        step_fn=step_fn,
+        ckpt_dir=ckpt_dir,
+        modules={"vae": vae},
+        opt=opt,
+        progress=progress,
+    )
     vae.eval()
     with torch.no_grad():
         sample = x_all[: min(2048, len(x_all))].to(device)
-        lat = torch.cat([vae.encode(sample[i : i + 256]).latent_dist.mean for i in range(0, len(sample), 256)])
+        lat = torch.cat(
+            [vae.encode(sample[i : i + 256]).latent_dist.mean for i in range(0, len(sample), 256)]
+        )
     vae.register_to_config(scaling_factor=float(1.0 / lat.std()), shift_factor=None)
     vae.save_pretrained(str(out_dir))
     (out_dir / "train_config.json").write_text(json.dumps(asdict(cfg), indent=2))
@@ -93,8 +102,9 @@ def train_vae(
 
 
 @torch.no_grad()
-def encode_pool(vae: AutoencoderKL, images: np.ndarray, *, device: torch.device, batch: int = 256
-                ) -> tuple[torch.Tensor, torch.Tensor]:
+def encode_pool(
+    vae: AutoencoderKL, images: np.ndarray, *, device: torch.device, batch: int = 256
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Posterior mean and std (N, C, h, w) of uint8 images, *unscaled*."""
     x = to_float_images(images).mul_(2).sub_(1)
     means, stds = [], []
