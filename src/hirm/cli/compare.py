@@ -51,7 +51,7 @@ def compare_command(
         )
     settings = CanvasSettings.for_world(seeds=tuple(parse_seeds(seeds)))
     command = "hirm " + " ".join(shlex.quote(a) for a in sys.argv[1:])
-    table = run_compare(model, out=out, entries=entries, domain=domain, limit=limit, settings=settings,
+    table = run_compare(model, out=out, entries=entries, domain=domain, concepts=concept or None, limit=limit, settings=settings,
                         device=device, cache_dir=cache_dir, command=command, progress=not quiet)  # fmt: skip
     console.print(table.read_text())
 

@@ -101,6 +101,7 @@ def run_compare(
     out: str | os.PathLike,
     entries: Sequence[Entry] = tuple(ENTRIES.values()),
     domain: str = "all",
+    concepts: Sequence[str] | None = None,
     limit: int | None = None,
     settings: CanvasSettings | None = None,
     canvas: Canvas | None = None,
@@ -125,7 +126,7 @@ def run_compare(
     for entry in entries:
         run_sweep(
             model, out=out / entry.name, domain=domain, method="+".join(entry.methods), target=entry.target,
-            limit=limit, settings=settings, canvas=canvas, judges=judges, device=device, cache_dir=cache_dir,
+            concepts=concepts, limit=limit, settings=settings, canvas=canvas, judges=judges, device=device, cache_dir=cache_dir,
             erase_fn=make_erase(entry, canvas, device), progress=progress,
         )  # fmt: skip
     rows = table_rows(out, [e.name for e in entries])
