@@ -6,10 +6,10 @@ from pathlib import Path
 
 import pytest
 import torch
+from stand_ins import channel_judge
 
 from hirm.evaluation.canvas import CanvasSettings
 from hirm.evaluation.canvas_grid import Canvas
-from stand_ins import channel_judge
 
 STYLES = ("Van_Gogh", "Crayon")
 

@@ -24,6 +24,7 @@ def compare_command(
         help="Entries to compare (repeat); default all: hirm-r, hirm-s, naive, diffquickfix, uce, hirm+uce, esd-x, esd-u.",
     ),
     domain: str = typer.Option("all", help="style, object or all."),
+    concept: list[str] = typer.Option([], "--concept", help="Only these concepts (repeat; any spelling)."),
     limit: int | None = typer.Option(None, help="Only the first N concepts of the domain (smoke runs)."),
     seeds: str = typer.Option("188,288,588", help="Seeds of the grid (one image per prompt and seed)."),
     esd_steps: int | None = typer.Option(None, help="Override ESD's 1000 steps (the table states it)."),

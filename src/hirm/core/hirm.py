@@ -142,8 +142,10 @@ def erase_encoder(
     try:
         with torch.no_grad():
             reading_module(encoder, point)  # validates the reading point before any work
-            original_reads = read_representation(encoder, ids, point).float()  # (N + M, L, D)
-            seq_len, width = original_reads.shape[1:]
+            # Every reading site has the encoder's width; L is the padded prompt length.
+            seq_len, width = ids.shape[1], encoder.config.hidden_size
+            # Read-outs of the preserved prompts on the original encoder (M, L, D); none by default.
+            preserved = read_representation(encoder, ids[len(prompts) :], point).float() if config.preserve else None
             targets = torch.cat(
                 [
                     build_target(
@@ -157,7 +159,6 @@ def erase_encoder(
                     for c in concepts
                 ]
             ).to(device)[owners]  # (N, L, D)
-        preserved = original_reads[len(prompts) :]  # (M, L, D)
 
         encoder.requires_grad_(False)
         trained = [params[name] for name in names]
