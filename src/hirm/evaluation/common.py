@@ -262,3 +262,17 @@ def mean_std(values: Iterable[float | None]) -> dict[str, float | int | None]:
     mean = sum(vals) / len(vals)
     std = (sum((v - mean) ** 2 for v in vals) / len(vals)) ** 0.5
     return {"mean": mean, "std": std, "n": len(vals)}
+
+
+def world_sampler_settings() -> dict[str, Any]:
+    """The miniature world's sampler settings as settings-dataclass fields (steps, guidance, size, batch)."""
+    import hirm.world as world
+
+    gen = world.GENERATION_DEFAULTS
+    return {
+        "guidance_scale": float(gen["guidance_scale"]),
+        "num_inference_steps": int(gen["num_inference_steps"]),
+        "height": gen.get("height"),
+        "width": gen.get("width"),
+        "batch_size": 64,
+    }

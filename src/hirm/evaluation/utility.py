@@ -276,16 +276,9 @@ def evaluate_utility(
 
 
 def _world_settings() -> UtilitySettings:
-    import hirm.world as world
+    from hirm.evaluation.common import world_sampler_settings
 
-    gen = world.GENERATION_DEFAULTS
-    return UtilitySettings(
-        guidance_scale=float(gen["guidance_scale"]),
-        num_inference_steps=int(gen["num_inference_steps"]),
-        height=gen.get("height"),
-        width=gen.get("width"),
-        batch_size=64,
-    )
+    return UtilitySettings(**world_sampler_settings())
 
 
 def _is_main() -> bool:
