@@ -30,6 +30,10 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--method", default="hirm", help="Erasure method (default config).")
     parser.add_argument("--device", default="auto", help="'auto', 'cpu', 'cuda', ...")
     parser.add_argument("--batch-size", type=int, default=None, help="Images per generation batch.")
+    parser.add_argument(
+        "--precision", choices=("fp32", "bf16"), default="fp32", help="Sampling precision (bf16 = autocast)."
+    )
+    parser.add_argument("--steps", type=int, default=None, help="Sampler steps (default: the world's).")
     parser.add_argument("--no-heldout", action="store_true", help="Skip held-out and super-category prompts.")
     parser.add_argument("--out", type=Path, default=None, help="Sweep directory (default: a temporary one).")
     parser.add_argument(
@@ -50,7 +54,9 @@ def main() -> None:
 
     args = parse_args()
     seeds = tuple(int(s) for s in args.seeds.split(","))
-    overrides = {"seeds": seeds}
+    overrides = {"seeds": seeds, "precision": args.precision}
+    if args.steps:
+        overrides["num_inference_steps"] = args.steps
     if args.batch_size:
         overrides["batch_size"] = args.batch_size
     if args.no_heldout:
@@ -81,13 +87,17 @@ def main() -> None:
     n = len(records)
     print(
         f"\nMiniCanvas sweep: {n} concepts, seeds {list(seeds)}, method {args.method}, "
-        f"{state.num_processes} process(es), device {state.device}, torch {torch.__version__}"
+        f"{state.num_processes} process(es), device {state.device}, torch {torch.__version__}, "
+        f"{settings.num_inference_steps} sampler steps, precision {settings.precision}"
     )
     print(f"{'phase':<28}{'total s':>10}{'per concept s':>16}")
     print(f"{'original grid (once)':<28}{times['original'] or 0:>10.2f}{'':>16}")
     for phase in ("erase", "generate", "judge"):
         print(f"{phase:<28}{times[phase]:>10.2f}{times[phase] / max(n, 1):>16.3f}")
     print(f"{'wall clock (incl. loading)':<28}{wall:>10.2f}")
+    if args.limit is None and len(seeds) >= 3:
+        verdict = "met" if wall <= 20 * 60 else "missed"
+        print(f"goal (full sweep, >= 3 seeds, <= 20 min): {verdict}")
     print("\nmean ± std over concepts (%):")
     for domain, stats in manifest["aggregate"].items():
         cells = "  ".join(
@@ -105,6 +115,7 @@ def main() -> None:
                     "concepts": n,
                     "seeds": list(seeds),
                     "processes": state.num_processes,
+                    "settings": settings.to_dict(),
                     "aggregate": manifest["aggregate"],
                 },
                 indent=2,

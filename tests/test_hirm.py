@@ -17,7 +17,7 @@ from hirm.core.config import (
     ReadingPoint,
     reference_steering_coeff,
 )
-from hirm.core.encoder import named_parameters, read_representation, tokenize
+from hirm.core.encoder import frozen_linear_casts, named_parameters, read_representation, tokenize
 from hirm.core.hirm import erase_encoder, trainable_names
 from hirm.core.targets import random_target
 
@@ -170,6 +170,29 @@ def test_fp32_matches_a_plain_reference_loop_bit_for_bit(encoder, tokenizer):
     ref_params = named_parameters(reference)
     for key, value in patch.tensors.items():
         assert torch.equal(value, ref_params[key.split("/", 1)[1]].detach()), key
+
+
+def test_precast_frozen_linears_are_bit_identical_to_autocast(encoder, tokenizer):
+    """The bf16 speed-up casts frozen linear layers once; values and gradients equal autocast's own casts."""
+    names = trainable_names(encoder, HiRMConfig())
+    params = named_parameters(encoder)
+    encoder.requires_grad_(False)
+    for n in names:
+        params[n].requires_grad_(True)
+    ids = tokenize(tokenizer, ["Van Gogh", "a photo of a dog"])
+    casts = frozen_linear_casts(encoder, torch.bfloat16, set(names))
+    assert casts and all(v.dtype == torch.bfloat16 for v in casts.values())
+    assert not any(k.split("text_model.")[-1] in names for k in casts)
+    results = []
+    for overrides in (None, casts):
+        encoder.zero_grad(set_to_none=True)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            out = read_representation(encoder, ids, ReadingPoint(), overrides)
+        out.float().square().mean().backward()
+        results.append((out.detach(), [params[n].grad.clone() for n in names]))
+    assert torch.equal(results[0][0], results[1][0])
+    for a, b in zip(results[0][1], results[1][1], strict=True):
+        assert torch.equal(a, b)
 
 
 def test_hirm_s_moves_the_concept_to_the_super_category(encoder, tokenizer):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import torch
 import pytest
 
 import hirm
@@ -87,6 +88,22 @@ def test_per_image_seeds_do_not_depend_on_neighbours(sd_dir):
     with_other = generate_batch(pipe, [a, b])[0]
     # same seed -> same image up to float batching noise (uint8 quantisation: at most 1 level)
     assert np.abs(alone.astype(int) - with_other.astype(int)).max() <= 1
+
+
+def test_bf16_sampling_is_autocast_and_a_separate_group(sd_dir, tmp_path):
+    pipe = hirm.load_pipeline(str(sd_dir))
+    fp32 = Request("a cat", 7, 3.0, 2)
+    bf16 = Request("a cat", 7, 3.0, 2, precision="bf16")
+    a, b = generate_batch(pipe, [fp32])[0], generate_batch(pipe, [bf16])[0]
+    assert a.shape == b.shape and a.dtype == b.dtype == np.uint8
+    assert np.array_equal(generate_batch(pipe, [bf16])[0], b)  # deterministic
+    assert pipe.unet.dtype == torch.float32  # weights untouched
+    assert fp32.group() != bf16.group()
+    assert make_chunks([fp32, bf16], 8) == [[0], [1]]
+    cache = ImageCache(tmp_path, "m")
+    assert cache.path(fp32, {}) != cache.path(bf16, {})
+    with pytest.raises(ValueError, match="precision"):
+        Request("a cat", 7, 3.0, 2, precision="fp8")
 
 
 def test_chunks_are_fixed_and_grouped():

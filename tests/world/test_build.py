@@ -51,6 +51,36 @@ def test_rebuild_skips_done_stages(tiny_build: Path, capsys: pytest.CaptureFixtu
     assert capsys.readouterr().out.count("done, skipping") == 2
 
 
+def test_a_done_stage_built_with_other_settings_is_refused(tiny_build: Path) -> None:
+    from dataclasses import replace
+
+    from hirm.world.build import PRESETS
+
+    tiny = PRESETS["tiny"]
+    changed = replace(tiny, clip=replace(tiny.clip, steps=tiny.clip.steps + 1))
+    before = (tiny_build / "unet" / "DONE.json").read_text()
+    with pytest.raises(ValueError, match="other settings"):
+        build_world(tiny_build, seed=3, config=changed, progress=False, stages=("clip",))
+    with pytest.raises(ValueError, match="other settings"):  # the U-Net depends on the CLIP
+        build_world(tiny_build, seed=3, config=changed, progress=False, stages=("unet",))
+    assert (tiny_build / "unet" / "DONE.json").read_text() == before  # nothing touched
+
+
+def test_stale_checkpoints_of_other_settings_are_discarded(tmp_path: Path) -> None:
+    from hirm.world.build import _discard_stale_checkpoints
+
+    ckpt = tmp_path / "ckpt" / "vae"
+    ckpt.mkdir(parents=True)
+    (ckpt / "ckpt.json").write_text("{}")
+    _discard_stale_checkpoints(tmp_path, "vae", "aaaa")  # unknown origin: discarded
+    assert not ckpt.exists()
+    ckpt.mkdir()
+    _discard_stale_checkpoints(tmp_path, "vae", "aaaa")  # same settings: kept
+    assert ckpt.exists()
+    _discard_stale_checkpoints(tmp_path, "vae", "bbbb")
+    assert not ckpt.exists()
+
+
 def _toy_run(ckpt: Path, *, interrupt_at: int | None) -> torch.nn.Module:
     from hirm.world._train import run_steps, step_rng
 

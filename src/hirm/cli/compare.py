@@ -28,14 +28,15 @@ def compare_command(
     limit: int | None = typer.Option(None, help="Only the first N concepts of the domain (smoke runs)."),
     seeds: str = typer.Option("188,288,588", help="Seeds of the grid (one image per prompt and seed)."),
     esd_steps: int | None = typer.Option(None, help="Override ESD's 1000 steps (the table states it)."),
+    precision: str = typer.Option(
+        "fp32", help="Sampling precision: fp32, or bf16 (bfloat16 autocast; ~2x faster on CPUs with AMX)."
+    ),
     model: str = typer.Option("minicanvas", "--model", "-m", help=MODEL_HELP),
     device: str = typer.Option("cpu", help="torch device."),
     cache_dir: Path | None = typer.Option(None, help="Image cache for the original model's grid."),
     quiet: bool = typer.Option(False, help="No progress bars."),
 ) -> None:
     """Run every method on the world's styles and objects and write compare.md + compare.csv."""
-    from dataclasses import replace
-
     from hirm.evaluation.canvas import CanvasSettings
     from hirm.evaluation.compare import ENTRIES, run_compare
 
@@ -44,17 +45,35 @@ def compare_command(
         raise ValueError(f"Unknown entries {unknown}; choose from {list(ENTRIES)}.")
     entries = [ENTRIES[m] for m in (method or ENTRIES)]
     if esd_steps is not None:
-        entries = [replace(e, overrides={m: {"steps": esd_steps} for m in e.methods if m.startswith("esd")}) if any(
-            m.startswith("esd") for m in e.methods) else e for e in entries]  # fmt: skip
+        entries = [_with_esd_steps(e, esd_steps) for e in entries]
     if model != "minicanvas":
         raise ValueError(
             "compare runs on the miniature world (its judges); use the Python API for other pipelines."
         )
-    settings = CanvasSettings.for_world(seeds=tuple(parse_seeds(seeds)))
+    settings = CanvasSettings.for_world(seeds=tuple(parse_seeds(seeds)), precision=precision)
     command = "hirm " + " ".join(shlex.quote(a) for a in sys.argv[1:])
-    table = run_compare(model, out=out, entries=entries, domain=domain, concepts=concept or None, limit=limit, settings=settings,
-                        device=device, cache_dir=cache_dir, command=command, progress=not quiet)  # fmt: skip
+    table = run_compare(
+        model,
+        out=out,
+        entries=entries,
+        domain=domain,
+        concepts=concept or None,
+        limit=limit,
+        settings=settings,
+        device=device,
+        cache_dir=cache_dir,
+        command=command,
+        progress=not quiet,
+    )
     console.print(table.read_text())
+
+
+def _with_esd_steps(entry, steps: int):
+    """``entry`` with every ESD method's step count replaced (other methods unchanged)."""
+    from dataclasses import replace
+
+    esd = [m for m in entry.methods if m.startswith("esd")]
+    return replace(entry, overrides={m: {"steps": steps} for m in esd}) if esd else entry
 
 
 def register(app: typer.Typer) -> None:

@@ -41,6 +41,13 @@ Height = Annotated[
 Width = Annotated[
     int | None, typer.Option("--width", help="Image width (default: protocol / pipeline default).")
 ]
+Precision = Annotated[
+    str,
+    typer.Option(
+        "--precision",
+        help="Sampling precision: fp32, or bf16 (bfloat16 autocast; ~2x faster on CPUs with BF16/AMX).",
+    ),
+]
 Batch = Annotated[
     int | None,
     typer.Option(
@@ -113,6 +120,7 @@ def canvas_settings(
     width: int | None,
     batch_size: int | None,
     samples: int | None = None,
+    precision: str = "fp32",
 ):
     from dataclasses import replace
 
@@ -130,6 +138,7 @@ def canvas_settings(
         "width": width,
         "batch_size": batch_size,
         "samples": samples,
+        "precision": precision,
     }
     return replace(base, **{k: v for k, v in overrides.items() if v is not None})
 
@@ -177,6 +186,7 @@ def canvas_command(
     height: Height = None,
     width: Width = None,
     batch_size: Batch = None,
+    precision: Precision = "fp32",
     no_baseline: Annotated[
         bool, typer.Option("--no-baseline", help="Do not evaluate the original model alongside.")
     ] = False,
@@ -200,6 +210,7 @@ def canvas_command(
         height=height,
         width=width,
         batch_size=batch_size,
+        precision=precision,
     )
     result = evaluate_canvas(
         model,

@@ -16,6 +16,7 @@ from hirm.cli.eval import (
     Model,
     NoCache,
     Overwrite,
+    Precision,
     Quiet,
     Seeds,
     Steps,
@@ -66,6 +67,7 @@ def sweep_command(
     height: Height = None,
     width: Width = None,
     batch_size: Batch = None,
+    precision: Precision = "fp32",
     save_patches: Annotated[
         bool,
         typer.Option(
@@ -92,6 +94,7 @@ def sweep_command(
         height=height,
         width=width,
         batch_size=batch_size,
+        precision=precision,
     )
     manifest = run_sweep(
         model,

@@ -88,11 +88,23 @@ def early_exit(module: nn.Module) -> Iterator[dict[str, Tensor]]:
         handle.remove()
 
 
-def read_representation(encoder: nn.Module, input_ids: Tensor, point: ReadingPoint) -> Tensor:
-    """Representation at ``point`` for ``input_ids`` (B, L) -> (B, L, D). Differentiable."""
+def read_representation(
+    encoder: nn.Module,
+    input_ids: Tensor,
+    point: ReadingPoint,
+    overrides: dict[str, Tensor] | None = None,
+) -> Tensor:
+    """Representation at ``point`` for ``input_ids`` (B, L) -> (B, L, D). Differentiable.
+
+    ``overrides`` (the encoder's own parameter names -> tensors) replaces those parameters for this call
+    only (``torch.func.functional_call``); see :func:`frozen_linear_casts`.
+    """
     with early_exit(reading_module(encoder, point)) as store:
         try:
-            encoder(input_ids=input_ids)
+            if overrides:
+                torch.func.functional_call(encoder, overrides, args=(), kwargs={"input_ids": input_ids})
+            else:
+                encoder(input_ids=input_ids)
         except _StopForward:
             pass
     if "out" not in store:
@@ -118,3 +130,22 @@ def tokenize(
             )
     ids = tokenizer(prompts, padding="max_length", max_length=max_len, truncation=True, return_tensors="pt")
     return ids["input_ids"].to(device)
+
+
+def frozen_linear_casts(encoder: nn.Module, dtype: torch.dtype, trainable: set[str]) -> dict[str, Tensor]:
+    """``dtype`` copies of the weights and biases of every ``nn.Linear`` none of whose parameters train.
+
+    Autocast casts each linear layer's float32 weight to its compute dtype on every call; for frozen
+    layers that is the same cast on every optimizer step. Casting them once and passing the copies as
+    ``overrides`` to :func:`read_representation` gives bit-identical results without the repeated cast.
+    Keys are the encoder's own parameter names (not canonical names). ``trainable`` holds canonical names.
+    """
+    casts: dict[str, Tensor] = {}
+    for module_name, module in encoder.named_modules():
+        if not isinstance(module, nn.Linear):
+            continue
+        names = {f"{module_name}.{k}": v for k, v in module.named_parameters(recurse=False)}
+        if any(canonical_name(n) in trainable for n in names):
+            continue
+        casts.update({n: v.detach().to(dtype) for n, v in names.items()})
+    return casts

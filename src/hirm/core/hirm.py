@@ -24,7 +24,14 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from hirm.core.config import Concept, HiRMConfig
-from hirm.core.encoder import layers, named_parameters, read_representation, reading_module, tokenize
+from hirm.core.encoder import (
+    frozen_linear_casts,
+    layers,
+    named_parameters,
+    read_representation,
+    reading_module,
+    tokenize,
+)
 from hirm.core.patch import Patch, make_patch, merge_patches
 from hirm.core.registry import MethodSpec, register
 from hirm.core.targets import build_target
@@ -145,7 +152,9 @@ def erase_encoder(
             # Every reading site has the encoder's width; L is the padded prompt length.
             seq_len, width = ids.shape[1], encoder.config.hidden_size
             # Read-outs of the preserved prompts on the original encoder (M, L, D); none by default.
-            preserved = read_representation(encoder, ids[len(prompts) :], point).float() if config.preserve else None
+            preserved = (
+                read_representation(encoder, ids[len(prompts) :], point).float() if config.preserve else None
+            )
             targets = torch.cat(
                 [
                     build_target(
@@ -165,15 +174,27 @@ def erase_encoder(
         for p in trained:
             p.requires_grad_(True)
         torch.manual_seed(config.seed)
+        # With autocast the fused AdamW kernel (same update rule, one pass over the tensors) is used;
+        # in float32 the default implementation keeps the loop bit-identical to the reference code.
         optimizer = torch.optim.AdamW(
-            trained, lr=lr, betas=config.betas, eps=config.eps, weight_decay=config.weight_decay
+            trained,
+            lr=lr,
+            betas=config.betas,
+            eps=config.eps,
+            weight_decay=config.weight_decay,
+            fused=True if autocast_dtype is not None and device.type in ("cpu", "cuda") else None,
+        )
+
+        # Frozen linear layers cast once to the autocast dtype (bit-identical to autocast's per-call cast).
+        casts = (
+            frozen_linear_casts(encoder, autocast_dtype, set(names)) if autocast_dtype is not None else None
         )
 
         def objective() -> Tensor:
             with torch.autocast(
                 device.type, dtype=autocast_dtype or torch.float32, enabled=autocast_dtype is not None
             ):
-                reads = read_representation(encoder, ids, point)
+                reads = read_representation(encoder, ids, point, casts)
             reads = reads.float()
             loss = nn.functional.mse_loss(reads[: len(prompts)], targets)
             if config.preserve_weight > 0:

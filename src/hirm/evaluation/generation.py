@@ -56,6 +56,10 @@ def default_cache_dir() -> Path:
     return base / "hirm" / "images"
 
 
+PRECISIONS: tuple[str, ...] = ("fp32", "bf16")
+"""Sampling precision: the pipeline's own dtype, or bfloat16 autocast around it (weights unchanged)."""
+
+
 @dataclass(frozen=True)
 class Request:
     """One image: prompt, seed and sampler settings (``None`` = the pipeline's default)."""
@@ -67,6 +71,11 @@ class Request:
     height: int | None = None
     width: int | None = None
     negative_prompt: str | None = None
+    precision: str = "fp32"
+
+    def __post_init__(self) -> None:
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}.")
 
     def group(self) -> tuple:
         return (
@@ -75,6 +84,7 @@ class Request:
             self.height,
             self.width,
             self.negative_prompt is None,
+            self.precision,
         )
 
 
@@ -176,7 +186,10 @@ def generate_batch(pipe: Any, requests: Sequence[Request]) -> np.ndarray:
         kwargs["height"], kwargs["width"] = first.height, first.width
     if first.negative_prompt is not None:
         kwargs["negative_prompt"] = [r.negative_prompt or "" for r in requests]
-    return _to_uint8(pipe(**kwargs).images)
+    device_type = getattr(getattr(pipe, "device", None), "type", "cpu")
+    with torch.autocast(device_type, dtype=torch.bfloat16, enabled=first.precision == "bf16"):
+        images = pipe(**kwargs).images
+    return _to_uint8(images)
 
 
 def make_chunks(requests: Sequence[Request], batch_size: int) -> list[list[int]]:

@@ -83,6 +83,44 @@ PRESETS: dict[str, BuildConfig] = {
 }
 
 
+# What each stage's result depends on: its own config fields and the stages it reads.
+STAGE_INPUTS: dict[str, tuple[str, ...]] = {
+    "data": ("pool_per_pair",),
+    "tokenizer": ("max_merges",),
+    "clip": ("clip",),
+    "judges": ("style_judge", "object_judge", "fresh_per_pair"),
+    "vae": ("vae",),
+    "unet": ("unet", "text_cache"),
+    "assemble": (),
+}
+STAGE_DEPS: dict[str, tuple[str, ...]] = {
+    "data": (),
+    "tokenizer": (),
+    "clip": ("data", "tokenizer"),
+    "judges": ("data",),
+    "vae": ("data",),
+    "unet": ("data", "tokenizer", "clip", "vae"),
+    "assemble": ("data", "tokenizer", "clip", "judges", "vae", "unet"),
+}
+# Checkpoint paths under DIR/ckpt/ that belong to each stage (resumable scratch).
+STAGE_CKPTS: dict[str, tuple[str, ...]] = {
+    "clip": ("clip", "clip_vision"),
+    "judges": ("judge_style", "judge_object"),
+    "vae": ("vae",),
+    "unet": ("unet", "text_cache.safetensors"),
+}
+
+
+def stage_digest(name: str, cfg: BuildConfig, seed: int) -> str:
+    """A short hash of everything that decides stage ``name``'s output (its settings, its inputs', seed)."""
+    import hashlib
+
+    own = {k: asdict(cfg)[k] for k in STAGE_INPUTS[name]}
+    deps = {d: stage_digest(d, cfg, seed) for d in STAGE_DEPS[name]}
+    payload = json.dumps({"seed": seed, "stage": name, "own": own, "deps": deps}, sort_keys=True)
+    return hashlib.sha256(payload.encode()).hexdigest()[:16]
+
+
 def _done(stage_dir: Path) -> dict | None:
     f = stage_dir / "DONE.json"
     return json.loads(f.read_text()) if f.exists() else None
@@ -339,18 +377,49 @@ def build_world(
     for name in stages or STAGES:
         if name not in STAGE_FNS:
             raise ValueError(f"unknown stage {name!r}; stages: {', '.join(STAGES)}")
-        if _done(out / name) is not None and name != "assemble":
+        digest = stage_digest(name, cfg, seed)
+        done = _done(out / name)
+        if done is not None and name != "assemble":
+            if done.get("digest") != digest:
+                raise ValueError(
+                    f"Stage {name!r} in {out} was built with other settings (or by an older version). "
+                    f"Remove {out / name} and its checkpoints under {out / 'ckpt'} to rebuild it (and the "
+                    "stages that depend on it), or use a fresh --out directory."
+                )
             print(f"[world] stage {name}: done, skipping", flush=True)
             continue
+        _discard_stale_checkpoints(out, name, digest)
         print(f"[world] stage {name}: running", flush=True)
         t0, c0 = time.time(), time.process_time()
         info = STAGE_FNS[name](out, cfg, seed, dev, progress)
-        info.update(wall_s=round(time.time() - t0, 1), cpu_s=round(time.process_time() - c0, 1))
+        info.update(
+            wall_s=round(time.time() - t0, 1), cpu_s=round(time.process_time() - c0, 1), digest=digest
+        )
         _mark_done(out / name, info)
         print(f"[world] stage {name}: {json.dumps(info)}", flush=True)
     if install:
         install_assets(out / "assets")
     return out / "assets"
+
+
+def _discard_stale_checkpoints(out: Path, name: str, digest: str) -> None:
+    """Checkpoints left by an interrupted run with other settings cannot be resumed: remove them."""
+    marker = out / "ckpt" / f"{name}.digest"
+    paths = [out / "ckpt" / p for p in STAGE_CKPTS.get(name, ())]
+    if (
+        marker.exists()
+        and marker.read_text().strip() != digest
+        or not marker.exists()
+        and any(p.exists() for p in paths)
+    ):
+        print(f"[world] stage {name}: discarding checkpoints made with other settings", flush=True)
+        for p in paths:
+            if p.is_dir():
+                shutil.rmtree(p)
+            elif p.exists():
+                p.unlink()
+    marker.parent.mkdir(parents=True, exist_ok=True)
+    marker.write_text(digest)
 
 
 def install_assets(src: Path, dst: Path = PACKAGE_ASSETS) -> None:

@@ -3,7 +3,9 @@
 Images enter the vision tower as ``pixel_values = 2 * image - 1`` (image in [0, 1], 32x32); no image
 processor is needed. Captions are tokenised with the stage-1 tokenizer. Because a caption may name only
 the style, only the object, or a super-category, a batch holds many true positives per caption; the loss
-is the symmetric InfoNCE with *soft* targets spread uniformly over all compatible pairs.
+is the symmetric InfoNCE with *soft* targets spread uniformly over all compatible pairs. A second term
+with the same targets contrasts each caption with the canonical captions of the batch's images
+(:func:`text_anchor_loss`), so that the text tower encodes objects as distinctly as styles.
 """
 
 from __future__ import annotations
@@ -34,8 +36,9 @@ class ClipTrainConfig:
     patch_size: int = 8
     projection_dim: int = 128
     batch_size: int = 128
-    steps: int = 500
+    steps: int = 1000
     lr: float = 1e-3
+    text_anchor_weight: float = 1.0
     warmup: int = 50
     weight_decay: float = 0.05
     vision_steps: int = 800
@@ -120,6 +123,10 @@ def train_clip(
         ids = tokenize(tokenizer, [c for c, _ in caps]).to(device)
         out = model(input_ids=ids, pixel_values=pixels_all[idx].to(device))
         loss = soft_clip_loss(out.logits_per_text, target)
+        if cfg.text_anchor_weight > 0:
+            loss = loss + cfg.text_anchor_weight * text_anchor_loss(
+                model, tokenizer, out.text_embeds, s, o, target
+            )
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -155,6 +162,31 @@ def train_clip(
     model.save_pretrained(str(out_dir))
     (out_dir / "train_config.json").write_text(__import__("json").dumps(asdict(cfg), indent=2))
     return model
+
+
+def text_anchor_loss(
+    model: CLIPModel,
+    tokenizer,
+    text_embeds: torch.Tensor,
+    style_idx: np.ndarray,
+    object_idx: np.ndarray,
+    target: torch.Tensor,
+) -> torch.Tensor:
+    """Caption-to-caption contrastive term: each sampled caption against the canonical caption
+    (``CANVAS_TEMPLATE``) of every image in the batch, with the same soft targets as the image side.
+
+    The small vision tower learns silhouettes much more slowly than palettes and textures, so with the
+    image-caption loss alone the text tower learns to ignore object words (in the last hidden state,
+    objects explained ~7% of the variance across the 120 canonical prompts, styles ~98%). This term
+    lets the text tower separate objects from the start; the image side then aligns to it.
+    """
+    anchors = [
+        make_prompt(CANVAS_TEMPLATE, style=STYLES[int(a)], object=OBJECTS[int(b)])
+        for a, b in zip(style_idx, object_idx, strict=True)
+    ]
+    ids = tokenize(tokenizer, anchors).to(text_embeds.device)
+    anchor = F.normalize(model.text_projection(model.text_model(input_ids=ids).pooler_output), dim=-1)
+    return soft_clip_loss(model.logit_scale.exp() * text_embeds @ anchor.T, target)
 
 
 def soft_clip_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
