@@ -24,7 +24,11 @@ def model():
 
 
 def _prompts(obj: str) -> list[str]:
-    return [world.make_prompt(t, style=s, object=obj) for t in world.HELDOUT_TEMPLATES[:4] for s in ("Pastel", "Rust")]
+    return [
+        world.make_prompt(t, style=s, object=obj)
+        for t in world.HELDOUT_TEMPLATES[:4]
+        for s in ("Pastel", "Rust")
+    ]
 
 
 def _reads(encoder, tokenizer, prompts, point):
@@ -70,7 +74,12 @@ def test_erased_object_is_no_longer_generated_but_others_are(model):
     seeds = list(range(8))
     accuracy = {}
     for name, pipe in (("original", original), ("erased", erased)):
-        images = generate(pipe, ["A Cats image in Pastel style.", "A Horses image in Pastel style."], seeds, **world.GENERATION_DEFAULTS)
+        images = generate(
+            pipe,
+            ["A Cats image in Pastel style.", "A Horses image in Pastel style."],
+            seeds,
+            **world.GENERATION_DEFAULTS,
+        )
         probs = judges["object"](torch.from_numpy(images).permute(0, 3, 1, 2).float() / 255)
         labels = np.array(judges["object"].classes)[probs.argmax(-1).numpy()]
         accuracy[name] = ((labels[: len(seeds)] == "Cats").mean(), (labels[len(seeds) :] == "Horses").mean())

@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 
 import numpy as np
-import torch
 import pytest
+import torch
 
 import hirm
 from hirm.core.patch import Patch
