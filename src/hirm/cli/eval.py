@@ -70,6 +70,23 @@ Seeds = Annotated[
     ),
 ]
 Limit = Annotated[int | None, typer.Option("--limit", help="Only the first N prompts.")]
+Template = Annotated[
+    list[str] | None,
+    typer.Option("--template", help="Grid template with {style} and {object} (repeatable)."),
+]
+NoHeldout = Annotated[bool, typer.Option("--no-heldout", help="Skip the held-out templates.")]
+NoSuper = Annotated[bool, typer.Option("--no-super", help="Skip the super-category prompts.")]
+
+
+def row_seed_option(missing: str) -> Any:
+    """The ``--seed`` option of a prompt-CSV command; ``missing`` names the CSV column it stands in for."""
+    return Annotated[
+        int, typer.Option("--seed", help=f"Seed of row i is seed + i when the CSV has no {missing}.")
+    ]
+
+
+NuditySeed = row_seed_option("seed column")
+UtilitySeed = row_seed_option("evaluation_seed")
 
 
 def fail_on_errors(fn):
@@ -167,10 +184,7 @@ def canvas_command(
     overwrite: Overwrite = False,
     device: Device = "auto",
     seeds: Seeds = None,
-    template: Annotated[
-        list[str] | None,
-        typer.Option("--template", help="Grid template with {style} and {object} (repeatable)."),
-    ] = None,
+    template: Template = None,
     heldout_template: Annotated[
         list[str] | None,
         typer.Option("--heldout-template", help="Held-out template (repeatable; default: the world's)."),
@@ -179,8 +193,8 @@ def canvas_command(
         list[str] | None,
         typer.Option("--super-template", help="Template with a super-category word (repeatable)."),
     ] = None,
-    no_heldout: Annotated[bool, typer.Option("--no-heldout", help="Skip the held-out templates.")] = False,
-    no_super: Annotated[bool, typer.Option("--no-super", help="Skip the super-category prompts.")] = False,
+    no_heldout: NoHeldout = False,
+    no_super: NoSuper = False,
     steps: Steps = None,
     guidance: Guidance = None,
     height: Height = None,
@@ -270,9 +284,7 @@ def nudity_command(
     out: Out = None,
     overwrite: Overwrite = False,
     device: Device = "auto",
-    seed: Annotated[
-        int, typer.Option("--seed", help="Seed of row i is seed + i when the CSV has no seed column.")
-    ] = 0,
+    seed: NuditySeed = 0,
     steps: Steps = None,
     guidance: Guidance = None,
     height: Height = None,
@@ -329,9 +341,7 @@ def utility_command(
     out: Out = None,
     overwrite: Overwrite = False,
     device: Device = "auto",
-    seed: Annotated[
-        int, typer.Option("--seed", help="Seed of row i is seed + i when the CSV has no evaluation_seed.")
-    ] = 0,
+    seed: UtilitySeed = 0,
     steps: Steps = None,
     guidance: Guidance = None,
     height: Height = None,

@@ -19,14 +19,14 @@ import json
 import os
 import sys
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from hirm._version import __version__
-from hirm.io import write_atomic
+from hirm.io import check_writable, write_atomic
 
 RESULT_FILE = "result.json"
 
@@ -106,6 +106,34 @@ def run_metadata(
     }
 
 
+def prompt_result(
+    kind: str,
+    model: str | os.PathLike,
+    model_path: str | os.PathLike | None,
+    patches: Sequence[Mapping[str, Any]],
+    settings: Any,
+    prompts_path: str | os.PathLike,
+    rows: Sequence[PromptRow],
+    recorded: Mapping[str, Any],
+) -> dict[str, Any]:
+    """The opening of a prompt-CSV result (nudity, utility): kind, ``complete``, ``meta`` and the prompt file.
+
+    ``meta.settings`` is the settings dataclass, the prompt file and ``recorded`` (detector, CLIP, scheduler, ...).
+    """
+    return {
+        "kind": kind,
+        "complete": True,
+        "meta": run_metadata(
+            model=str(model),
+            model_path=model_path,
+            patches=patches,
+            settings={**asdict(settings), "prompts": str(prompts_path), **recorded},
+            seeds=sorted({r.seed for r in rows}),
+        ),
+        "prompts": str(prompts_path),
+    }
+
+
 def to_jsonable(value: Any) -> Any:
     """Tuples -> lists, numpy/torch scalars -> floats, paths -> strings (recursively)."""
     if isinstance(value, Mapping):
@@ -127,6 +155,14 @@ def write_json(path: str | os.PathLike, data: Any, *, overwrite: bool = False) -
     """Write ``data`` as JSON atomically (refuses to replace an existing file without ``overwrite``)."""
     text = dump_json(data)
     return write_atomic(path, lambda tmp: tmp.write_text(text, encoding="utf-8"), overwrite=overwrite)
+
+
+def write_result(out: str | os.PathLike | None, result: Any, *, overwrite: bool = False) -> None:
+    """Write ``result`` to ``out`` (when given) from the main process only, as :func:`write_json` does."""
+    from hirm.evaluation.generation import distributed_state
+
+    if out is not None and distributed_state().is_main_process:
+        write_json(out, result, overwrite=overwrite)
 
 
 def read_result(path: str | os.PathLike) -> dict[str, Any]:
@@ -243,6 +279,32 @@ def package_data(name: str) -> Path:
     if not path.is_file():
         raise EvaluationInputError(f"Package data file {name!r} is missing from {path.parent}.")
     return path
+
+
+def prepare_prompt_run(
+    settings: Any,
+    settings_type: type,
+    model: str | os.PathLike,
+    prompts: str | os.PathLike | None,
+    default_prompts: str,
+    *,
+    out: str | os.PathLike | None,
+    overwrite: bool,
+) -> tuple[Any, Path]:
+    """The start of a prompt-CSV evaluation (nudity, utility): its settings and prompt file.
+
+    ``settings=None``: ``settings_type`` with the world's sampler settings for 'minicanvas', else its
+    defaults. Refuses an existing ``out`` (without ``overwrite``) before any work. ``prompts=None``: the
+    package's ``default_prompts`` file.
+    """
+    if settings is None:
+        settings = (
+            settings_type(**world_sampler_settings()) if str(model) == "minicanvas" else settings_type()
+        )
+    if out is not None:
+        check_writable(out, overwrite=overwrite)
+    prompts_path = Path(prompts) if prompts is not None else package_data(default_prompts)
+    return settings, prompts_path
 
 
 def resolve_device(device: str | torch.device | None) -> torch.device:

@@ -14,7 +14,6 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
-from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
@@ -23,11 +22,11 @@ import torch
 from hirm.evaluation.common import (
     EvaluationInputError,
     PromptRow,
-    package_data,
+    prepare_prompt_run,
+    prompt_result,
     read_prompt_csv,
     resolve_device,
-    run_metadata,
-    write_json,
+    write_result,
 )
 from hirm.evaluation.generation import Request, run_generation, scheduler_signature
 from hirm.evaluation.metrics import NUDE_CLASSES, NUDE_THRESHOLD, nudity_flags
@@ -169,13 +168,10 @@ def evaluate_nudity(
     process. ``detector``: anything with ``detect_batch`` (default: :class:`NudeNetDetector`).
     """
     from hirm.evaluation.canvas import load_patches, open_model, patched
-    from hirm.io import check_writable
 
-    if settings is None:
-        settings = _world_settings() if str(model) == "minicanvas" else NuditySettings()
-    if out is not None:
-        check_writable(out, overwrite=overwrite)
-    prompts_path = Path(prompts) if prompts is not None else package_data(DEFAULT_PROMPTS)
+    settings, prompts_path = prepare_prompt_run(
+        settings, NuditySettings, model, prompts, DEFAULT_PROMPTS, out=out, overwrite=overwrite
+    )
     rows = read_prompt_csv(
         prompts_path,
         prompt_column=settings.prompt_column,
@@ -203,37 +199,14 @@ def evaluate_nudity(
             progress=progress,
             desc="nudity",
         )
+    recorded = {
+        "detector": getattr(detector, "model", type(detector).__name__),
+        "scheduler": scheduler_signature(pipe),
+    }
     result = {
-        "kind": "nudity",
-        "complete": True,
-        "meta": run_metadata(
-            model=str(model),
-            model_path=model_path,
-            patches=info,
-            settings={
-                **asdict(settings),
-                "prompts": str(prompts_path),
-                "detector": getattr(detector, "model", type(detector).__name__),
-                "scheduler": scheduler_signature(pipe),
-            },
-            seeds=sorted({r.seed for r in rows}),
-        ),
-        "prompts": str(prompts_path),
+        **prompt_result("nudity", model, model_path, info, settings, prompts_path, rows, recorded),
         **nudity_report(rows, detections, settings),
         "timing": asdict(timing),
     }
-    if out is not None and _is_main():
-        write_json(out, result, overwrite=overwrite)
+    write_result(out, result, overwrite=overwrite)
     return result
-
-
-def _world_settings() -> NuditySettings:
-    from hirm.evaluation.common import world_sampler_settings
-
-    return NuditySettings(**world_sampler_settings())
-
-
-def _is_main() -> bool:
-    from hirm.evaluation.generation import distributed_state
-
-    return distributed_state().is_main_process

@@ -27,11 +27,11 @@ import torch.nn.functional as F
 
 from hirm.evaluation.common import (
     EvaluationInputError,
-    package_data,
+    prepare_prompt_run,
+    prompt_result,
     read_prompt_csv,
     resolve_device,
-    run_metadata,
-    write_json,
+    write_result,
 )
 from hirm.evaluation.generation import Request, cache_extra, run_generation
 from hirm.evaluation.judges import to_float_images
@@ -175,13 +175,10 @@ def evaluate_utility(
 ) -> dict[str, Any]:
     """CLIP score of the erased model and its Fréchet distance to the original (see the module docstring)."""
     from hirm.evaluation.canvas import load_patches, make_cache, open_model, patched
-    from hirm.io import check_writable
 
-    if settings is None:
-        settings = _world_settings() if str(model) == "minicanvas" else UtilitySettings()
-    if out is not None:
-        check_writable(out, overwrite=overwrite)
-    prompts_path = Path(prompts) if prompts is not None else package_data(DEFAULT_PROMPTS)
+    settings, prompts_path = prepare_prompt_run(
+        settings, UtilitySettings, model, prompts, DEFAULT_PROMPTS, out=out, overwrite=overwrite
+    )
     rows = read_prompt_csv(
         prompts_path,
         seed_column="evaluation_seed",
@@ -236,22 +233,9 @@ def evaluate_utility(
     text = torch.from_numpy(scorer.text_features([r.prompt for r in rows]))
     feats = {"original": torch.from_numpy(np.stack(original)), "erased": torch.from_numpy(np.stack(erased))}
     cos = {k: clip_scores(v, text) for k, v in feats.items()}
+    recorded = {"clip": scorer.name, "scheduler": extra["scheduler"]}
     result = {
-        "kind": "utility",
-        "complete": True,
-        "meta": run_metadata(
-            model=str(model),
-            model_path=model_path,
-            patches=info,
-            settings={
-                **asdict(settings),
-                "prompts": str(prompts_path),
-                "clip": scorer.name,
-                "scheduler": extra["scheduler"],
-            },
-            seeds=sorted({r.seed for r in rows}),
-        ),
-        "prompts": str(prompts_path),
+        **prompt_result("utility", model, model_path, info, settings, prompts_path, rows, recorded),
         "clip_model": scorer.name,
         "features": "CLIP image embeddings (projection output)",
         "n_prompts": len(rows),
@@ -270,18 +254,5 @@ def evaluate_utility(
         ],
         "timing": {"original": asdict(t_orig), "erased": asdict(t_erased)},
     }
-    if out is not None and _is_main():
-        write_json(out, result, overwrite=overwrite)
+    write_result(out, result, overwrite=overwrite)
     return result
-
-
-def _world_settings() -> UtilitySettings:
-    from hirm.evaluation.common import world_sampler_settings
-
-    return UtilitySettings(**world_sampler_settings())
-
-
-def _is_main() -> bool:
-    from hirm.evaluation.generation import distributed_state
-
-    return distributed_state().is_main_process
