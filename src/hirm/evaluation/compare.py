@@ -125,10 +125,21 @@ def run_compare(
     out.mkdir(parents=True, exist_ok=True)
     for entry in entries:
         run_sweep(
-            model, out=out / entry.name, domain=domain, method="+".join(entry.methods), target=entry.target,
-            concepts=concepts, limit=limit, settings=settings, canvas=canvas, judges=judges, device=device, cache_dir=cache_dir,
-            erase_fn=make_erase(entry, canvas, device), progress=progress,
-        )  # fmt: skip
+            model,
+            out=out / entry.name,
+            domain=domain,
+            method="+".join(entry.methods),
+            target=entry.target,
+            concepts=concepts,
+            limit=limit,
+            settings=settings,
+            canvas=canvas,
+            judges=judges,
+            device=device,
+            cache_dir=cache_dir,
+            erase_fn=make_erase(entry, canvas, device),
+            progress=progress,
+        )
     rows = table_rows(out, [e.name for e in entries])
     write_tables(out, rows, command=command, settings=settings)
     return out / "compare.md"
@@ -147,6 +158,7 @@ def table_rows(out: Path, names: Sequence[str]) -> list[dict[str, Any]]:
                 "method": name,
                 "domain": domain,
                 "concepts": len(chosen),
+                "names": [r["concept"] for r in chosen],
                 "complete": manifest["complete"],
             }
             for metric in METRICS:
@@ -180,8 +192,14 @@ def write_tables(
     ]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for r in rows:
-        cells = [r["method"], r["domain"], *(_pm(r[m]) for m in METRICS), _pm(r["seconds"], 1.0, 2),
-                 f"{r['parameters']:,}", f"{r['concepts']}{'' if r['complete'] else ' (incomplete)'}"]  # fmt: skip
+        cells = [
+            r["method"],
+            r["domain"],
+            *(_pm(r[m]) for m in METRICS),
+            _pm(r["seconds"], 1.0, 2),
+            f"{r['parameters']:,}",
+            f"{r['concepts']}{'' if r['complete'] else ' (incomplete)'}",
+        ]
         lines.append("| " + " | ".join(cells) + " |")
     best = _best_notes(rows)
     machine = f"{platform.machine()} CPU, {torch.get_num_threads()} torch threads, torch {torch.__version__}"
@@ -196,6 +214,7 @@ def write_tables(
             "",
             *best,
             "",
+            *_concept_lines(rows),
             f"- command: `{command}`" if command else "",
             f"- settings: {settings.to_dict() if settings else 'world defaults'}",
             f"- machine: {machine}; date {now_iso()}",
@@ -206,15 +225,29 @@ def write_tables(
     )
     buffer = io.StringIO()
     writer = csv.writer(buffer)
-    writer.writerow(["method", "domain", "concepts", "complete", *(f"{m}_{s}" for m in METRICS for s in ("mean", "std")),
-                     "seconds_mean", "seconds_std", "parameters"])  # fmt: skip
+    stats = [f"{m}_{s}" for m in METRICS for s in ("mean", "std")]
+    writer.writerow(
+        ["method", "domain", "concepts", "complete", *stats, "seconds_mean", "seconds_std", "parameters"]
+    )
     for r in rows:
-        writer.writerow([r["method"], r["domain"], r["concepts"], r["complete"],
-                         *(r[m].get(s) for m in METRICS for s in ("mean", "std")),
-                         r["seconds"]["mean"], r["seconds"]["std"], r["parameters"]])  # fmt: skip
+        values = [r[m].get(s) for m in METRICS for s in ("mean", "std")]
+        seconds = [r["seconds"]["mean"], r["seconds"]["std"]]
+        writer.writerow(
+            [r["method"], r["domain"], r["concepts"], r["complete"], *values, *seconds, r["parameters"]]
+        )
     write_atomic(
         out / "compare.csv", lambda tmp: tmp.write_text(buffer.getvalue(), encoding="utf-8"), overwrite=True
     )
+
+
+def _concept_lines(rows: Sequence[Mapping[str, Any]]) -> list[str]:
+    """Which concepts each domain's means are over (the first entry's; every entry runs the same list)."""
+    lines = []
+    for domain in ("style", "object"):
+        names = next((r["names"] for r in rows if r["domain"] == domain), None)
+        if names:
+            lines.append(f"- {domain} concepts: {', '.join(names)}")
+    return lines
 
 
 def _best_notes(rows: Sequence[Mapping[str, Any]]) -> list[str]:
