@@ -70,7 +70,7 @@ class CanvasSettings:
         judge_batch_size: images per judge call.
         samples: retained concepts of the target's domain whose images are kept for the report.
         precision: ``"fp32"`` or ``"bf16"`` (bfloat16 autocast while sampling; about 2x faster on CPUs
-            with AMX/AVX-512-BF16; judged numbers change little, see docs/evaluation.md).
+            with AMX/AVX-512-BF16; on MiniCanvas the judged accuracy was the same, see docs/world.md).
     """
 
     templates: tuple[str, ...] = (UNLEARNCANVAS_TEMPLATE,)
