@@ -51,6 +51,8 @@ def test_cli_canvas_on_minicanvas(world, tmp_path, cli_app):
             "10",
             "--no-heldout",
             "--no-super",
+            "--precision",
+            "bf16",
             "--device",
             "cpu",
             "--cache-dir",
@@ -63,8 +65,9 @@ def test_cli_canvas_on_minicanvas(world, tmp_path, cli_app):
     assert result.exit_code == 0, result.output
     saved = json.loads((out / "result.json").read_text())
     assert saved["target"] == "Neon_Lines" and saved["meta"]["model"] == "minicanvas"
-    # the unerased world's judges recognise most of its own images
-    assert saved["summary"]["original"]["IRA"] > 0.5 and saved["summary"]["original"]["CRA"] > 0.5
+    assert saved["meta"]["settings"]["precision"] == "bf16"
+    # the unerased world's judges recognise its own images (measured: 100 % style, 97 % object at 25 steps)
+    assert saved["summary"]["original"]["IRA"] > 0.8 and saved["summary"]["original"]["CRA"] > 0.8
 
 
 def test_minicanvas_defaults_with_stand_in_world(monkeypatch, sd_dir, clip_dir, tmp_path, cli_app):

@@ -174,8 +174,8 @@ def erase_encoder(
         for p in trained:
             p.requires_grad_(True)
         torch.manual_seed(config.seed)
-        # With autocast the fused AdamW kernel (same update rule, one pass over the tensors) is used;
-        # in float32 the default implementation keeps the loop bit-identical to the reference code.
+        # Under autocast the fused AdamW kernel (the same update rule in one pass over the tensors) is
+        # used; in float32 the default implementation keeps the loop bit-identical to the reference code.
         optimizer = torch.optim.AdamW(
             trained,
             lr=lr,
