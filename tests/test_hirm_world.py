@@ -87,3 +87,28 @@ def test_erased_object_is_no_longer_generated_but_others_are(model):
     assert accuracy["original"][0] >= 0.75 and accuracy["original"][1] >= 0.75, accuracy
     assert accuracy["erased"][0] <= 0.25, accuracy
     assert accuracy["erased"][1] >= 0.75, accuracy
+
+
+def test_world_tuned_hirm_s_erases_cats_and_keeps_horses(model):
+    """The setting the comparison calls hirm-s-tuned (HiRM-S toward "animal", final read-out, 100 steps,
+    lr 5e-4) erases on MiniCLIP: measured Cats 8/8 -> 2/8 and Horses 8/8 -> 8/8 with these seeds.
+    The bound on Cats leaves one image of slack over the measured 2/8."""
+    from hirm.evaluation.compare import WORLD_TUNED_HIRM
+    from hirm.generation import generate
+
+    judges = world.load_judges()
+    config = hirm.HiRMConfig(**WORLD_TUNED_HIRM)
+    patch = hirm.erase(model, [hirm.concept("Cats", super_category="animal")], config=config, progress=False)
+    accuracy = {}
+    for name, patches in (("original", []), ("erased", [patch])):
+        pipe = hirm.load_pipeline("minicanvas", patches=patches)
+        images = generate(
+            pipe, ["A Cats image in Pastel style.", "A Horses image in Pastel style."], list(range(8)),
+            **world.GENERATION_DEFAULTS,
+        )  # fmt: skip
+        probs = judges["object"](torch.from_numpy(images).permute(0, 3, 1, 2).float() / 255)
+        labels = np.array(judges["object"].classes)[probs.argmax(-1).numpy()]
+        accuracy[name] = ((labels[:8] == "Cats").mean(), (labels[8:] == "Horses").mean())
+    assert accuracy["original"][0] >= 0.75 and accuracy["original"][1] >= 0.75, accuracy
+    assert accuracy["erased"][0] <= 0.375, accuracy
+    assert accuracy["erased"][1] >= 0.75, accuracy
