@@ -48,8 +48,8 @@ def generate(pipe, prompts: list[str], seeds: list[int], *, batch: int, device: 
 
 
 def judged_grid(pipe, judges, templates: list[str], n_seeds: int, *, batch: int, device: str) -> dict:
-    prompts, seeds, s_lab, o_lab = [], [], [], []
-    for t in templates:
+    prompts, seeds, s_lab, o_lab, t_lab = [], [], [], [], []
+    for ti, t in enumerate(templates):
         for si, s in enumerate(STYLES):
             for oi, o in enumerate(OBJECTS):
                 for k in range(n_seeds):
@@ -57,10 +57,11 @@ def judged_grid(pipe, judges, templates: list[str], n_seeds: int, *, batch: int,
                     seeds.append(k)
                     s_lab.append(si)
                     o_lab.append(oi)
+                    t_lab.append(ti)
     t0, c0 = time.time(), time.process_time()
     imgs = generate(pipe, prompts, seeds, batch=batch, device=device)
     wall, cpu = time.time() - t0, time.process_time() - c0
-    s_lab, o_lab = np.array(s_lab), np.array(o_lab)
+    s_lab, o_lab, t_lab = np.array(s_lab), np.array(o_lab), np.array(t_lab)
     ps = judges["style"](imgs).argmax(1).cpu().numpy()
     po = judges["object"](imgs).argmax(1).cpu().numpy()
     return {
@@ -71,9 +72,41 @@ def judged_grid(pipe, judges, templates: list[str], n_seeds: int, *, batch: int,
         "both_acc": float(((ps == s_lab) & (po == o_lab)).mean()),
         "per_style_acc": {s: float((ps[s_lab == i] == i).mean()) for i, s in enumerate(STYLES)},
         "per_object_acc": {o: float((po[o_lab == i] == i).mean()) for i, o in enumerate(OBJECTS)},
+        "per_template": {
+            t: {
+                "style_acc": float((ps == s_lab)[t_lab == i].mean()),
+                "object_acc": float((po == o_lab)[t_lab == i].mean()),
+            }
+            for i, t in enumerate(templates)
+        },
         "wall_s": round(wall, 1),
         "cpu_s": round(cpu, 1),
     }
+
+
+@torch.no_grad()
+def heldout_text_match(clip, tok, *, device: str) -> dict:
+    """Per held-out template: how often MiniCLIP's pooled text embedding of a held-out prompt is nearest
+    (cosine) the canonical-template prompt of the same style (object) among all 120 canonical prompts."""
+
+    def embed(prompts: list[str]) -> torch.Tensor:
+        ids = tok(prompts, padding="max_length", max_length=77, truncation=True, return_tensors="pt")
+        out = clip.get_text_features(input_ids=ids.input_ids.to(device))
+        out = out if isinstance(out, torch.Tensor) else out.pooler_output
+        return torch.nn.functional.normalize(out, dim=-1)
+
+    pairs = [(s, o) for s in STYLES for o in OBJECTS]
+    ref = embed([make_prompt(CANVAS_TEMPLATE, style=s, object=o) for s, o in pairs])
+    truth = torch.arange(len(pairs), device=ref.device)
+    res = {}
+    for t in grid_templates(HELDOUT_TEMPLATES):
+        nearest = (embed([make_prompt(t, style=s, object=o) for s, o in pairs]) @ ref.T).argmax(1)
+        n_obj = len(OBJECTS)
+        res[t] = {
+            "style_acc": float((nearest // n_obj == truth // n_obj).float().mean()),
+            "object_acc": float((nearest % n_obj == truth % n_obj).float().mean()),
+        }
+    return res
 
 
 def main() -> None:
@@ -104,6 +137,7 @@ def main() -> None:
         "images": len(x),
     }
     report["clip_zero_shot"] = zero_shot_report(clip, tok, fresh, s, o, device=torch.device(a.device))
+    report["clip_heldout_text"] = heldout_text_match(clip, tok, device=a.device)
 
     prompts = [
         make_prompt(CANVAS_TEMPLATE, style=STYLES[i % 12], object=OBJECTS[i % 10]) for i in range(a.batch)
@@ -142,6 +176,14 @@ def main() -> None:
         worst_s = sorted(g["per_style_acc"].items(), key=lambda kv: kv[1])[:3]
         worst_o = sorted(g["per_object_acc"].items(), key=lambda kv: kv[1])[:3]
         print(f"  weakest styles {worst_s}; weakest objects {worst_o}")
+        if name == "grid_heldout":
+            for t, acc in g["per_template"].items():
+                print(f"  {t!r}: style {acc['style_acc']:.4f}, object {acc['object_acc']:.4f}")
+    for t, acc in report["clip_heldout_text"].items():
+        print(
+            f"MiniCLIP held-out text -> canonical prompt {t!r}: "
+            f"style {acc['style_acc']:.4f}, object {acc['object_acc']:.4f}"
+        )
     bt = report["batch_time"]
     print(
         f"one batch of {bt['images']} images: wall {bt['wall_s']} s, cpu {bt['cpu_s']} s "

@@ -199,12 +199,14 @@ def test_hirm_s_moves_the_concept_to_the_super_category(encoder, tokenizer):
     concept = Concept("Van Gogh", "style", PromptTarget("painting"))
     before = _read(encoder, tokenizer, ["Van Gogh", "painting"])
     start = ((before[0] - before[1]).norm() / before[1].norm()).item()
+    # Compare like with like: CPU kernels may round differently for another batch size.
+    original = _read(encoder, tokenizer, ["Van Gogh"])
     for config, bound in (
         (HiRMConfig(precision="fp32"), 0.5),
         (HiRMConfig(steps=60, lr=2e-3, precision="fp32"), 0.2),
     ):
         result = erase_encoder(encoder, tokenizer, [concept], config, progress=False)
-        assert torch.equal(_read(encoder, tokenizer, ["Van Gogh"]), before[:1]), (
+        assert torch.equal(_read(encoder, tokenizer, ["Van Gogh"]), original), (
             "the caller's encoder must be unchanged"
         )
         after = _read(_patched(tiny.text_encoder(), result.patch), tokenizer, ["Van Gogh"])

@@ -38,8 +38,8 @@ def _reads(encoder, tokenizer, prompts, point):
 
 @pytest.mark.xfail(
     strict=True,
-    reason="Measured on the shipped MiniCLIP: reference HiRM-R (20 steps, lr 5e-5) shifts every object's "
-    "conditioning by 0.23-0.27 and Cats' by 0.30: far from 3x, no specificity on this miniature encoder.",
+    reason="Measured on the shipped MiniCLIP: reference HiRM-R (20 steps, lr 5e-5) shifts the other objects' "
+    "conditioning by 0.09-0.13 and Cats' by 0.19: 1.5x, not 3x; little specificity on this miniature encoder.",
 )
 def test_reference_hirm_moves_the_concept_and_keeps_the_others(model):
     """Reference defaults (HiRM-R, object: 20 steps, lr 5e-5) on held-out templates: the erased
@@ -61,8 +61,8 @@ def test_reference_hirm_moves_the_concept_and_keeps_the_others(model):
 @pytest.mark.xfail(
     strict=True,
     reason="Measured: the shipped MiniSD draws 'A Cats image in Pastel style.' as Cats for 8/8 seeds and the "
-    "Horses prompt as Horses for 8/8; after reference HiRM-R on Cats it still draws Cats for 5/8 (Horses 8/8): "
-    "the reference hyper-parameters barely move MiniCLIP (final loss 420.6; the target alone is 422.7) and do not erase here.",
+    "Horses prompt as Horses for 8/8; after reference HiRM-R on Cats it still draws Cats for 7/8 (Horses 8/8): "
+    "the reference hyper-parameters barely move MiniCLIP and do not erase here.",
 )
 def test_erased_object_is_no_longer_generated_but_others_are(model):
     """End to end on images: the object judge no longer sees Cats in Cats prompts; Horses survive."""
@@ -91,8 +91,8 @@ def test_erased_object_is_no_longer_generated_but_others_are(model):
 
 def test_world_tuned_hirm_s_erases_cats_and_keeps_horses(model):
     """The setting the comparison calls hirm-s-tuned (HiRM-S toward "animal", final read-out, 100 steps,
-    lr 5e-4) erases on MiniCLIP: measured Cats 8/8 -> 2/8 and Horses 8/8 -> 8/8 with these seeds.
-    The bound on Cats leaves one image of slack over the measured 2/8."""
+    lr 5e-4) erases on MiniCLIP: measured Cats 8/8 -> 1/8 and Horses 8/8 -> 8/8 with these seeds.
+    The bound on Cats leaves two images of slack over the measured 1/8."""
     from hirm.evaluation.compare import WORLD_TUNED_HIRM
     from hirm.generation import generate
 

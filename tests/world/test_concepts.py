@@ -95,3 +95,47 @@ def test_public_api_names() -> None:
     from hirm.world.judges import Judge
 
     assert w.Judge is Judge and callable(w.render)
+
+
+def test_distractors_never_use_training_or_heldout_words() -> None:
+    import re
+
+    import numpy as np
+
+    from hirm.world.captions import add_distractors, caption_words, heldout_words, pseudo_word
+
+    rng = np.random.default_rng(0)
+    words = [pseudo_word(rng) for _ in range(2000)]
+    assert not set(words) & (caption_words() | heldout_words())
+    assert "drawn" in heldout_words() and "showing" in heldout_words()
+    assert all(re.fullmatch(r"[a-z]{2,}", x) for x in words)
+
+    text = "A Cats image in Pastel style."
+    assert add_distractors(rng, text, p=0.0) == text
+    assert add_distractors(rng, "", p=1.0) == ""
+    noisy = add_distractors(rng, text, p=1.0, max_words=2)
+    extra = [x for x in noisy.split(" ") if x not in text.split(" ")]
+    assert 1 <= len(extra) <= 2 and [x for x in noisy.split(" ") if x not in extra] == text.split(" ")
+    # Deterministic in the generator's state.
+    a = [add_distractors(np.random.default_rng(5), text, p=0.5) for _ in range(3)]
+    assert a[0] == a[1] == a[2]
+
+
+def test_cached_encoder_falls_back_for_unseen_captions() -> None:
+    import torch
+
+    from hirm.world.unet import cached_encoder
+
+    emb = torch.arange(6.0).reshape(3, 2, 1)
+    calls: list[list[str]] = []
+
+    def fallback(captions: list[str]) -> torch.Tensor:
+        calls.append(captions)
+        return torch.full((len(captions), 2, 1), -1.0)
+
+    enc = cached_encoder(["", "a", "b"], emb, fallback=fallback)
+    out = enc(["b", "zz", "a", "yy"])
+    assert calls == [["zz", "yy"]]
+    assert out[:, 0, 0].tolist() == [4.0, -1.0, 2.0, -1.0]
+    with pytest.raises(KeyError, match="zz"):
+        cached_encoder(["", "a"], emb[:2])(["zz"])

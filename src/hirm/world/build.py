@@ -246,7 +246,7 @@ def stage_unet(out: Path, cfg: BuildConfig, seed: int, device: torch.device, pro
         texts, emb = load_or_make_cache(
             out / "ckpt" / "text_cache.safetensors", text_encoder, tok, device=device, progress=progress
         )
-        encode_text = cached_encoder(texts, emb)
+        encode_text = cached_encoder(texts, emb, fallback=direct_encoder(text_encoder, tok, device))
     else:
         encode_text = direct_encoder(text_encoder, tok, device)
     vae = AutoencoderKL.from_pretrained(str(out / "vae")).to(device).eval()

@@ -7,11 +7,15 @@ pins down, so contrastive training can treat every compatible (caption, image) p
 
 from __future__ import annotations
 
+import re
+import string
 from dataclasses import dataclass
+from functools import cache
 
 import numpy as np
 
 from .concepts import (
+    HELDOUT_TEMPLATES,
     OBJECT_SUPER,
     OBJECT_SYNONYMS,
     OBJECTS,
@@ -135,3 +139,51 @@ def all_captions(templates: tuple[str, ...] = TRAIN_TEMPLATES) -> list[str]:
                     for ow in range(len(object_words(obj))):
                         out.add(caption(t, s, o, style_word=sw, object_word=ow)[0])
     return sorted(out)
+
+
+@cache
+def caption_words() -> frozenset[str]:
+    """Every word (lower-case letters only) that occurs in a training caption."""
+    return frozenset(w for c in all_captions() for w in re.findall(r"[a-z]+", c.lower()))
+
+
+@cache
+def heldout_words() -> frozenset[str]:
+    """Words of the held-out templates (placeholders excluded); no training caption may contain them."""
+    text = re.sub(r"\{[a-z_]+\}", " ", " ".join(HELDOUT_TEMPLATES).lower())
+    return frozenset(re.findall(r"[a-z]+", text))
+
+
+def pseudo_word(rng: np.random.Generator) -> str:
+    """A random non-word: random letters, or a cut-off training word with a random ending.
+
+    Never a word of the training captions or of the held-out templates. The cut-off kind (``draw`` + ``n`` from ``drawing``) exercises the
+    tokenizer's word-internal merges, which whole training words never produce on their own.
+    """
+    letters = np.array(list(string.ascii_lowercase))
+    stems = sorted(w for w in caption_words() if len(w) >= 4)
+    while True:
+        if rng.random() < 0.5:
+            word = "".join(rng.choice(letters, size=int(rng.integers(2, 8))))
+        else:
+            stem = stems[rng.integers(len(stems))]
+            word = stem[: int(rng.integers(2, len(stem)))] + "".join(
+                rng.choice(letters, size=int(rng.integers(0, 3)))
+            )
+        if word not in caption_words() and word not in heldout_words():
+            return word
+
+
+def add_distractors(rng: np.random.Generator, text: str, *, p: float, max_words: int = 2) -> str:
+    """With probability ``p``, insert 1..``max_words`` :func:`pseudo_word` s at random word boundaries.
+
+    Training augmentation: models learn that unknown words carry no concept, so that captions phrased with
+    words they never saw (the held-out templates) still name the same style and object. The caption's label
+    is unchanged. Nothing is inserted into the empty (unconditional) caption.
+    """
+    if not text or p <= 0 or rng.random() >= p:
+        return text
+    words = text.split(" ")
+    for _ in range(int(rng.integers(1, max_words + 1))):
+        words.insert(int(rng.integers(len(words) + 1)), pseudo_word(rng))
+    return " ".join(words)

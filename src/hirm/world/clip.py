@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from transformers import CLIPConfig, CLIPModel
 
 from ._train import lr_at, run_steps, step_rng, to_float_images
-from .captions import sample_caption
+from .captions import add_distractors, sample_caption
 from .concepts import CANVAS_TEMPLATE, OBJECTS, STYLES, make_prompt
 
 
@@ -39,6 +39,7 @@ class ClipTrainConfig:
     steps: int = 1000
     lr: float = 1e-3
     text_anchor_weight: float = 1.0
+    p_distract: float = 0.3  # share of captions with inserted pseudo-words (captions.add_distractors)
     warmup: int = 50
     weight_decay: float = 0.05
     vision_steps: int = 800
@@ -120,7 +121,8 @@ def train_clip(
         caps = [sample_caption(rng, int(a), int(b)) for a, b in zip(s, o, strict=True)]
         compat = np.stack([lab.compatible(s, o) for _, lab in caps])  # (B text, B image)
         target = torch.from_numpy(compat.astype(np.float32)).to(device)
-        ids = tokenize(tokenizer, [c for c, _ in caps]).to(device)
+        texts = [add_distractors(rng, c, p=cfg.p_distract) for c, _ in caps]
+        ids = tokenize(tokenizer, texts).to(device)
         out = model(input_ids=ids, pixel_values=pixels_all[idx].to(device))
         loss = soft_clip_loss(out.logits_per_text, target)
         if cfg.text_anchor_weight > 0:

@@ -24,7 +24,7 @@ from tqdm.auto import tqdm
 from transformers import CLIPTextModel
 
 from ._train import lr_at, run_steps, step_rng
-from .captions import all_captions, sample_caption
+from .captions import add_distractors, all_captions, sample_caption
 
 
 @dataclass(frozen=True)
@@ -41,6 +41,7 @@ class UnetConfig:
     lr: float = 6e-4
     warmup: int = 100
     p_uncond: float = 0.1
+    p_distract: float = 0.3  # share of captions with inserted pseudo-words (captions.add_distractors)
     ema_decay: float = 0.999
     min_snr_gamma: float = 5.0
 
@@ -132,10 +133,28 @@ def load_or_make_cache(
     return texts, emb
 
 
-def cached_encoder(texts: list[str], emb: torch.Tensor) -> Callable[[list[str]], torch.Tensor]:
-    """``encode_text`` backed by a cache (``emb[i]`` is the embedding of ``texts[i]``)."""
+def cached_encoder(
+    texts: list[str],
+    emb: torch.Tensor,
+    fallback: Callable[[list[str]], torch.Tensor] | None = None,
+) -> Callable[[list[str]], torch.Tensor]:
+    """``encode_text`` backed by a cache (``emb[i]`` is the embedding of ``texts[i]``).
+
+    Captions missing from the cache (e.g. with inserted pseudo-words) go to ``fallback`` in one batch;
+    without a fallback they raise ``KeyError``.
+    """
     lookup = {t: i for i, t in enumerate(texts)}
-    return lambda captions: emb[[lookup[c] for c in captions]]
+
+    def encode(captions: list[str]) -> torch.Tensor:
+        missing = [i for i, c in enumerate(captions) if c not in lookup]
+        if missing and fallback is None:
+            raise KeyError(f"caption not in the text cache: {captions[missing[0]]!r}")
+        out = emb[[lookup.get(c, 0) for c in captions]].clone()
+        if missing:
+            out[missing] = fallback([captions[i] for i in missing]).to(out.dtype)
+        return out
+
+    return encode
 
 
 def direct_encoder(
@@ -205,6 +224,7 @@ def train_unet(
             "" if rng.random() < cfg.p_uncond else sample_caption(rng, int(s), int(o))[0]
             for s, o in zip(style_idx[idx], object_idx[idx], strict=True)
         ]
+        caps = [add_distractors(rng, c, p=cfg.p_distract) for c in caps]
         cond = encode_text(caps).float()
         t = torch.randint(0, sched.config.num_train_timesteps, (cfg.batch_size,), generator=gen)
         noise = torch.randn(z0.shape, generator=gen)
