@@ -154,14 +154,22 @@ def heldout_words() -> frozenset[str]:
     return frozenset(re.findall(r"[a-z]+", text))
 
 
+@cache
+def _stems() -> tuple[str, ...]:
+    return tuple(sorted(w for w in caption_words() if len(w) >= 4))
+
+
+_LETTERS = np.array(list(string.ascii_lowercase))
+
+
 def pseudo_word(rng: np.random.Generator) -> str:
     """A random non-word: random letters, or a cut-off training word with a random ending.
 
-    Never a word of the training captions or of the held-out templates. The cut-off kind (``draw`` + ``n`` from ``drawing``) exercises the
-    tokenizer's word-internal merges, which whole training words never produce on their own.
+    Never a word of the training captions or of the held-out templates. The cut-off kind (``draw`` +
+    ``n`` from ``drawing``) exercises the tokenizer's word-internal merges, which whole training words
+    never produce on their own.
     """
-    letters = np.array(list(string.ascii_lowercase))
-    stems = sorted(w for w in caption_words() if len(w) >= 4)
+    letters, stems = _LETTERS, _stems()
     while True:
         if rng.random() < 0.5:
             word = "".join(rng.choice(letters, size=int(rng.integers(2, 8))))
