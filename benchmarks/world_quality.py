@@ -32,7 +32,7 @@ from hirm.world import (
     load_pipeline,
     make_prompt,
 )
-from hirm.world.clip import zero_shot_report
+from hirm.world.clip import encode_texts, zero_shot_report
 from hirm.world.judges import judge_accuracy
 from hirm.world.rendering import render_grid
 
@@ -90,10 +90,7 @@ def heldout_text_match(clip, tok, *, device: str) -> dict:
     (cosine) the canonical-template prompt of the same style (object) among all 120 canonical prompts."""
 
     def embed(prompts: list[str]) -> torch.Tensor:
-        ids = tok(prompts, padding="max_length", max_length=77, truncation=True, return_tensors="pt")
-        out = clip.get_text_features(input_ids=ids.input_ids.to(device))
-        out = out if isinstance(out, torch.Tensor) else out.pooler_output
-        return torch.nn.functional.normalize(out, dim=-1)
+        return encode_texts(clip, tok, prompts, torch.device(device))
 
     pairs = [(s, o) for s in STYLES for o in OBJECTS]
     ref = embed([make_prompt(CANVAS_TEMPLATE, style=s, object=o) for s, o in pairs])
