@@ -104,6 +104,18 @@ def run_steps(
     return losses
 
 
+def autocast(device: torch.device | str, precision: str):
+    """Training arithmetic: bf16 autocast for ``precision="bf16"`` (weights and optimizer stay fp32; about
+    10x faster matrix products on CPUs with AMX and on GPUs), a no-op for ``"fp32"``."""
+    import contextlib
+
+    if precision == "bf16":
+        return torch.autocast(device_type=torch.device(device).type, dtype=torch.bfloat16)
+    if precision != "fp32":
+        raise ValueError(f"precision must be 'bf16' or 'fp32', got {precision!r}")
+    return contextlib.nullcontext()
+
+
 def to_float_images(images_u8: np.ndarray | torch.Tensor) -> torch.Tensor:
     """uint8 (N, H, W, 3) -> float32 (N, 3, H, W) in [0, 1]."""
     t = torch.as_tensor(images_u8)

@@ -2,8 +2,9 @@
 
 Layout of ``src/hirm/world/assets/``::
 
-    pipeline/        StableDiffusionPipeline directory (text_encoder, tokenizer, unet, vae, scheduler)
-    clip/            MiniCLIP (transformers CLIPModel; its text tower is pipeline/text_encoder)
+    pipeline/        StableDiffusionPipeline directory (text_encoder, tokenizer, unet, vae, scheduler), fp16
+    clip/            the rest of MiniCLIP: CLIPConfig + vision tower, both projections and logit scale
+                     (its text tower is pipeline/text_encoder; load_clip assembles the CLIPModel)
     judges/style/    style judge   (model.safetensors + config.json)
     judges/object/   object judge  (model.safetensors + config.json)
     world.json       build seed, sizes, timings and measured figures
@@ -76,20 +77,24 @@ def assets_dir(root: Path | None = None) -> Path:
     return root
 
 
-def pipeline_dir() -> Path:
-    """The ``StableDiffusionPipeline`` directory inside the assets."""
-    return assets_dir() / "pipeline"
+def pipeline_dir(root: Path | None = None) -> Path:
+    """The ``StableDiffusionPipeline`` directory inside the assets (default: the shipped ones)."""
+    return assets_dir(root) / "pipeline"
 
 
-def load_pipeline(*, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32):
+def load_pipeline(
+    *, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32, root: Path | None = None
+):
     """The MiniSD ``StableDiffusionPipeline`` (DDIM scheduler, no safety checker) on ``device``.
 
-    Use it with :data:`hirm.world.GENERATION_DEFAULTS`, e.g. ``pipe(prompt, **GENERATION_DEFAULTS)``.
+    The weights ship in fp16 and load in ``dtype`` (float32 by default). Use it with
+    :data:`hirm.world.GENERATION_DEFAULTS`, e.g. ``pipe(prompt, **GENERATION_DEFAULTS)``. ``root``: an
+    assets directory other than the shipped one (e.g. a fresh build's ``DIR/assets``).
     """
     from diffusers import StableDiffusionPipeline
 
     pipe = StableDiffusionPipeline.from_pretrained(
-        str(pipeline_dir()),
+        str(pipeline_dir(root)),
         dtype=dtype,
         safety_checker=None,
         feature_extractor=None,
@@ -98,18 +103,40 @@ def load_pipeline(*, device: str | torch.device = "cpu", dtype: torch.dtype = to
     return pipe.to(device)
 
 
-def load_clip(*, device: str | torch.device = "cpu"):
-    """MiniCLIP as ``(CLIPModel, CLIPTokenizer)`` in fp32 eval mode. Images go in as ``2 * x - 1``, x in [0, 1]."""
-    from transformers import CLIPModel, CLIPTokenizer
-
-    root = assets_dir()
-    model = CLIPModel.from_pretrained(str(root / "clip"), dtype=torch.float32).to(device).eval()
-    return model, CLIPTokenizer.from_pretrained(str(root / "pipeline" / "tokenizer"))
+CLIP_REST = "model.safetensors"  # clip/: every CLIPModel tensor except the text tower's
 
 
-def load_judges(*, device: str | torch.device = "cpu"):
+def save_clip_rest(clip, directory: Path) -> None:
+    """Write ``clip``'s config and every tensor but its text tower (which the pipeline ships) to ``directory``."""
+    from safetensors.torch import save_file
+
+    directory.mkdir(parents=True, exist_ok=True)
+    clip.config.to_json_file(str(directory / "config.json"))
+    rest = {k: v.contiguous() for k, v in clip.state_dict().items() if not k.startswith("text_model.")}
+    save_file(rest, str(directory / CLIP_REST), metadata={"format": "pt"})
+
+
+def load_clip(*, device: str | torch.device = "cpu", root: Path | None = None):
+    """MiniCLIP as ``(CLIPModel, CLIPTokenizer)`` in fp32 eval mode. Images go in as ``2 * x - 1``, x in [0, 1].
+
+    The text tower is the pipeline's ``text_encoder`` (shipped once); ``clip/`` holds the rest. Every
+    tensor of the assembled model is checked to be loaded (``strict=True``).
+    """
+    from safetensors.torch import load_file
+    from transformers import CLIPConfig, CLIPModel, CLIPTextModel, CLIPTokenizer
+
+    root = assets_dir(root)
+    text = CLIPTextModel.from_pretrained(str(root / "pipeline" / "text_encoder"), dtype=torch.float32)
+    model = CLIPModel(CLIPConfig.from_json_file(str(root / "clip" / "config.json")))
+    state = {f"text_model.{k.removeprefix('text_model.')}": v for k, v in text.state_dict().items()}
+    state.update(load_file(str(root / "clip" / CLIP_REST)))
+    model.load_state_dict({k: v.float() for k, v in state.items()}, strict=True)
+    return model.to(device).eval(), CLIPTokenizer.from_pretrained(str(root / "pipeline" / "tokenizer"))
+
+
+def load_judges(*, device: str | torch.device = "cpu", root: Path | None = None):
     """``{"style": Judge, "object": Judge}`` (see :class:`hirm.world.judges.Judge`)."""
     from .judges import Judge
 
-    root = assets_dir()
+    root = assets_dir(root)
     return {k: Judge.load(root / "judges" / k, device=device) for k in ("style", "object")}

@@ -37,28 +37,28 @@ from .vae import VaeConfig
 
 STAGES: tuple[str, ...] = ("data", "tokenizer", "clip", "judges", "vae", "unet", "assemble")
 FRESH_SEED0 = 1_000_000_000  # seeds of "fresh" evaluation renders; the pool uses seeds < 10^8
+SHARD = "8MB"  # largest shipped weight file
 
 
 @dataclass(frozen=True)
 class BuildConfig:
     """Everything that sizes a build (the ``full`` preset is the shipped world)."""
 
-    pool_per_pair: int = 128
-    max_merges: int = 2000
+    pool_per_pair: int = 96
+    vocab_size: int = 8192
     clip: ClipTrainConfig = field(default_factory=ClipTrainConfig)
-    style_judge: JudgeConfig = field(default_factory=lambda: JudgeConfig(steps=300))
-    object_judge: JudgeConfig = field(default_factory=lambda: JudgeConfig(steps=1500))
+    style_judge: JudgeConfig = field(default_factory=lambda: JudgeConfig(steps=500))
+    object_judge: JudgeConfig = field(default_factory=lambda: JudgeConfig(steps=2500))
     vae: VaeConfig = field(default_factory=VaeConfig)
     unet: UnetConfig = field(default_factory=UnetConfig)
-    fresh_per_pair: int = 4
-    text_cache: bool = True
+    fresh_per_pair: int = 2
 
 
 PRESETS: dict[str, BuildConfig] = {
     "full": BuildConfig(),  # sizes/steps: see the *Config dataclasses' defaults
     "tiny": BuildConfig(
         pool_per_pair=1,
-        max_merges=300,
+        vocab_size=1200,
         clip=ClipTrainConfig(
             text_hidden=32,
             text_layers=4,
@@ -68,17 +68,26 @@ PRESETS: dict[str, BuildConfig] = {
             vision_heads=2,
             projection_dim=16,
             batch_size=16,
+            corpus_batch_size=8,
             steps=3,
             warmup=1,
+            vision_steps=2,
         ),
         style_judge=JudgeConfig(widths=(8, 16), batch_size=16, steps=3),
         object_judge=JudgeConfig(widths=(8, 16), batch_size=16, steps=3),
         vae=VaeConfig(block_out_channels=(8, 16), norm_num_groups=4, batch_size=8, steps=3),
         unet=UnetConfig(
-            block_out_channels=(16, 32), attention_heads=2, norm_num_groups=8, batch_size=8, steps=3, warmup=1
+            block_out_channels=(16, 32),
+            attention_heads=2,
+            norm_num_groups=8,
+            batch_size=8,
+            steps=3,
+            warmup=1,
+            captions_per_pair=2,
+            swaps_per_pair=1,
+            pad_donors=16,
         ),
         fresh_per_pair=1,
-        text_cache=False,
     ),
 }
 
@@ -86,11 +95,11 @@ PRESETS: dict[str, BuildConfig] = {
 # What each stage's result depends on: its own config fields and the stages it reads.
 STAGE_INPUTS: dict[str, tuple[str, ...]] = {
     "data": ("pool_per_pair",),
-    "tokenizer": ("max_merges",),
+    "tokenizer": ("vocab_size",),
     "clip": ("clip",),
     "judges": ("style_judge", "object_judge", "fresh_per_pair"),
     "vae": ("vae",),
-    "unet": ("unet", "text_cache"),
+    "unet": ("unet",),
     "assemble": (),
 }
 STAGE_DEPS: dict[str, tuple[str, ...]] = {
@@ -107,7 +116,7 @@ STAGE_CKPTS: dict[str, tuple[str, ...]] = {
     "clip": ("clip", "clip_vision"),
     "judges": ("judge_style", "judge_object"),
     "vae": ("vae",),
-    "unet": ("unet", "text_cache.safetensors"),
+    "unet": ("unet", "text_cond.safetensors"),
 }
 
 
@@ -117,7 +126,10 @@ def stage_digest(name: str, cfg: BuildConfig, seed: int) -> str:
 
     own = {k: asdict(cfg)[k] for k in STAGE_INPUTS[name]}
     deps = {d: stage_digest(d, cfg, seed) for d in STAGE_DEPS[name]}
-    payload = json.dumps({"seed": seed, "stage": name, "own": own, "deps": deps}, sort_keys=True)
+    world = {"styles": STYLES, "objects": OBJECTS}
+    payload = json.dumps(
+        {"seed": seed, "stage": name, "own": own, "deps": deps, "world": world}, sort_keys=True
+    )
     return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
 
@@ -158,7 +170,7 @@ def stage_data(out: Path, cfg: BuildConfig, seed: int, device: torch.device, pro
 def stage_tokenizer(out: Path, cfg: BuildConfig, seed: int, device: torch.device, progress: bool) -> dict:
     from .tokenizer import load_tokenizer, train_tokenizer
 
-    train_tokenizer(out / "tokenizer", max_merges=cfg.max_merges)
+    train_tokenizer(out / "tokenizer", vocab_size=cfg.vocab_size)
     return {"vocab_size": len(load_tokenizer(out / "tokenizer"))}
 
 
@@ -237,18 +249,19 @@ def stage_unet(out: Path, cfg: BuildConfig, seed: int, device: torch.device, pro
     from transformers import CLIPModel
 
     from .tokenizer import load_tokenizer
-    from .unet import cached_encoder, direct_encoder, load_or_make_cache, train_unet
+    from .unet import TextConditioning, make_text_conditioning, train_unet
     from .vae import encode_pool
 
-    tok = load_tokenizer(out / "tokenizer")
-    text_encoder = _text_encoder(CLIPModel.from_pretrained(str(out / "clip"))).to(device).eval()
-    if cfg.text_cache:
-        texts, emb = load_or_make_cache(
-            out / "ckpt" / "text_cache.safetensors", text_encoder, tok, device=device, progress=progress
-        )
-        encode_text = cached_encoder(texts, emb, fallback=direct_encoder(text_encoder, tok, device))
+    cond_path = out / "ckpt" / "text_cond.safetensors"
+    if cond_path.exists():
+        text = TextConditioning.load(cond_path)
     else:
-        encode_text = direct_encoder(text_encoder, tok, device)
+        tok = load_tokenizer(out / "tokenizer")
+        text_encoder = _text_encoder(CLIPModel.from_pretrained(str(out / "clip"))).to(device).eval()
+        text = make_text_conditioning(
+            text_encoder, tok, cfg=cfg.unet, seed=seed, device=device, progress=progress
+        )
+        text.save(cond_path)
     vae = AutoencoderKL.from_pretrained(str(out / "vae")).to(device).eval()
     imgs, s, o = _pool(out)
     mean, std = encode_pool(vae, imgs, device=device)
@@ -259,14 +272,18 @@ def stage_unet(out: Path, cfg: BuildConfig, seed: int, device: torch.device, pro
         scaling_factor=vae.config.scaling_factor,
         style_idx=s,
         object_idx=o,
-        encode_text=encode_text,
+        text=text,
         cfg=cfg.unet,
         seed=seed,
         device=device,
         ckpt_dir=out / "ckpt" / "unet",
         progress=progress,
     )
-    return {"text_cache": cfg.text_cache}
+    return {
+        "table_captions": int(text.pair_entries.size),
+        "swap_entries": int((text.swap_base >= 0).sum()),
+        "pad_donors": len(text.donor_eot),
+    }
 
 
 def _text_encoder(clip):  # CLIPModel -> CLIPTextModel with the same weights
@@ -281,6 +298,7 @@ def stage_assemble(out: Path, cfg: BuildConfig, seed: int, device: torch.device,
     from diffusers import AutoencoderKL, StableDiffusionPipeline, UNet2DConditionModel
     from transformers import CLIPModel
 
+    from .assets import save_clip_rest
     from .judges import Judge
     from .tokenizer import load_tokenizer
     from .unet import ddim_scheduler
@@ -299,13 +317,14 @@ def stage_assemble(out: Path, cfg: BuildConfig, seed: int, device: torch.device,
         feature_extractor=None,
         requires_safety_checker=False,
     )
-    pipe.to(torch.float16)  # UNet and VAE ship in fp16 (diffusers upcasts them to fp32 when loading) ...
-    pipe.text_encoder.float()  # ... the text encoder in fp32, since transformers keeps the saved dtype
-    pipe.save_pretrained(str(dst / "pipeline"), safe_serialization=True)
+    # Everything ships in fp16 (loaders upcast with `dtype=torch.float32`, as for most published SD
+    # checkpoints); weight files are sharded below 10 MB each.
+    pipe.to(torch.float16)
+    pipe.save_pretrained(str(dst / "pipeline"), safe_serialization=True, max_shard_size=SHARD)
     tok_dir = dst / "pipeline" / "tokenizer"  # ship CLIP's standard files (vocab.json + merges.txt)
     shutil.rmtree(tok_dir)
     shutil.copytree(out / "tokenizer", tok_dir, ignore=shutil.ignore_patterns("DONE.json"))
-    clip.half().save_pretrained(str(dst / "clip"))
+    save_clip_rest(clip.half(), dst / "clip")
     for kind in ("style", "object"):
         judge = Judge.load(out / "judges" / kind)
         judge.net.half()

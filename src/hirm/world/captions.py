@@ -162,6 +162,36 @@ def _stems() -> tuple[str, ...]:
 _LETTERS = np.array(list(string.ascii_lowercase))
 
 
+@cache
+def corpus_texts() -> list[str]:
+    """The language corpus MiniCLIP's text tower also learns from (``hirm/data/world_corpus.txt.gz``:
+    COCO captions and I2P prompts, evaluation prompts excluded; see ``scripts/make_world_corpus.py``)."""
+    import gzip
+    from importlib.resources import files
+
+    data = files("hirm.data").joinpath("world_corpus.txt.gz").read_bytes()
+    return gzip.decompress(data).decode("utf-8").splitlines()
+
+
+@cache
+def context_words() -> tuple[str, ...]:
+    """Real English words of the corpus that may be inserted into training captions as context.
+
+    Frequent corpus words (>= 3 occurrences, >= 3 letters) that are not words of the training captions or
+    of the held-out templates and share no 4-letter prefix with a training-caption word (so that neither
+    ``kitty`` nor ``horseback`` lands in a caption as meaningless context). Sorted, deterministic.
+    """
+    from collections import Counter
+
+    counts = Counter(w for t in corpus_texts() for w in re.findall(r"[a-z]+", t.lower()))
+    prefixes = {w[:4] for w in caption_words() if len(w) >= 4}
+    banned = caption_words() | heldout_words()
+    keep = (
+        w for w, n in counts.items() if n >= 3 and len(w) >= 3 and w not in banned and w[:4] not in prefixes
+    )
+    return tuple(sorted(keep))
+
+
 def pseudo_word(rng: np.random.Generator) -> str:
     """A random non-word: random letters, or a cut-off training word with a random ending.
 
@@ -182,8 +212,16 @@ def pseudo_word(rng: np.random.Generator) -> str:
             return word
 
 
+def distractor_word(rng: np.random.Generator) -> str:
+    """A word that names no concept: a real corpus word (:func:`context_words`) or a :func:`pseudo_word`, 50/50."""
+    if rng.random() < 0.5:
+        words = context_words()
+        return words[int(rng.integers(len(words)))]
+    return pseudo_word(rng)
+
+
 def add_distractors(rng: np.random.Generator, text: str, *, p: float, max_words: int = 2) -> str:
-    """With probability ``p``, insert 1..``max_words`` :func:`pseudo_word` s at random word boundaries.
+    """With probability ``p``, insert 1..``max_words`` :func:`distractor_word` s at random word boundaries.
 
     Training augmentation: models learn that unknown words carry no concept, so that captions phrased with
     words they never saw (the held-out templates) still name the same style and object. The caption's label
@@ -193,5 +231,5 @@ def add_distractors(rng: np.random.Generator, text: str, *, p: float, max_words:
         return text
     words = text.split(" ")
     for _ in range(int(rng.integers(1, max_words + 1))):
-        words.insert(int(rng.integers(len(words) + 1)), pseudo_word(rng))
+        words.insert(int(rng.integers(len(words) + 1)), distractor_word(rng))
     return " ".join(words)

@@ -18,39 +18,51 @@ import torch
 import torch.nn.functional as F
 from transformers import CLIPConfig, CLIPModel
 
-from ._train import lr_at, run_steps, step_rng, to_float_images
-from .captions import add_distractors, sample_caption
+from ._train import autocast, lr_at, run_steps, step_rng, to_float_images
+from .captions import CaptionLabel, add_distractors, corpus_texts, sample_caption
 from .concepts import CANVAS_TEMPLATE, OBJECTS, STYLES, make_prompt
 
 
 @dataclass(frozen=True)
 class ClipTrainConfig:
-    """Sizes and schedule of MiniCLIP (defaults = the shipped model)."""
+    """Sizes and schedule of MiniCLIP (defaults = the shipped model).
 
-    text_hidden: int = 128
-    text_layers: int = 6
+    The text tower is laid out like CLIP ViT-L/14's (12 pre-LN blocks, quick-GELU, causal, pooled at the
+    end token) at width 256, so that "block 0" and "the last block" mean what they mean in SD.
+    """
+
+    text_hidden: int = 256
+    text_layers: int = 12
     text_heads: int = 4
     vision_hidden: int = 128
     vision_layers: int = 4
     vision_heads: int = 4
     patch_size: int = 8
-    projection_dim: int = 128
+    projection_dim: int = 256
     batch_size: int = 128
-    steps: int = 1000
-    lr: float = 1e-3
+    steps: int = 2500
+    lr: float = 5e-4
     text_anchor_weight: float = 1.0
-    p_distract: float = 0.3  # share of captions with inserted pseudo-words (captions.add_distractors)
-    warmup: int = 50
-    weight_decay: float = 0.05
+    p_distract: float = 0.3  # share of captions with inserted distractor words (captions.add_distractors)
+    corpus_batch_size: int = 64  # language text per step (two views each), see corpus_loss
+    corpus_weight: float = 1.0
+    corpus_max_words: int = 16
+    corpus_max_tokens: int = 24  # views are truncated here (start and end token included)
+    corpus_word_drop: float = 0.15
+    corpus_temperature: float = 0.05
+    warmup: int = 100
+    weight_decay: float = 0.1  # applied to token/position embeddings too, as OpenCLIP does
     vision_steps: int = 800
     vision_batch_size: int = 256
     vision_lr: float = 5e-4
+    precision: str = "bf16"  # autocast for the forward/backward (weights and optimizer stay fp32)
 
 
 def make_clip(cfg: ClipTrainConfig, tokenizer) -> CLIPModel:
     """A randomly initialised CLIPModel sized by ``cfg`` for ``tokenizer`` (77 positions)."""
     text = dict(
         vocab_size=len(tokenizer),
+        hidden_act="quick_gelu",
         hidden_size=cfg.text_hidden,
         intermediate_size=4 * cfg.text_hidden,
         num_hidden_layers=cfg.text_layers,
@@ -62,6 +74,7 @@ def make_clip(cfg: ClipTrainConfig, tokenizer) -> CLIPModel:
         pad_token_id=tokenizer.pad_token_id,
     )
     vision = dict(
+        hidden_act="quick_gelu",
         hidden_size=cfg.vision_hidden,
         intermediate_size=4 * cfg.vision_hidden,
         num_hidden_layers=cfg.vision_layers,
@@ -70,16 +83,22 @@ def make_clip(cfg: ClipTrainConfig, tokenizer) -> CLIPModel:
         patch_size=cfg.patch_size,
         projection_dim=cfg.projection_dim,
     )
-    return CLIPModel(CLIPConfig(text_config=text, vision_config=vision, projection_dim=cfg.projection_dim))
+    model = CLIPModel(CLIPConfig(text_config=text, vision_config=vision, projection_dim=cfg.projection_dim))
+    # Plain matrix-product attention: on CPU, bf16 scaled-dot-product attention's backward is ~5x slower
+    # than the whole rest of a training step. Inference keeps transformers' default (same function).
+    model.set_attn_implementation("eager")
+    return model
 
 
-def tokenize(tokenizer, texts: list[str], *, pad_to_max: bool = False) -> torch.Tensor:
+def tokenize(
+    tokenizer, texts: list[str], *, pad_to_max: bool = False, max_length: int | None = None
+) -> torch.Tensor:
     """Token ids (N, L); ``L = 77`` if ``pad_to_max`` else the longest in the batch (same pooled output,
-    because CLIP's text tower is causal and pools at the first eos)."""
+    because CLIP's text tower is causal and pools at the first eos). ``max_length`` truncates earlier."""
     enc = tokenizer(
         texts,
         padding="max_length" if pad_to_max else "longest",
-        max_length=tokenizer.model_max_length,
+        max_length=max_length or tokenizer.model_max_length,
         truncation=True,
         return_tensors="pt",
     )
@@ -102,8 +121,8 @@ def train_clip(
     """Train MiniCLIP on the rendered pool and ``save_pretrained`` it into ``out_dir``."""
     torch.manual_seed(seed)
     model = make_clip(cfg, tokenizer).to(device)
-    decay = [p for n, p in model.named_parameters() if p.ndim >= 2 and "embedding" not in n]
-    other = [p for n, p in model.named_parameters() if not (p.ndim >= 2 and "embedding" not in n)]
+    decay = [p for n, p in model.named_parameters() if p.ndim >= 2]
+    other = [p for n, p in model.named_parameters() if p.ndim < 2]
     opt = torch.optim.AdamW(
         [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": other, "weight_decay": 0.0}],
         lr=cfg.lr,
@@ -111,6 +130,7 @@ def train_clip(
         eps=1e-6,
     )
     pixels_all = to_float_images(images).mul_(2).sub_(1)
+    corpus = corpus_texts()
 
     def step_fn(step: int) -> float:
         rng, _ = step_rng(seed, step, stream=2)
@@ -123,12 +143,18 @@ def train_clip(
         target = torch.from_numpy(compat.astype(np.float32)).to(device)
         texts = [add_distractors(rng, c, p=cfg.p_distract) for c, _ in caps]
         ids = tokenize(tokenizer, texts).to(device)
-        out = model(input_ids=ids, pixel_values=pixels_all[idx].to(device))
-        loss = soft_clip_loss(out.logits_per_text, target)
-        if cfg.text_anchor_weight > 0:
-            loss = loss + cfg.text_anchor_weight * text_anchor_loss(
-                model, tokenizer, out.text_embeds, s, o, target
-            )
+        with autocast(device, cfg.precision):
+            out = model(input_ids=ids, pixel_values=pixels_all[idx].to(device))
+            loss = soft_clip_loss(out.logits_per_text.float(), target)
+            if cfg.text_anchor_weight > 0:
+                loss = loss + cfg.text_anchor_weight * text_anchor_loss(
+                    model, tokenizer, out.text_embeds, s, o, [lab for _, lab in caps]
+                )
+            if cfg.corpus_weight > 0:
+                views = corpus_views(rng, corpus, cfg)
+                loss = loss + cfg.corpus_weight * corpus_loss(
+                    model, tokenizer, views, cfg.corpus_temperature, cfg.corpus_max_tokens
+                )
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -172,23 +198,62 @@ def text_anchor_loss(
     text_embeds: torch.Tensor,
     style_idx: np.ndarray,
     object_idx: np.ndarray,
-    target: torch.Tensor,
+    labels: list[CaptionLabel],
 ) -> torch.Tensor:
-    """Caption-to-caption contrastive term: each sampled caption against the canonical caption
-    (``CANVAS_TEMPLATE``) of every image in the batch, with the same soft targets as the image side.
+    """Caption-to-caption contrastive term: each sampled caption against the canonical captions
+    (``CANVAS_TEMPLATE``) of the batch's distinct (style, object) pairs, with the image side's soft targets.
 
-    The small vision tower learns silhouettes much more slowly than palettes and textures, so with the
-    image-caption loss alone the text tower learns to ignore object words (in the last hidden state,
-    objects explained ~7% of the variance across the 120 canonical prompts, styles ~98%). This term
-    lets the text tower separate objects from the start; the image side then aligns to it.
+    The canonical side is computed without gradient (a moving anchor the captions are pulled to; half the
+    cost). The small vision tower learns silhouettes much more slowly than palettes and textures, so with
+    the image-caption loss alone the text tower learns to ignore object words (in the first MiniCanvas,
+    objects explained ~7% of the variance of the last hidden state across the canonical prompts, styles
+    ~98%). This term lets the text tower separate objects from the start; the image side then aligns to it.
     """
-    anchors = [
-        make_prompt(CANVAS_TEMPLATE, style=STYLES[int(a)], object=OBJECTS[int(b)])
-        for a, b in zip(style_idx, object_idx, strict=True)
-    ]
-    ids = tokenize(tokenizer, anchors).to(text_embeds.device)
-    anchor = F.normalize(model.text_projection(model.text_model(input_ids=ids).pooler_output), dim=-1)
-    return soft_clip_loss(model.logit_scale.exp() * text_embeds @ anchor.T, target)
+    pairs = sorted(set(zip(style_idx.tolist(), object_idx.tolist(), strict=True)))
+    ps, po = np.array([a for a, _ in pairs]), np.array([b for _, b in pairs])
+    target = torch.from_numpy(np.stack([lab.compatible(ps, po) for lab in labels]).astype(np.float32))
+    anchors = [make_prompt(CANVAS_TEMPLATE, style=STYLES[a], object=OBJECTS[b]) for a, b in pairs]
+    with torch.no_grad():
+        ids = tokenize(tokenizer, anchors).to(text_embeds.device)
+        pooled = model.text_model(input_ids=ids).pooler_output
+        anchor = F.normalize(model.text_projection(pooled).float(), dim=-1)
+    return soft_clip_loss(model.logit_scale.exp() * text_embeds.float() @ anchor.T, target.to(anchor.device))
+
+
+def corpus_views(rng: np.random.Generator, corpus: list[str], cfg: ClipTrainConfig) -> list[str]:
+    """Two views of ``cfg.corpus_batch_size`` random corpus texts: ``[a_1..a_B, b_1..b_B]``.
+
+    A view is a random window of at most ``corpus_max_words`` words with each word dropped with
+    probability ``corpus_word_drop`` (at least one word kept).
+    """
+    picks = rng.integers(len(corpus), size=cfg.corpus_batch_size)
+    windows = []
+    for i in picks:
+        words = corpus[int(i)].split()
+        start = int(rng.integers(max(1, len(words) - cfg.corpus_max_words + 1)))
+        windows.append(words[start : start + cfg.corpus_max_words])
+
+    def view(words: list[str]) -> str:
+        kept = [w for w in words if rng.random() >= cfg.corpus_word_drop]
+        return " ".join(kept or words[:1])
+
+    return [view(w) for w in windows] + [view(w) for w in windows]
+
+
+def corpus_loss(
+    model: CLIPModel, tokenizer, views: list[str], temperature: float, max_tokens: int = 24
+) -> torch.Tensor:
+    """Text-text InfoNCE between two views of the same language text (SimCSE-style, symmetric).
+
+    The world's captions use ~100 distinct words; this term trains the text tower on thousands of real
+    English words (COCO captions, I2P prompts) so that every token has a direction of its own, as in CLIP.
+    """
+    ids = tokenize(tokenizer, views, max_length=max_tokens).to(model.device)
+    emb = F.normalize(model.text_projection(model.text_model(input_ids=ids).pooler_output).float(), dim=-1)
+    a, b = emb.chunk(2)
+    logits = a @ b.T / temperature
+    labels = torch.arange(len(a), device=logits.device)
+    return 0.5 * (F.cross_entropy(logits, labels) + F.cross_entropy(logits.T, labels))
 
 
 def soft_clip_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -232,8 +297,9 @@ def finetune_vision(
         target = torch.from_numpy(np.stack([lab.compatible(s, o) for _, lab in caps]).astype(np.float32))
         with torch.no_grad():
             text = encode_texts(model, tokenizer, [c for c, _ in caps], device)
-        pooled = model.vision_model(pixel_values=pixels_all[idx].to(device)).pooler_output
-        img = F.normalize(model.visual_projection(pooled), dim=-1)
+        with autocast(device, cfg.precision):
+            pooled = model.vision_model(pixel_values=pixels_all[idx].to(device)).pooler_output
+            img = F.normalize(model.visual_projection(pooled).float(), dim=-1)
         loss = soft_clip_loss(model.logit_scale.exp().detach() * text @ img.T, target.to(device))
         opt.zero_grad(set_to_none=True)
         loss.backward()

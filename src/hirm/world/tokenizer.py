@@ -1,4 +1,4 @@
-"""Stage 1: a small CLIP-format BPE tokenizer learned on the training captions.
+"""Stage 1: a CLIP-format BPE tokenizer learned on the training captions and the language corpus.
 
 The files follow CLIP's format exactly (``vocab.json`` + ``merges.txt``): byte-level symbols, a ``</w>``
 end-of-word suffix, lower-cased text, ``<|startoftext|>`` / ``<|endoftext|>`` specials, 77 positions,
@@ -9,15 +9,13 @@ pad token = eos as in SD 1.x. The vocabulary is laid out like CLIP's: 256 byte s
 from __future__ import annotations
 
 import json
-import re
-from collections import Counter
 from pathlib import Path
 
-from .captions import all_captions
+from .captions import all_captions, corpus_texts
 
 BOS, EOS = "<|startoftext|>", "<|endoftext|>"
 MAX_LENGTH = 77
-_WORD_RE = re.compile(r"'s|'t|'re|'ve|'m|'ll|'d|[^\W\d_]+|\d|[^\s\w]+|_+", re.UNICODE)
+_WORD_PATTERN = r"'s|'t|'re|'ve|'m|'ll|'d|[^\W\d_]+|\d|[^\s\w]+|_+"  # CLIP's word pieces
 
 
 def bytes_to_unicode() -> dict[int, str]:
@@ -42,37 +40,43 @@ def _word_symbols(word: str, b2u: dict[int, str]) -> tuple[str, ...]:
     return tuple(chars[:-1] + [chars[-1] + "</w>"])
 
 
-def learn_merges(texts: list[str], *, max_merges: int = 2000, min_count: int = 2) -> list[tuple[str, str]]:
-    """Greedy BPE merges on lower-cased words (most frequent pair first; ties broken lexicographically)."""
-    b2u = bytes_to_unicode()
-    words = Counter(w for t in texts for w in _WORD_RE.findall(t.lower()))
-    corpus = {_word_symbols(w, b2u): c for w, c in words.items()}
-    merges: list[tuple[str, str]] = []
-    while len(merges) < max_merges:
-        pairs: Counter[tuple[str, str]] = Counter()
-        for syms, c in corpus.items():
-            for a, b in zip(syms, syms[1:]):
-                pairs[(a, b)] += c
-        if not pairs:
+def learn_merges(texts: list[str], *, vocab_size: int = 8192, min_count: int = 2) -> list[tuple[str, str]]:
+    """BPE merges learned by the ``tokenizers`` library on lower-cased ``texts``, in CLIP's conventions.
+
+    Words are split like CLIP (whitespace, then :data:`_WORD_PATTERN`'s pieces), mapped to byte symbols and
+    given the ``</w>`` end-of-word suffix; ``vocab_size`` counts the 512 byte symbols, the merges and the
+    two specials. We use the library's trainer (fast, deterministic) and keep only its merge list, which
+    :func:`write_tokenizer_files` lays out as CLIP's ``vocab.json`` + ``merges.txt``.
+    """
+    from tokenizers import Regex, Tokenizer, models, pre_tokenizers, trainers
+
+    tok = Tokenizer(models.BPE(end_of_word_suffix="</w>"))
+    tok.pre_tokenizer = pre_tokenizers.Sequence(
+        [
+            pre_tokenizers.WhitespaceSplit(),
+            pre_tokenizers.Split(Regex(_WORD_PATTERN), behavior="isolated"),
+            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+        ]
+    )
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size - 2,
+        min_frequency=min_count,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        end_of_word_suffix="</w>",
+        show_progress=False,
+    )
+    tok.train_from_iterator([t.lower() for t in texts], trainer)
+    merges = json.loads(tok.to_str())["model"]["merges"]
+    base = set(bytes_to_unicode().values())
+    known = base | {b + "</w>" for b in base}
+    out: list[tuple[str, str]] = []
+    for a, b in (m.split(" ") if isinstance(m, str) else m for m in merges):
+        if a in known and b in known and a + b not in known:  # CLIP's layout has every token once
+            out.append((a, b))
+            known.add(a + b)
+        if len(out) >= vocab_size - 2 - 2 * len(base):
             break
-        best_count = max(pairs.values())
-        if best_count < min_count:
-            break
-        best = min(p for p, c in pairs.items() if c == best_count)
-        merges.append(best)
-        new: dict[tuple[str, ...], int] = {}
-        for syms, c in corpus.items():
-            out, i = [], 0
-            while i < len(syms):
-                if i + 1 < len(syms) and (syms[i], syms[i + 1]) == best:
-                    out.append(syms[i] + syms[i + 1])
-                    i += 2
-                else:
-                    out.append(syms[i])
-                    i += 1
-            new[tuple(out)] = new.get(tuple(out), 0) + c
-        corpus = new
-    return merges
+    return out
 
 
 def write_tokenizer_files(out_dir: Path, merges: list[tuple[str, str]]) -> None:
@@ -107,8 +111,8 @@ def load_tokenizer(path: Path):  # -> CLIPTokenizer
     return CLIPTokenizer.from_pretrained(str(path))
 
 
-def train_tokenizer(out_dir: Path, *, texts: list[str] | None = None, max_merges: int = 2000) -> Path:
-    """Stage 1: learn merges on all training captions and write a CLIPTokenizer directory."""
-    texts = all_captions() if texts is None else texts
-    write_tokenizer_files(out_dir, learn_merges(texts, max_merges=max_merges))
+def train_tokenizer(out_dir: Path, *, texts: list[str] | None = None, vocab_size: int = 8192) -> Path:
+    """Stage 1: learn merges on the training captions plus the language corpus; write a CLIPTokenizer directory."""
+    texts = all_captions() + corpus_texts() if texts is None else texts
+    write_tokenizer_files(out_dir, learn_merges(texts, vocab_size=vocab_size))
     return out_dir

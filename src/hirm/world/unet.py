@@ -1,17 +1,35 @@
-"""Stage 5: the MiniSD denoiser, a diffusers ``UNet2DConditionModel`` on 16x16x4 latents.
+"""Stage 6: the MiniSD denoiser, a diffusers ``UNet2DConditionModel`` on 16x16x4 latents.
 
-It is conditioned by cross-attention on the frozen MiniCLIP text encoder's ``last_hidden_state`` over
-all 77 positions. Training is SD's: DDPM noise (1000 steps, scaled-linear betas), epsilon prediction,
-the empty prompt ``""`` replaces the caption with probability ``p_uncond`` (classifier-free guidance),
-plus Min-SNR-5 loss weighting and an EMA of the weights (the EMA is what is saved).
-Text embeddings of every possible training caption are computed once and cached.
+It is conditioned by cross-attention on the frozen MiniCLIP text encoder's ``last_hidden_state`` over all
+77 positions, exactly as SD 1.x. Training is SD's: DDPM noise (1000 steps, scaled-linear betas), epsilon
+prediction, the empty prompt ``""`` replaces the caption with probability ``p_uncond`` (classifier-free
+guidance), plus Min-SNR-5 loss weighting and an EMA of the weights (the EMA is what is saved).
+
+**Reading the prompt tokens, not the padding.** A causal text encoder copies the whole prompt into every
+padding row, and a small denoiser trained on such rows learns to read the concept from the ~70 padding
+rows rather than from the word (the first MiniCanvas did: swapping only the padding rows flipped 100 % of
+the images). Stable Diffusion's U-Net largely ignores the padding (Toker et al., "Padding Tone", NAACL
+2025) and takes the content from the prompt tokens (why Prompt-to-Prompt word swaps and last-token
+closed-form edits work). Two conditioning augmentations give MiniSD that behaviour:
+
+- *padding substitution* (always): the rows after the end token are never the caption's own; they are
+  the empty prompt's rows at those positions ("clean pads", probability ``p_clean_pads``) or another
+  caption's padding rows. Padding then carries no information the denoiser could rely on;
+- *concept-row swap* (probability ``p_swap``): the conditioning of a caption naming concept ``x`` with
+  the rows of the concept word replaced by the rows of the same caption written with ``c`` (same token
+  count; every other row, including the end token, still from the ``x`` caption) is paired with an image
+  of ``c``. The denoiser learns to take a concept from its word's rows, as SD does, rather than from the
+  end token, which a causal encoder fills with the whole prompt.
+
+Both are measured, not assumed: ``benchmarks/world_fidelity.py`` runs the padding and token-swap tests.
+Text rows (start token through end token) of a fixed table of training captions are computed once with the
+frozen encoder (:class:`TextConditioning`).
 """
 
 from __future__ import annotations
 
 import copy
 import json
-from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -19,31 +37,39 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from diffusers import DDPMScheduler, UNet2DConditionModel
+from diffusers.models.attention_processor import AttnProcessor
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 from transformers import CLIPTextModel
 
-from ._train import lr_at, run_steps, step_rng
-from .captions import add_distractors, all_captions, sample_caption
+from ._train import autocast, lr_at, run_steps, step_rng
+from .captions import add_distractors, caption, object_words, sample_caption, style_words, template_kind
+from .concepts import OBJECTS, STYLES, TRAIN_TEMPLATES
 
 
 @dataclass(frozen=True)
 class UnetConfig:
     """Sizes and schedule of the denoiser (defaults = the shipped model)."""
 
-    block_out_channels: tuple[int, ...] = (32, 64, 128)
+    block_out_channels: tuple[int, ...] = (48, 96, 192)
     layers_per_block: int = 1
     attention_heads: int = 4
     norm_num_groups: int = 16
     batch_size: int = 128
-    steps: int = 4000
+    steps: int = 8000
     lr_horizon: int | None = None  # length of the cosine schedule; None = steps
     lr: float = 6e-4
-    warmup: int = 100
+    warmup: int = 200
     p_uncond: float = 0.1
-    p_distract: float = 0.3  # share of captions with inserted pseudo-words (captions.add_distractors)
+    p_distract: float = 0.3  # share of table captions with inserted distractor words
+    captions_per_pair: int = 96  # size of the caption table per (style, object) pair
+    swaps_per_pair: int = 4  # concept-row swap entries per pair and domain
+    pad_donors: int = 2048  # captions whose padding rows are used for padding substitution
+    p_clean_pads: float = 0.5
+    p_swap: float = 0.15
     ema_decay: float = 0.999
     min_snr_gamma: float = 5.0
+    precision: str = "bf16"  # training autocast; weights, optimizer state and EMA stay fp32
 
 
 def ddpm_scheduler() -> DDPMScheduler:
@@ -94,88 +120,192 @@ def make_unet(
     )
 
 
+# ----------------------------------------------------------------------------- text conditioning
+def _ids(tokenizer, texts: list[str], length: int) -> torch.Tensor:
+    return tokenizer(
+        texts, padding="max_length", max_length=length, truncation=True, return_tensors="pt"
+    ).input_ids
+
+
 @torch.no_grad()
-def text_embedding_cache(
+def encode_rows(
     text_encoder: CLIPTextModel,
     tokenizer,
     texts: list[str],
     *,
     device: torch.device,
+    length: int | None = None,
     batch: int = 256,
     progress: bool = True,
-) -> torch.Tensor:
-    """``last_hidden_state`` (N, 77, D) in fp16 of ``texts`` padded to 77 tokens (SD's text conditioning)."""
-    out = []
-    for i in tqdm(range(0, len(texts), batch), desc="text cache", disable=not progress, mininterval=5):
-        ids = tokenizer(
-            texts[i : i + batch],
-            padding="max_length",
-            max_length=tokenizer.model_max_length,
-            truncation=True,
-            return_tensors="pt",
-        ).input_ids.to(device)
-        out.append(text_encoder(ids).last_hidden_state.half().cpu())
-    return torch.cat(out)
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``last_hidden_state`` rows of ``texts`` in fp16 and the end-token index of each.
 
-
-def load_or_make_cache(
-    path: Path, text_encoder: CLIPTextModel, tokenizer, *, device: torch.device, progress: bool = True
-) -> tuple[list[str], torch.Tensor]:
-    """All training captions plus ``""`` (index 0) and their cached embeddings (safetensors at ``path``)."""
-    texts = [""] + all_captions()
-    if path.exists():
-        emb = load_file(str(path))["emb"]
-        if emb.shape[0] == len(texts):
-            return texts, emb
-    emb = text_embedding_cache(text_encoder, tokenizer, texts, device=device, progress=progress)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    save_file({"emb": emb}, str(path))
-    return texts, emb
-
-
-def cached_encoder(
-    texts: list[str],
-    emb: torch.Tensor,
-    fallback: Callable[[list[str]], torch.Tensor] | None = None,
-) -> Callable[[list[str]], torch.Tensor]:
-    """``encode_text`` backed by a cache (``emb[i]`` is the embedding of ``texts[i]``).
-
-    Captions missing from the cache (e.g. with inserted pseudo-words) go to ``fallback`` in one batch;
-    without a fallback they raise ``KeyError``.
+    ``length=None`` keeps the start token through the longest end token only (N, Lmax, D): the encoder is
+    causal, so these rows do not depend on what follows. ``length=77`` gives full rows including padding.
+    Computed in fp32, the arithmetic the pipeline uses at inference.
     """
-    lookup = {t: i for i, t in enumerate(texts)}
-
-    def encode(captions: list[str]) -> torch.Tensor:
-        missing = [i for i, c in enumerate(captions) if c not in lookup]
-        if missing and fallback is None:
-            raise KeyError(f"caption not in the text cache: {captions[missing[0]]!r}")
-        out = emb[[lookup.get(c, 0) for c in captions]].clone()
-        if missing:
-            out[missing] = fallback([captions[i] for i in missing]).to(out.dtype)
-        return out
-
-    return encode
+    eot = torch.tensor([len(tokenizer(t, truncation=True).input_ids) - 1 for t in texts])
+    width = int(eot.max()) + 1 if length is None else length
+    out = []
+    for i in tqdm(range(0, len(texts), batch), desc="text rows", disable=not progress, mininterval=5):
+        ids = _ids(tokenizer, texts[i : i + batch], width).to(device)
+        out.append(text_encoder(ids).last_hidden_state.half().cpu())
+    return torch.cat(out), eot
 
 
-def direct_encoder(
-    text_encoder: CLIPTextModel, tokenizer, device: torch.device
-) -> Callable[[list[str]], torch.Tensor]:
-    """``encode_text`` that runs the frozen text encoder on every call (for tiny builds)."""
+@dataclass
+class TextConditioning:
+    """The denoiser's training conditioning, precomputed with the frozen text encoder.
 
-    @torch.no_grad()
-    def encode(captions: list[str]) -> torch.Tensor:
-        ids = tokenizer(
-            captions,
-            padding="max_length",
-            max_length=tokenizer.model_max_length,
-            truncation=True,
-            return_tensors="pt",
-        ).input_ids.to(device)
-        return text_encoder(ids).last_hidden_state.cpu()
+    Attributes:
+        rows: (N, L, D) fp16 rows start..end token of the caption table (zero after each end token).
+        eot: (N,) end-token index of each table caption.
+        pair_entries: (S * O, K) table indices of the captions of pair ``s * len(OBJECTS) + o``.
+        swap_base, swap_donor: (S * O, M) table indices; the conditioning of ``swap_base`` with the rows
+            where its tokens differ from ``swap_donor``'s replaced by ``swap_donor``'s rows shows pair
+            ``(s, o)`` (the donor's); -1 where no swap exists.
+        ids: (N, L) token ids of the table captions (to find a swap's differing positions).
+        donor_pads: (P, 77, D) fp16 full rows of other captions (padding source).
+        donor_eot: (P,) their end-token indices, sorted ascending.
+        empty: (77, D) fp16 rows of the empty prompt (the clean pads and the unconditional input).
+    """
 
-    return encode
+    rows: torch.Tensor
+    eot: torch.Tensor
+    ids: torch.Tensor
+    pair_entries: np.ndarray
+    swap_base: np.ndarray
+    swap_donor: np.ndarray
+    donor_pads: torch.Tensor
+    donor_eot: torch.Tensor
+    empty: torch.Tensor
+
+    def save(self, path: Path) -> None:
+        tensors = {k: torch.as_tensor(v).contiguous() for k, v in asdict(self).items()}
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        save_file(tensors, str(tmp))
+        tmp.replace(path)
+
+    @classmethod
+    def load(cls, path: Path) -> TextConditioning:
+        t = load_file(str(path))
+        return cls(
+            **{
+                k: (v.numpy() if k in ("pair_entries", "swap_base", "swap_donor") else v)
+                for k, v in t.items()
+            }
+        )
+
+    def batch(
+        self, rng: np.random.Generator, s: np.ndarray, o: np.ndarray, *, cfg: UnetConfig
+    ) -> torch.Tensor:
+        """Conditioning (B, 77, D) fp32 for images of styles ``s`` and objects ``o`` (see module docstring)."""
+        n_obj = len(OBJECTS)
+        length, width = self.empty.shape
+        cond = self.empty.float().expand(len(s), length, width).clone()
+        for b, (si, oi) in enumerate(zip(s, o, strict=True)):
+            pair = int(si) * n_obj + int(oi)
+            if rng.random() < cfg.p_uncond:
+                continue  # the empty prompt, as SD's classifier-free-guidance dropout
+            swaps = np.flatnonzero(self.swap_base[pair] >= 0)
+            if len(swaps) and rng.random() < cfg.p_swap:
+                k = swaps[rng.integers(len(swaps))]
+                base, donor = int(self.swap_base[pair, k]), int(self.swap_donor[pair, k])
+                e = int(self.eot[base])
+                cond[b, : e + 1] = self.rows[base, : e + 1].float()
+                diff = torch.nonzero(self.ids[base] != self.ids[donor]).flatten()
+                cond[b, diff] = self.rows[donor, diff].float()
+            else:
+                entry = int(self.pair_entries[pair, rng.integers(self.pair_entries.shape[1])])
+                e = int(self.eot[entry])
+                cond[b, : e + 1] = self.rows[entry, : e + 1].float()
+            if rng.random() >= cfg.p_clean_pads:  # another caption's padding rows (its end token <= e)
+                eligible = int(torch.searchsorted(self.donor_eot, e, right=True))
+                if eligible:
+                    d = int(rng.integers(eligible))
+                    cond[b, e + 1 :] = self.donor_pads[d, e + 1 :].float()
+        return cond
 
 
+def _swap_partner(
+    rng: np.random.Generator, tokenizer, template: str, s: int, o: int, sw: int, ow: int, domain: str
+) -> tuple[str, str] | None:
+    """(base caption naming another concept, donor caption naming (s, o)) differing only in the concept
+    word of ``domain`` and with equal token counts; ``None`` if no such partner was found."""
+    donor, _ = caption(template, s, o, style_word=sw, object_word=ow)
+    n = len(tokenizer(donor).input_ids)
+    names = STYLES if domain == "style" else OBJECTS
+    for _ in range(12):
+        x = int(rng.integers(len(names)))
+        if x == (s if domain == "style" else o):
+            continue
+        if domain == "style":
+            w = int(rng.integers(len(style_words(STYLES[x]))))
+            base, _ = caption(template, x, o, style_word=w, object_word=ow)
+        else:
+            w = int(rng.integers(len(object_words(OBJECTS[x]))))
+            base, _ = caption(template, s, x, style_word=sw, object_word=w)
+        if len(tokenizer(base).input_ids) == n:
+            return base, donor
+    return None
+
+
+def make_text_conditioning(
+    text_encoder: CLIPTextModel,
+    tokenizer,
+    *,
+    cfg: UnetConfig,
+    seed: int,
+    device: torch.device,
+    progress: bool = True,
+) -> TextConditioning:
+    """Sample the caption table (seeded), the swap pairs and the padding donors; encode them all."""
+    rng = np.random.default_rng([seed, 61])
+    n_obj = len(OBJECTS)
+    texts: list[str] = []
+    pair_entries = np.zeros((len(STYLES) * n_obj, cfg.captions_per_pair), dtype=np.int64)
+    for s in range(len(STYLES)):
+        for o in range(n_obj):
+            for k in range(cfg.captions_per_pair):
+                pair_entries[s * n_obj + o, k] = len(texts)
+                texts.append(add_distractors(rng, sample_caption(rng, s, o)[0], p=cfg.p_distract))
+    both = [t for t in TRAIN_TEMPLATES if template_kind(t) == "both"]
+    m = 2 * cfg.swaps_per_pair
+    swap_base = np.full((len(STYLES) * n_obj, m), -1, dtype=np.int64)
+    swap_donor = np.full_like(swap_base, -1)
+    for s in range(len(STYLES)):
+        for o in range(n_obj):
+            for k in range(m):
+                domain = "style" if k % 2 == 0 else "object"
+                template = both[int(rng.integers(len(both)))]
+                sw = int(rng.integers(len(style_words(STYLES[s]))))
+                ow = int(rng.integers(len(object_words(OBJECTS[o]))))
+                found = _swap_partner(rng, tokenizer, template, s, o, sw, ow, domain)
+                if found is not None:
+                    swap_base[s * n_obj + o, k] = len(texts)
+                    swap_donor[s * n_obj + o, k] = len(texts) + 1
+                    texts.extend(found)
+    rows, eot = encode_rows(text_encoder, tokenizer, texts, device=device, progress=progress)
+    ids = _ids(tokenizer, texts, rows.shape[1])
+    donors = [texts[int(i)] for i in rng.choice(len(texts), size=cfg.pad_donors, replace=False)]
+    pads, pad_eot = encode_rows(text_encoder, tokenizer, donors, device=device, length=77, progress=progress)
+    order = torch.argsort(pad_eot, stable=True)
+    empty, _ = encode_rows(text_encoder, tokenizer, [""], device=device, length=77, progress=False)
+    return TextConditioning(
+        rows=rows,
+        eot=eot,
+        ids=ids,
+        pair_entries=pair_entries,
+        swap_base=swap_base,
+        swap_donor=swap_donor,
+        donor_pads=pads[order],
+        donor_eot=pad_eot[order],
+        empty=empty[0],
+    )
+
+
+# ----------------------------------------------------------------------------- training
 def train_unet(
     out_dir: Path,
     *,
@@ -184,26 +314,24 @@ def train_unet(
     scaling_factor: float,
     style_idx: np.ndarray,
     object_idx: np.ndarray,
-    encode_text: Callable[[list[str]], torch.Tensor],
+    text: TextConditioning,
     cfg: UnetConfig,
     seed: int,
     device: torch.device,
     ckpt_dir: Path | None = None,
     progress: bool = True,
 ) -> UNet2DConditionModel:
-    """Train the denoiser on posterior samples of the pooled latents; save the EMA weights to ``out_dir``.
-
-    ``encode_text(captions) -> (B, 77, D)`` gives the frozen text encoder's ``last_hidden_state``
-    (a cache lookup, see :func:`cached_encoder`, or a direct call).
-    """
+    """Train the denoiser on posterior samples of the pooled latents; save the EMA weights to ``out_dir``."""
     torch.manual_seed(seed)
-    width = encode_text([""]).shape[-1]
     unet = make_unet(
         cfg,
-        cross_attention_dim=width,
+        cross_attention_dim=text.empty.shape[-1],
         latent_channels=latent_mean.shape[1],
         sample_size=latent_mean.shape[-1],
     ).to(device)
+    # Plain matrix-product attention for training: on CPU, bf16 scaled-dot-product attention's backward
+    # dominates the step. The saved model is unaffected (processors are not part of its weights/config).
+    unet.set_attn_processor(AttnProcessor())
     ema = copy.deepcopy(unet).requires_grad_(False)
     opt = torch.optim.AdamW(unet.parameters(), lr=cfg.lr, weight_decay=0.01)
     sched = ddpm_scheduler()
@@ -220,18 +348,14 @@ def train_unet(
         idx = rng.integers(n, size=cfg.batch_size)
         eps_post = torch.randn(latent_mean[idx].shape, generator=gen)
         z0 = (latent_mean[idx] + latent_std[idx] * eps_post) * scaling_factor
-        caps = [
-            "" if rng.random() < cfg.p_uncond else sample_caption(rng, int(s), int(o))[0]
-            for s, o in zip(style_idx[idx], object_idx[idx], strict=True)
-        ]
-        caps = [add_distractors(rng, c, p=cfg.p_distract) for c in caps]
-        cond = encode_text(caps).float()
+        cond = text.batch(rng, style_idx[idx], object_idx[idx], cfg=cfg)
         t = torch.randint(0, sched.config.num_train_timesteps, (cfg.batch_size,), generator=gen)
         noise = torch.randn(z0.shape, generator=gen)
         zt = sched.add_noise(z0, noise, t)
-        pred = unet(zt.to(device), t.to(device), cond.to(device)).sample
+        with autocast(device, cfg.precision):
+            pred = unet(zt.to(device), t.to(device), cond.to(device)).sample
         w = (torch.clamp(snr[t], max=cfg.min_snr_gamma) / snr[t]).to(device)
-        loss = (w * F.mse_loss(pred, noise.to(device), reduction="none").mean(dim=(1, 2, 3))).mean()
+        loss = (w * F.mse_loss(pred.float(), noise.to(device), reduction="none").mean(dim=(1, 2, 3))).mean()
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(unet.parameters(), 1.0)
