@@ -12,9 +12,14 @@ classifier-free guidance ``start_guidance`` on the concept prompt, stopped after
 (as the authors' diffusers script ``esd_sd.py`` does; their first CompVis script instead draws a DDPM
 timestep from ``[t_enc, t_enc + 1) * 1000 / ddim_steps``).
 
-Which tensors: ``esd-x`` trains every parameter inside a cross-attention (``attn2``) module;
-``esd-u`` every other U-Net parameter (the references differ in details: the CompVis script also
-froze ``time_embed`` and the output layers, ``esd_sd.py`` trains only Linear/Conv2d weights).
+Which tensors, as the CompVis script ``train-esd.py`` (rohitgandikota/erasing, before its diffusers
+rewrite) selects them: ``esd-x`` = its ``xattn``, every parameter inside a cross-attention (``attn2``)
+module (to_q, to_k, to_v, to_out); ``esd-u`` = its ``noxattn``, every parameter except cross-attention,
+the output block (CompVis ``out.*`` = diffusers ``conv_norm_out`` and ``conv_out``) and the time
+embedding (CompVis ``time_embed`` = diffusers ``time_embedding``; the residual blocks' own time
+projections, CompVis ``emb_layers`` = diffusers ``time_emb_proj``, do train). The diffusers rewrite
+``esd_sd.py`` differs (it trains only Linear/Conv2d layers, and ``esd-u`` there includes the output conv
+and the time embedding's linears); we follow the script behind the paper.
 
 Conventions: ``negative_guidance`` is the paper's eta (the target above); ``esd_sd.py`` writes the
 target as ``eps(c) - eta' (eps(c) - eps())``, i.e. eta' = eta + 1 (its default 2 = our 1). With a
@@ -29,13 +34,13 @@ import math
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from hirm.core.config import Concept
+from hirm.core.config import Concept, check_choice, check_float, check_int, check_seed
 from hirm.core.hirm import NonFiniteLossError
 from hirm.core.patch import Patch, component_parameters, make_patch
 from hirm.core.registry import MethodSpec, register
@@ -52,7 +57,8 @@ class ESDConfig:
 
     Attributes:
         variant: ``esd-x`` = train only cross-attention (``attn2``) parameters (for styles);
-            ``esd-u`` = train every U-Net parameter except cross-attention (for nudity, objects).
+            ``esd-u`` = every U-Net parameter except cross-attention, the time embedding and the output
+            block (CompVis ``noxattn``; for nudity, objects).
         steps: optimizer steps (one latent and one concept per step).
         lr: Adam learning rate.
         negative_guidance: ``eta``, how far the target moves away from the concept.
@@ -70,17 +76,14 @@ class ESDConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        if self.variant not in ("esd-x", "esd-u"):
-            raise ValueError(f"variant must be 'esd-x' or 'esd-u', got {self.variant!r}.")
-        if self.steps < 1:
-            raise ValueError(f"steps must be >= 1, got {self.steps}.")
-        if not (self.lr > 0 and math.isfinite(self.lr)):
-            raise ValueError(f"lr must be a positive finite number, got {self.lr}.")
-        if self.ddim_steps < 1:
-            raise ValueError(f"ddim_steps must be >= 1, got {self.ddim_steps}.")
-        for name in ("negative_guidance", "start_guidance"):
-            if not math.isfinite(getattr(self, name)):
-                raise ValueError(f"{name} must be finite.")
+        owner = type(self).__name__
+        check_choice(owner, "variant", self.variant, get_args(ESDVariant))
+        check_int(owner, "steps", self.steps, minimum=1)
+        check_float(owner, "lr", self.lr, positive=True)
+        check_float(owner, "negative_guidance", self.negative_guidance, minimum=0.0)
+        check_float(owner, "start_guidance", self.start_guidance, minimum=0.0)
+        check_int(owner, "ddim_steps", self.ddim_steps, minimum=1)
+        check_seed(owner, "seed", self.seed)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -110,15 +113,24 @@ class ESDUConfig(ESDConfig):
             raise ValueError("ESDUConfig is the esd-u config; use ESDXConfig (or ESDConfig) for esd-x.")
 
 
+#: Top-level diffusers U-Net modules that CompVis ``noxattn`` freezes besides cross-attention: the time
+#: embedding (CompVis ``time_embed``) and the output block (CompVis ``out.0`` / ``out.2``).
+NOXATTN_FROZEN: tuple[str, ...] = ("time_embedding", "conv_norm_out", "conv_out")
+
+
 def trainable_names(unet: nn.Module, variant: ESDVariant) -> list[str]:
-    """U-Net parameter names ESD trains: those inside an ``attn2`` module (esd-x) or all others (esd-u)."""
+    """U-Net parameter names ESD trains, by exact module name: every parameter inside an ``attn2``
+    module (esd-x = CompVis ``xattn``), or every parameter outside ``attn2`` and outside
+    :data:`NOXATTN_FROZEN` (esd-u = CompVis ``noxattn``)."""
     names = list(component_parameters(unet))
     in_xattn = [n for n in names if "attn2" in n.split(".")]
     if not in_xattn:
         raise ValueError(
             f"{type(unet).__name__} has no cross-attention (attn2) modules; ESD needs a text-conditioned U-Net."
         )
-    return in_xattn if variant == "esd-x" else [n for n in names if n not in set(in_xattn)]
+    if variant == "esd-x":
+        return in_xattn
+    return [n for n in names if n not in set(in_xattn) and n.split(".")[0] not in NOXATTN_FROZEN]
 
 
 def esd_target(eps_empty: Tensor, eps_concept: Tensor, negative_guidance: float) -> Tensor:
@@ -270,4 +282,9 @@ def _register(name: ESDVariant, config_cls: type, edits: str) -> None:
 
 
 _register("esd-x", ESDXConfig, "U-Net cross-attention (attn2) parameters, fine-tuned with negative guidance")
-_register("esd-u", ESDUConfig, "U-Net parameters outside cross-attention, fine-tuned with negative guidance")
+_register(
+    "esd-u",
+    ESDUConfig,
+    "U-Net parameters outside cross-attention, the time embedding and the output block (CompVis noxattn), "
+    "fine-tuned with negative guidance",
+)
