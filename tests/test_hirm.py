@@ -4,6 +4,8 @@ the authors', targets are built as documented, and every config field is checked
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import tiny
 import torch
@@ -176,7 +178,8 @@ def _authors_trainable(encoder, method: str) -> set[str]:
 
 
 @pytest.mark.parametrize(
-    "method", ["first-attn", "attn-only", "mlp-only", "mlp-attn", "final-attn", "mix-attn", "mlp-final-attn", "all"]
+    "method",
+    ["first-attn", "attn-only", "mlp-only", "mlp-attn", "final-attn", "mix-attn", "mlp-final-attn", "all"],
 )
 def test_trainable_sets_are_the_authors_on_a_12_block_encoder(method):
     """On a 12-block encoder (SD's CLIP-L depth) every reference mode selects exactly the parameters the
@@ -479,3 +482,135 @@ def test_nan_loss_is_an_error_and_leaves_the_encoder_unchanged(encoder, tokenize
             [Concept("cat", target=VectorTarget(str(tmp_path / "nan.safetensors")))],
             progress=False,
         )
+
+
+# ------------------------------------------------------------------------------------ typed validation
+
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+from hirm.core.config import VectorTarget  # noqa: E402
+from hirm.core.diffquickfix import DiffQuickFixConfig  # noqa: E402
+from hirm.core.esd import ESDConfig  # noqa: E402
+from hirm.core.naive import NaiveConfig  # noqa: E402
+from hirm.core.uce import UCEConfig  # noqa: E402
+
+
+def _int_at_least(low, high=None):
+    def ok(v):
+        return isinstance(v, int) and not isinstance(v, bool) and v >= low and (high is None or v <= high)
+
+    return ok
+
+
+def _real(low, *, strict):
+    def ok(v):
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+            return False
+        return v > low if strict else v >= low
+
+    return ok
+
+
+#: (config class, field, allowed-value predicate)
+NUMERIC_FIELDS = [
+    (HiRMConfig, "steps", _int_at_least(1)),
+    (HiRMConfig, "lr", _real(0, strict=True)),
+    (HiRMConfig, "eps", _real(0, strict=True)),
+    (HiRMConfig, "weight_decay", _real(0, strict=False)),
+    (HiRMConfig, "seed", _int_at_least(0, 2**63 - 1)),
+    (NaiveConfig, "steps", _int_at_least(1)),
+    (NaiveConfig, "lr", _real(0, strict=True)),
+    (UCEConfig, "lamb", _real(0, strict=True)),
+    (UCEConfig, "erase_scale", _real(0, strict=False)),
+    (UCEConfig, "preserve_scale", _real(0, strict=False)),
+    (ESDConfig, "steps", _int_at_least(1)),
+    (ESDConfig, "ddim_steps", _int_at_least(1)),
+    (ESDConfig, "lr", _real(0, strict=True)),
+    (ESDConfig, "start_guidance", _real(0, strict=False)),
+    (ESDConfig, "seed", _int_at_least(0, 2**63 - 1)),
+    (DiffQuickFixConfig, "lam", _real(0, strict=True)),
+    (DiffQuickFixConfig, "layer", _int_at_least(-(2**70))),
+    (RandomTarget, "seed", _int_at_least(0, 2**63 - 1)),
+    (RandomTarget, "coeff", _real(0, strict=True)),
+    (PromptTarget, "coeff", _real(-math.inf, strict=True)),
+]
+
+VALUES = st.one_of(
+    st.integers(min_value=-(2**64), max_value=2**64),
+    st.floats(allow_nan=True, allow_infinity=True),
+    st.booleans(),
+    st.text(max_size=3),
+    st.none(),
+)
+
+
+@pytest.mark.parametrize(("cls", "name", "allowed"), NUMERIC_FIELDS, ids=lambda x: getattr(x, "__name__", x))
+@settings(max_examples=60, deadline=None)
+@given(value=VALUES)
+def test_every_numeric_field_accepts_exactly_its_range_and_names_itself(cls, name, allowed, value):
+    """Any value: the config is built iff the value is allowed (None where the field is optional);
+    otherwise a ValueError/TypeError whose message names ``Class.field`` and repeats the value."""
+    optional = cls.__dataclass_fields__[name].default is None
+    required = {"prompt": "x"} if cls is PromptTarget else {}
+    if allowed(value) or (optional and value is None):
+        assert getattr(cls(**required, **{name: value}), name) == value
+    else:
+        with pytest.raises((ValueError, TypeError)) as err:
+            cls(**required, **{name: value})
+        assert f"{cls.__name__}.{name} must be" in str(err.value) and repr(value) in str(err.value)
+
+
+@settings(max_examples=80, deadline=None)
+@given(template=st.text(alphabet="{}concept x0!:", max_size=14))
+def test_a_template_is_either_refused_up_front_or_renders(template):
+    """No template passes validation and then breaks str.format later."""
+    try:
+        HiRMConfig(templates=(template,))
+    except ValueError as err:
+        assert "HiRMConfig.templates[0]" in str(err)
+        return
+    from hirm.core.config import render
+
+    assert "Cats" in render(template, "Cats")
+
+
+@settings(max_examples=40, deadline=None)
+@given(b1=st.floats(-1, 2), b2=st.floats(-1, 2))
+def test_betas_are_a_pair_in_the_unit_interval(b1, b2):
+    if 0 <= b1 < 1 and 0 <= b2 < 1:
+        assert HiRMConfig(betas=(b1, b2)).betas == (b1, b2)
+    else:
+        with pytest.raises(ValueError, match=r"HiRMConfig\.betas\[[01]\]"):
+            HiRMConfig(betas=(b1, b2))
+
+
+@pytest.mark.parametrize(
+    ("make", "field"),
+    [
+        (lambda: HiRMConfig(betas=[0.9, 0.98]), "HiRMConfig.betas"),
+        (lambda: HiRMConfig(precision="fp16"), "HiRMConfig.precision"),
+        (lambda: HiRMConfig(read=(-1, "attn")), "HiRMConfig.read"),
+        (lambda: HiRMConfig(preserve=("a dog",)), "HiRMConfig.preserve_weight"),
+        (lambda: HiRMConfig(preserve_weight=1.0), "HiRMConfig.preserve"),
+        (lambda: HiRMConfig(params=("encoder.layers.0.mlp.fc1.weight",)), "HiRMConfig.params"),
+        (lambda: HiRMConfig(trainable="params"), "HiRMConfig.params"),
+        (lambda: HiRMConfig(concept_weighting="equal"), "HiRMConfig.concept_weighting"),
+        (lambda: ReadingPoint(site="out"), "ReadingPoint.site"),
+        (lambda: ReadingPoint(layer=3, site="final"), "ReadingPoint.layer"),
+        (lambda: ReadingPoint(layer=1.0), "ReadingPoint.layer"),
+        (lambda: RandomTarget(draw_device="mps"), "RandomTarget.draw_device"),
+        (lambda: RandomTarget(scale="norm"), "RandomTarget.scale"),
+        (lambda: PromptTarget(" "), "PromptTarget.prompt"),
+        (lambda: PromptTarget("x", coeff=float("inf")), "PromptTarget.coeff"),
+        (lambda: VectorTarget(""), "VectorTarget.path"),
+        (lambda: Concept("cat", kind="animal"), "Concept.kind"),
+        (lambda: Concept("cat", target="random"), "Concept.target"),
+    ],
+)
+def test_bad_fields_name_the_field_the_value_and_the_choices(make, field):
+    with pytest.raises((ValueError, TypeError)) as err:
+        make()
+    assert f"{field} must be" in str(err.value)
+    if field.endswith(("precision", "site", "draw_device", "kind", "concept_weighting")):
+        assert "one of" in str(err.value)  # the choices are listed
