@@ -386,6 +386,24 @@ def test_esd_first_step_is_adam_on_the_papers_loss(model, variant):
         _close(step[clear], (g / (g.abs() + 1e-8))[clear], rel=1e-3)
 
 
+def test_esd_bf16_trains_the_same_tensors_with_nearly_the_same_loss(model):
+    fp32 = _erase(model, "esd-u", config=ESDUConfig(steps=2, ddim_steps=4, lr=1e-4))
+    bf16 = _erase(model, "esd-u", config=ESDUConfig(steps=2, ddim_steps=4, lr=1e-4, precision="bf16"))
+    assert bf16.tensors.keys() == fp32.tensors.keys()
+    assert all(v.dtype == torch.float32 for v in bf16.tensors.values())
+    assert fp32.metadata["losses"]["unet"] != bf16.metadata["losses"]["unet"]  # bf16 really ran
+    # Adam's steps are ~lr * sign(g): the same direction for almost every parameter.
+    base = component_parameters(model.component("unet"))
+    agree = [
+        (torch.sign(fp32.tensors[k] - base[k.split("/", 1)[1]]) == torch.sign(v - base[k.split("/", 1)[1]]))
+        .float()
+        .mean()
+        .item()
+        for k, v in bf16.tensors.items()
+    ]
+    assert sum(agree) / len(agree) > 0.8, agree
+
+
 def test_esd_moves_the_concept_prediction_toward_the_negatively_guided_target(model):
     """On fixed latents and timesteps the ESD loss of the trained U-Net is below the original's."""
     unet = model.component("unet")

@@ -102,7 +102,8 @@ def erase_command(
     k: int = typer.Option(1, help="Number of early blocks for --trainable first-k."),
     param: list[str] = typer.Option([], help="Exact parameter names for --trainable params (repeat)."),
     read_layer: int | None = typer.Option(
-        None, help="Block whose output is read (negative counts from the end; default: the family's, -1 on SD)."
+        None,
+        help="Block whose output is read (negative counts from the end; default: the family's, -1 on SD).",
     ),
     read_site: str | None = typer.Option(None, help="attn (reference), mlp, hidden or final (default attn)."),
     template: list[str] = typer.Option(
