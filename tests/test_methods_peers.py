@@ -577,6 +577,15 @@ def test_text_encoder_methods_edit_both_sdxl_encoders_and_unet_methods_refuse_sd
         sdxl, CAT, FAST["naive"], components=["text_encoder_2"], progress=False
     )
     assert naive.components == ("text_encoder_2",)
+    # SDXL feeds its U-Net the penultimate hidden state: the naive baseline supervises that, and HiRM's
+    # default read-out moves to the second-to-last block (recorded in the patch).
+    assert naive.metadata["hirm_config"]["read"] == {"layer": -2, "site": "hidden"}
+    patch = hirm.erase(sdxl, CAT, config=HiRMConfig(steps=1), progress=False)
+    assert patch.metadata["config"]["read"] == {"layer": -2, "site": "attn"}
+    assert hirm.erase(model, CAT, config=HiRMConfig(steps=1), progress=False).metadata["config"]["read"] == {
+        "layer": -1,
+        "site": "attn",
+    }
     for name in ("uce", "esd-x"):
         with pytest.raises(ValueError, match="Stable Diffusion 1.x/2.x"):
             _erase(sdxl, name)
