@@ -30,7 +30,15 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from hirm.core.config import REFERENCE_READ, Concept, HiRMConfig, RandomTarget, family_read, render
+from hirm.core.config import (
+    REFERENCE_READ,
+    Concept,
+    HiRMConfig,
+    RandomTarget,
+    ReadingPoint,
+    family_read,
+    render,
+)
 from hirm.core.encoder import (
     frozen_linear_casts,
     layers,
@@ -140,9 +148,15 @@ def training_prompts(concepts: Sequence[Concept], templates: Sequence[str]) -> T
 
 @torch.no_grad()
 def build_targets(
-    encoder: nn.Module, tokenizer, concepts: Sequence[Concept], prompts: TrainingPrompts, ids: Tensor, point
+    encoder: nn.Module,
+    tokenizer,
+    concepts: Sequence[Concept],
+    prompts: TrainingPrompts,
+    ids: Tensor,
+    point: ReadingPoint,
 ) -> Tensor:
-    """The target of every training prompt, (N, L, D) float32 on the encoder's device (original encoder).
+    """The target of every training prompt, (N, L, D) float32 on the encoder's device (original encoder);
+    ``ids`` (N, L) are the training prompts' token ids.
 
     A prompt target is read in the training prompt's own template; a read-out-scaled random target
     takes the RMS of its concept's read-outs over all of its prompts.
