@@ -1,28 +1,34 @@
-"""Peer methods (UCE, ESD-x/-u, DiffQuickFix, naive fine-tuning) on a tiny random SD pipeline: each
-method's defining property, only its tensors change, determinism, exact save/load, the caller's model
-untouched, the public API, and HiRM + UCE composing as two disjoint patches."""
+"""Peer methods (UCE, ESD-x/-u, DiffQuickFix, naive fine-tuning) on a tiny random SD pipeline.
+
+The proofs: for each peer the authors' computation is restated here, independently of hirm's code,
+from their paper's equations and scripts (UCE: both generations of the script; DiffQuickFix: the
+notebook; ESD: CompVis ``train-esd.py``), and hirm's patch is checked against it (keys, values,
+positions, layers). Then each method's common promises: only its tensors change, determinism, exact
+save/load, the caller's model untouched, the public API, HiRM + UCE composing as two disjoint patches."""
 
 from __future__ import annotations
 
 import copy
 import json
+import re
 
 import pytest
 import torch
 
 import hirm
 from hirm.core.config import Concept, HiRMConfig, ReadingPoint
-from hirm.core.diffquickfix import DiffQuickFixConfig, out_proj_inputs, pairs, slot_position
+from hirm.core.diffquickfix import DiffQuickFixConfig, out_proj_inputs, slot_position
 from hirm.core.encoder import read_representation, tokenize
 from hirm.core.esd import ESDConfig, ESDUConfig, ESDXConfig, esd_target
 from hirm.core.esd import trainable_names as esd_names
 from hirm.core.hirm import trainable_names as hirm_names
 from hirm.core.naive import NaiveConfig
 from hirm.core.patch import Patch, apply_patches, component_parameters
-from hirm.core.uce import UCEConfig, prompt_embeddings, select_tokens, uce_transform
+from hirm.core.uce import UCEConfig, prompt_embeddings
 
 CAT = [Concept("cat")]
 OUT_PROJ0 = "text_encoder/encoder.layers.0.self_attn.out_proj.weight"
+EOT = 49407  # CLIP's end-of-text token (also its padding)
 
 #: Small configs: every method in well under a second on the tiny pipeline.
 FAST = {
@@ -72,6 +78,12 @@ def _final(encoder, tokenizer, prompts):
         return read_representation(encoder, tokenize(tokenizer, prompts), ReadingPoint(site="final")).float()
 
 
+def _close(got: torch.Tensor, expected: torch.Tensor, rel: float = 1e-5) -> None:
+    torch.testing.assert_close(
+        got.double(), expected.double(), rtol=rel, atol=rel * expected.abs().max().item()
+    )
+
+
 # ---------------------------------------------------------------------------------------------- registry
 
 
@@ -89,16 +101,30 @@ def test_registry_lists_the_peer_methods_with_their_defaults():
         50,
     )
     uce = UCEConfig()
-    assert (uce.erase_scale, uce.preserve_scale, uce.lamb, uce.tokens, uce.preserve) == (
+    assert (uce.tokens, uce.erase_scale, uce.preserve_scale, uce.lamb, uce.preserve) == (
+        "paper",
         1.0,
-        1.0,
+        None,
         0.5,
-        "last",
         (),
     )
-    assert DiffQuickFixConfig().lam == 0.01 and DiffQuickFixConfig().guide == ""
+    assert (uce.resolved_preserve_scale(), UCEConfig(preserve=("a",) * 3).resolved_preserve_scale()) == (
+        1.0,
+        0.25,
+    )
+    assert UCEConfig(preserve=("a",) * 20).resolved_preserve_scale() == 0.1
+    assert UCEConfig(tokens="last", preserve=("a",) * 3).resolved_preserve_scale() == 1.0
+    dqf = DiffQuickFixConfig()
+    assert (dqf.lam, dqf.guide, dqf.use_eos, dqf.value, dqf.layer) == (0.01, "", True, "notebook", 0)
+    assert dqf.templates == (
+        "{concept}",
+        "A photo of {concept}",
+        "An image of {concept}",
+        "A picture of {concept}",
+    )
     naive = NaiveConfig().hirm_config()
     assert naive.read == ReadingPoint(site="final") and naive.trainable == "first-attn"
+    assert NaiveConfig().hirm_config("sdxl").read == ReadingPoint(layer=-2, site="hidden")
     assert (naive.betas, naive.eps, naive.weight_decay) == (
         HiRMConfig().betas,
         HiRMConfig().eps,
@@ -107,22 +133,31 @@ def test_registry_lists_the_peer_methods_with_their_defaults():
 
 
 @pytest.mark.parametrize(
-    "make",
+    ("make", "field"),
     [
-        lambda: UCEConfig(lamb=0),
-        lambda: UCEConfig(tokens="some"),
-        lambda: UCEConfig(preserve="dog"),
-        lambda: ESDConfig(steps=0),
-        lambda: ESDConfig(variant="esd-z"),
-        lambda: ESDXConfig(variant="esd-u"),
-        lambda: DiffQuickFixConfig(lam=0),
-        lambda: DiffQuickFixConfig(templates=("no slot",)),
-        lambda: NaiveConfig(steps=0),
-        lambda: NaiveConfig(anchor="  "),
+        (lambda: UCEConfig(lamb=0), "UCEConfig.lamb"),
+        (lambda: UCEConfig(tokens="some"), "UCEConfig.tokens"),
+        (lambda: UCEConfig(tokens="all"), "removed"),
+        (lambda: UCEConfig(preserve="dog"), "UCEConfig.preserve"),
+        (lambda: UCEConfig(expand_prompts="true"), "UCEConfig.expand_prompts"),
+        (lambda: UCEConfig(preserve_scale=float("nan")), "UCEConfig.preserve_scale"),
+        (lambda: ESDConfig(steps=0), "ESDConfig.steps"),
+        (lambda: ESDConfig(steps=2.5), "ESDConfig.steps"),
+        (lambda: ESDConfig(variant="esd-z"), "ESDConfig.variant"),
+        (lambda: ESDConfig(seed=-1), "ESDConfig.seed"),
+        (lambda: ESDXConfig(variant="esd-u"), "ESDXConfig"),
+        (lambda: DiffQuickFixConfig(lam=0), "DiffQuickFixConfig.lam"),
+        (lambda: DiffQuickFixConfig(templates=("no slot",)), "DiffQuickFixConfig.templates[0]"),
+        (lambda: DiffQuickFixConfig(templates=("{concept} {concept}",)), "exactly once"),
+        (lambda: DiffQuickFixConfig(value="bias"), "DiffQuickFixConfig.value"),
+        (lambda: DiffQuickFixConfig(use_eos=1), "DiffQuickFixConfig.use_eos"),
+        (lambda: NaiveConfig(steps=0), "NaiveConfig.steps"),
+        (lambda: NaiveConfig(anchor="  "), "NaiveConfig.anchor"),
+        (lambda: NaiveConfig(betas=(0.9, 1.0)), "NaiveConfig.betas[1]"),
     ],
 )
-def test_bad_configs_fail_early(make):
-    with pytest.raises((ValueError, TypeError)):
+def test_bad_configs_fail_early_naming_the_field(make, field):
+    with pytest.raises((ValueError, TypeError), match=re.escape(field)):
         make()
 
 
@@ -176,6 +211,88 @@ def _attn2_kv(unet) -> set[str]:
     }
 
 
+def _embed(model, text):
+    """A prompt's ``last_hidden_state`` (77, D) in float64 and its ``attention_mask.sum() - 2``."""
+    tok = model.tokenizer()
+    t = tok(
+        [text], padding="max_length", max_length=tok.model_max_length, truncation=True, return_tensors="pt"
+    )
+    with torch.no_grad():
+        hidden = model.text_encoder()(t.input_ids)[0][0].double()
+    return hidden, int(t.attention_mask[0].sum()) - 2
+
+
+def _authors_uce(model, erased, guides, preserve, *, script, preserve_scale, erase_scale=1.0, lamb=0.5):
+    """UCE as the authors' scripts compute it (eq. 7 with their rows), for every attn2 to_k / to_v.
+
+    ``script="paper"``: ``train_erase.py`` — per pair the rows from each last token to the end, the
+    longer one cut by ``farthest - final_token_idx`` at the end; every preserved prompt over all 77 rows
+    (the caller passes ``''`` in ``preserve`` as the script does). ``script="last"``: ``uce_sd_erase.py``
+    — the last-token row of every prompt."""
+    params = component_parameters(model.component("unet"))
+    pairs = []
+    for old, new in zip(erased, guides, strict=True):
+        (h_o, i_o), (h_n, i_n) = _embed(model, old), _embed(model, new)
+        if script == "paper":
+            far = max(i_o, i_n)
+            pairs.append((h_o[i_o : len(h_o) - max(0, far - i_o)], h_n[i_n : len(h_n) - max(0, far - i_n)]))
+        else:
+            pairs.append((h_o[i_o : i_o + 1], h_n[i_n : i_n + 1]))
+    kept = []
+    for text in preserve:
+        h, i = _embed(model, text)
+        kept.append(h if script == "paper" else h[i : i + 1])
+    out = {}
+    for key in _attn2_kv(model.component("unet")):
+        w = params[key.split("/", 1)[1]].detach().double()
+        mat1, mat2 = lamb * w, lamb * torch.eye(w.shape[1], dtype=torch.float64)
+        for c, g in pairs:
+            for c_row, g_row in zip(c, g, strict=True):
+                mat1 += erase_scale * torch.outer(w @ g_row, c_row)  # v* c^T with v* = W c*
+                mat2 += erase_scale * torch.outer(c_row, c_row)
+        for c in kept:
+            for row in c:
+                mat1 += preserve_scale * torch.outer(w @ row, row)
+                mat2 += preserve_scale * torch.outer(row, row)
+        out[key] = mat1 @ torch.linalg.inv(mat2)
+    return out
+
+
+def test_clip_reads_the_original_scripts_space_guide_as_the_empty_prompt(model):
+    tok = model.tokenizer()
+    assert tok(" ")["input_ids"] == tok("")["input_ids"] == [49406, EOT]
+
+
+@pytest.mark.parametrize(
+    ("concepts", "config", "erased", "guides", "preserve", "scale"),
+    [
+        # paper defaults: guide '' (the script's ' '), '' always preserved, scale max(0.1, 1/2)
+        ([Concept("van gogh", "style")], UCEConfig(preserve=("dog",)), ["van gogh"], [""], ["", "dog"], 0.5),
+        # a guide longer than the concept: rows aligned at the last tokens, the guide's tail cut
+        ([Concept("cat")], UCEConfig(guide="a red dog"), ["cat"], ["a red dog"], [""], 1.0),
+        # two concepts, explicit scale
+        ([Concept("cat"), Concept("a tall tree")], UCEConfig(guide="bird", preserve_scale=0.3),
+         ["cat", "a tall tree"], ["bird", "bird"], [""], 0.3),
+        # the rewritten script: last tokens, guide "art" for styles, "" for objects, no implicit ''
+        ([Concept("van gogh", "style"), Concept("cat")], UCEConfig(tokens="last", preserve=("dog", "a house")),
+         ["van gogh", "cat"], ["art", ""], ["dog", "a house"], 1.0),
+        # the rewritten script's expand_prompts: five templates each, the guide in the same template
+        ([Concept("cat")], UCEConfig(tokens="last", expand_prompts=True),
+         ["cat", "image of cat", "photo of cat", "portrait of cat", "picture of cat", "painting of cat"],
+         ["", "image of ", "photo of ", "portrait of ", "picture of ", "painting of "], [], 1.0),
+    ],
+)  # fmt: skip
+def test_uce_equals_the_authors_closed_form(model, concepts, config, erased, guides, preserve, scale):
+    patch = _erase(model, "uce", concepts, config)
+    expected = _authors_uce(model, erased, guides, preserve, script=config.tokens, preserve_scale=scale)
+    assert patch.tensors.keys() == expected.keys() == _attn2_kv(model.component("unet"))
+    for key, value in expected.items():
+        _close(patch.tensors[key], value, rel=1e-4)
+    if config.tokens == "paper":  # 77 - max(last tokens) rows per pair
+        rows = sum(77 - max(_embed(model, e)[1], _embed(model, g)[1]) for e, g in zip(erased, guides))
+        assert patch.metadata["rows"] == {"erase": rows, "preserve": 77 * len(preserve)}
+
+
 def test_uce_edits_exactly_every_cross_attention_key_and_value(model):
     unet = model.component("unet")
     assert _erase(model, "uce").tensors.keys() == _attn2_kv(unet)
@@ -183,80 +300,108 @@ def test_uce_edits_exactly_every_cross_attention_key_and_value(model):
     assert values_only.tensors.keys() == {k for k in _attn2_kv(unet) if ".to_v." in k}
 
 
-def test_uce_transform_solves_the_editing_equations_exactly():
-    gen = torch.Generator().manual_seed(0)
-    c, g, p = (torch.randn(n, 16, generator=gen, dtype=torch.float64) for n in (3, 3, 4))
-    w = torch.randn(8, 16, generator=gen, dtype=torch.float64)
-    t = uce_transform(c, g, p, erase_scale=1.0, preserve_scale=1.0, lamb=1e-9)
-    torch.testing.assert_close(c @ (w @ t).T, g @ w.T, rtol=1e-6, atol=1e-6)  # W' c_i = W c*_i
-    torch.testing.assert_close(p @ (w @ t).T, p @ w.T, rtol=1e-6, atol=1e-6)  # W' c_j = W c_j
-
-
-def _uce_vectors(model, config, concepts=("cat",), guide="", preserve=()):
-    hidden, lengths = prompt_embeddings(
-        model.text_encoder(), model.tokenizer(), [*concepts, guide, *preserve]
-    )
-    rows = (
-        select_tokens(hidden, lengths, config.tokens).double().reshape(hidden.shape[0], -1, hidden.shape[-1])
-    )
-    n = len(concepts)
-    return rows[:n].flatten(0, 1), rows[n].expand(n, -1, -1).flatten(0, 1), rows[n + 1 :].flatten(0, 1)
-
-
-def test_uce_maps_the_concept_to_the_guide_and_keeps_the_preserved(model):
-    """With one concept and one preserved prompt (2 vectors in 32 dims) an exact solution exists; a
-    tiny lamb reaches it: W' c = W c* and W' c_p = W c_p to 1e-4 relative."""
-    config = UCEConfig(preserve=("dog",), lamb=1e-8)
-    patch = _erase(model, "uce", config=config)
-    c, c_star, c_keep = _uce_vectors(model, config, preserve=("dog",))
-    params = component_parameters(model.component("unet"))
-    for key, new in patch.tensors.items():
-        w, w_new = params[key.split("/", 1)[1]].detach().double(), new.double()
-        torch.testing.assert_close(
-            c @ w_new.T, c_star @ w.T, rtol=1e-4, atol=1e-4 * (c_star @ w.T).abs().max().item()
-        )
-        torch.testing.assert_close(
-            c_keep @ w_new.T, c_keep @ w.T, rtol=1e-4, atol=1e-4 * (c_keep @ w.T).abs().max().item()
-        )
-        assert (c @ w.T - c_star @ w.T).norm() > 1e-2 * (c_star @ w.T).norm()  # the edit did something
-
-
-def test_uce_defaults_minimise_the_regularised_objective(model):
-    """With the default lamb and all 77 positions (over-determined) the edit is the least-squares
-    optimum: the gradient e sum (W'c - Wc*)c^T + p sum (W'c_p - Wc_p)c_p^T + lamb (W' - W) vanishes."""
-    config = UCEConfig(preserve=("dog", "a red house"), tokens="all")
-    patch = _erase(model, "uce", config=config)
-    c, c_star, c_keep = _uce_vectors(model, config, preserve=config.preserve)
-    params = component_parameters(model.component("unet"))
-    for key, new in patch.tensors.items():
-        w, w_new = params[key.split("/", 1)[1]].detach().double(), new.double()
-        grad = (
-            (c @ w_new.T - c_star @ w.T).T @ c
-            + (c_keep @ w_new.T - c_keep @ w.T).T @ c_keep
-            + config.lamb * (w_new - w)
-        )
-        scale = (c_star @ w.T).T.abs() @ c.abs()  # size of the terms that cancel
-        assert (grad.abs() / scale.max()).max() < 1e-5
-
-
-def test_uce_default_guide_is_art_for_styles(model):
-    patch = _erase(
-        model, "uce", concepts=[Concept("van gogh", kind="style"), Concept("cat")], config=UCEConfig()
-    )
-    assert patch.metadata["guides"] == ["art", ""]
+def test_uce_default_guides_per_script(model):
+    both = [Concept("van gogh", kind="style"), Concept("cat")]
+    assert _erase(model, "uce", both, UCEConfig()).metadata["guides"] == ["", ""]
+    assert _erase(model, "uce", both, UCEConfig(tokens="last")).metadata["guides"] == ["art", ""]
     assert _erase(model, "uce", config=UCEConfig(guide="dog")).metadata["guides"] == ["dog"]
 
 
 # ------------------------------------------------------------------------------------------------- ESD
 
 
-def test_esd_trains_exactly_its_variants_tensors(model):
+def _compvis_name(diffusers_name: str) -> str:
+    """A diffusers SD U-Net parameter name with its top-level module renamed as in CompVis (the rest of
+    the name does not matter for the rules below, and keeps e.g. ``time_emb_proj`` != ``time_embed``)."""
+    top, _, rest = diffusers_name.partition(".")
+    compvis = {"conv_in": "input_blocks.0.0", "time_embedding": "time_embed", "down_blocks": "input_blocks",
+               "mid_block": "middle_block", "up_blocks": "output_blocks", "conv_norm_out": "out.0",
+               "conv_out": "out.2"}[top]  # fmt: skip
+    return f"{compvis}.{rest}"
+
+
+def test_esd_trains_exactly_compvis_xattn_and_noxattn(model):
+    """train-esd.py: noxattn skips ``name.startswith('out.') or 'attn2' in name or 'time_embed' in name``;
+    xattn takes ``'attn2' in name``. Applied to CompVis-named parameters of the tiny U-Net."""
     unet = model.component("unet")
-    every = {f"unet/{n}" for n in component_parameters(unet)}
-    xattn = {k for k in every if "attn2" in k.split("/", 1)[1].split(".")}
-    assert _attn2_kv(unet) < xattn
-    assert set(_erase(model, "esd-x").tensors) == xattn == {f"unet/{n}" for n in esd_names(unet, "esd-x")}
-    assert set(_erase(model, "esd-u").tensors) == every - xattn
+    every = list(component_parameters(unet))
+    cv = {n: _compvis_name(n) for n in every}
+    noxattn = {
+        n for n in every if not (cv[n].startswith("out.") or "attn2" in cv[n] or "time_embed" in cv[n])
+    }
+    xattn = {n for n in every if "attn2" in cv[n]}
+    assert {n.split(".")[0] for n in set(every) - noxattn - xattn} == {
+        "time_embedding",
+        "conv_norm_out",
+        "conv_out",
+    }
+    assert any("time_emb_proj" in n for n in noxattn)  # the residual blocks' time projections do train
+    assert set(esd_names(unet, "esd-u")) == noxattn
+    assert set(esd_names(unet, "esd-x")) == xattn
+    assert set(_erase(model, "esd-x").tensors) == {f"unet/{n}" for n in xattn}
+    assert set(_erase(model, "esd-u").tensors) == {f"unet/{n}" for n in noxattn}
+
+
+@pytest.mark.parametrize("variant", ["esd-x", "esd-u"])
+def test_esd_first_step_is_adam_on_the_papers_loss(model, variant):
+    """Restate one ESD step: the latent x_t sampled with DDIM + CFG (start guidance) on the concept from
+    the draws of the seeded generator, the loss ||eps(x_t, c, t) - [eps*(x_t, t) - eta (eps*(x_t, c, t) -
+    eps*(x_t, t))]||^2 (eq. 4), and Adam's first update p - lr g / (|g| + eps) on the variant's tensors."""
+    from diffusers import DDIMScheduler
+
+    config = ESDConfig(variant=variant, steps=1, lr=1e-3, ddim_steps=4, negative_guidance=1.5, seed=3)
+    patch = _erase(model, variant, config=config)
+    unet = model.component("unet")
+    hidden, _ = prompt_embeddings(model.text_encoder(), model.tokenizer(), ["", "cat"])
+    emb_0, emb_c = hidden[:1], hidden[1:]
+    scheduler = DDIMScheduler.from_config(model.component("scheduler").config)
+    scheduler.set_timesteps(config.ddim_steps)
+    gen = torch.Generator().manual_seed(config.seed)
+    torch.randint(1, (1,), generator=gen)  # which concept (one here)
+    t_enc = int(torch.randint(config.ddim_steps, (1,), generator=gen))
+    x = torch.randn((1, 4, 8, 8), generator=gen) * scheduler.init_noise_sigma
+    with torch.no_grad():
+        for t in scheduler.timesteps[:t_enc]:
+            # classifier-free guidance in one batch (unconditional first), as CompVis' DDIM sampler does
+            uncond, cond = unet(
+                torch.cat([x, x]), t, encoder_hidden_states=torch.cat([emb_0, emb_c])
+            ).sample.chunk(2)
+            x = scheduler.step(uncond + config.start_guidance * (cond - uncond), t, x).prev_sample
+        t = scheduler.timesteps[t_enc]
+        e_0, e_p = unet(torch.cat([x, x]), t, encoder_hidden_states=torch.cat([emb_0, emb_c])).sample.chunk(2)
+    student = copy.deepcopy(unet).requires_grad_(True)
+    loss = torch.nn.functional.mse_loss(
+        student(x, t, encoder_hidden_states=emb_c).sample, e_0 - config.negative_guidance * (e_p - e_0)
+    )
+    loss.backward()
+    assert patch.metadata["losses"]["unet"][0] == pytest.approx(loss.item(), rel=1e-4)
+    grads = dict(student.named_parameters())
+    for key, value in patch.tensors.items():
+        name = key.split("/", 1)[1]
+        p, g = component_parameters(unet)[name].detach(), grads[name].grad
+        # Adam's first step is lr * sign(g) wherever |g| >> eps; near-zero gradients are rounding-sensitive.
+        step = (p - value) / config.lr
+        assert step.abs().max() <= 1 + 1e-3
+        clear = g.abs() > 1e-4 * g.abs().max()
+        _close(step[clear], (g / (g.abs() + 1e-8))[clear], rel=1e-3)
+
+
+def test_esd_bf16_trains_the_same_tensors_with_nearly_the_same_loss(model):
+    fp32 = _erase(model, "esd-u", config=ESDUConfig(steps=2, ddim_steps=4, lr=1e-4))
+    bf16 = _erase(model, "esd-u", config=ESDUConfig(steps=2, ddim_steps=4, lr=1e-4, precision="bf16"))
+    assert bf16.tensors.keys() == fp32.tensors.keys()
+    assert all(v.dtype == torch.float32 for v in bf16.tensors.values())
+    assert fp32.metadata["losses"]["unet"] != bf16.metadata["losses"]["unet"]  # bf16 really ran
+    # Adam's steps are ~lr * sign(g): the same direction for almost every parameter.
+    base = component_parameters(model.component("unet"))
+    agree = [
+        (torch.sign(fp32.tensors[k] - base[k.split("/", 1)[1]]) == torch.sign(v - base[k.split("/", 1)[1]]))
+        .float()
+        .mean()
+        .item()
+        for k, v in bf16.tensors.items()
+    ]
+    assert sum(agree) / len(agree) > 0.8, agree
 
 
 def test_esd_moves_the_concept_prediction_toward_the_negatively_guided_target(model):
@@ -290,52 +435,93 @@ def test_esd_moves_the_concept_prediction_toward_the_negatively_guided_target(mo
 # ---------------------------------------------------------------------------------------- DiffQuickFix
 
 
+def _authors_dqf(model, concept, guide, *, lam=0.01, use_eos=True, bias=True):
+    """The notebook's edit: augmented prompts, an out_proj forward hook (input of the concept prompt,
+    output of the guide prompt), key indices from the token before the first end token to 76, value
+    indices from the guide's such token on, padded with 76; W' = (lam W + sum v k^T)(lam I + sum k k^T)^-1."""
+    encoder, tok = model.text_encoder(), model.tokenizer()
+    module = encoder.encoder.layers[0].self_attn.out_proj
+
+    def augment(text):
+        base = text if text[0:1] != "A" else "a" + text[1:]
+        return [text, "A photo of " + base, "An image of " + base, "A picture of " + base]
+
+    contexts, values = [], []
+
+    def hook(_module, inputs, output):  # the notebook's hook: the concept's input, the guide's output
+        contexts.append(inputs[0][0].detach())
+        values.append(output[1].detach())
+
+    handle = module.register_forward_hook(hook)
+    keys, vals = [], []
+    for old, new in zip(augment(concept), augment(guide), strict=True):
+        ids = tok(
+            [old, new], padding="max_length", max_length=77, truncation=True, return_tensors="pt"
+        ).input_ids
+        i_old, i_new = (row.tolist().index(EOT) - 1 for row in ids)
+        with torch.no_grad():
+            encoder(ids)
+        key_idx = list(range(i_old, 77)) if use_eos else [i_old]
+        val_idx = list(range(i_new, 77))[: len(key_idx)] if use_eos else [i_new]
+        val_idx += [76] * (len(key_idx) - len(val_idx))
+        keys.append(contexts[-1][key_idx].double())
+        v = values[-1][val_idx].double()
+        vals.append(v if bias else v - module.bias.detach().double())
+    handle.remove()
+    k, v = torch.cat(keys), torch.cat(vals)
+    w = module.weight.detach().double()
+    return (lam * w + v.T @ k) @ torch.linalg.inv(lam * torch.eye(w.shape[1], dtype=torch.float64) + k.T @ k)
+
+
+@pytest.mark.parametrize(
+    ("concept", "guide", "config", "kwargs"),
+    [
+        ("van gogh", "", DiffQuickFixConfig(), {}),  # the empty guide, read from its start token
+        ("van gogh", "painting", DiffQuickFixConfig(guide="painting"), {}),  # the notebook's example
+        ("cat", "a big red dog", DiffQuickFixConfig(guide="a big red dog"), {}),  # values padded with 76
+        ("cat", "dog", DiffQuickFixConfig(guide="dog", use_eos=False), {"use_eos": False}),
+        ("cat", "dog", DiffQuickFixConfig(guide="dog", value="bias-free"), {"bias": False}),
+    ],
+)
+def test_diffquickfix_equals_the_notebooks_edit(model, concept, guide, config, kwargs):
+    patch = _erase(model, "diffquickfix", [Concept(concept)], config)
+    assert patch.tensors.keys() == {OUT_PROJ0}  # only layers.0.self_attn.out_proj.weight
+    _close(patch.tensors[OUT_PROJ0], _authors_dqf(model, concept, guide, **kwargs), rel=1e-4)
+    tok = model.tokenizer()
+    last = len(tok(concept)["input_ids"]) - 2
+    pairs_per_prompt = [77 - (last + extra) for extra in (0, 3, 3, 3)] if config.use_eos else [1] * 4
+    assert patch.metadata["num_pairs"] == sum(pairs_per_prompt)
+
+
 def test_slot_position_finds_the_last_token_of_the_concept(model):
     tok = model.tokenizer()
     ids = tok("a photo of van gogh")["input_ids"]
     assert slot_position(tok, "a photo of {concept}", "van gogh") == len(ids) - 2
     assert slot_position(tok, "{concept} painting", "van gogh") == len(tok("van gogh")["input_ids"]) - 2
-    assert slot_position(tok, "{concept}", "") == 1  # the empty guide: its end token
+    assert slot_position(tok, "{concept}", "") == 0  # the empty guide: its start token, as the notebook
+    assert slot_position(tok, "A photo of {concept}", "") == 3  # "of"
 
 
-def test_diffquickfix_sends_the_concept_key_to_the_guide_value(model):
-    """W' k_i = v_i exactly when lam -> 0 (4 pairs in 32 dims); with the paper's lam = 0.01 the edit is
-    the regularised least-squares optimum: (W' K^T - V^T) K + lam (W' - W) = 0."""
+def test_diffquickfix_bias_free_value_gives_the_guide_output_and_the_notebook_adds_the_bias_twice(model):
+    """One pair at the last tokens, a tiny lam: with value='bias-free' the edited out_proj maps the
+    concept's key to exactly the guide's output (W' k + b = W k* + b); with the notebook's value the
+    edited layer gives the guide's output plus the bias once more."""
     encoder, tok = model.text_encoder(), model.tokenizer()
-    concepts = [Concept("cat"), Concept("van gogh")]
-    templates = ("a photo of {concept}", "{concept} in a field")
-    keys, values = pairs(encoder, tok, concepts, DiffQuickFixConfig(guide="dog", templates=templates))
-    k, v = keys.double(), values.double()
-    w = encoder.encoder.layers[0].self_attn.out_proj.weight.detach().double()
-
-    exact = _erase(
-        model, "diffquickfix", concepts, DiffQuickFixConfig(guide="dog", templates=templates, lam=1e-8)
-    )
-    assert exact.tensors.keys() == {OUT_PROJ0} and exact.metadata["num_pairs"] == 4
-    torch.testing.assert_close(
-        k @ exact.tensors[OUT_PROJ0].double().T, v, rtol=1e-4, atol=1e-4 * v.abs().max().item()
-    )
-
-    config = DiffQuickFixConfig(guide="dog", templates=templates)
-    w_new = _erase(model, "diffquickfix", concepts, config).tensors[OUT_PROJ0].double()
-    grad = (k @ w_new.T - v).T @ k + config.lam * (w_new - w)
-    assert grad.abs().max() < 1e-5 * (v.T.abs() @ k.abs()).max()
-    assert (k @ w_new.T - v).norm() < 0.2 * (k @ w.T - v).norm()
-
-
-def test_diffquickfix_patched_encoder_gives_the_guide_attention_output_at_the_concept(model):
-    encoder, tok = model.text_encoder(), model.tokenizer()
-    patch = _erase(model, "diffquickfix", config=DiffQuickFixConfig(guide="dog", lam=1e-6))
-    patched = _with_patch(encoder, patch, "text_encoder")
     position = slot_position(tok, "{concept}", "cat")
     k_cat = out_proj_inputs(encoder, tok, ["cat"], 0)[0, position]
     k_dog = out_proj_inputs(encoder, tok, ["dog"], 0)[0, slot_position(tok, "{concept}", "dog")]
+    layer = encoder.encoder.layers[0].self_attn.out_proj
     with torch.no_grad():
-        new_out = patched.encoder.layers[0].self_attn.out_proj(k_cat)
-        dog_out = encoder.encoder.layers[0].self_attn.out_proj(k_dog)
-        old_out = encoder.encoder.layers[0].self_attn.out_proj(k_cat)
-    torch.testing.assert_close(new_out, dog_out, rtol=1e-3, atol=1e-3 * dog_out.abs().max().item())
+        dog_out, old_out = layer(k_dog), layer(k_cat)
     assert (old_out - dog_out).norm() > 0.1 * dog_out.norm()
+    for value, expected in (("bias-free", dog_out), ("notebook", dog_out + layer.bias.detach())):
+        config = DiffQuickFixConfig(
+            guide="dog", lam=1e-6, templates=("{concept}",), use_eos=False, value=value
+        )
+        patched = _with_patch(encoder, _erase(model, "diffquickfix", config=config), "text_encoder")
+        with torch.no_grad():
+            new_out = patched.encoder.layers[0].self_attn.out_proj(k_cat)
+        torch.testing.assert_close(new_out, expected, rtol=1e-3, atol=1e-3 * expected.abs().max().item())
     # Block 0's inputs to out_proj are unchanged by the edit (it is the only edited tensor).
     torch.testing.assert_close(
         out_proj_inputs(patched, tok, ["cat"], 0), out_proj_inputs(encoder, tok, ["cat"], 0)
@@ -391,6 +577,15 @@ def test_text_encoder_methods_edit_both_sdxl_encoders_and_unet_methods_refuse_sd
         sdxl, CAT, FAST["naive"], components=["text_encoder_2"], progress=False
     )
     assert naive.components == ("text_encoder_2",)
+    # SDXL feeds its U-Net the penultimate hidden state: the naive baseline supervises that, and HiRM's
+    # default read-out moves to the second-to-last block (recorded in the patch).
+    assert naive.metadata["hirm_config"]["read"] == {"layer": -2, "site": "hidden"}
+    patch = hirm.erase(sdxl, CAT, config=HiRMConfig(steps=1), progress=False)
+    assert patch.metadata["config"]["read"] == {"layer": -2, "site": "attn"}
+    assert hirm.erase(model, CAT, config=HiRMConfig(steps=1), progress=False).metadata["config"]["read"] == {
+        "layer": -1,
+        "site": "attn",
+    }
     for name in ("uce", "esd-x"):
         with pytest.raises(ValueError, match="Stable Diffusion 1.x/2.x"):
             _erase(sdxl, name)

@@ -12,6 +12,7 @@ import typer
 from hirm.cli.common import MODEL_HELP, console, friendly_errors
 from hirm.core.config import (
     NUDITY_PROMPT,
+    TRAINABLE_SETS,
     Concept,
     HiRMConfig,
     PromptTarget,
@@ -54,6 +55,13 @@ def build_concepts(texts: list[str], kind: str, targets: list[str]) -> list[Conc
     return [Concept(text=t, kind=kind, target=target) for t, target in zip(texts, parsed)]
 
 
+def read_point(layer: int | None, site: str | None) -> ReadingPoint | None:
+    """``--read-layer`` / ``--read-site``; neither = the model family's default reading point."""
+    if layer is None and site is None:
+        return None
+    return ReadingPoint(-1 if layer is None else layer, site or "attn")
+
+
 def parse_setting(text: str) -> tuple[str, object]:
     key, sep, value = text.partition("=")
     if not sep or not key:
@@ -90,11 +98,14 @@ def erase_command(
     ),
     steps: int | None = typer.Option(None, help="Optimizer steps (default: reference value for the kind)."),
     lr: float | None = typer.Option(None, help="Learning rate (default: 5e-5 style/object, 1e-4 nudity)."),
-    trainable: str = typer.Option("first-attn", help="first-attn, attn-only, mlp-only, first-k or params."),
+    trainable: str = typer.Option("first-attn", help=f"{', '.join(TRAINABLE_SETS)} (see HiRMConfig)."),
     k: int = typer.Option(1, help="Number of early blocks for --trainable first-k."),
     param: list[str] = typer.Option([], help="Exact parameter names for --trainable params (repeat)."),
-    read_layer: int = typer.Option(-1, help="Block whose output is read (negative counts from the end)."),
-    read_site: str = typer.Option("attn", help="attn (reference), mlp, hidden or final."),
+    read_layer: int | None = typer.Option(
+        None,
+        help="Block whose output is read (negative counts from the end; default: the family's, -1 on SD).",
+    ),
+    read_site: str | None = typer.Option(None, help="attn (reference), mlp, hidden or final (default attn)."),
     template: list[str] = typer.Option(
         [], help="Prompt template with {concept} (repeat); default: the raw concept."
     ),
@@ -127,7 +138,7 @@ def erase_command(
     spec = get_method(method)
     if spec.config_cls is HiRMConfig:
         config = HiRMConfig(
-            trainable=trainable, k=k, params=tuple(param), read=ReadingPoint(read_layer, read_site),
+            trainable=trainable, k=k, params=tuple(param), read=read_point(read_layer, read_site),
             steps=steps, lr=lr, templates=tuple(template), preserve=tuple(preserve),
             preserve_weight=preserve_weight, precision=precision, seed=seed or 0,
         )  # fmt: skip

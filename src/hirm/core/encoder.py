@@ -14,7 +14,7 @@ from contextlib import contextmanager
 import torch
 from torch import Tensor, nn
 
-from hirm.core.config import ReadingPoint
+from hirm.core.config import REFERENCE_READ, ReadingPoint
 
 _PREFIX = "text_model."
 
@@ -57,8 +57,10 @@ def resolve_layer(encoder: nn.Module, index: int) -> int:
     return resolved
 
 
-def reading_module(encoder: nn.Module, point: ReadingPoint) -> nn.Module:
-    """The module whose forward output is the representation at ``point``."""
+def reading_module(encoder: nn.Module, point: ReadingPoint | None) -> nn.Module:
+    """The module whose forward output is the representation at ``point`` (``None``: the reference point,
+    the last block's self-attention output)."""
+    point = REFERENCE_READ if point is None else point
     if point.site == "final":
         return text_transformer(encoder).final_layer_norm
     block = layers(encoder)[resolve_layer(encoder, point.layer)]
@@ -91,10 +93,11 @@ def early_exit(module: nn.Module) -> Iterator[dict[str, Tensor]]:
 def read_representation(
     encoder: nn.Module,
     input_ids: Tensor,
-    point: ReadingPoint,
+    point: ReadingPoint | None,
     overrides: dict[str, Tensor] | None = None,
 ) -> Tensor:
-    """Representation at ``point`` for ``input_ids`` (B, L) -> (B, L, D). Differentiable.
+    """Representation at ``point`` (``None``: the reference point) for ``input_ids`` (B, L) -> (B, L, D).
+    Differentiable.
 
     ``overrides`` (the encoder's own parameter names -> tensors) replaces those parameters for this call
     only (``torch.func.functional_call``); see :func:`frozen_linear_casts`.

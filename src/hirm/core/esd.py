@@ -12,9 +12,14 @@ classifier-free guidance ``start_guidance`` on the concept prompt, stopped after
 (as the authors' diffusers script ``esd_sd.py`` does; their first CompVis script instead draws a DDPM
 timestep from ``[t_enc, t_enc + 1) * 1000 / ddim_steps``).
 
-Which tensors: ``esd-x`` trains every parameter inside a cross-attention (``attn2``) module;
-``esd-u`` every other U-Net parameter (the references differ in details: the CompVis script also
-froze ``time_embed`` and the output layers, ``esd_sd.py`` trains only Linear/Conv2d weights).
+Which tensors, as the CompVis script ``train-esd.py`` (rohitgandikota/erasing, before its diffusers
+rewrite) selects them: ``esd-x`` = its ``xattn``, every parameter inside a cross-attention (``attn2``)
+module (to_q, to_k, to_v, to_out); ``esd-u`` = its ``noxattn``, every parameter except cross-attention,
+the output block (CompVis ``out.*`` = diffusers ``conv_norm_out`` and ``conv_out``) and the time
+embedding (CompVis ``time_embed`` = diffusers ``time_embedding``; the residual blocks' own time
+projections, CompVis ``emb_layers`` = diffusers ``time_emb_proj``, do train). The diffusers rewrite
+``esd_sd.py`` differs (it trains only Linear/Conv2d layers, and ``esd-u`` there includes the output conv
+and the time embedding's linears); we follow the script behind the paper.
 
 Conventions: ``negative_guidance`` is the paper's eta (the target above); ``esd_sd.py`` writes the
 target as ``eps(c) - eta' (eps(c) - eps())``, i.e. eta' = eta + 1 (its default 2 = our 1). With a
@@ -29,13 +34,13 @@ import math
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from hirm.core.config import Concept
+from hirm.core.config import Concept, check_choice, check_float, check_int, check_seed
 from hirm.core.hirm import NonFiniteLossError
 from hirm.core.patch import Patch, component_parameters, make_patch
 from hirm.core.registry import MethodSpec, register
@@ -52,13 +57,17 @@ class ESDConfig:
 
     Attributes:
         variant: ``esd-x`` = train only cross-attention (``attn2``) parameters (for styles);
-            ``esd-u`` = train every U-Net parameter except cross-attention (for nudity, objects).
+            ``esd-u`` = every U-Net parameter except cross-attention, the time embedding and the output
+            block (CompVis ``noxattn``; for nudity, objects).
         steps: optimizer steps (one latent and one concept per step).
         lr: Adam learning rate.
         negative_guidance: ``eta``, how far the target moves away from the concept.
         start_guidance: classifier-free guidance used when sampling ``x_t`` with the current model.
         ddim_steps: DDIM steps of the sampling schedule ``x_t`` is drawn from.
         seed: seeds the latents, ``t_enc`` and the concept drawn at each step.
+        precision: ``fp32`` (the authors') or ``bf16`` = the U-Net forwards (sampling, targets, the
+            trained prediction) under bfloat16 autocast; weights, Adam state, latents and the loss stay
+            float32. For running the published 1000 steps where fp32 is too slow.
     """
 
     variant: ESDVariant = "esd-x"
@@ -68,19 +77,18 @@ class ESDConfig:
     start_guidance: float = 3.0
     ddim_steps: int = 50
     seed: int = 0
+    precision: Literal["fp32", "bf16"] = "fp32"
 
     def __post_init__(self) -> None:
-        if self.variant not in ("esd-x", "esd-u"):
-            raise ValueError(f"variant must be 'esd-x' or 'esd-u', got {self.variant!r}.")
-        if self.steps < 1:
-            raise ValueError(f"steps must be >= 1, got {self.steps}.")
-        if not (self.lr > 0 and math.isfinite(self.lr)):
-            raise ValueError(f"lr must be a positive finite number, got {self.lr}.")
-        if self.ddim_steps < 1:
-            raise ValueError(f"ddim_steps must be >= 1, got {self.ddim_steps}.")
-        for name in ("negative_guidance", "start_guidance"):
-            if not math.isfinite(getattr(self, name)):
-                raise ValueError(f"{name} must be finite.")
+        owner = type(self).__name__
+        check_choice(owner, "variant", self.variant, get_args(ESDVariant))
+        check_int(owner, "steps", self.steps, minimum=1)
+        check_float(owner, "lr", self.lr, positive=True)
+        check_float(owner, "negative_guidance", self.negative_guidance, minimum=0.0)
+        check_float(owner, "start_guidance", self.start_guidance, minimum=0.0)
+        check_int(owner, "ddim_steps", self.ddim_steps, minimum=1)
+        check_seed(owner, "seed", self.seed)
+        check_choice(owner, "precision", self.precision, ("fp32", "bf16"))
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -110,15 +118,24 @@ class ESDUConfig(ESDConfig):
             raise ValueError("ESDUConfig is the esd-u config; use ESDXConfig (or ESDConfig) for esd-x.")
 
 
+#: Top-level diffusers U-Net modules that CompVis ``noxattn`` freezes besides cross-attention: the time
+#: embedding (CompVis ``time_embed``) and the output block (CompVis ``out.0`` / ``out.2``).
+NOXATTN_FROZEN: tuple[str, ...] = ("time_embedding", "conv_norm_out", "conv_out")
+
+
 def trainable_names(unet: nn.Module, variant: ESDVariant) -> list[str]:
-    """U-Net parameter names ESD trains: those inside an ``attn2`` module (esd-x) or all others (esd-u)."""
+    """U-Net parameter names ESD trains, by exact module name: every parameter inside an ``attn2``
+    module (esd-x = CompVis ``xattn``), or every parameter outside ``attn2`` and outside
+    :data:`NOXATTN_FROZEN` (esd-u = CompVis ``noxattn``)."""
     names = list(component_parameters(unet))
     in_xattn = [n for n in names if "attn2" in n.split(".")]
     if not in_xattn:
         raise ValueError(
             f"{type(unet).__name__} has no cross-attention (attn2) modules; ESD needs a text-conditioned U-Net."
         )
-    return in_xattn if variant == "esd-x" else [n for n in names if n not in set(in_xattn)]
+    if variant == "esd-x":
+        return in_xattn
+    return [n for n in names if n not in set(in_xattn) and n.split(".")[0] not in NOXATTN_FROZEN]
 
 
 def esd_target(eps_empty: Tensor, eps_concept: Tensor, negative_guidance: float) -> Tensor:
@@ -133,7 +150,7 @@ def sample_until(
     """Run ``t_enc`` DDIM steps of classifier-free guided sampling from ``latents`` (no grad)."""
     for t in scheduler.timesteps[:t_enc]:
         both = unet(torch.cat([latents, latents]), t, encoder_hidden_states=torch.cat([emb_0, emb_c])).sample
-        uncond, cond = both.chunk(2)
+        uncond, cond = both.float().chunk(2)
         latents = scheduler.step(uncond + guidance * (cond - uncond), t, latents).prev_sample
     return latents
 
@@ -197,6 +214,7 @@ def erase(
         sum(params[n].numel() for n in names),
     )
 
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=config.precision == "bf16")
     losses: list[float] = []
     bar = tqdm(range(config.steps), desc=f"ESD {config.variant}", disable=not progress, leave=False)
     for _ in bar:
@@ -204,13 +222,15 @@ def erase(
         t_enc = int(torch.randint(config.ddim_steps, (1,), generator=generator))
         noise = torch.randn((1, channels, *size), generator=generator).to(device) * scheduler.init_noise_sigma
         emb_c = emb_concepts[k : k + 1]
-        x_t = sample_until(trained, scheduler, noise, emb_c, emb_0, t_enc, config.start_guidance)
-        t = scheduler.timesteps[t_enc]
-        with torch.no_grad():
-            both = unet(torch.cat([x_t, x_t]), t, encoder_hidden_states=torch.cat([emb_0, emb_c])).sample
-            target = esd_target(*both.chunk(2), config.negative_guidance)
-        optimizer.zero_grad(set_to_none=True)
-        loss = nn.functional.mse_loss(trained(x_t, t, encoder_hidden_states=emb_c).sample, target)
+        with autocast:
+            x_t = sample_until(trained, scheduler, noise, emb_c, emb_0, t_enc, config.start_guidance).float()
+            t = scheduler.timesteps[t_enc]
+            with torch.no_grad():
+                both = unet(torch.cat([x_t, x_t]), t, encoder_hidden_states=torch.cat([emb_0, emb_c])).sample
+                target = esd_target(*both.float().chunk(2), config.negative_guidance)
+            optimizer.zero_grad(set_to_none=True)
+            prediction = trained(x_t, t, encoder_hidden_states=emb_c).sample
+        loss = nn.functional.mse_loss(prediction.float(), target)
         value = loss.item()
         if not math.isfinite(value):
             raise NonFiniteLossError(
@@ -270,4 +290,9 @@ def _register(name: ESDVariant, config_cls: type, edits: str) -> None:
 
 
 _register("esd-x", ESDXConfig, "U-Net cross-attention (attn2) parameters, fine-tuned with negative guidance")
-_register("esd-u", ESDUConfig, "U-Net parameters outside cross-attention, fine-tuned with negative guidance")
+_register(
+    "esd-u",
+    ESDUConfig,
+    "U-Net parameters outside cross-attention, the time embedding and the output block (CompVis noxattn), "
+    "fine-tuned with negative guidance",
+)

@@ -9,7 +9,14 @@ a super-category's representation for HiRM-S)::
 
 ``h_late`` is the reading point's output over all L positions (BOS, tokens, EOT, padding), ``t_c``
 the target of concept ``c``; the optional second term keeps ``preserve`` prompts in place
-(lambda = 0 by default, as in the reference). All concepts are trained jointly on this one objective.
+(lambda = 0 by default, as in the reference). All concepts are trained jointly on this one objective
+(``concept_weighting="balanced"`` divides each concept's term by its starting value). The paper's
+multi-concept recipe (separately trained encoders, weights averaged) and others are in
+:mod:`hirm.core.multi`.
+
+With ``precision="fp32"`` the training loop is the authors' ``train.py`` loop (hook at the reading
+point, MSE to the target, AdamW step; a test checks it bit for bit); the defaults differ from their
+run only as listed in :class:`hirm.core.config.HiRMConfig`.
 """
 
 from __future__ import annotations
@@ -17,13 +24,21 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from hirm.core.config import Concept, HiRMConfig
+from hirm.core.config import (
+    REFERENCE_READ,
+    Concept,
+    HiRMConfig,
+    RandomTarget,
+    ReadingPoint,
+    family_read,
+    render,
+)
 from hirm.core.encoder import (
     frozen_linear_casts,
     layers,
@@ -56,24 +71,45 @@ class HiRMResult:
     trainable: tuple[str, ...]
 
 
+def _block_modules(i: int, parts: tuple[str, ...]) -> list[str]:
+    return [f"encoder.layers.{i}.{module}" for module in parts]
+
+
 def trainable_names(encoder: nn.Module, config: HiRMConfig) -> list[str]:
-    """Canonical names of the tensors ``config.trainable`` selects, by exact name."""
+    """Canonical names of the tensors ``config.trainable`` selects, by exact name (see :class:`HiRMConfig`).
+
+    The authors select by substring (``"0.mlp.fc"``, ``".self_attn."``, ``"11.self_attn."``); on SD's
+    12-block CLIP-L those match block 0, every block and the last block exactly as resolved here.
+    """
     available = named_parameters(encoder)
     if config.trainable == "params":
         missing = [name for name in config.params if name not in available]
         if missing:
             raise ValueError(f"Unknown parameter names {missing}; e.g. {sorted(available)[:4]}.")
         return list(config.params)
-    modules = {"first-attn": _ATTN + _MLP, "attn-only": _ATTN, "mlp-only": _MLP, "first-k": _ATTN + _MLP}
-    n_blocks = config.k if config.trainable == "first-k" else 1
-    if n_blocks > len(layers(encoder)):
-        raise ValueError(f"first-k with k={n_blocks}, but the encoder has {len(layers(encoder))} blocks.")
-    names = [
-        f"encoder.layers.{i}.{module}.{kind}"
-        for i in range(n_blocks)
-        for module in modules[config.trainable]
-        for kind in ("weight", "bias")
-    ]
+    if config.trainable == "all":
+        return list(available)
+    n = len(layers(encoder))
+    if config.trainable == "first-k" and config.k > n:
+        raise ValueError(f"first-k with k={config.k}, but the encoder has {n} blocks.")
+    first_mlp, first_attn, last_attn = (
+        _block_modules(0, _MLP),
+        _block_modules(0, _ATTN),
+        _block_modules(n - 1, _ATTN),
+    )
+    every_attn = [m for i in range(n) for m in _block_modules(i, _ATTN)]
+    modules = {
+        "first-attn": first_attn + first_mlp,
+        "attn-only": every_attn,
+        "mlp-only": first_mlp,
+        "mlp-attn": first_mlp + every_attn,
+        "final-attn": last_attn,
+        "mlp-final-attn": first_mlp + last_attn,
+        "mix-attn": first_attn + first_mlp + last_attn,
+        "block0-attn": first_attn,
+        "first-k": [m for i in range(config.k) for m in _block_modules(i, _ATTN + _MLP)],
+    }[config.trainable]
+    names = [f"{module}.{kind}" for module in dict.fromkeys(modules) for kind in ("weight", "bias")]
     return [name for name in names if name in available]
 
 
@@ -90,14 +126,74 @@ def resolve_precision(config: HiRMConfig, device: torch.device) -> torch.dtype |
     return None
 
 
-def _prompts(concepts: Sequence[Concept], templates: Sequence[str]) -> tuple[list[str], list[int]]:
-    """Training prompts and, for each, the index of its concept."""
-    prompts, owners = [], []
+@dataclass(frozen=True)
+class TrainingPrompts:
+    """The prompts HiRM trains on: ``texts[i]`` renders ``templates[i]`` for concept ``owners[i]``."""
+
+    texts: tuple[str, ...]
+    owners: tuple[int, ...]
+    templates: tuple[str, ...]
+
+
+def training_prompts(concepts: Sequence[Concept], templates: Sequence[str]) -> TrainingPrompts:
+    """Every concept in every template (or the raw concept string when there are no templates)."""
+    texts, owners, used = [], [], []
     for i, concept in enumerate(concepts):
-        for text in [t.format(concept=concept.text) for t in templates] or [concept.text]:
-            prompts.append(text)
+        for template in templates or ["{concept}"]:
+            texts.append(render(template, concept.text))
             owners.append(i)
-    return prompts, owners
+            used.append(template)
+    return TrainingPrompts(tuple(texts), tuple(owners), tuple(used))
+
+
+@torch.no_grad()
+def build_targets(
+    encoder: nn.Module,
+    tokenizer,
+    concepts: Sequence[Concept],
+    prompts: TrainingPrompts,
+    ids: Tensor,
+    point: ReadingPoint,
+) -> Tensor:
+    """The target of every training prompt, (N, L, D) float32 on the encoder's device (original encoder);
+    ``ids`` (N, L) are the training prompts' token ids.
+
+    A prompt target is read in the training prompt's own template; a read-out-scaled random target
+    takes the RMS of its concept's read-outs over all of its prompts.
+    """
+    device = ids.device
+    seq_len, width = ids.shape[1], encoder.config.hidden_size  # every reading site has the encoder's width
+    needs_reads = any(
+        isinstance(c.target, RandomTarget) and c.target.scale == "readout-rms" for c in concepts
+    )
+    reads = read_representation(encoder, ids, point).float() if needs_reads else None  # (N, L, D)
+    owners = torch.tensor(prompts.owners, device=device)
+    out = []
+    for owner, template in zip(prompts.owners, prompts.templates, strict=True):
+        concept = concepts[owner]
+        readout = reads[owners == owner] if reads is not None else None
+        out.append(
+            build_target(
+                concept.target,
+                encoder=encoder,
+                tokenizer=tokenizer,
+                point=point,
+                seq_len=seq_len,
+                width=width,
+                template=template,
+                readout=readout,
+            )
+        )
+    return torch.cat(out).to(device)
+
+
+def per_concept_mse(reads: Tensor, targets: Tensor, owners: Tensor, n_concepts: int) -> Tensor:
+    """Each concept's MSE over its prompts, all positions and channels: (N, L, D) x 2 -> (C,)."""
+    per_prompt = (reads - targets).pow(2).mean(dim=(1, 2))
+    sums = torch.zeros(n_concepts, dtype=per_prompt.dtype, device=per_prompt.device).index_add(
+        0, owners, per_prompt
+    )
+    return sums / torch.bincount(owners, minlength=n_concepts).to(per_prompt.dtype)
 
 
 def erase_encoder(
@@ -119,7 +215,8 @@ def erase_encoder(
         encoder: ``CLIPTextModel`` or ``CLIPTextModelWithProjection``.
         tokenizer: its ``CLIPTokenizer`` (padding to ``model_max_length`` as in SD).
         concepts: one or more concepts, each with its own target.
-        config: see :class:`HiRMConfig`.
+        config: see :class:`HiRMConfig`; ``read=None`` here means the reference reading point
+            (:func:`erase` resolves it per model family first).
         component: the pipeline component name written into the patch keys.
         base: description of the base model recorded in the patch (source, family, ...).
         progress: show a progress bar with the loss.
@@ -127,10 +224,14 @@ def erase_encoder(
     concepts = list(concepts)
     if not concepts:
         raise ValueError("Give at least one concept to erase.")
+    if config.read is None:
+        config = replace(config, read=REFERENCE_READ)
     device = next(encoder.parameters()).device
     point = config.read
-    prompts, owners = _prompts(concepts, config.templates)
-    ids = tokenize(tokenizer, prompts + list(config.preserve), device=device)  # (N + M, L)
+    prompts = training_prompts(concepts, config.templates)
+    n_train = len(prompts.texts)
+    ids = tokenize(tokenizer, [*prompts.texts, *config.preserve], device=device)  # (N + M, L)
+    owners = torch.tensor(prompts.owners, device=device)
     names = trainable_names(encoder, config)
     params = named_parameters(encoder)
     originals = {name: params[name].detach().clone() for name in names}
@@ -149,25 +250,18 @@ def erase_encoder(
     try:
         with torch.no_grad():
             reading_module(encoder, point)  # validates the reading point before any work
-            # Every reading site has the encoder's width; L is the padded prompt length.
-            seq_len, width = ids.shape[1], encoder.config.hidden_size
             # Read-outs of the preserved prompts on the original encoder (M, L, D); none by default.
             preserved = (
-                read_representation(encoder, ids[len(prompts) :], point).float() if config.preserve else None
+                read_representation(encoder, ids[n_train:], point).float() if config.preserve else None
             )
-            targets = torch.cat(
-                [
-                    build_target(
-                        c.target,
-                        encoder=encoder,
-                        tokenizer=tokenizer,
-                        point=point,
-                        seq_len=seq_len,
-                        width=width,
-                    )
-                    for c in concepts
-                ]
-            ).to(device)[owners]  # (N, L, D)
+            targets = build_targets(encoder, tokenizer, concepts, prompts, ids[:n_train], point)  # (N, L, D)
+            weights = None
+            if config.concept_weighting == "balanced":
+                start = per_concept_mse(
+                    read_representation(encoder, ids[:n_train], point).float(), targets, owners, len(concepts)
+                )
+                # w_c = mean(start) / (C * start_c): equal pull per concept, same total as the mean at step 0.
+                weights = start.mean() / (len(concepts) * start.clamp_min(torch.finfo(start.dtype).tiny))
 
         encoder.requires_grad_(False)
         trained = [params[name] for name in names]
@@ -196,11 +290,12 @@ def erase_encoder(
             ):
                 reads = read_representation(encoder, ids, point, casts)
             reads = reads.float()
-            loss = nn.functional.mse_loss(reads[: len(prompts)], targets)
+            if weights is None:
+                loss = nn.functional.mse_loss(reads[:n_train], targets)
+            else:
+                loss = (weights * per_concept_mse(reads[:n_train], targets, owners, len(concepts))).sum()
             if config.preserve_weight > 0:
-                loss = loss + config.preserve_weight * nn.functional.mse_loss(
-                    reads[len(prompts) :], preserved
-                )
+                loss = loss + config.preserve_weight * nn.functional.mse_loss(reads[n_train:], preserved)
             return loss
 
         losses: list[float] = []
@@ -221,7 +316,7 @@ def erase_encoder(
 
         with torch.no_grad():
             final = nn.functional.mse_loss(
-                read_representation(encoder, ids[: len(prompts)], point).float(), targets
+                read_representation(encoder, ids[:n_train], point).float(), targets
             )
         final_loss = final.item()
         if not math.isfinite(final_loss) or not all(torch.isfinite(params[n]).all() for n in names):
@@ -264,8 +359,12 @@ def erase(
     """HiRM on every CLIP text encoder of ``model`` (a ``ModelHandle``), or only on ``components``.
 
     SDXL/SD3 have two CLIP encoders: both are erased by default, each with its own read-out and
-    target; T5 encoders are never touched. Returns one patch covering all edited encoders.
+    target; T5 encoders are never touched. ``config.read=None`` takes the family's reading point
+    (:data:`hirm.core.config.FAMILY_READ`), recorded in the patch. Returns one patch covering all
+    edited encoders.
     """
+    if config.read is None:
+        config = replace(config, read=family_read(model.family.name))
     selected = list(components or model.family.encoders)
     unknown = [c for c in selected if c not in model.family.encoders]
     if unknown:

@@ -1,30 +1,38 @@
 """Naive text-encoder fine-tuning: the HiRM paper's preliminary experiment (arXiv 2602.19631).
 
 The same early blocks as HiRM are trained with the same optimizer, but the loss supervises the
-encoder's *final* output (``last_hidden_state``, all L positions) toward the final output of an
-anchor prompt on the original encoder (default: the empty prompt)::
+encoder's *output as the denoiser reads it* (all L positions) toward the same output of an anchor
+prompt on the original encoder (default: the empty prompt)::
 
-    min_theta_early  || h_final(c; theta_early) - h_final(anchor; theta_early_0) ||^2 / (L D)
+    min_theta_early  || h_out(c; theta_early) - h_out(anchor; theta_early_0) ||^2 / (L D)
 
-This is HiRM with ``read=ReadingPoint(site="final")`` and the anchor as every concept's target, so
-it runs :func:`hirm.core.hirm.erase`; only the patch metadata says ``naive``.
+``h_out`` is ``last_hidden_state`` on SD 1.x/2.x and Flux, and the penultimate hidden state on SDXL
+and SD3 (what those pipelines feed the denoiser; :data:`hirm.core.config.DENOISER_READ`). This is HiRM
+with that reading point and the anchor as every concept's target, so it runs
+:func:`hirm.core.hirm.erase`; only the patch metadata says ``naive``.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import math
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from hirm.core.config import Concept, HiRMConfig, Precision, PromptTarget, ReadingPoint, TrainableSet
+from hirm.core.config import (
+    Concept,
+    HiRMConfig,
+    Precision,
+    PromptTarget,
+    TrainableSet,
+    check_prompt,
+    check_training,
+    denoiser_read,
+)
 from hirm.core.hirm import erase as hirm_erase
 from hirm.core.patch import Patch
 from hirm.core.registry import MethodSpec, register
-
-FINAL = ReadingPoint(site="final")
 
 
 @dataclass(frozen=True)
@@ -55,18 +63,14 @@ class NaiveConfig:
     precision: Precision = "auto"
 
     def __post_init__(self) -> None:
-        if not isinstance(self.anchor, str):
-            raise TypeError(f"anchor must be a prompt string, got {type(self.anchor).__name__}.")
-        if self.anchor and not self.anchor.strip():
-            raise ValueError("anchor is only whitespace; use '' for the empty prompt.")
-        if self.lr is not None and not math.isfinite(self.lr):
-            raise ValueError(f"lr must be finite, got {self.lr}.")
-        self.hirm_config()  # validates the shared fields
+        check_prompt("NaiveConfig", "anchor", self.anchor, empty=True)
+        check_training("NaiveConfig", self)
 
-    def hirm_config(self) -> HiRMConfig:
-        """The equivalent HiRM config: same fields, read at the final layer norm output."""
+    def hirm_config(self, family: str | None = None) -> HiRMConfig:
+        """The equivalent HiRM config: same fields, read where ``family``'s denoiser reads the encoder
+        (``None``: ``last_hidden_state``)."""
         fields = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "anchor"}
-        return HiRMConfig(read=FINAL, **fields)
+        return HiRMConfig(read=denoiser_read(family), **fields)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -83,16 +87,17 @@ def erase(
     """Naive fine-tuning of every CLIP text encoder of ``model`` (a ``ModelHandle``), or only ``components``.
 
     Runs :func:`hirm.core.hirm.erase` with every concept's target replaced by the anchor prompt and the
-    reading point moved to the final output; only the patch metadata differs.
+    reading point moved to the output the denoiser reads; only the patch metadata differs.
     """
     start = time.perf_counter()
     anchored = [dataclasses.replace(c, target=PromptTarget(config.anchor)) for c in concepts]
-    patch = hirm_erase(model, anchored, config.hirm_config(), components=components, progress=progress)
+    hirm_config = config.hirm_config(model.family.name)
+    patch = hirm_erase(model, anchored, hirm_config, components=components, progress=progress)
     metadata = {
         **patch.metadata,
         "method": "naive",
         "config": config.to_dict(),
-        "hirm_config": config.hirm_config().to_dict(),
+        "hirm_config": hirm_config.to_dict(),
         "seconds": time.perf_counter() - start,
     }
     return Patch(tensors=patch.tensors, metadata=metadata)

@@ -9,38 +9,88 @@ from safetensors import safe_open
 from torch import Tensor, nn
 
 from hirm.core.config import (
+    DrawDevice,
     PromptTarget,
     RandomTarget,
     ReadingPoint,
     Target,
     VectorTarget,
     reference_steering_coeff,
+    render,
 )
 from hirm.core.encoder import read_representation, tokenize
 
 
-def random_target(seq_len: int, width: int, *, seed: int = 42, coeff: float | None = None) -> Tensor:
-    """HiRM-R target (1, seq_len, width): ``rand`` from ``seed`` (uniform [0, 1)), scaled to norm ``coeff``.
+def random_direction(seq_len: int, width: int, *, seed: int = 42, draw_device: DrawDevice = "cpu") -> Tensor:
+    """``rand(1, seq_len, width)`` (uniform [0, 1)) from ``seed`` on ``draw_device``, normalised to norm 1.
 
-    Uses its own generator, so it equals the reference ``torch.manual_seed(42); torch.rand(...)``
-    without touching the global random state.
+    ``draw_device="cuda"`` is the authors' draw: ``torch.manual_seed(seed)`` then
+    ``torch.rand(1, L, D, device="cuda")`` (a fresh CUDA generator with that seed gives the same numbers
+    without touching the global random state); the normalisation is done there too, as theirs is. The
+    CPU draw equals ``torch.manual_seed(seed); torch.rand(1, L, D)`` on the CPU, which is a different
+    tensor from the authors' (same distribution). Returns a float32 CPU tensor.
     """
-    generator = torch.Generator(device="cpu").manual_seed(seed)
-    direction = torch.rand(1, seq_len, width, generator=generator)
+    if draw_device == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError(
+            "RandomTarget(draw_device='cuda') reproduces the authors' CUDA draw and needs a CUDA GPU; "
+            "none is available here. Use draw_device='cpu' (same distribution, other numbers)."
+        )
+    generator = torch.Generator(device=draw_device).manual_seed(seed)
+    direction = torch.rand(1, seq_len, width, generator=generator, device=draw_device)
+    return (direction / direction.norm()).cpu()
+
+
+def random_target(
+    seq_len: int,
+    width: int,
+    *,
+    seed: int = 42,
+    coeff: float | None = None,
+    draw_device: DrawDevice = "cpu",
+) -> Tensor:
+    """HiRM-R target (1, seq_len, width): :func:`random_direction` times ``coeff`` (``None`` = the
+    reference norm, :func:`hirm.core.config.reference_steering_coeff`)."""
     scale = reference_steering_coeff(seq_len, width) if coeff is None else coeff
-    return direction / direction.norm() * scale
+    return random_direction(seq_len, width, seed=seed, draw_device=draw_device) * scale
+
+
+def rms(x: Tensor) -> float:
+    """Root mean square of every entry."""
+    return x.double().pow(2).mean().sqrt().item()
 
 
 @torch.no_grad()
 def build_target(
-    target: Target, *, encoder: nn.Module, tokenizer, point: ReadingPoint, seq_len: int, width: int
+    target: Target,
+    *,
+    encoder: nn.Module,
+    tokenizer,
+    point: ReadingPoint,
+    seq_len: int,
+    width: int,
+    template: str = "{concept}",
+    readout: Tensor | None = None,
 ) -> Tensor:
-    """The (1, seq_len, width) float32 CPU target for one concept; ``encoder`` must be the original."""
+    """The (1, seq_len, width) float32 CPU target for one training prompt; ``encoder`` must be the original.
+
+    Args:
+        template: the template of the training prompt; a :class:`PromptTarget` is read in the same
+            template with its prompt in the concept's place.
+        readout: the concept's read-outs on the original encoder (n, L, D), needed for
+            ``RandomTarget(scale="readout-rms")``.
+    """
     if isinstance(target, RandomTarget):
-        return random_target(seq_len, width, seed=target.seed, coeff=target.coeff)
+        if target.scale == "readout-rms":
+            if readout is None:
+                raise ValueError("RandomTarget(scale='readout-rms') needs the concept's read-out.")
+            direction = random_direction(seq_len, width, seed=target.seed, draw_device=target.draw_device)
+            return direction * (target.factor * rms(readout) / rms(direction))
+        return random_target(
+            seq_len, width, seed=target.seed, coeff=target.coeff, draw_device=target.draw_device
+        )
     if isinstance(target, PromptTarget):
         device = next(encoder.parameters()).device
-        ids = tokenize(tokenizer, [target.prompt], device=device, allow_empty=True)
+        ids = tokenize(tokenizer, [render(template, target.prompt)], device=device, allow_empty=True)
         return read_representation(encoder, ids, point).float().cpu() * target.coeff
     if isinstance(target, VectorTarget):
         return _vector_from_file(target, seq_len, width)

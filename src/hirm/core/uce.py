@@ -8,87 +8,150 @@ A closed-form edit of every U-Net cross-attention key and value projection ``W``
 
     W' = (lamb W + e sum_i W c*_i c_i^T + p sum_j W c_j c_j^T) (lamb I + e sum_i c_i c_i^T + p sum_j c_j c_j^T)^-1
 
-with e = ``erase_scale``, p = ``preserve_scale``. The ``lamb W`` term on the left is the reference
-code's (``mat1 = lamb * w_old``); without it the edit would shrink every direction the concepts do not
-span. The right-hand factor depends only on the embeddings, so ``W' = W T`` with one d_in x d_in
-matrix ``T = B M^-1`` shared by all layers; ``T`` is computed with ``torch.linalg.solve`` in float64.
+with e = ``erase_scale``, p = ``preserve_scale``, lamb = 0.5. The right-hand factor depends only on the
+embeddings, so ``W' = W T`` with one d_in x d_in matrix ``T = B M^-1`` shared by all layers; ``T`` is
+computed with ``torch.linalg.solve`` in float64. Embeddings are the text encoder's
+``last_hidden_state`` (what the SD 1.x/2.x pipeline feeds the U-Net).
 
-Embeddings (reference code, ``trainscripts/uce_sd_erase.py``): the text encoder's ``last_hidden_state``
-(what the pipeline feeds the U-Net) at the prompt's *last token* before the end token
-(``attention_mask.sum() - 2``); for the empty guide that is the start token. ``tokens="all"`` uses
-all L positions of each prompt instead, position by position (the concept's i-th row maps to the
-guide's i-th row).
+The authors' code exists in two generations, and which embedding rows enter the sums differs:
+
+* ``tokens="paper"`` (default) follows the original ``train-scripts/train_erase.py`` (the repository
+  before commit 4502388), which produced the paper's numbers. For each (concept, guide) pair it takes
+  the rows from each prompt's *last real token* (``attention_mask.sum() - 2``) through the end token
+  and all the padding, aligned at that last token and cut to the shorter of the two (77 - max of the
+  two last-token positions rows per pair), so the concept's last word is paired with the guide's last
+  word and end token with end token. The empty prompt ``''`` is always added to the preserve set, and
+  every preserved prompt contributes all 77 rows. ``preserve_scale=None`` is that script's
+  ``max(0.1, 1 / (1 + len(preserve)))``. The default guide is ``''`` (the script's ``' '``, which CLIP's
+  tokenizer reads exactly as ``''``; its last real token is the start token).
+* ``tokens="last"`` follows the rewritten ``trainscripts/uce_sd_erase.py``: one row per prompt, its last
+  real token, for erased, guide and preserved prompts; no implicit preserve prompt; ``preserve_scale``
+  1; default guide ``"art"`` for styles and ``''`` otherwise.
+
+``expand_prompts=True`` is the rewritten script's ``--expand_prompts true``: besides the bare concept,
+five templates per concept ("painting by", "art by", "artwork by", "picture by", "style of" for styles;
+"image of", "photo of", "portrait of", "picture of", "painting of" otherwise), each paired with the guide
+in the same template. (The original script's ``add_prompts`` paired them with the bare guide; not offered.)
+
+An earlier ``tokens="all"`` paired rows position by position from the start token, so when concept and
+guide had different lengths the concept's words met the guide's end or padding rows (the misalignment
+the UCE author warns against in the repository's issue #3); it was removed in favour of ``paper``.
 """
 
 from __future__ import annotations
 
 import logging
-import math
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import torch
 from torch import Tensor, nn
 
-from hirm.core.config import Concept
+from hirm.core.config import (
+    Concept,
+    check_bool,
+    check_choice,
+    check_float,
+    check_prompt,
+    check_prompts,
+)
 from hirm.core.encoder import ConceptError, tokenize
 from hirm.core.patch import Patch, component_parameters, make_patch
 from hirm.core.registry import MethodSpec, register
 
 logger = logging.getLogger(__name__)
 
-UceTokens = Literal["last", "all"]
+UceTokens = Literal["paper", "last"]
 
-#: Guide per concept kind when the config names none: the reference script guides art styles to
-#: "art" and everything else to the empty prompt.
-REFERENCE_GUIDE: dict[str, str] = {"style": "art", "object": "", "nudity": ""}
+#: Guide per concept kind in the rewritten script (``tokens="last"``) when the config names none:
+#: art styles go to "art", everything else to the empty prompt.
+REWRITTEN_GUIDE: dict[str, str] = {"style": "art", "object": "", "nudity": ""}
+
+#: The rewritten script's ``expand_prompts`` templates: "art" for styles, "object" for the rest.
+EXPAND_TEMPLATES: dict[str, tuple[str, ...]] = {
+    "art": ("painting by {}", "art by {}", "artwork by {}", "picture by {}", "style of {}"),
+    "object": ("image of {}", "photo of {}", "portrait of {}", "picture of {}", "painting of {}"),
+}
 
 
 @dataclass(frozen=True)
 class UCEConfig:
-    """UCE settings; defaults are the reference script's (``erase_scale`` 1, ``preserve_scale`` 1, ``lamb`` 0.5).
+    """UCE settings (see the module docstring for what each ``tokens`` mode follows).
 
     Attributes:
-        guide: prompt every erased concept is mapped to; ``None`` = the reference choice per concept
-            kind (``"art"`` for styles, the empty prompt ``""`` otherwise).
-        preserve: prompts whose key/value outputs must stay as they are (empty by default).
-        erase_scale: weight ``e`` of the erase terms.
-        preserve_scale: weight ``p`` of the preserve terms.
-        lamb: weight of ``||W' - W||^2`` (keeps everything else; the identity term); must be > 0.
-        tokens: ``last`` = one embedding per prompt, its last token before the end token (reference);
-            ``all`` = all L positions of each prompt, matched position by position.
-        edit_keys: also edit ``to_k`` (reference: yes); ``False`` edits only ``to_v``.
+        tokens: ``paper`` = the original script's rows (last token through end + padding, aligned at
+            the last token; ``''`` always preserved over 77 rows); ``last`` = the rewritten script's
+            single last-token row per prompt.
+        guide: prompt every erased concept is mapped to; ``None`` = the script's choice (``paper``: the
+            empty prompt; ``last``: ``"art"`` for styles, ``''`` otherwise).
+        preserve: prompts whose key/value outputs must stay as they are.
+        erase_scale: weight ``e`` of the erase terms (both scripts: 1).
+        preserve_scale: weight ``p`` of the preserve terms; ``None`` = the script's value (``paper``:
+            ``max(0.1, 1 / (1 + len(preserve)))``; ``last``: 1).
+        lamb: weight of ``||W' - W||^2`` (both scripts: 0.5); must be > 0.
+        expand_prompts: add the rewritten script's five templates per concept (and guide).
+        edit_keys: also edit ``to_k`` (both scripts: yes); ``False`` edits only ``to_v``.
     """
 
+    tokens: UceTokens = "paper"
     guide: str | None = None
     preserve: tuple[str, ...] = ()
     erase_scale: float = 1.0
-    preserve_scale: float = 1.0
+    preserve_scale: float | None = None
     lamb: float = 0.5
-    tokens: UceTokens = "last"
+    expand_prompts: bool = False
     edit_keys: bool = True
 
     def __post_init__(self) -> None:
-        if not (self.lamb > 0 and math.isfinite(self.lamb)):
+        owner = "UCEConfig"
+        if self.tokens == "all":
             raise ValueError(
-                f"lamb must be a positive finite number (it keeps M invertible), got {self.lamb}."
+                "UCEConfig.tokens='all' was removed: it paired concept and guide rows from the start token, "
+                "misaligning them when their lengths differ. Use 'paper' (the original script: rows from "
+                "the last token on, aligned there) or 'last'."
             )
-        for name in ("erase_scale", "preserve_scale"):
-            value = getattr(self, name)
-            if not (value >= 0 and math.isfinite(value)):
-                raise ValueError(f"{name} must be a finite number >= 0, got {value}.")
-        if self.tokens not in ("last", "all"):
-            raise ValueError(f"tokens must be 'last' or 'all', got {self.tokens!r}.")
-        if isinstance(self.preserve, str):
-            raise TypeError("preserve is a tuple of prompts, e.g. ('dog',), not one string.")
+        check_choice(owner, "tokens", self.tokens, get_args(UceTokens))
+        check_prompt(owner, "guide", self.guide, empty=True, optional=True)
+        check_prompts(owner, "preserve", self.preserve, empty=True)
+        check_float(owner, "erase_scale", self.erase_scale, minimum=0.0)
+        check_float(owner, "preserve_scale", self.preserve_scale, minimum=0.0, optional=True)
+        check_float(owner, "lamb", self.lamb, positive=True)
+        check_bool(owner, "expand_prompts", self.expand_prompts)
+        check_bool(owner, "edit_keys", self.edit_keys)
 
     def guide_for(self, concept: Concept) -> str:
-        return REFERENCE_GUIDE[concept.kind] if self.guide is None else self.guide
+        if self.guide is not None:
+            return self.guide
+        return "" if self.tokens == "paper" else REWRITTEN_GUIDE[concept.kind]
+
+    def preserve_prompts(self) -> tuple[str, ...]:
+        """The preserved prompts: the paper's script always puts ``''`` first."""
+        return ("", *self.preserve) if self.tokens == "paper" else self.preserve
+
+    def resolved_preserve_scale(self) -> float:
+        if self.preserve_scale is not None:
+            return self.preserve_scale
+        return max(0.1, 1 / len(self.preserve_prompts())) if self.tokens == "paper" else 1.0
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+def edit_pairs(concepts: Sequence[Concept], config: UCEConfig) -> tuple[list[str], list[str]]:
+    """(erased prompts, guide prompts), pairwise: each concept with its guide, then, with
+    ``expand_prompts``, every template with the concept and with the guide."""
+    erased, guides = [], []
+    for concept in concepts:
+        guide = config.guide_for(concept)
+        erased.append(concept.text)
+        guides.append(guide)
+        if config.expand_prompts:
+            templates = EXPAND_TEMPLATES["art" if concept.kind == "style" else "object"]
+            erased.extend(t.format(concept.text) for t in templates)
+            guides.extend(t.format(guide) for t in templates)
+    return erased, guides
 
 
 def prompt_ids(
@@ -121,12 +184,46 @@ def prompt_embeddings(encoder: nn.Module, tokenizer, prompts: Sequence[str]) -> 
     return encoder(input_ids=ids).last_hidden_state, lengths
 
 
-def select_tokens(hidden: Tensor, lengths: Tensor, tokens: UceTokens) -> Tensor:
-    """(B, L, D) -> (B * k, D): the last token before the end token (k = 1) or all positions (k = L)."""
-    if tokens == "all":
-        return hidden.reshape(-1, hidden.shape[-1])
-    last = (lengths - 2).clamp(min=0).to(hidden.device)  # the empty prompt -> its start token (index 0)
-    return hidden[torch.arange(hidden.shape[0], device=hidden.device), last]
+def last_token(lengths: Tensor) -> Tensor:
+    """Index of each prompt's last real token before the end token (``attention_mask.sum() - 2``;
+    the start token for the empty prompt)."""
+    return lengths - 2
+
+
+def aligned_rows(hidden: Tensor, lengths: Tensor, a: int, b: int, tokens: UceTokens) -> tuple[Tensor, Tensor]:
+    """Rows of prompts ``a`` (erased) and ``b`` (guide) of ``hidden`` (B, L, D) that pair up, (k, D) each.
+
+    ``last``: k = 1, each prompt's last real token. ``paper``: from each last real token to the end,
+    aligned there: rows ``i_a + j`` and ``i_b + j`` for ``j < L - max(i_a, i_b)``.
+    """
+    i_a, i_b = int(last_token(lengths[a])), int(last_token(lengths[b]))
+    if tokens == "last":
+        return hidden[a, i_a : i_a + 1], hidden[b, i_b : i_b + 1]
+    k = hidden.shape[1] - max(i_a, i_b)
+    return hidden[a, i_a : i_a + k], hidden[b, i_b : i_b + k]
+
+
+def preserved_rows(hidden: Tensor, lengths: Tensor, index: int, tokens: UceTokens) -> Tensor:
+    """Rows of preserved prompt ``index``: all L (``paper``) or its last real token (``last``)."""
+    if tokens == "paper":
+        return hidden[index]
+    i = int(last_token(lengths[index]))
+    return hidden[index, i : i + 1]
+
+
+def uce_embeddings(
+    encoder: nn.Module, tokenizer, concepts: Sequence[Concept], config: UCEConfig
+) -> tuple[Tensor, Tensor, Tensor]:
+    """The erased, guide and preserved embedding rows ``c_i`` (n, D), ``c*_i`` (n, D), ``c_j`` (m, D)."""
+    erased, guides = edit_pairs(concepts, config)
+    keep = config.preserve_prompts()
+    hidden, lengths = prompt_embeddings(encoder, tokenizer, [*erased, *guides, *keep])
+    n = len(erased)
+    pairs = [aligned_rows(hidden, lengths, i, n + i, config.tokens) for i in range(n)]
+    kept = [preserved_rows(hidden, lengths, 2 * n + j, config.tokens) for j in range(len(keep))]
+    width = hidden.shape[-1]
+    c_keep = torch.cat(kept) if kept else hidden.new_zeros(0, width)
+    return torch.cat([p[0] for p in pairs]), torch.cat([p[1] for p in pairs]), c_keep
 
 
 def uce_transform(
@@ -203,13 +300,8 @@ def erase(
     encoder, tokenizer = model.text_encoder("text_encoder"), model.tokenizer("text_encoder")
     unet = model.component("unet")
 
-    guides = [config.guide_for(c) for c in concepts]
-    texts = [c.text for c in concepts]
-    hidden, lengths = prompt_embeddings(encoder, tokenizer, texts + guides + list(config.preserve))
-    rows = select_tokens(hidden, lengths, config.tokens).reshape(hidden.shape[0], -1, hidden.shape[-1])
-    n = len(concepts)
-    width = hidden.shape[-1]
-    c_erase, c_guide, c_keep = (x.reshape(-1, width) for x in (rows[:n], rows[n : 2 * n], rows[2 * n :]))
+    c_erase, c_guide, c_keep = uce_embeddings(encoder, tokenizer, concepts, config)
+    width = c_erase.shape[-1]
 
     names = cross_attention_names(unet, edit_keys=config.edit_keys)
     params = component_parameters(unet)
@@ -223,7 +315,7 @@ def erase(
         c_guide,
         c_keep,
         erase_scale=config.erase_scale,
-        preserve_scale=config.preserve_scale,
+        preserve_scale=config.resolved_preserve_scale(),
         lamb=config.lamb,
     )
     originals = {f"unet/{name}": params[name].detach().clone() for name in names}
@@ -239,7 +331,13 @@ def erase(
         config=config.to_dict(),
         concepts=[asdict(c) for c in concepts],
         base=model.base_info(),
-        extra={"seconds": time.perf_counter() - start, "guides": guides, "num_edited": len(names)},
+        extra={
+            "seconds": time.perf_counter() - start,
+            "guides": [config.guide_for(c) for c in concepts],
+            "num_edited": len(names),
+            "rows": {"erase": int(c_erase.shape[0]), "preserve": int(c_keep.shape[0])},
+            "preserve_scale": config.resolved_preserve_scale(),
+        },
     )
 
 

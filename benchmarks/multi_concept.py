@@ -1,0 +1,301 @@
+"""Many concepts at once: every multi-concept strategy of ``hirm.core.multi`` as a row of one table.
+
+For each domain (objects, then styles) the first ``--count`` concepts of the domain are erased together
+with each strategy (joint training, per-concept patches added, the paper's weight averaging, and ours:
+balanced, anchored, balanced-anchored); the style x object grid is generated once per strategy and
+judged. Reported per row: mean UA over the erased concepts, IRA on the domain's other concepts, CRA on the
+other domain, each with its number of images n and a 95 % Wilson interval (UA pooled over the erased
+concepts' images, which is their mean since each has the same number of images), the erase time, and
+whether the goal (UA >= 90 %, IRA >= 90 %, CRA >= 95 %) is met. The original model's row is the reference.
+
+    python benchmarks/multi_concept.py --out results/multi_concept                # the full table (heavy)
+    python benchmarks/multi_concept.py --out /tmp/mc --budget tiny --overwrite    # smoke run (minutes)
+
+At least two concepts of each domain are always kept for IRA (MiniCanvas has 10 objects: 10 requested
+become 8; the JSON records both). HiRM settings default to the world-tuned ones of ``hirm compare``
+(HiRM-S toward each concept's super-category, read at the final output, 100 steps, lr 5e-4).
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import platform
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+GOAL = {"UA": 0.90, "IRA": 0.90, "CRA": 0.95}
+METRICS = ("UA", "IRA", "CRA")
+#: Cheap settings for a smoke run: two concepts, two HiRM steps, one seed, two sampler steps.
+TINY = {"count": 2, "hirm_steps": 2, "seeds": (188,), "sampler_steps": 2}
+
+
+def wilson(hits: int, n: int, z: float = 1.96) -> tuple[float, float] | None:
+    """95 % Wilson score interval of a proportion ``hits / n`` (``None`` when n = 0)."""
+    if n == 0:
+        return None
+    p = hits / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+def _same(a: str | None, b: str | None) -> bool:
+    from hirm.evaluation.common import concept_key
+
+    return a is not None and b is not None and concept_key(a) == concept_key(b)
+
+
+def grid_metrics(rows: Sequence[Mapping[str, Any]], erased: Sequence[str], domain: str) -> dict[str, Any]:
+    """UA (pooled over the erased concepts' images, and per concept), IRA and CRA with n and intervals.
+
+    ``rows``: judged grid images (``style``, ``object``, ``pred_style``, ``pred_object``), as
+    :meth:`hirm.evaluation.canvas.CanvasEvaluator.judge_items` returns them.
+    """
+    other = "object" if domain == "style" else "style"
+    counts = {m: [0, 0] for m in METRICS}  # [hits, n]; UA counts misses
+    per_concept = {name: [0, 0] for name in erased}
+    for row in rows:
+        label, predicted = row[domain], row[f"pred_{domain}"]
+        hit = _same(label, predicted)
+        target = next((name for name in erased if _same(label, name)), None)
+        if target is not None:
+            counts["UA"][0] += not hit
+            counts["UA"][1] += 1
+            per_concept[target][0] += not hit
+            per_concept[target][1] += 1
+        elif label is not None:
+            counts["IRA"][0] += hit
+            counts["IRA"][1] += 1
+        if row[other] is not None:
+            counts["CRA"][0] += _same(row[other], row[f"pred_{other}"])
+            counts["CRA"][1] += 1
+    out: dict[str, Any] = {}
+    for metric, (hits, n) in counts.items():
+        out[metric] = {"value": hits / n if n else None, "n": n, "ci95": wilson(hits, n)}
+    out["UA_per_concept"] = {name: (h / n if n else None) for name, (h, n) in per_concept.items()}
+    out["meets_goal"] = all(out[m]["value"] is not None and out[m]["value"] >= GOAL[m] for m in METRICS)
+    return out
+
+
+def erased_concepts(canvas, domain: str, count: int) -> tuple[list[str], str | None]:
+    """The first ``count`` concepts of ``domain``, keeping at least two for IRA; and a note if reduced."""
+    names = list(canvas.names(domain))
+    usable = max(1, len(names) - 2)
+    if count <= usable:
+        return names[:count], None
+    return names[
+        :usable
+    ], f"{count} requested, {usable} erased: the canvas has {len(names)} {domain}s and IRA needs 2"
+
+
+def concepts_for(canvas, names: Sequence[str], domain: str, target: str):
+    """``Concept`` objects: HiRM-S toward the super-category (``super``), or HiRM-R (``random`` at the
+    reference scale, ``random-rms`` at the read-out's RMS)."""
+    from hirm.core.config import Concept, PromptTarget, RandomTarget
+    from hirm.evaluation.common import display_name
+
+    words = canvas.style_super if domain == "style" else canvas.object_super
+    out = []
+    for name in names:
+        if target == "super":
+            goal = PromptTarget(words[name])
+        elif target == "random-rms":
+            goal = RandomTarget(scale="readout-rms")
+        else:
+            goal = RandomTarget()
+        out.append(Concept(display_name(name), kind=domain, target=goal))
+    return out
+
+
+def run_table(
+    model: str = "minicanvas",
+    *,
+    domains: Sequence[str] = ("object", "style"),
+    count: int = 10,
+    strategies: Sequence[str] | None = None,
+    config=None,
+    target: str = "super",
+    settings=None,
+    canvas=None,
+    judges=None,
+    device: str = "cpu",
+    cache_dir: str | None = None,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Every (domain, strategy) row; see the module docstring. Returns the JSON-ready result."""
+    import torch
+
+    from hirm.adapters.loading import load_model
+    from hirm.core.config import HiRMConfig
+    from hirm.core.multi import STRATEGIES, erase_many
+    from hirm.evaluation.canvas import (
+        CanvasEvaluator,
+        CanvasSettings,
+        default_canvas_and_judges,
+        make_cache,
+        open_model,
+        patched,
+    )
+    from hirm.evaluation.canvas_grid import build_items
+    from hirm.evaluation.common import run_metadata
+    from hirm.evaluation.compare import WORLD_TUNED_HIRM
+
+    strategies = list(strategies or STRATEGIES)
+    unknown = sorted(set(strategies) - set(STRATEGIES))
+    if unknown:
+        raise SystemExit(f"Unknown strategies {unknown}; choose from {list(STRATEGIES)}.")
+    dev = torch.device(device)
+    canvas, judges = default_canvas_and_judges(model, canvas, judges, dev)
+    if settings is None:
+        settings = CanvasSettings.for_world() if str(model) == "minicanvas" else CanvasSettings()
+    config = config or HiRMConfig(**WORLD_TUNED_HIRM)
+    pipe, path = open_model(model, dev)
+    evaluator = CanvasEvaluator(
+        pipe, canvas=canvas, judges=judges, settings=settings, cache=make_cache(cache_dir, path, True),
+        progress=progress,
+    )  # fmt: skip
+    items = build_items(canvas, templates=settings.templates, seeds=settings.seeds)
+    handle = load_model(model, device=dev)
+    original_rows, _ = evaluator.judge_items(items, cache=evaluator.cache, desc="original")
+    result: dict[str, Any] = {
+        "meta": run_metadata(
+            model=str(model), model_path=path, settings=settings.to_dict(), seeds=settings.seeds
+        ),
+        "hirm_config": config.to_dict(),
+        "target": target,
+        "goal": GOAL,
+        "machine": platform.processor() or platform.machine(),
+        "domains": {},
+    }
+    for domain in domains:
+        names, note = erased_concepts(canvas, domain, count)
+        concepts = concepts_for(canvas, names, domain, target)
+        rows = {"original": {**grid_metrics(original_rows, names, domain), "erase_s": 0.0}}
+        for strategy in strategies:
+            start = time.perf_counter()
+            patch = erase_many(handle, concepts, config, strategy=strategy, progress=False)
+            erase_s = time.perf_counter() - start
+            with patched(pipe, [patch]):
+                judged, _ = evaluator.judge_items(items, cache=None, desc=f"{domain}/{strategy}")
+            rows[strategy] = {**grid_metrics(judged, names, domain), "erase_s": erase_s}
+        result["domains"][domain] = {"erased": names, "requested": count, "note": note, "rows": rows}
+    return result
+
+
+def _cell(metric: Mapping[str, Any]) -> str:
+    if metric["value"] is None:
+        return "–"
+    lo, hi = metric["ci95"]
+    return f"{100 * metric['value']:.1f} [{100 * lo:.1f}, {100 * hi:.1f}] (n={metric['n']})"
+
+
+def to_markdown(result: Mapping[str, Any], command: str = "") -> str:
+    """One table per domain: strategies as rows, UA / IRA / CRA in % with 95 % intervals and n."""
+    lines = ["# Many concepts at once", ""]
+    if command:
+        lines += [f"`{command}`", ""]
+    lines += [
+        f"HiRM settings: {result['hirm_config']}; target: {result['target']}. Goal: UA >= 90 %, IRA >= 90 %, "
+        "CRA >= 95 %. Values in %, [95 % Wilson interval], n images.",
+        "",
+    ]
+    for domain, block in result["domains"].items():
+        lines += [f"## {domain}s: {', '.join(block['erased'])}", ""]
+        if block["note"]:
+            lines += [f"Note: {block['note']}.", ""]
+        lines += ["| strategy | UA (mean over erased) | IRA (rest of domain) | CRA (other domain) | erase s | goal |",
+                  "|---|---|---|---|---|---|"]  # fmt: skip
+        for name, row in block["rows"].items():
+            cells = " | ".join(_cell(row[m]) for m in METRICS)
+            lines.append(
+                f"| {name} | {cells} | {row['erase_s']:.1f} | {'yes' if row['meets_goal'] else 'no'} |"
+            )
+        lines.append("")
+    return "\n".join(lines)
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--out", type=Path, required=True, help="Directory for multi_concept.json / .md.")
+    parser.add_argument("--model", default="minicanvas", help="Only the embedded world ships its judges.")
+    parser.add_argument("--domains", default="object,style", help="Comma-separated, in order.")
+    parser.add_argument("--count", type=int, default=10, help="Concepts erased per domain (two always kept).")
+    parser.add_argument("--strategies", default=None, help="Comma-separated (default: all).")
+    parser.add_argument("--target", choices=("super", "random", "random-rms"), default="super")
+    parser.add_argument(
+        "--steps", type=int, default=None, help="HiRM steps (default 100, the world-tuned value)."
+    )
+    parser.add_argument("--lr", type=float, default=None, help="HiRM learning rate (default 5e-4).")
+    parser.add_argument(
+        "--seeds", default=None, help="Comma-separated sampling seeds (default: the world's)."
+    )
+    parser.add_argument("--budget", choices=("full", "tiny"), default="full", help="tiny = a smoke run.")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--cache-dir", default=None, help="Image cache of the original model's grid.")
+    parser.add_argument("--overwrite", action="store_true", help="Replace existing outputs.")
+    return parser.parse_args(argv)
+
+
+def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
+    import shlex
+    import sys
+
+    from hirm.core.config import HiRMConfig
+    from hirm.evaluation.canvas import CanvasSettings
+    from hirm.evaluation.common import dump_json
+    from hirm.evaluation.compare import WORLD_TUNED_HIRM
+    from hirm.io import check_writable, write_atomic
+
+    args = parse_args(argv)
+    json_path, md_path = args.out / "multi_concept.json", args.out / "multi_concept.md"
+    for path in (json_path, md_path):
+        check_writable(path, overwrite=args.overwrite)
+    tiny = args.budget == "tiny"
+    overrides = {k: v for k, v in (("steps", args.steps), ("lr", args.lr)) if v is not None}
+    if tiny:
+        overrides.setdefault("steps", TINY["hirm_steps"])
+    config = replace(HiRMConfig(**WORLD_TUNED_HIRM), **overrides)
+    seeds = tuple(int(s) for s in args.seeds.split(",")) if args.seeds else (TINY["seeds"] if tiny else None)
+    settings = CanvasSettings.for_world() if args.model == "minicanvas" else CanvasSettings()
+    settings = replace(
+        settings,
+        **{
+            k: v
+            for k, v in (("seeds", seeds), ("num_inference_steps", TINY["sampler_steps"] if tiny else None))
+            if v is not None
+        },
+    )
+    result = run_table(
+        args.model,
+        domains=args.domains.split(","),
+        count=TINY["count"] if tiny else args.count,
+        strategies=args.strategies.split(",") if args.strategies else None,
+        config=config,
+        target=args.target,
+        settings=settings,
+        device=args.device,
+        cache_dir=args.cache_dir,
+    )
+    command = " ".join(
+        ["python benchmarks/multi_concept.py", *map(shlex.quote, sys.argv[1:] if argv is None else argv)]
+    )
+    result["command"] = command
+    args.out.mkdir(parents=True, exist_ok=True)
+    write_atomic(
+        json_path, lambda tmp: tmp.write_text(dump_json(result), encoding="utf-8"), overwrite=args.overwrite
+    )
+    write_atomic(
+        md_path,
+        lambda tmp: tmp.write_text(to_markdown(result, command), encoding="utf-8"),
+        overwrite=args.overwrite,
+    )
+    print(to_markdown(result, command))
+    return result
+
+
+if __name__ == "__main__":
+    main()

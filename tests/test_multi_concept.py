@@ -1,0 +1,172 @@
+"""Multi-concept strategies (``hirm.core.multi``) and the benchmark that tabulates them
+(``benchmarks/multi_concept.py``), on the tiny SD pipeline with hand-made judges."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+import hirm
+from hirm.core.config import Concept, HiRMConfig, PromptTarget
+from hirm.core.multi import STRATEGIES, anchor_prompts, erase_many
+from hirm.core.patch import component_parameters
+from hirm.evaluation.canvas_grid import Canvas
+from hirm.evaluation.judges import FunctionJudge
+
+CONFIG = HiRMConfig(steps=3, lr=1e-2, precision="fp32")
+CONCEPTS = [Concept("Cats", target=PromptTarget("animal")), Concept("Dogs", target=PromptTarget("animal")),
+            Concept("Trees", target=PromptTarget("plant"))]  # fmt: skip
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def model(sd_dir):
+    return hirm.load_model(sd_dir)
+
+
+@pytest.fixture(scope="module")
+def bench():
+    path = Path(__file__).parents[1] / "benchmarks" / "multi_concept.py"
+    spec = importlib.util.spec_from_file_location("multi_concept_bench", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _base(model):
+    return {
+        f"text_encoder/{n}": p.detach().clone() for n, p in component_parameters(model.text_encoder()).items()
+    }
+
+
+def test_joint_and_balanced_are_one_hirm_run(model):
+    joint = erase_many(model, CONCEPTS, CONFIG, strategy="joint", progress=False)
+    direct = hirm.erase(model, CONCEPTS, config=CONFIG, progress=False)
+    assert all(torch.equal(joint.tensors[k], direct.tensors[k]) for k in direct.tensors)
+    assert joint.metadata["multi"] == {"strategy": "joint", "runs": 1}
+    balanced = erase_many(model, CONCEPTS, CONFIG, strategy="balanced", progress=False)
+    assert balanced.metadata["config"]["concept_weighting"] == "balanced"
+    assert not all(torch.equal(balanced.tensors[k], direct.tensors[k]) for k in direct.tensors)
+
+
+@pytest.mark.parametrize(("strategy", "weight"), [("per-concept", 1.0), ("average", 1 / 3)])
+def test_separate_runs_add_or_average_their_deltas(model, strategy, weight):
+    """per-concept = base + sum of the separately trained deltas; average = the paper's weight average
+    of the separately trained encoders = base + mean delta."""
+    patch = erase_many(model, CONCEPTS, CONFIG, strategy=strategy, progress=False)
+    parts = [hirm.erase(model, [c], config=CONFIG, progress=False) for c in CONCEPTS]
+    base = _base(model)
+    assert patch.tensors.keys() == parts[0].tensors.keys()
+    for key, value in patch.tensors.items():
+        expected = base[key] + weight * sum(p.tensors[key] - base[key] for p in parts)
+        torch.testing.assert_close(value, expected, rtol=0, atol=1e-6)
+    if strategy == "average":  # literally the mean of the three encoders' weights
+        for key, value in patch.tensors.items():
+            torch.testing.assert_close(value, sum(p.tensors[key] for p in parts) / 3, rtol=0, atol=1e-6)
+    assert [c["text"] for c in patch.metadata["concepts"]] == ["Cats", "Dogs", "Trees"]
+    assert patch.metadata["multi"]["runs"] == 3
+    hirm.apply_patch(
+        hirm.load_model(model.path).text_encoder(), patch, component="text_encoder"
+    )  # fits the base
+
+
+def test_anchored_preserves_the_targets_in_the_templates(model):
+    config = HiRMConfig(steps=2, lr=1e-2, templates=("{concept}", "a photo of {concept}"), precision="fp32")
+    assert anchor_prompts(CONCEPTS, config.templates) == (
+        "animal",
+        "a photo of animal",
+        "plant",
+        "a photo of plant",
+    )
+    patch = erase_many(model, CONCEPTS, config, strategy="balanced-anchored", progress=False)
+    saved = patch.metadata["config"]
+    assert saved["preserve"] == ["animal", "a photo of animal", "plant", "a photo of plant"]
+    assert (saved["preserve_weight"], saved["concept_weighting"]) == (1.0, "balanced")
+    with pytest.raises(ValueError, match="PromptTargets"):
+        erase_many(model, [Concept("Cats")], CONFIG, strategy="anchored", progress=False)
+    with pytest.raises(ValueError, match="erase_many.strategy"):
+        erase_many(model, CONCEPTS, CONFIG, strategy="merge", progress=False)
+
+
+def test_wilson_interval_and_grid_metrics_on_known_rows(bench):
+    lo, hi = bench.wilson(8, 10)
+    assert (round(lo, 4), round(hi, 4)) == (0.4902, 0.9433)  # textbook values for 8/10
+    assert bench.wilson(0, 0) is None
+    rows = [  # erase objects Cats, Dogs; Trees retained
+        {"style": "Pastel", "object": "Cats", "pred_style": "Pastel", "pred_object": "Trees"},  # erased: miss
+        {
+            "style": "Rust",
+            "object": "Cats",
+            "pred_style": "Pastel",
+            "pred_object": "Cats",
+        },  # erased: still a cat
+        {"style": "Pastel", "object": "Dogs", "pred_style": "Pastel", "pred_object": "Cats"},  # erased: miss
+        {"style": "Rust", "object": "Trees", "pred_style": "Rust", "pred_object": "Trees"},  # retained: hit
+    ]
+    m = bench.grid_metrics(rows, ["Cats", "Dogs"], "object")
+    assert (m["UA"]["value"], m["UA"]["n"]) == (2 / 3, 3)
+    assert m["UA_per_concept"] == {"Cats": 0.5, "Dogs": 1.0}
+    assert (m["IRA"]["value"], m["IRA"]["n"]) == (1.0, 1)
+    assert (m["CRA"]["value"], m["CRA"]["n"]) == (0.75, 4)
+    assert m["meets_goal"] is False
+
+
+def _judge(classes, channels):
+    def fn(images):
+        means = images.mean(dim=(2, 3))
+        return torch.stack([means[:, c] for c in channels], dim=1).mul(50).softmax(-1)
+
+    return FunctionJudge(classes, fn)
+
+
+@pytest.fixture
+def world(monkeypatch):
+    """A 4 x 4 canvas with hand-made judges, returned wherever the benchmark asks for the world's."""
+    canvas = Canvas(("Van_Gogh", "Crayon", "Pastel", "Rust"), ("Cats", "Dogs", "Trees", "Birds"),
+                    {"Van_Gogh": "painting", "Crayon": "drawing", "Pastel": "painting", "Rust": "pattern"},
+                    {"Cats": "animal", "Dogs": "animal", "Trees": "plant", "Birds": "animal"})  # fmt: skip
+    judges = {"style": _judge(canvas.styles, (0, 1, 2, 0)), "object": _judge(canvas.objects, (2, 1, 0, 1))}
+    import hirm.evaluation.canvas as canvas_module
+
+    monkeypatch.setattr(canvas_module, "default_canvas_and_judges", lambda *a: (canvas, judges))
+    return canvas
+
+
+def test_benchmark_writes_one_row_per_strategy_with_counts_and_intervals(bench, world, sd_dir, tmp_path):
+    """The tiny budget end to end on the tiny pipeline: JSON + markdown, strategies as rows."""
+    out = tmp_path / "mc"
+    result = bench.main(["--out", str(out), "--model", str(sd_dir), "--budget", "tiny", "--count", "5",
+                         "--cache-dir", str(tmp_path / "cache")])  # fmt: skip
+    saved = json.loads((out / "multi_concept.json").read_text())
+    assert saved["command"].startswith("python benchmarks/multi_concept.py")
+    for domain in ("object", "style"):
+        block = saved["domains"][domain]
+        assert block["erased"] == list(world.names(domain))[:2] and block["note"] is None  # tiny: 2 concepts
+        assert list(block["rows"]) == ["original", *STRATEGIES]
+        for row in block["rows"].values():
+            # one seed: 2 erased x 4 others = 8 UA images, 2 x 4 = 8 IRA images, 16 CRA images
+            assert (row["UA"]["n"], row["IRA"]["n"], row["CRA"]["n"]) == (8, 8, 16)
+            for metric in ("UA", "IRA", "CRA"):
+                lo, hi = row[metric]["ci95"]
+                assert 0 <= lo <= row[metric]["value"] <= hi <= 1
+    assert result["domains"]["object"]["rows"]["joint"]["erase_s"] > 0
+    table = (out / "multi_concept.md").read_text()
+    assert "| average |" in table and "| balanced-anchored |" in table and "(n=8)" in table
+    with pytest.raises(Exception, match="exists"):
+        bench.main(["--out", str(out), "--model", str(sd_dir), "--budget", "tiny"])
+
+
+def test_benchmark_keeps_two_concepts_for_ira(bench, world):
+    names, note = bench.erased_concepts(world, "object", 10)
+    assert names == ["Cats", "Dogs"] and "10 requested, 2 erased" in note
