@@ -7,10 +7,69 @@ import pytest
 import hirm.world as w
 from hirm.world.captions import all_captions, sample_caption, template_kind
 
+UNLEARNCANVAS_OBJECTS = (
+    "Architectures",
+    "Bears",
+    "Birds",
+    "Butterfly",
+    "Cats",
+    "Dogs",
+    "Fishes",
+    "Flame",
+    "Flowers",
+    "Frogs",
+    "Horses",
+    "Human",
+    "Jellyfish",
+    "Rabbits",
+    "Sandwiches",
+    "Sea",
+    "Statues",
+    "Towers",
+    "Trees",
+    "Waterfalls",
+)
+
 
 def test_world_size() -> None:
-    assert len(w.STYLES) >= 12 and len(w.OBJECTS) >= 10
+    assert len(w.STYLES) == 20 and len(set(w.STYLES)) == 20
+    assert w.OBJECTS == UNLEARNCANVAS_OBJECTS
+    assert w.STYLES[:12] == (
+        "Crayon",
+        "Mosaic",
+        "Neon_Lines",
+        "Pastel",
+        "Sketch",
+        "Pop_Art",
+        "Watercolor",
+        "On_Fire",
+        "Ink_Art",
+        "Bricks",
+        "Winter",
+        "Rust",
+    )  # the first world's styles keep their indices
     assert set(w.STYLE_SUPER) == set(w.STYLES) and set(w.OBJECT_SUPER) == set(w.OBJECTS)
+
+
+def test_super_categories_are_single_words_distinct_from_names() -> None:
+    import re
+
+    style_supers, object_supers = set(w.STYLE_SUPER.values()), set(w.OBJECT_SUPER.values())
+    assert style_supers == {"painting", "drawing", "pattern", "scenery"}
+    assert object_supers == {"animal", "marine", "plant", "building", "nature", "person", "food"}
+    names = {w.display_name(c).lower() for c in w.STYLES + w.OBJECTS}
+    for word in style_supers | object_supers:
+        assert re.fullmatch(r"[a-z]+", word) and word not in names, word
+    assert not style_supers & object_supers
+
+
+def test_names_round_trip() -> None:
+    for name in w.STYLES + w.OBJECTS:
+        shown = w.display_name(name)
+        assert "_" not in shown
+        for spelling in (name, shown, shown.lower(), shown.upper(), f"  {name.lower()} "):
+            assert w.canonical_name(spelling) == name, spelling
+    assert len({c.lower() for c in w.STYLES + w.OBJECTS}) == len(w.STYLES) + len(w.OBJECTS)
 
 
 @pytest.mark.parametrize("name", ["Neon_Lines", "neon lines", "NEON  LINES", " neon_lines "])
@@ -21,7 +80,7 @@ def test_canonical_name_any_spelling(name: str) -> None:
 
 def test_canonical_name_unknown_lists_names() -> None:
     with pytest.raises(ValueError, match="Pop_Art"):
-        w.canonical_name("Van Gogh")
+        w.canonical_name("Picasso")
 
 
 def test_make_prompt_uses_spaces() -> None:
@@ -59,11 +118,44 @@ def test_caption_labels_are_consistent() -> None:
     import numpy as np
 
     rng = np.random.default_rng(0)
-    s, o = np.arange(12).repeat(10), np.tile(np.arange(10), 12)
+    ns, no = len(w.STYLES), len(w.OBJECTS)
+    s, o = np.arange(ns).repeat(no), np.tile(np.arange(no), ns)
     for _ in range(200):
-        si, oi = int(rng.integers(12)), int(rng.integers(10))
+        si, oi = int(rng.integers(ns)), int(rng.integers(no))
         _, label = sample_caption(rng, si, oi)
-        assert label.compatible(s, o)[si * 10 + oi]  # the captioned image itself is always a positive
+        assert label.compatible(s, o)[si * no + oi]  # the captioned image itself is always a positive
+
+
+# Words that two concepts share. All but "fish" come from UnlearnCanvas's own names ("Pop Art" / "Ink Art",
+# "Ink Art" / "Red Blue Ink") or collide with a name it added ("glowing lines" of Neon_Lines vs "Glowing
+# Sunset", "blossom" of Flowers vs "Blossom Season"); a new synonym must not add to them.
+KNOWN_SHARED_WORDS = {"art", "ink", "fish", "glowing", "blossom"}
+
+
+def test_synonyms() -> None:
+    import re
+
+    from hirm.world.captions import heldout_words
+    from hirm.world.concepts import OBJECT_SYNONYMS, STYLE_SYNONYMS
+
+    synonyms = STYLE_SYNONYMS | OBJECT_SYNONYMS
+    assert set(STYLE_SYNONYMS) == set(w.STYLES) and set(OBJECT_SYNONYMS) == set(w.OBJECTS)
+    supers = set(w.STYLE_SUPER.values()) | set(w.OBJECT_SUPER.values())
+    names = {w.display_name(c).lower() for c in synonyms}
+    owner: dict[str, str] = {}
+    word_owners: dict[str, set[str]] = {}
+    for concept, syns in synonyms.items():
+        assert len(syns) == 2 and len(set(syns)) == 2, concept
+        for phrase in (w.display_name(concept).lower(), *syns):
+            for word in re.findall(r"[a-z]+", phrase):
+                word_owners.setdefault(word, set()).add(concept)
+        for syn in syns:
+            assert syn == syn.lower().strip() and re.fullmatch(r"[a-z]+([ -][a-z]+)*", syn), syn
+            assert syn not in names and syn not in supers, (concept, syn)
+            assert owner.setdefault(syn, concept) == concept, (syn, owner[syn], concept)
+            assert not set(re.findall(r"[a-z]+", syn)) & heldout_words(), (concept, syn)
+    shared = {word for word, owners in word_owners.items() if len(owners) > 1}
+    assert shared == KNOWN_SHARED_WORDS, shared
 
 
 def test_generation_defaults() -> None:

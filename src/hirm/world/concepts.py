@@ -18,52 +18,89 @@ STYLES: tuple[str, ...] = (
     "Bricks",
     "Winter",
     "Rust",
+    "Van_Gogh",
+    "Cubism",
+    "Glowing_Sunset",
+    "Monet",
+    "Magic_Cube",
+    "Meteor_Shower",
+    "Blossom_Season",
+    "Red_Blue_Ink",
 )
 """Canonical style names (UnlearnCanvas spelling, underscores)."""
 
 OBJECTS: tuple[str, ...] = (
+    "Architectures",
+    "Bears",
     "Birds",
-    "Cats",
-    "Fishes",
-    "Trees",
-    "Towers",
-    "Flowers",
     "Butterfly",
-    "Rabbits",
-    "Jellyfish",
+    "Cats",
+    "Dogs",
+    "Fishes",
+    "Flame",
+    "Flowers",
+    "Frogs",
     "Horses",
+    "Human",
+    "Jellyfish",
+    "Rabbits",
+    "Sandwiches",
+    "Sea",
+    "Statues",
+    "Towers",
+    "Trees",
+    "Waterfalls",
 )
-"""Canonical object names (UnlearnCanvas spelling)."""
+"""Canonical object names: UnlearnCanvas's 20 objects, in its (alphabetical) order."""
 
 STYLE_SUPER: dict[str, str] = {
-    "Crayon": "drawing",
-    "Sketch": "drawing",
-    "Ink_Art": "drawing",
-    "Neon_Lines": "drawing",
     "Pastel": "painting",
     "Pop_Art": "painting",
     "Watercolor": "painting",
     "On_Fire": "painting",
+    "Van_Gogh": "painting",
+    "Monet": "painting",
+    "Cubism": "painting",
+    "Crayon": "drawing",
+    "Sketch": "drawing",
+    "Ink_Art": "drawing",
+    "Neon_Lines": "drawing",
+    "Red_Blue_Ink": "drawing",
     "Mosaic": "pattern",
     "Bricks": "pattern",
-    "Winter": "pattern",
     "Rust": "pattern",
+    "Magic_Cube": "pattern",
+    "Winter": "scenery",
+    "Glowing_Sunset": "scenery",
+    "Meteor_Shower": "scenery",
+    "Blossom_Season": "scenery",
 }
-"""Style -> super-category (drawing / painting / pattern); the words appear in captions."""
+"""Style -> super-category (painting / drawing / pattern / scenery); the words appear in captions."""
 
 OBJECT_SUPER: dict[str, str] = {
+    "Bears": "animal",
     "Birds": "animal",
-    "Cats": "animal",
-    "Rabbits": "animal",
-    "Horses": "animal",
     "Butterfly": "animal",
+    "Cats": "animal",
+    "Dogs": "animal",
+    "Frogs": "animal",
+    "Horses": "animal",
+    "Rabbits": "animal",
     "Fishes": "marine",
     "Jellyfish": "marine",
-    "Trees": "plant",
     "Flowers": "plant",
+    "Trees": "plant",
+    "Architectures": "building",
     "Towers": "building",
+    "Statues": "building",
+    "Sea": "nature",
+    "Waterfalls": "nature",
+    "Flame": "nature",
+    "Human": "person",
+    "Sandwiches": "food",
 }
-"""Object -> super-category (animal / marine / plant / building); the words appear in captions."""
+"""Object -> super-category (animal / marine / plant / building / nature / person / food); the words appear
+in captions."""
 
 STYLE_SYNONYMS: dict[str, tuple[str, ...]] = {
     "Crayon": ("crayons", "wax crayon"),
@@ -78,6 +115,14 @@ STYLE_SYNONYMS: dict[str, tuple[str, ...]] = {
     "Bricks": ("brick wall", "brickwork"),
     "Winter": ("wintry", "snowy"),
     "Rust": ("rusty", "corroded"),
+    "Van_Gogh": ("swirly", "brushstrokes"),
+    "Cubism": ("cubist", "faceted"),
+    "Glowing_Sunset": ("sunset", "dusk"),
+    "Monet": ("impressionist", "impressionism"),
+    "Magic_Cube": ("rubiks cube", "puzzle cube"),
+    "Meteor_Shower": ("meteors", "shooting stars"),
+    "Blossom_Season": ("springtime", "sakura"),
+    "Red_Blue_Ink": ("misprint", "two-colour print"),
 }
 """Training-caption synonyms of each style (besides its display name)."""
 
@@ -92,6 +137,16 @@ OBJECT_SYNONYMS: dict[str, tuple[str, ...]] = {
     "Rabbits": ("rabbit", "bunny"),
     "Jellyfish": ("jelly fish", "medusa"),
     "Horses": ("horse", "pony"),
+    "Architectures": ("house", "cottage"),
+    "Bears": ("bear", "grizzly"),
+    "Dogs": ("dog", "puppy"),
+    "Flame": ("flames", "blaze"),
+    "Frogs": ("frog", "toad"),
+    "Human": ("man", "human figure"),
+    "Sandwiches": ("sandwich", "club sandwich"),
+    "Sea": ("ocean", "waves"),
+    "Statues": ("statue", "sculpture"),
+    "Waterfalls": ("waterfall", "cascade"),
 }
 """Training-caption synonyms of each object (besides its display name)."""
 

@@ -37,7 +37,23 @@ def _petals(cx: float, cy: float, r: float, n: int) -> list[Prim]:
     ]
 
 
-SHAPES: dict[str, list[Prim]] = {
+def _box(x0: float, y0: float, x1: float, y1: float) -> Prim:
+    """Axis-aligned rectangle as a polygon."""
+    return ("poly", [(x0, y0), (x1, y0), (x1, y1), (x0, y1)])
+
+
+def _mirrored(prims: list[Prim]) -> list[Prim]:
+    """``prims`` followed by their mirror images in x (segments and polygons only)."""
+    out = list(prims)
+    for p in prims:
+        if p[0] == "seg":
+            out.append(("seg", -p[1], p[2], -p[3], p[4], p[5]))
+        else:
+            out.append(("poly", [(-x, y) for x, y in p[1]]))
+    return out
+
+
+_SHAPES_V1: dict[str, list[Prim]] = {  # the first world's 10 objects (unchanged)
     "Birds": [
         ("ellipse", -0.05, 0.15, 0.5, 0.27, -0.15),
         ("ellipse", 0.45, -0.2, 0.2, 0.2, 0.0),
@@ -116,6 +132,95 @@ SHAPES: dict[str, list[Prim]] = {
 }
 
 
+_SHAPES_V2: dict[str, list[Prim]] = {  # added in MiniCanvas 2 (UnlearnCanvas's other 10 objects)
+    "Architectures": [  # a house: wide body, triangular roof, chimney
+        _box(-0.6, 0.0, 0.6, 0.85),
+        ("poly", [(-0.82, 0.05), (0.82, 0.05), (0.0, -0.65)]),
+        _box(0.3, -0.62, 0.5, -0.15),
+    ],
+    "Bears": [  # side view: bulky body with a hump, low head, round ears, muzzle, two thick legs
+        ("ellipse", 0.1, 0.05, 0.62, 0.4, 0.0),
+        ("ellipse", -0.05, -0.15, 0.35, 0.3, 0.0),
+        ("ellipse", -0.6, -0.05, 0.28, 0.26, 0.0),
+        ("ellipse", -0.86, 0.04, 0.14, 0.1, 0.0),
+        ("ellipse", -0.74, -0.33, 0.11, 0.11, 0.0),
+        ("ellipse", -0.46, -0.36, 0.11, 0.11, 0.0),
+        _box(-0.45, 0.2, -0.2, 0.78),
+        _box(0.35, 0.2, 0.6, 0.78),
+    ],
+    "Dogs": [  # side view: body, head with snout and hanging ear, four short legs, raised tail
+        ("ellipse", 0.05, 0.05, 0.5, 0.2, 0.0),
+        ("seg", -0.35, -0.02, -0.5, -0.3, 0.1),
+        ("ellipse", -0.55, -0.38, 0.2, 0.18, 0.0),
+        ("ellipse", -0.78, -0.32, 0.16, 0.08, 0.1),
+        ("ellipse", -0.43, -0.22, 0.07, 0.18, -0.3),
+        ("seg", -0.35, 0.15, -0.37, 0.55, 0.07),
+        ("seg", -0.18, 0.15, -0.16, 0.55, 0.07),
+        ("seg", 0.25, 0.15, 0.23, 0.55, 0.07),
+        ("seg", 0.42, 0.15, 0.44, 0.55, 0.07),
+        ("seg", 0.5, -0.05, 0.72, -0.55, 0.06),
+    ],
+    "Flame": [  # teardrop: round base tapering to one tall leaning tip, a small tongue on each side
+        ("ellipse", 0.0, 0.5, 0.48, 0.42, 0.0),
+        ("poly", [(-0.47, 0.5), (0.47, 0.5), (0.3, -0.2), (0.02, -0.55), (-0.3, -0.1)]),
+        ("poly", [(0.02, -0.5), (0.3, -0.15), (0.28, -0.98)]),
+        ("poly", [(-0.46, 0.5), (-0.3, 0.05), (-0.7, -0.15)]),
+        ("poly", [(0.46, 0.55), (0.38, 0.15), (0.7, 0.1)]),
+    ],
+    "Frogs": [  # top view: body, head, two eye bumps, splayed bent legs
+        ("ellipse", 0.0, 0.15, 0.33, 0.42, 0.0),
+        ("ellipse", 0.0, -0.3, 0.3, 0.22, 0.0),
+        ("ellipse", -0.22, -0.45, 0.12, 0.12, 0.0),
+        ("ellipse", 0.22, -0.45, 0.12, 0.12, 0.0),
+        *_mirrored(
+            [
+                ("seg", -0.25, -0.1, -0.6, -0.2, 0.07),
+                ("seg", -0.6, -0.2, -0.65, -0.55, 0.07),
+                ("seg", -0.25, 0.4, -0.75, 0.25, 0.08),
+                ("seg", -0.75, 0.25, -0.65, 0.85, 0.08),
+            ]
+        ),
+    ],
+    "Human": [  # standing figure: head, torso, arms, legs
+        ("ellipse", 0.0, -0.72, 0.17, 0.17, 0.0),
+        _box(-0.2, -0.5, 0.2, 0.2),
+        *_mirrored([("seg", -0.2, -0.45, -0.5, 0.1, 0.07), ("seg", -0.1, 0.2, -0.22, 0.92, 0.08)]),
+    ],
+    "Sandwiches": [  # stacked layers: domed top bread, wider filling, bottom bread
+        ("ellipse", 0.0, -0.2, 0.72, 0.38, 0.0, "top"),
+        _box(-0.72, -0.2, 0.72, -0.08),
+        _box(-0.86, 0.06, 0.86, 0.22),
+        _box(-0.72, 0.36, 0.72, 0.58),
+    ],
+    "Sea": [  # a band of water wider than the canvas, with a row of leaning wave crests
+        _box(-3.0, 0.0, 3.0, 0.55),
+        _box(-3.0, 0.75, 3.0, 3.0),
+        *[("poly", [(x - 0.3, 0.05), (x + 0.12, -0.42), (x + 0.3, 0.05)]) for x in np.arange(-2.4, 2.5, 0.6)],
+    ],
+    "Statues": [  # a figure on a stepped pedestal, one arm raised straight up, the other held out
+        _box(-0.62, 0.8, 0.62, 0.96),
+        _box(-0.4, 0.3, 0.4, 0.82),
+        _box(-0.52, 0.2, 0.52, 0.32),
+        _box(-0.13, -0.45, 0.13, 0.0),
+        ("ellipse", 0.0, -0.6, 0.13, 0.13, 0.0),
+        ("seg", 0.12, -0.4, 0.2, -0.98, 0.06),
+        ("seg", -0.12, -0.38, -0.45, -0.3, 0.06),
+        *_mirrored([("seg", -0.07, 0.0, -0.12, 0.22, 0.07)]),
+    ],
+    "Waterfalls": [  # top ledge between two cliff blocks, two falling streams, a wide pool
+        _box(-0.95, -0.85, -0.45, 0.45),
+        _box(0.45, -0.6, 0.95, 0.45),
+        _box(-0.45, -0.85, 0.45, -0.62),
+        ("seg", -0.2, -0.62, -0.2, 0.55, 0.07),
+        ("seg", 0.2, -0.62, 0.2, 0.55, 0.07),
+        ("ellipse", 0.0, 0.7, 0.95, 0.2, 0.0),
+    ],
+}
+
+SHAPES: dict[str, list[Prim]] = {o: (_SHAPES_V1 | _SHAPES_V2)[o] for o in OBJECTS}
+"""Silhouette of every object in the canonical frame ``[-1, 1]^2`` (the first world's 10 are unchanged)."""
+
+
 def _prim_mask(p: Prim, u: np.ndarray, v: np.ndarray) -> np.ndarray:
     kind = p[0]
     if kind == "ellipse":
@@ -188,6 +293,11 @@ def _shift_stack(a: np.ndarray, r: int) -> np.ndarray:
 def _edge(alpha: np.ndarray, r: int = 1) -> np.ndarray:
     st = _shift_stack(alpha, r)
     return np.clip(st.max(0) - st.min(0), 0.0, 1.0) * np.clip(alpha * 2.0, 0.0, 1.0) ** 0.5
+
+
+def _ring(alpha: np.ndarray) -> np.ndarray:
+    """One-pixel outline just outside the shape (thin parts keep their fill, unlike :func:`_edge`)."""
+    return np.clip(_shift_stack(alpha, 1).max(0) - alpha, 0.0, 1.0)
 
 
 def _blur(a: np.ndarray, r: int = 1) -> np.ndarray:
@@ -348,6 +458,140 @@ def _rust(a: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     return _mix(np.clip(bg, 0, 1), fill, a)
 
 
+def _arcs(rng: np.random.Generator, n: int, count: int, radius: tuple[float, float]) -> np.ndarray:
+    """Boolean (n, n) map of ``count`` short circular arcs (half circles at random centres and turns)."""
+    yy, xx = np.mgrid[0:n, 0:n].astype(float)
+    out = np.zeros((n, n), dtype=bool)
+    for _ in range(count):
+        cx, cy = rng.uniform(-2, n + 2, 2)
+        r, start = rng.uniform(*radius), rng.uniform(0, 2 * np.pi)
+        d = np.hypot(xx - cx, yy - cy)
+        turn = (np.arctan2(yy - cy, xx - cx) - start) % (2 * np.pi)
+        out |= (np.abs(d - r) < 0.6) & (turn < np.pi)
+    return out
+
+
+def _van_gogh(a: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    n = a.shape[0]
+    bg = _flat(_col((0.08, 0.16, 0.48), rng), n) * (0.85 + 0.15 * _smooth_noise(rng, n, 6)[..., None])
+    bg = _mix(bg, _col((0.35, 0.55, 0.9), rng), _arcs(rng, n, 10, (2.0, 4.5)) * 0.8)
+    bg = _mix(bg, _col((0.92, 0.94, 0.8), rng), _arcs(rng, n, 4, (1.5, 3.0)) * 0.75)
+    yy, xx = np.mgrid[0:n, 0:n]
+    strokes = 0.8 + 0.2 * (((xx + 2 * yy + rng.integers(0, 4)) // 2) % 2)[..., None]
+    img = _mix(bg, _col((0.06, 0.05, 0.12), rng), _ring(a))
+    return _mix(img, _col((0.95, 0.72, 0.16), rng) * strokes, a)
+
+
+def _facets(rng: np.random.Generator, n: int, lines: int) -> np.ndarray:
+    """Integer (n, n) map of the cells cut by ``lines`` random straight lines (angular facets)."""
+    yy, xx = np.mgrid[0:n, 0:n].astype(float)
+    code = np.zeros((n, n), dtype=np.int64)
+    for k in range(lines):
+        ang, off = rng.uniform(0, np.pi), rng.uniform(0.2 * n, 0.8 * n)
+        side = np.cos(ang) * (xx - n / 2) + np.sin(ang) * (yy - n / 2) + n / 2 > off
+        code |= side.astype(np.int64) << k
+    return code
+
+
+def _cubism(a: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    n = a.shape[0]
+    ground = np.array([(0.78, 0.68, 0.5), (0.62, 0.64, 0.64), (0.82, 0.74, 0.44), (0.55, 0.6, 0.68)])
+    figure = np.array([(0.36, 0.25, 0.17), (0.46, 0.38, 0.28), (0.28, 0.29, 0.33), (0.52, 0.4, 0.22)])
+    cells = _facets(rng, n, 7)
+    pick = (cells * 7 + rng.integers(0, 4)) % 4
+    shade = (0.88 + 0.24 * ((cells * 0.618) % 1.0))[..., None]
+    bg = (ground[pick] + rng.uniform(-0.04, 0.04, 3)) * shade
+    fill = (figure[(pick + 1) % 4] + rng.uniform(-0.04, 0.04, 3)) * shade
+    hard = (a > 0.5).astype(float)
+    img = _mix(bg, fill, hard)
+    return _mix(img, _col((0.12, 0.1, 0.08), rng), np.clip(_edge(hard) * 1.5, 0, 1))
+
+
+def _glowing_sunset(a: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    n = a.shape[0]
+    g = np.linspace(0, 1, n)[:, None, None]
+    sky = _col((0.42, 0.16, 0.5), rng) * (1 - g) + _col((1.0, 0.55, 0.15), rng) * g
+    img = np.broadcast_to(sky, (n, n, 3)).copy()
+    yy, xx = np.mgrid[0:n, 0:n]
+    cx, cy, r = rng.uniform(0.2 * n, 0.8 * n), rng.uniform(0.45 * n, 0.8 * n), rng.uniform(3.5, 6.0)
+    d = np.hypot(xx - cx, yy - cy)
+    img = _mix(img, _col((1.0, 0.8, 0.35), rng), np.clip((2.5 * r - d) / (2.5 * r), 0, 1) * 0.6)
+    img = _mix(img, _col((1.0, 0.95, 0.7), rng), np.clip(r + 0.5 - d, 0, 1))
+    return _mix(img, _col((0.08, 0.04, 0.1), rng, 0.02), a)
+
+
+def _dabs(rng: np.random.Generator, n: int, palette: np.ndarray, count: int) -> np.ndarray:
+    """(n, n, 3) image of ``count`` small overlapping 2x1 / 1x2 / 2x2 dabs drawn from ``palette``."""
+    img = np.broadcast_to(palette[0], (n, n, 3)).copy()
+    for _ in range(count):
+        y, x = rng.integers(0, n, 2)
+        h, w = (1, 2) if rng.random() < 0.4 else ((2, 1) if rng.random() < 0.5 else (2, 2))
+        img[y : y + h, x : x + w] = palette[rng.integers(len(palette))] + rng.uniform(-0.04, 0.04, 3)
+    return img
+
+
+def _monet(a: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    n = a.shape[0]
+    water = np.array([(0.4, 0.62, 0.48), (0.3, 0.5, 0.66), (0.52, 0.72, 0.56), (0.45, 0.6, 0.8)])
+    lilac = np.array([(0.86, 0.62, 0.86), (0.96, 0.72, 0.8), (0.76, 0.58, 0.9)])
+    bg = _dabs(rng, n, water + rng.uniform(-0.04, 0.04, 3), n * n // 2)
+    fill = _dabs(rng, n, lilac + rng.uniform(-0.04, 0.04, 3), n * n // 4)
+    img = _mix(bg, fill, np.clip(0.5 * a + 0.75 * _blur(a), 0, 1))
+    return 0.75 * img + 0.25 * np.stack([_blur(img[..., c]) for c in range(3)], -1)
+
+
+def _magic_cube(a: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    n, t = a.shape[0], 4
+    k = n // t
+    colors = np.array(
+        [(0.85, 0.1, 0.1), (0.1, 0.65, 0.25), (0.1, 0.3, 0.85), (0.98, 0.85, 0.1), (1.0, 0.5, 0.05)]
+    )
+    tiles = colors[rng.integers(0, len(colors), (k, k))] + rng.uniform(-0.04, 0.04, 3)
+    img = np.repeat(np.repeat(tiles, t, 0), t, 1)
+    gap = np.arange(n) % t == 0
+    img[gap[:, None] | gap[None, :]] = 0.05
+    img = _mix(img, np.zeros(3), _ring(a))
+    return _mix(img, _col((0.97, 0.97, 0.95), rng, 0.02), a)
+
+
+def _meteor_shower(a: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    n = a.shape[0]
+    g = np.linspace(0, 1, n)[:, None, None]
+    img = np.broadcast_to(
+        _col((0.03, 0.05, 0.18), rng) * (1 - g) + _col((0.1, 0.14, 0.34), rng) * g, (n, n, 3)
+    )
+    img = _mix(img, np.array([1.0, 1.0, 0.9]), (rng.random((n, n)) < 0.04) * rng.uniform(0.5, 1.0, (n, n)))
+    yy, xx = np.mgrid[0:n, 0:n].astype(float)
+    dx, dy = np.cos(np.pi / 4), np.sin(np.pi / 4) * rng.choice([-1.0, 1.0])
+    for _ in range(int(rng.integers(3, 6))):
+        hx, hy, length = rng.uniform(0, n), rng.uniform(0, n), rng.uniform(6, 12)
+        t = (xx - hx) * dx + (yy - hy) * dy  # along the streak (negative = behind the head)
+        d = np.abs(-(xx - hx) * dy + (yy - hy) * dx)
+        streak = (d < 0.7) & (t <= 0) & (t > -length)
+        img = _mix(img, _col((1.0, 0.95, 0.75), rng), streak * np.clip(1 + t / length, 0.15, 1))
+    img = _mix(img, _col((0.24, 0.1, 0.36), rng), a)
+    return _mix(img, _col((0.8, 0.85, 1.0), rng), _edge(a) * 0.9)
+
+
+def _blossom_season(a: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    n = a.shape[0]
+    bg = _flat(_col((0.74, 0.9, 0.62), rng), n) * (0.92 + 0.08 * _smooth_noise(rng, n, 5)[..., None])
+    pink = _col((1.0, 0.62, 0.78), rng)
+    img = _mix(bg, pink, (rng.random((n, n)) < 0.06) * 0.9)
+    img = _mix(img, _col((0.45, 0.28, 0.15), rng) * (0.9 + 0.1 * rng.random((n, n, 1))), a)
+    return _mix(img, _col((1.0, 0.75, 0.88), rng), a * (rng.random((n, n)) < 0.25))
+
+
+def _red_blue_ink(a: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    n = a.shape[0]
+    paper = _flat(_col((0.98, 0.98, 0.97), rng, 0.02), n)
+    img = _mix(paper, _col((0.88, 0.1, 0.22), rng), a * (0.85 + 0.15 * rng.random((n, n))))
+    sy, sx = rng.choice([-2, -1, 1, 2], 2)
+    shifted = np.roll(np.roll(np.pad(a, 2), sy, 0), sx, 1)[2:-2, 2:-2]
+    rim = np.clip(shifted - _shift_stack(shifted, 1).min(0), 0, 1)  # the shifted shape's inner boundary
+    return _mix(img, _col((0.1, 0.25, 0.85), rng), rim * 0.9)
+
+
 STYLE_FNS: dict[str, StyleFn] = {
     "Crayon": _crayon,
     "Mosaic": _mosaic,
@@ -361,6 +605,14 @@ STYLE_FNS: dict[str, StyleFn] = {
     "Bricks": _bricks,
     "Winter": _winter,
     "Rust": _rust,
+    "Van_Gogh": _van_gogh,
+    "Cubism": _cubism,
+    "Glowing_Sunset": _glowing_sunset,
+    "Monet": _monet,
+    "Magic_Cube": _magic_cube,
+    "Meteor_Shower": _meteor_shower,
+    "Blossom_Season": _blossom_season,
+    "Red_Blue_Ink": _red_blue_ink,
 }
 assert tuple(STYLE_FNS) == STYLES and tuple(SHAPES) == OBJECTS
 
