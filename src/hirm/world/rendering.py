@@ -521,13 +521,18 @@ def _glowing_sunset(a: np.ndarray, rng: np.random.Generator) -> np.ndarray:
 
 
 def _dabs(rng: np.random.Generator, n: int, palette: np.ndarray, count: int) -> np.ndarray:
-    """(n, n, 3) image of ``count`` small overlapping 2x1 / 1x2 / 2x2 dabs drawn from ``palette``."""
-    img = np.broadcast_to(palette[0], (n, n, 3)).copy()
-    for _ in range(count):
-        y, x = rng.integers(0, n, 2)
-        h, w = (1, 2) if rng.random() < 0.4 else ((2, 1) if rng.random() < 0.5 else (2, 2))
-        img[y : y + h, x : x + w] = palette[rng.integers(len(palette))] + rng.uniform(-0.04, 0.04, 3)
-    return img
+    """(n, n, 3) image of ``count`` small overlapping 1x2 / 2x1 / 2x2 dabs drawn from ``palette``.
+
+    Dabs are painted in order (a later dab covers an earlier one), on a ground of ``palette[0]``.
+    """
+    y, x = rng.integers(0, n, (2, count))
+    kind = rng.choice(3, count, p=[0.4, 0.3, 0.3])  # 1 row x 2 columns, 2 x 1, 2 x 2
+    colors = palette[rng.integers(0, len(palette), count)] + rng.uniform(-0.04, 0.04, (count, 3))
+    owner = np.full((n + 1, n + 1), -1)
+    for dy, dx, covers in ((0, 0, kind >= 0), (0, 1, kind != 1), (1, 0, kind != 0), (1, 1, kind == 2)):
+        np.maximum.at(owner, (y[covers] + dy, x[covers] + dx), np.flatnonzero(covers))
+    owner = owner[:n, :n]
+    return np.where(owner[..., None] >= 0, colors[owner], palette[0])
 
 
 def _monet(a: np.ndarray, rng: np.random.Generator) -> np.ndarray:
