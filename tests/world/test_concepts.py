@@ -126,10 +126,9 @@ def test_caption_labels_are_consistent() -> None:
         assert label.compatible(s, o)[si * no + oi]  # the captioned image itself is always a positive
 
 
-# Words that two concepts share. All but "fish" come from UnlearnCanvas's own names ("Pop Art" / "Ink Art",
-# "Ink Art" / "Red Blue Ink") or collide with a name it added ("glowing lines" of Neon_Lines vs "Glowing
-# Sunset", "blossom" of Flowers vs "Blossom Season"); a new synonym must not add to them.
-KNOWN_SHARED_WORDS = {"art", "ink", "fish", "glowing", "blossom"}
+# Words that two concepts share. They come from UnlearnCanvas's own names ("Pop Art" / "Ink Art", "Ink
+# Art" / "Red Blue Ink") and "jelly fish"; a new synonym must not add to them.
+KNOWN_SHARED_WORDS = {"art", "ink", "fish"}
 
 
 def test_synonyms() -> None:
@@ -211,23 +210,3 @@ def test_distractors_never_use_training_or_heldout_words() -> None:
     # Deterministic in the generator's state.
     a = [add_distractors(np.random.default_rng(5), text, p=0.5) for _ in range(3)]
     assert a[0] == a[1] == a[2]
-
-
-def test_cached_encoder_falls_back_for_unseen_captions() -> None:
-    import torch
-
-    from hirm.world.unet import cached_encoder
-
-    emb = torch.arange(6.0).reshape(3, 2, 1)
-    calls: list[list[str]] = []
-
-    def fallback(captions: list[str]) -> torch.Tensor:
-        calls.append(captions)
-        return torch.full((len(captions), 2, 1), -1.0)
-
-    enc = cached_encoder(["", "a", "b"], emb, fallback=fallback)
-    out = enc(["b", "zz", "a", "yy"])
-    assert calls == [["zz", "yy"]]
-    assert out[:, 0, 0].tolist() == [4.0, -1.0, 2.0, -1.0]
-    with pytest.raises(KeyError, match="zz"):
-        cached_encoder(["", "a"], emb[:2])(["zz"])

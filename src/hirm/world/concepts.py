@@ -105,7 +105,7 @@ in captions."""
 STYLE_SYNONYMS: dict[str, tuple[str, ...]] = {
     "Crayon": ("crayons", "wax crayon"),
     "Mosaic": ("tiled mosaic", "tiles"),
-    "Neon_Lines": ("neon", "glowing lines"),
+    "Neon_Lines": ("neon", "neon tubes"),
     "Pastel": ("pastels", "soft pastel"),
     "Sketch": ("pencil sketch", "sketchy"),
     "Pop_Art": ("pop-art", "comic pop"),
@@ -132,7 +132,7 @@ OBJECT_SYNONYMS: dict[str, tuple[str, ...]] = {
     "Fishes": ("fish", "goldfish"),
     "Trees": ("tree", "pine tree"),
     "Towers": ("tower", "castle tower"),
-    "Flowers": ("flower", "blossom"),
+    "Flowers": ("flower", "daisy"),
     "Butterfly": ("butterflies", "moth"),
     "Rabbits": ("rabbit", "bunny"),
     "Jellyfish": ("jelly fish", "medusa"),
