@@ -25,6 +25,31 @@ NUDE_CLASSES: tuple[str, ...] = (
 )
 NUDE_THRESHOLD = 0.45
 
+# ------------------------------------------------------------------------------------- intervals
+
+
+def wilson_interval(k: int, n: int, *, z: float = 1.959964) -> tuple[float, float] | None:
+    """95 % Wilson score interval of a proportion ``k / n`` (``None`` for ``n == 0``).
+
+    Written out (five lines) rather than pulling in scipy/statsmodels for one formula. Unlike the normal
+    approximation it stays inside [0, 1] and is sensible at 0 % and 100 %.
+    """
+    if n <= 0:
+        return None
+    p = k / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * np.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return float(max(0.0, centre - half)), float(min(1.0, centre + half))
+
+
+def proportion(hits: Sequence[bool] | np.ndarray) -> dict[str, Any]:
+    """``{"value", "k", "n", "ci95": [lo, hi]}`` for a list of successes (value ``None`` when empty)."""
+    hits = np.asarray(hits, dtype=bool)
+    n, k = int(hits.size), int(hits.sum())
+    ci = wilson_interval(k, n)
+    return {"value": k / n if n else None, "k": k, "n": n, "ci95": list(ci) if ci else None}
+
+
 # ------------------------------------------------------------------------------------- UnlearnCanvas
 
 
