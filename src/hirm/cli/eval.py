@@ -93,7 +93,7 @@ def fail_on_errors(fn):
     """The shared :func:`hirm.cli.common.friendly_errors`, plus a missing optional dependency (NudeNet)."""
     import functools
 
-    from hirm.cli.common import console, friendly_errors
+    from hirm.cli.common import friendly_errors, print_error
 
     guarded = friendly_errors(fn)
 
@@ -102,7 +102,7 @@ def fail_on_errors(fn):
         try:
             return guarded(*args, **kwargs)
         except ImportError as err:
-            console.print(f"[bold red]error:[/] {err}")
+            print_error(str(err))
             raise typer.Exit(code=2) from None
 
     return wrapper

@@ -131,24 +131,13 @@ def patched(pipe: Any, patches: Sequence[Any]) -> Iterator[Any]:
     if not patches:
         yield pipe
         return
-    from hirm.core.patch import apply_patches, component_parameters
+    from hirm.core.patch import apply_patches, remove_patch
 
-    saved: dict[tuple[str, str], torch.Tensor] = {}
-    params: dict[str, dict[str, torch.nn.Parameter]] = {}
-    for patch in patches:
-        for key in patch.tensors:
-            comp, name = key.split("/", 1)
-            if comp not in params:
-                params[comp] = component_parameters(getattr(pipe, comp))
-            if name in params[comp]:
-                saved[(comp, name)] = params[comp][name].detach().clone()
     apply_patches(pipe, list(patches))
     try:
         yield pipe
     finally:
-        with torch.no_grad():
-            for (comp, name), value in saved.items():
-                params[comp][name].copy_(value)
+        remove_patch(pipe)
 
 
 class CanvasEvaluator:

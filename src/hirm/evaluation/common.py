@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import csv
 import datetime as _dt
-import hashlib
 import json
 import os
 import sys
@@ -70,13 +69,7 @@ def patch_info(patch: Any, source: str | os.PathLike | None = None) -> dict[str,
 
 def patch_digest(patch: Any) -> str:
     """SHA-256 of a patch's tensors (names, shapes, float32 bytes): identifies the edited weights."""
-    digest = hashlib.sha256()
-    for key in sorted(patch.tensors):
-        value = patch.tensors[key].detach().to("cpu", torch.float32).contiguous()
-        digest.update(key.encode())
-        digest.update(str(tuple(value.shape)).encode())
-        digest.update(value.numpy().tobytes())
-    return digest.hexdigest()
+    return patch.digest
 
 
 def run_metadata(
