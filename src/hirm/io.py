@@ -112,7 +112,7 @@ def foreign_entries(directory: str | os.PathLike) -> list[str]:
     root = Path(directory)
     marker = read_marker(root)
     if marker is None:
-        return sorted(p.name for p in root.iterdir())
+        return sorted(p.name for p in root.iterdir() if p.name != LOCK)
     listed = set(marker["files"]) | {MARKER, LOCK}
     containers = set(marker.get("dirs", []))
     foreign: list[str] = []
@@ -165,6 +165,7 @@ def check_replaceable(path: Path) -> None:
             f"{path} is a symbolic link; hirm does not replace links. Choose another path."
         )
     if path.is_dir():
+        check_unlocked(path)
         foreign = foreign_entries(path)
         if foreign:
             shown = ", ".join(foreign[:3]) + (f" and {len(foreign) - 3} more" if len(foreign) > 3 else "")
@@ -306,6 +307,19 @@ def append_line(path: Path, line: str) -> None:
         os.fsync(handle.fileno())
 
 
+def read_json(path: Path, what: str = "") -> Any:
+    """``json.loads`` of a file, with errors that name the file and the position."""
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as err:
+        raise ValueError(
+            f"{path}{f' ({what})' if what else ''} is not valid JSON: {err.msg} at line {err.lineno}, "
+            f"column {err.colno}."
+        ) from None
+    except UnicodeDecodeError:
+        raise ValueError(f"{path}{f' ({what})' if what else ''} is not a UTF-8 text (JSON) file.") from None
+
+
 # -------------------------------------------------------------------------------------------- locks
 
 
@@ -352,6 +366,19 @@ def directory_lock(directory: str | os.PathLike, what: str = "hirm") -> Iterator
                 lock.unlink()
         except (OSError, ValueError):
             pass
+
+
+def check_unlocked(directory: Path) -> None:
+    """Raise :class:`DirectoryLockedError` if another live process holds ``directory``'s lock."""
+    lock = directory / LOCK
+    if not lock.exists():
+        return
+    try:
+        holder = json.loads(lock.read_text())
+    except (OSError, ValueError):
+        holder = {}
+    if holder.get("pid") != os.getpid():
+        _break_stale(lock)
 
 
 def _break_stale(lock: Path) -> None:

@@ -7,7 +7,6 @@ directory, a local text-encoder directory (``config.json`` of a CLIP text model)
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,6 +22,7 @@ from hirm.adapters.families import (
     family_for_pipeline,
     text_encoder_family,
 )
+from hirm.io import read_json
 
 EMBEDDED = "minicanvas"
 _CLIP_CLASSES = ("CLIPTextModel", "CLIPTextModelWithProjection")
@@ -102,19 +102,6 @@ def _dtype_keyword(library: str) -> str:
 
 
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")
-
-
-def read_json(path: Path, what: str = "") -> Any:
-    """``json.loads`` of a file, with errors that name the file and the position."""
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as err:
-        raise ValueError(
-            f"{path}{f' ({what})' if what else ''} is not valid JSON: {err.msg} at line {err.lineno}, "
-            f"column {err.colno}."
-        ) from None
-    except UnicodeDecodeError:
-        raise ValueError(f"{path}{f' ({what})' if what else ''} is not a UTF-8 text (JSON) file.") from None
 
 
 def weight_files(folder: Path) -> list[Path]:
@@ -246,7 +233,10 @@ class ModelHandle:
             if not name.startswith("_") and folder.is_dir() and not any(folder.glob("*.safetensors")):
                 if any(p.suffix in PICKLE_SUFFIXES for p in folder.iterdir()):
                     weight_files(folder)  # refuses pickle-only components with a clear message
-        pipe = DiffusionPipeline.from_pretrained(str(self.path), **_load_kwargs(self.dtype, "diffusers"))
+        # Components saved as [null, null] (e.g. SD3 without its T5) must be passed as None explicitly.
+        absent = {n: None for n, e in self.index.items() if isinstance(e, list) and e[:1] == [None]}
+        kwargs = _load_kwargs(self.dtype, "diffusers")
+        pipe = DiffusionPipeline.from_pretrained(str(self.path), **absent, **kwargs)
         pipe.set_progress_bar_config(disable=True)
         return pipe.to(self.device)
 
@@ -259,6 +249,9 @@ def load_model(
     components: tuple[str, ...] | None = None,
 ) -> ModelHandle:
     """Resolve ``source`` and detect its family. Components load lazily (see :class:`ModelHandle`)."""
+    from hirm.checks import check_device
+
+    device = check_device(device)
     path = resolve_path(source, components=components)
     index_file, config_file = path / "model_index.json", path / "config.json"
     if index_file.is_file():

@@ -87,10 +87,22 @@ class CanvasSettings:
     precision: str = "fp32"
 
     def __post_init__(self) -> None:
+        from hirm.checks import check_template
+        from hirm.evaluation.generation import PRECISIONS
+
         if self.num_inference_steps < 1 or self.batch_size < 1 or self.judge_batch_size < 1:
             raise EvaluationInputError("steps and batch sizes must be >= 1.")
         if not self.seeds:
             raise EvaluationInputError("Give at least one seed.")
+        if self.precision not in PRECISIONS:
+            raise EvaluationInputError(
+                f"--precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}."
+            )
+        fields = {"style", "object", "style_super", "object_super"}
+        for template in self.templates:
+            check_template(template, allowed=fields, required={"style", "object"}, what="Grid template")
+        for template in self.heldout_templates + self.super_templates:
+            check_template(template, allowed=fields, what="Template")
 
     @classmethod
     def for_world(cls, **overrides: Any) -> CanvasSettings:
@@ -479,7 +491,7 @@ def write_canvas_dir(
     """``out/result.json`` + ``out/images/{original,erased}/<sample file>.png``, atomically."""
     from hirm.io import atomic_path
 
-    with atomic_path(out, overwrite=overwrite, directory=True) as tmp:
+    with atomic_path(out, overwrite=overwrite, directory=True, kind="canvas") as tmp:
         fill_canvas_dir(tmp, result, images)
     return Path(out)
 
