@@ -21,7 +21,7 @@ from torch import nn
 from hirm.adapters.loading import EMBEDDED, ModelHandle, load_model, stored_dtypes
 from hirm.core.config import Concept, ConceptKind, PromptTarget, RandomTarget
 from hirm.core.encoder import canonical_name
-from hirm.core.patch import Patch, applied_patches, apply_patches, remove_patch
+from hirm.core.patch import Patch, applied_patches, apply_patches, check_composable, remove_patch
 from hirm.core.registry import get_method
 from hirm.io import atomic_path, check_writable
 
@@ -124,6 +124,7 @@ def save_patched(
     """
     handle = load_model(model)
     loaded = _as_patches(patches)
+    check_composable(loaded, allow_overlap=allow_overlap)
     check_writable(out_dir, overwrite=overwrite, directory=True)
     options = {"scale": scale, "allow_overlap": allow_overlap}
     if handle.is_pipeline:

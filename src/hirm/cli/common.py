@@ -101,13 +101,18 @@ def terminate_as_exit() -> Iterator[None]:
 def parse_seeds(text: str) -> list[int]:
     """``"0,1,2"`` or ``"0-3"`` -> list of ints."""
     seeds: list[int] = []
-    for part in text.split(","):
-        part = part.strip()
-        if "-" in part[1:]:
-            start, end = part.split("-", 1)
-            seeds.extend(range(int(start), int(end) + 1))
-        elif part:
-            seeds.append(int(part))
+    try:
+        for part in text.split(","):
+            part = part.strip()
+            if "-" in part[1:]:
+                start, end = part.split("-", 1)
+                seeds.extend(range(int(start), int(end) + 1))
+            elif part:
+                seeds.append(int(part))
+    except ValueError:
+        raise ValueError(
+            f"--seeds takes integers and ranges such as '0,1,2' or '0-7', got {text!r}."
+        ) from None
     if not seeds:
         raise ValueError(f"No seeds in {text!r}.")
     return seeds
@@ -213,13 +218,13 @@ def parse_value(annotation: Any, text: str, name: str) -> Any:
         parsed = text
     try:
         return coerce(annotation, parsed, name)
-    except FieldValueError:
+    except FieldValueError as err:
         if parsed == text:
             raise
         try:
             return coerce(annotation, text, name)
         except FieldValueError:
-            raise FieldValueError(f"{name} takes {describe(annotation)}; got {text}.") from None
+            raise err from None
 
 
 def field_types(cls: type) -> dict[str, Any]:

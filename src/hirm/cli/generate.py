@@ -32,6 +32,7 @@ def generate_command(
     from hirm.adapters.loading import EMBEDDED, load_model
     from hirm.api import _as_patches, apply_patch
     from hirm.checks import check_device
+    from hirm.core.patch import check_composable
     from hirm.generation import compare_original_erased
     from hirm.io import check_writable
 
@@ -39,6 +40,7 @@ def generate_command(
     check_writable(out, overwrite=overwrite, directory=True)
     seed_list = parse_seeds(seeds)
     patches = _as_patches(patch)
+    check_composable(patches, allow_overlap=allow_overlap)  # before the pipelines load
     handle = load_model(model, device=device)
     original, erased = handle.pipeline(), handle.pipeline()
     apply_patch(erased, patches, scale=scale, allow_overlap=allow_overlap)
