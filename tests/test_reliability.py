@@ -354,3 +354,23 @@ def test_sigterm_during_apply_removes_the_temporary_copy(bad, tmp_path):
     finally:
         process.kill()
     assert list(tmp_path.iterdir()) == []
+
+
+def test_compare_and_world_build_refuse_directories_of_other_files(tmp_path):
+    from hirm.evaluation.common import EvaluationInputError
+    from hirm.evaluation.compare import prepare_compare_out
+
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "compare.md").write_text("my own notes")
+    with pytest.raises(EvaluationInputError, match="not a hirm comparison"):
+        prepare_compare_out(mine)
+    assert (mine / "compare.md").read_text() == "my own notes" and not (mine / ".hirm-output").exists()
+    legacy = tmp_path / "legacy"  # a comparison written before markers existed is taken over
+    legacy.mkdir()
+    (legacy / "compare.md").write_text("# Method comparison on the miniature world (MiniCanvas)\n")
+    prepare_compare_out(legacy)
+    assert json.loads((legacy / ".hirm-output").read_text())["kind"] == "compare"
+
+    line = _error(_run("world", "build", "--out", mine, "--preset", "tiny"))
+    assert "not a world build" in line and sorted(os.listdir(mine)) == ["compare.md"]
