@@ -7,13 +7,16 @@ from __future__ import annotations
 import errno
 import json
 import os
+import re
 import shlex
 import shutil
 import signal
 import subprocess
 import sys
 import textwrap
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 import pytest
 import torch
@@ -374,3 +377,53 @@ def test_compare_and_world_build_refuse_directories_of_other_files(tmp_path):
 
     line = _error(_run("world", "build", "--out", mine, "--preset", "tiny"))
     assert "not a world build" in line and sorted(os.listdir(mine)) == ["compare.md"]
+
+
+@dataclass(frozen=True)
+class Inner:
+    site: Literal["a", "b"] = "a"
+    layer: int = -1
+
+
+@dataclass(frozen=True)
+class Toy:
+    """A config with one field of each kind of annotation ``--set`` handles."""
+
+    steps: int | None = None
+    lr: float = 1.0
+    flag: bool = False
+    words: tuple[str, ...] = ()
+    pair: tuple[float, float] = (0.0, 1.0)
+    inner: Inner = field(default_factory=Inner)
+    name: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.lr <= 0:
+            raise ValueError(f"lr must be > 0, got {self.lr}.")
+
+
+def test_set_values_are_checked_against_the_field_types():
+    """The generic coercion behind ``--set``: any config dataclass, its annotations decide."""
+    from hirm.cli.common import FieldValueError, make_config, parse_settings
+
+    values = parse_settings(
+        Toy, ["steps=3", "lr=2", "flag=true", "words=hello", "pair=[1, 2]", 'inner={"site": "b"}', "name=7"]
+    )
+    toy = make_config(Toy, values)
+    assert toy == Toy(3, 2.0, True, ("hello",), (1.0, 2.0), Inner("b"), "7") and isinstance(toy.lr, float)
+    assert parse_settings(Toy, ["steps=null"]) == {"steps": None}
+    for text, words in [
+        ("steps=true", "steps takes an integer"),
+        ("steps=2.5", "steps takes an integer"),
+        ("lr=abc", "lr takes a number"),
+        ("flag=1", "flag takes true or false"),
+        ("pair=[1]", "exactly 2 values"),
+        ("pair=[1, 2, 3]", "exactly 2 values"),
+        ("words=[1]", "words[0] takes a text"),
+        ('inner={"site": "c"}', "inner.site takes one of 'a', 'b'"),
+        ('inner={"nope": 1}', "Inner has no field(s) ['nope']"),
+    ]:
+        with pytest.raises(FieldValueError, match=re.escape(words)):
+            make_config(Toy, parse_settings(Toy, [text]), label="--set ")
+    with pytest.raises(FieldValueError, match=r"--set lr: lr must be > 0, got -1.0"):
+        make_config(Toy, parse_settings(Toy, ["lr=-1"]), label="--set ")

@@ -79,7 +79,7 @@ def _from_hub(repo_id: str, components: tuple[str, ...] | None) -> Path:
         ) from err
 
 
-def _load_kwargs(dtype: torch.dtype | None, library: str = "transformers") -> dict[str, Any]:
+def load_kwargs(dtype: torch.dtype | None, library: str = "transformers") -> dict[str, Any]:
     """Always name the dtype: transformers 5 otherwise loads in the *stored* dtype (fp16 on most
     published checkpoints). Weights load from safetensors only, never from pickles."""
     kwargs: dict[str, Any] = {"use_safetensors": True}
@@ -194,7 +194,7 @@ class ModelHandle:
             return cls.from_pretrained(str(folder))
         weight_files(folder)
         library = "transformers" if cls.__module__.startswith("transformers") else "diffusers"
-        return cls.from_pretrained(str(folder), **_load_kwargs(self.dtype, library)).to(self.device)
+        return cls.from_pretrained(str(folder), **load_kwargs(self.dtype, library)).to(self.device)
 
     def _load_bare(self, name: str) -> Any:
         encoder_name, tokenizer_name = self.family.clip[0]
@@ -204,7 +204,7 @@ class ModelHandle:
             config = read_json(self.path / "config.json")
             cls = getattr(transformers, config["architectures"][0])
             weight_files(self.path)
-            return cls.from_pretrained(str(self.path), **_load_kwargs(self.dtype)).to(self.device)
+            return cls.from_pretrained(str(self.path), **load_kwargs(self.dtype)).to(self.device)
         if name == tokenizer_name:
             from transformers import CLIPTokenizer
 
@@ -235,7 +235,7 @@ class ModelHandle:
                     weight_files(folder)  # refuses pickle-only components with a clear message
         # Components saved as [null, null] (e.g. SD3 without its T5) must be passed as None explicitly.
         absent = {n: None for n, e in self.index.items() if isinstance(e, list) and e[:1] == [None]}
-        kwargs = _load_kwargs(self.dtype, "diffusers")
+        kwargs = load_kwargs(self.dtype, "diffusers")
         pipe = DiffusionPipeline.from_pretrained(str(self.path), **absent, **kwargs)
         pipe.set_progress_bar_config(disable=True)
         return pipe.to(self.device)

@@ -218,18 +218,25 @@ def parse_value(annotation: Any, text: str, name: str) -> Any:
         parsed = text
     try:
         return coerce(annotation, parsed, name)
-    except FieldValueError as err:
-        if parsed == text:
+    except FieldValueError:
+        if parsed == text or not _takes_text(annotation):
             raise
-        try:
-            return coerce(annotation, text, name)
-        except FieldValueError:
-            raise err from None
+        return coerce(annotation, text, name)
+
+
+def _takes_text(annotation: Any) -> bool:
+    """Whether a field takes a plain text (``str``, ``str | None``), where ``5`` may mean "5"."""
+    if get_origin(annotation) in (Union, types.UnionType):
+        return any(_takes_text(a) for a in get_args(annotation))
+    return annotation is str
 
 
 def field_types(cls: type) -> dict[str, Any]:
     """Field name -> resolved annotation of a config dataclass."""
-    hints = get_type_hints(cls)
+    try:
+        hints = get_type_hints(cls)
+    except (NameError, TypeError):  # unresolvable annotations: leave the checks to the constructor
+        hints = {}
     return {f.name: hints.get(f.name, Any) for f in dataclasses.fields(cls) if f.init}
 
 

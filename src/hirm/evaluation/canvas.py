@@ -359,13 +359,14 @@ def _patched_key(model_key: str, patches: Sequence[Any]) -> str:
 
 def load_patches(patches: Sequence[Any]) -> tuple[list[Any], list[dict[str, Any]]]:
     """Load patch files (or take Patch objects) and describe them for the result file."""
-    from hirm.core.patch import Patch
+    from hirm.core.patch import Patch, check_composable
 
     loaded, info = [], []
     for p in patches:
         patch = p if isinstance(p, Patch) else Patch.load(p)
         loaded.append(patch)
         info.append(patch_info(patch, None if isinstance(p, Patch) else p))
+    check_composable(loaded)  # duplicates / overlaps refused before any generation
     return loaded, info
 
 
