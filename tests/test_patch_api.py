@@ -60,6 +60,11 @@ def test_remove_patch_restores_the_exact_original(sd_dir, cats, dtype):
     original = _state(encoder)
     remove_patch(hirm.apply_patch(encoder, cats))
     assert all(torch.equal(original[k], v) for k, v in encoder.state_dict().items())
+    from hirm.core.patch import apply_patches
+
+    apply_patches(encoder, cats, keep_originals=False)  # permanent: nothing kept aside
+    with pytest.raises(PatchMismatchError, match="cannot be undone"):
+        remove_patch(encoder)
 
 
 def test_state_dict_per_component_loads_with_strict_false(sdxl_dir):

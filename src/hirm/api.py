@@ -126,7 +126,7 @@ def save_patched(
     loaded = _as_patches(patches)
     check_composable(loaded, allow_overlap=allow_overlap)
     check_writable(out_dir, overwrite=overwrite, directory=True)
-    options = {"scale": scale, "allow_overlap": allow_overlap}
+    options = {"scale": scale, "allow_overlap": allow_overlap, "keep_originals": False}
     if handle.is_pipeline:
         names = sorted({c for p in loaded for c in p.components})
         modules = {name: handle.component(name) for name in names}

@@ -180,17 +180,6 @@ def check_replaceable(path: Path) -> None:
         )
 
 
-def remove_output(path: Path) -> None:
-    """Delete a previous hirm output (after :func:`check_replaceable`): moved aside, then removed."""
-    check_replaceable(path)
-    if path.is_dir():
-        aside = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".old", dir=path.parent))
-        os.replace(path, aside / path.name)
-        shutil.rmtree(aside)
-    elif path.exists():
-        path.unlink()
-
-
 # ------------------------------------------------------------------------------------------ writes
 
 

@@ -326,6 +326,7 @@ def apply_patches(
     component: str | None = None,
     scale: float = 1.0,
     allow_overlap: bool = False,
+    keep_originals: bool = True,
 ) -> Any:
     """Apply one or several patches to a pipeline or a module, in place; returns ``target``.
 
@@ -333,7 +334,9 @@ def apply_patches(
     of the current base weights) before anything changes, so a refusal leaves the model untouched.
     ``scale`` sets each tensor to ``base + scale * delta`` (like a LoRA scale; 1 = the patch as trained,
     copied bit for bit). ``component`` restricts the patches to one component (needed for a single
-    module when they change several). Undo with :func:`remove_patch`. See the module docstring.
+    module when they change several). The original values of the changed tensors are kept on the CPU,
+    in their dtype, for :func:`remove_patch` (``keep_originals=False`` saves that memory and makes the
+    patch permanent). See the module docstring for the composition rule.
     """
     patches = [patches] if isinstance(patches, Patch) else list(patches)
     if not patches:
@@ -350,7 +353,31 @@ def apply_patches(
                 "patches in one call."
             )
     params = {name: component_parameters(module) for name, module in modules.items()}
+    base = _checked_base(patches, params)
 
+    kept: dict[str, dict[str, Tensor]] = {name: {} for name in modules}
+    for key, original in base.items():
+        comp, name = key.split("/", 1)
+        param = params[comp][name]
+        edits = [patch.tensors[key].to(original.device) for patch in patches if key in patch.tensors]
+        if len(edits) == 1 and scale == 1:
+            new = edits[0]  # one edit at full strength is copied as is (bit-exact)
+        else:
+            new = original + scale * sum(edit - original for edit in edits)
+        if keep_originals:
+            kept[comp][name] = param.detach().to("cpu", copy=True)
+        param.copy_(new.to(param.dtype))
+    for name, module in modules.items():
+        record = {"originals": kept[name] if keep_originals else None, "patches": [p.digest for p in patches]}
+        setattr(module, _APPLIED, record)
+    return target
+
+
+def _checked_base(
+    patches: Sequence[Patch], params: Mapping[str, Mapping[str, nn.Parameter]]
+) -> dict[str, Tensor]:
+    """The current (base) values, float32, of every tensor the patches change in ``params``'s
+    components, after checking names, shapes and each patch's base fingerprint."""
     base: dict[str, Tensor] = {}
     for i, patch in enumerate(patches):
         originals: dict[str, Tensor] = {}
@@ -366,32 +393,17 @@ def apply_patches(
                     f"Patch {i}: {key} has shape {tuple(value.shape)}, the model's is {tuple(param.shape)}."
                 )
             originals[key] = param
-        expected = {c: f for c, f in patch.fingerprints.items() if c in params}
-        if _fingerprints(originals) != expected:
+        if _fingerprints(originals) != {c: f for c, f in patch.fingerprints.items() if c in params}:
             made_on = patch.metadata.get("base", {}).get("source", "another model")
             raise PatchMismatchError(
                 f"Patch {i} ({patch.metadata.get('method')}, concepts "
-                f"{[c['text'] for c in patch.metadata.get('concepts', [])]}) was made for different base "
+                f"{[c.get('text') for c in patch.metadata.get('concepts', [])]}) was made for different base "
                 f"weights ({made_on}). Apply it to the original, unpatched model; to combine several "
                 "patches pass them together in one call."
             )
         for key, param in originals.items():
             base.setdefault(key, param.detach().to(torch.float32).clone())
-
-    kept: dict[str, dict[str, Tensor]] = {name: {} for name in modules}
-    for key, original in base.items():
-        comp, name = key.split("/", 1)
-        param = params[comp][name]
-        edits = [patch.tensors[key].to(original.device) for patch in patches if key in patch.tensors]
-        if len(edits) == 1 and scale == 1:
-            new = edits[0]  # one edit at full strength is copied as is (bit-exact)
-        else:
-            new = original + scale * sum(edit - original for edit in edits)
-        kept[comp][name] = param.detach().to("cpu", copy=True)
-        param.copy_(new.to(param.dtype))
-    for name, module in modules.items():
-        setattr(module, _APPLIED, {"originals": kept[name], "patches": [p.digest for p in patches]})
-    return target
+    return base
 
 
 @torch.no_grad()
@@ -409,6 +421,10 @@ def remove_patch(target: Any, *, component: str | None = None) -> Any:
         raise PatchMismatchError(
             f"No hirm patch is applied to this {type(target).__name__}; nothing to remove."
         )
+    for name, module in patched.items():
+        originals = getattr(module, _APPLIED)["originals"]
+        if originals is None:
+            raise PatchMismatchError(f"{name!r} was patched with keep_originals=False; it cannot be undone.")
     for module in patched.values():
         params = component_parameters(module)
         for name, value in getattr(module, _APPLIED)["originals"].items():
