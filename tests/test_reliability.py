@@ -20,6 +20,7 @@ from typing import Literal
 
 import pytest
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import save_file
 from typer.testing import CliRunner
 
@@ -293,11 +294,17 @@ def test_outputs_respect_the_umask(bad, tmp_path):
     assert (out / "text_encoder").stat().st_mode & 0o777 == 0o750
 
 
-def test_a_full_disk_is_one_line_and_leaves_nothing(bad, tmp_path, monkeypatch):
+@pytest.mark.parametrize(
+    "error",
+    [OSError(errno.ENOSPC, "No space left on device"),
+     SafetensorError('Error while serializing: IoError(Os { code: 28, kind: StorageFull, message: "No space left on device" })')],
+    ids=["oserror", "safetensors"],
+)  # fmt: skip
+def test_a_full_disk_is_one_line_and_leaves_nothing(bad, tmp_path, monkeypatch, error):
     import hirm.core.patch as patch_module
 
     def full(*args, **kwargs):
-        raise OSError(errno.ENOSPC, "No space left on device")
+        raise error
 
     monkeypatch.setattr(patch_module, "save_file", full)
     out = tmp_path / "p.safetensors"

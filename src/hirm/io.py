@@ -211,8 +211,13 @@ def check_writable(path: str | os.PathLike, *, overwrite: bool = False, director
     return path
 
 
-def _disk_full(err: OSError) -> bool:
-    return err.errno in (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC))
+def _disk_full(err: BaseException) -> bool:
+    """ENOSPC / EDQUOT, also when a library wraps it (safetensors: ``IoError(Os { code: 28 ...``)."""
+    codes = {errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)}
+    if isinstance(err, OSError) and err.errno in codes:
+        return True
+    text = str(err)
+    return "No space left on device" in text or "Disk quota exceeded" in text or "code: 28," in text
 
 
 @contextmanager
@@ -239,7 +244,7 @@ def atomic_path(
             write_marker(tmp, kind)
         os.chmod(tmp, default_mode(directory=directory))
         _replace(tmp, path, directory=directory)
-    except OSError as err:
+    except Exception as err:
         _discard(tmp)
         if _disk_full(err):
             raise DiskFullError(

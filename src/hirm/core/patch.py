@@ -272,8 +272,10 @@ def _components(target: Any, patches: list[Patch], component: str | None) -> dic
     for name in needed if component is None else [component]:
         module = getattr(target, name, None)
         if not isinstance(module, nn.Module):
+            made = {str(p.metadata.get("base", {}).get("family")) for p in patches if name in p.components}
             raise PatchMismatchError(
-                f"The patch changes component {name!r}, which {type(target).__name__} does not have."
+                f"The patch changes component {name!r} (it was made on a {'/'.join(sorted(made))} model), "
+                f"which {type(target).__name__} does not have."
             )
         modules[name] = module
     return modules
