@@ -427,7 +427,7 @@ def evaluate_canvas(
     from hirm.io import check_writable
 
     if out is not None:
-        check_writable(out, overwrite=overwrite)
+        check_writable(out, overwrite=overwrite, directory=True)
     dev = resolve_device(device)
     canvas, judges = default_canvas_and_judges(model, canvas, judges, dev)
     target = canvas.canonical(target)

@@ -335,6 +335,9 @@ def build_report(
     title: str = "hirm evaluation report",
 ) -> Path:
     """Write ``out/index.html`` and ``out/summary.md`` (atomically) from result files/directories."""
+    from hirm.io import check_writable
+
+    check_writable(out, overwrite=overwrite, directory=True)
     results = load_results(paths)
     html_parts, md_parts = [], [f"# {title}", ""]
     for result in results:
