@@ -156,12 +156,14 @@ def coerce(annotation: Any, value: Any, name: str) -> Any:
     if annotation is Any:
         return value
     if origin in (Union, types.UnionType):
+        errors = {}
         for option in args:
             try:
                 return coerce(option, value, name)
-            except FieldValueError:
-                continue
-        raise fail
+            except FieldValueError as err:
+                errors[option] = err
+        nested = [o for o in args if dataclasses.is_dataclass(o) and isinstance(value, dict)]
+        raise errors[nested[0]] if nested else fail  # an object for a nested config: say what is wrong in it
     if origin is Literal:
         if value in args and all(type(value) is type(a) for a in args if a == value):
             return value
