@@ -111,8 +111,15 @@ def test_existing_outputs_are_never_overwritten_silently(sd_dir, tmp_path):
     patch.write_bytes(b"keep me")
     out = _run("erase", "--model", sd_dir, "-c", "cat", "--steps", "1", "-o", patch, code=2)
     assert "already exists" in out and patch.read_bytes() == b"keep me"
-    _run("erase", "--model", sd_dir, "-c", "cat", "--steps", "1", "--quiet", "-o", patch, "--overwrite")
-    assert patch.read_bytes() != b"keep me"
+    # --overwrite replaces only what hirm wrote: not this file ...
+    out = _run("erase", "--model", sd_dir, "-c", "cat", "--steps", "1", "-o", patch, "--overwrite", code=2)
+    assert "not written by hirm" in out and patch.read_bytes() == b"keep me"
+    # ... but an earlier patch, yes
+    patch.unlink()
+    _run("erase", "--model", sd_dir, "-c", "cat", "--steps", "1", "--quiet", "-o", patch)
+    stamp = patch.read_bytes()
+    _run("erase", "--model", sd_dir, "-c", "dog", "--steps", "1", "--quiet", "-o", patch, "--overwrite")
+    assert patch.read_bytes() != stamp
 
 
 def test_env_prints_versions():

@@ -80,13 +80,19 @@ def test_fingerprint_mismatch_is_refused_and_changes_nothing(sd_dir, sdxl_dir, t
 
 
 def test_composition_rule(sd_dir):
-    """Disjoint patches compose exactly in any order; overlapping ones add their deltas to the base."""
+    """Disjoint patches compose exactly in any order; overlapping ones are refused unless allowed, and
+    then add their deltas to the base."""
     model = hirm.load_model(sd_dir)
     a = hirm.erase(model, ["Cats"], config=FAST, progress=False)
     b = hirm.erase(model, ["Dogs"], config=FAST, progress=False)
     base = {k: p.detach().clone() for k, p in model.text_encoder().named_parameters()}
-    ab = hirm.apply_patch(hirm.load_model(sd_dir).text_encoder(), [a, b], component="text_encoder")
-    ba = hirm.apply_patch(hirm.load_model(sd_dir).text_encoder(), [b, a], component="text_encoder")
+    fresh = hirm.load_model(sd_dir).text_encoder()
+    with pytest.raises(hirm.PatchConflictError, match=r"hirm erase -c A -c B"):
+        hirm.apply_patch(fresh, [a, b], component="text_encoder")
+    assert not _changed(_state(model.text_encoder()), fresh)
+    options = {"component": "text_encoder", "allow_overlap": True}
+    ab = hirm.apply_patch(hirm.load_model(sd_dir).text_encoder(), [a, b], **options)
+    ba = hirm.apply_patch(hirm.load_model(sd_dir).text_encoder(), [b, a], **options)
     params = dict(ab.named_parameters())
     for key in a.tensors:
         name = key.split("/", 1)[1]

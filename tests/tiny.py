@@ -54,8 +54,11 @@ def _clip_vocab() -> tuple[dict[str, int], list[str]]:
     return {t: i for i, t in enumerate(tokens)}, merges
 
 
-def clip_tokenizer(directory: Path) -> CLIPTokenizer:
-    """SD 1.x's CLIP tokenizer (vocab 49408, 77 positions, padding with <|endoftext|>), saved to ``directory``."""
+def clip_tokenizer(directory: Path, *, pad_token: str = "<|endoftext|>") -> CLIPTokenizer:
+    """SD 1.x's CLIP tokenizer (vocab 49408, 77 positions, padding with <|endoftext|>), saved to ``directory``.
+
+    ``pad_token="!"``: SD 2.x's OpenCLIP tokenizer, which pads with ``!`` (id 0).
+    """
     vocab, merges = _clip_vocab()
     directory.mkdir(parents=True, exist_ok=True)
     (directory / "vocab.json").write_text(json.dumps(vocab))
@@ -63,7 +66,7 @@ def clip_tokenizer(directory: Path) -> CLIPTokenizer:
     tokenizer = CLIPTokenizer(
         str(directory / "vocab.json"),
         str(directory / "merges.txt"),
-        pad_token="<|endoftext|>",
+        pad_token=pad_token,
         model_max_length=77,
     )
     tokenizer.save_pretrained(str(directory))
@@ -130,14 +133,31 @@ def _sd_unet(cross_attention_dim: int = WIDTH, **overrides):
     return UNet2DConditionModel(**config)
 
 
-def sd_pipeline_dir(path: Path) -> Path:
-    """A tiny Stable Diffusion 1.x pipeline saved with ``save_pretrained`` at ``path``."""
+def _save(pipe, path: Path, dtype: torch.dtype | None) -> Path:
+    """``save_pretrained`` at ``path``; ``dtype=torch.float16`` stores every model as fp16 (as most
+    published checkpoints are)."""
+    if dtype is not None:
+        pipe.to(dtype=dtype)
+    pipe.save_pretrained(str(path))
+    return path
+
+
+def sd_pipeline_dir(path: Path, *, dtype: torch.dtype | None = None, version: int = 1) -> Path:
+    """A tiny Stable Diffusion pipeline saved with ``save_pretrained`` at ``path``.
+
+    ``version=2``: SD 2.x's differences that matter here: the tokenizer pads with ``!``, the encoder
+    uses GELU, and the scheduler predicts v (``prediction_type="v_prediction"``).
+    """
     from diffusers import DDIMScheduler, StableDiffusionPipeline
 
-    tokenizer = clip_tokenizer(path.parent / f".{path.name}-tokenizer")
+    sd2 = version == 2
+    tokenizer = clip_tokenizer(
+        path.parent / f".{path.name}-tokenizer", pad_token="!" if sd2 else "<|endoftext|>"
+    )
+    encoder = text_encoder(hidden_act="gelu", pad_token_id=0) if sd2 else text_encoder()
     pipe = StableDiffusionPipeline(
         vae=_vae(),
-        text_encoder=text_encoder(),
+        text_encoder=encoder,
         tokenizer=tokenizer,
         unet=_sd_unet(),
         scheduler=DDIMScheduler(
@@ -146,16 +166,16 @@ def sd_pipeline_dir(path: Path) -> Path:
             beta_end=0.012,
             clip_sample=False,
             steps_offset=1,
+            prediction_type="v_prediction" if sd2 else "epsilon",
         ),
         safety_checker=None,
         feature_extractor=None,
         requires_safety_checker=False,
     )
-    pipe.save_pretrained(str(path))
-    return path
+    return _save(pipe, path, dtype)
 
 
-def sdxl_pipeline_dir(path: Path) -> Path:
+def sdxl_pipeline_dir(path: Path, *, dtype: torch.dtype | None = None) -> Path:
     """A tiny SDXL pipeline: two CLIP encoders (the second with projection) and a text-time U-Net."""
     from diffusers import EulerDiscreteScheduler, StableDiffusionXLPipeline
 
@@ -176,8 +196,7 @@ def sdxl_pipeline_dir(path: Path) -> Path:
         unet=unet,
         scheduler=EulerDiscreteScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012),
     )
-    pipe.save_pretrained(str(path))
-    return path
+    return _save(pipe, path, dtype)
 
 
 def _t5(path: Path):
@@ -209,8 +228,9 @@ def _t5(path: Path):
     return encoder, tokenizer
 
 
-def sd3_pipeline_dir(path: Path) -> Path:
-    """A tiny SD3 pipeline: two CLIP encoders with projection, a T5 encoder, an MMDiT transformer."""
+def sd3_pipeline_dir(path: Path, *, dtype: torch.dtype | None = None, t5: bool = True) -> Path:
+    """A tiny SD3 pipeline: two CLIP encoders with projection, a T5 encoder (``t5=False``: none, as
+    SD3 is often run), an MMDiT transformer."""
     from diffusers import (
         AutoencoderKL,
         FlowMatchEulerDiscreteScheduler,
@@ -219,7 +239,7 @@ def sd3_pipeline_dir(path: Path) -> Path:
     )
 
     tokenizer = clip_tokenizer(path.parent / f".{path.name}-tokenizer")
-    t5, t5_tokenizer = _t5(path)
+    t5_encoder, t5_tokenizer = _t5(path) if t5 else (None, None)
     torch.manual_seed(SEED)
     transformer = SD3Transformer2DModel(
         sample_size=8,
@@ -256,14 +276,13 @@ def sd3_pipeline_dir(path: Path) -> Path:
         tokenizer=tokenizer,
         text_encoder_2=text_encoder(2, projection=True),
         tokenizer_2=tokenizer,
-        text_encoder_3=t5,
+        text_encoder_3=t5_encoder,
         tokenizer_3=t5_tokenizer,
     )
-    pipe.save_pretrained(str(path))
-    return path
+    return _save(pipe, path, dtype)
 
 
-def flux_pipeline_dir(path: Path) -> Path:
+def flux_pipeline_dir(path: Path, *, dtype: torch.dtype | None = None) -> Path:
     """A tiny Flux pipeline: one CLIP encoder, a T5 encoder and a Flux transformer."""
     from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, FluxPipeline, FluxTransformer2DModel
 
@@ -304,5 +323,4 @@ def flux_pipeline_dir(path: Path) -> Path:
         tokenizer_2=t5_tokenizer,
         transformer=transformer,
     )
-    pipe.save_pretrained(str(path))
-    return path
+    return _save(pipe, path, dtype)

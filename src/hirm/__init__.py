@@ -12,7 +12,14 @@ from hirm.core.config import (
     ReadingPoint,
     VectorTarget,
 )
-from hirm.core.patch import Patch, PatchMismatchError, apply_patches, merge_patches
+from hirm.core.patch import (
+    Patch,
+    PatchConflictError,
+    PatchMismatchError,
+    apply_patches,
+    merge_patches,
+    remove_patch,
+)
 from hirm.core.registry import get_method, methods
 
 __all__ = [
@@ -21,6 +28,7 @@ __all__ = [
     "HiRMConfig",
     "ModelHandle",
     "Patch",
+    "PatchConflictError",
     "PatchMismatchError",
     "PromptTarget",
     "RandomTarget",
@@ -36,6 +44,7 @@ __all__ = [
     "load_pipeline",
     "merge_patches",
     "methods",
+    "remove_patch",
     "save_encoders",
     "save_patched",
 ]

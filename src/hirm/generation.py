@@ -61,7 +61,7 @@ def compare_original_erased(
     before = generate(original, prompts, seeds, **call_kwargs)
     after = generate(erased, prompts, seeds, **call_kwargs)
     n = len(seeds)
-    with atomic_path(out_dir, overwrite=overwrite, directory=True) as tmp:
+    with atomic_path(out_dir, overwrite=overwrite, directory=True, kind="generate") as tmp:
         for name, images in (("original", before), ("erased", after)):
             (tmp / name).mkdir()
             for k, image in enumerate(images):

@@ -153,3 +153,91 @@ def test_sweep_unknown_method_fails_before_work(sd_dir, canvas, judges, settings
             progress=False,
         )
     assert not (tmp_path / "s").exists()
+
+
+def test_torn_last_line_is_reported_skipped_and_rerun(sd_dir, canvas, judges, settings, tmp_path, caplog):
+    """A kill during the append leaves a torn last line: the next record starts on a fresh line, the
+    torn concept is re-run, and completeness comes from the records actually present."""
+    sweep(sd_dir, canvas, judges, settings, tmp_path, CountingErase(), domain="style", limit=1)
+    lines = tmp_path / "sweep" / "results.jsonl"
+    with lines.open("a") as handle:
+        handle.write('{"concept": "Crayon", "settings_key": "')  # torn: no end, no newline
+    manifest, records = read_sweep(tmp_path / "sweep")
+    assert manifest["torn_lines"] == [2] and [r["concept"] for r in records] == ["Van_Gogh"]
+
+    resumed = CountingErase()
+    with caplog.at_level("WARNING"):
+        manifest = sweep(sd_dir, canvas, judges, settings, tmp_path, resumed, domain="style")
+    assert resumed.calls == ["Crayon"] and "skipped line(s) [2]" in caplog.text
+    assert manifest["complete"] is True and manifest["finished"] == ["Van_Gogh", "Crayon"]
+    text = lines.read_text().splitlines()
+    assert json.loads(text[-1])["concept"] == "Crayon"  # a whole line of its own
+    manifest, records = read_sweep(tmp_path / "sweep")
+    assert manifest["complete"] is True and [r["concept"] for r in records] == ["Van_Gogh", "Crayon"]
+
+
+def test_completeness_is_derived_from_the_records_present(sd_dir, canvas, judges, settings, tmp_path):
+    manifest = sweep(sd_dir, canvas, judges, settings, tmp_path, CountingErase(), domain="style")
+    assert manifest["complete"] is True
+    lines = tmp_path / "sweep" / "results.jsonl"
+    lines.write_text(lines.read_text().splitlines()[0] + "\n")  # one record lost
+    manifest, records = read_sweep(tmp_path / "sweep")
+    assert manifest["complete"] is False and manifest["finished"] == ["Van_Gogh"]
+    assert manifest["aggregate"]["all"]["n_concepts"] == 1
+
+
+def test_a_second_sweep_on_a_locked_directory_is_refused(sd_dir, canvas, judges, settings, tmp_path):
+    import subprocess
+    import sys
+
+    from hirm.io import LOCK, DirectoryLockedError
+
+    out = tmp_path / "sweep"
+    out.mkdir()
+    holder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        import socket
+
+        record = {"pid": holder.pid, "host": socket.gethostname(), "what": "hirm sweep"}
+        (out / LOCK).write_text(json.dumps(record))
+        with pytest.raises(DirectoryLockedError, match=f"pid {holder.pid}"):
+            sweep(sd_dir, canvas, judges, settings, tmp_path, CountingErase(), concepts=["Cats"])
+        assert not (out / "results.jsonl").exists()
+    finally:
+        holder.kill()
+        holder.wait()
+    # the holder is gone: its lock is stale and is recovered
+    manifest = sweep(sd_dir, canvas, judges, settings, tmp_path, CountingErase(), concepts=["Cats"])
+    assert manifest["complete"] and not (out / LOCK).exists()
+
+
+def test_overwrite_never_deletes_files_hirm_did_not_write(sd_dir, canvas, judges, settings, tmp_path):
+    out = tmp_path / "sweep"
+    out.mkdir()
+    (out / "thesis.tex").write_text("years of work")
+    with pytest.raises(Exception, match="did not write"):
+        sweep(sd_dir, canvas, judges, settings, tmp_path, CountingErase(), concepts=["Cats"], overwrite=True)
+    assert (out / "thesis.tex").read_text() == "years of work"
+    # hirm's own sweep directory is replaced; a file added to it afterwards is protected again
+    (out / "thesis.tex").unlink()
+    sweep(sd_dir, canvas, judges, settings, tmp_path, CountingErase(), concepts=["Cats"])
+    again = CountingErase()
+    sweep(sd_dir, canvas, judges, settings, tmp_path, again, concepts=["Cats"], overwrite=True)
+    assert again.calls == ["Cats"]
+    (out / "concepts" / "Cats" / "notes.txt").write_text("mine")
+    with pytest.raises(Exception, match="concepts/Cats/notes.txt"):
+        sweep(sd_dir, canvas, judges, settings, tmp_path, CountingErase(), concepts=["Cats"], overwrite=True)
+    assert (out / "concepts" / "Cats" / "notes.txt").read_text() == "mine"
+
+
+def test_a_bogus_target_is_refused_before_any_work(sd_dir, canvas, judges, settings, tmp_path, monkeypatch):
+    import hirm.evaluation.sweep as sweep_module
+
+    def no_model(*args, **kwargs):
+        raise AssertionError("the model was opened before the target was checked")
+
+    monkeypatch.setattr(sweep_module, "open_model", no_model)
+    with pytest.raises(EvaluationInputError, match="--target must be"):
+        run_sweep(str(sd_dir), out=tmp_path / "s", target="bogus", canvas=canvas, judges=judges,
+                  settings=settings, device="cpu", progress=False)  # fmt: skip
+    assert not (tmp_path / "s").exists()

@@ -7,7 +7,6 @@ directory, a local text-encoder directory (``config.json`` of a CLIP text model)
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,6 +22,7 @@ from hirm.adapters.families import (
     family_for_pipeline,
     text_encoder_family,
 )
+from hirm.io import read_json
 
 EMBEDDED = "minicanvas"
 _CLIP_CLASSES = ("CLIPTextModel", "CLIPTextModelWithProjection")
@@ -79,9 +79,67 @@ def _from_hub(repo_id: str, components: tuple[str, ...] | None) -> Path:
         ) from err
 
 
-def _dtype_kwargs(dtype: torch.dtype | None) -> dict[str, Any]:
-    """float32 is every loader's default; other dtypes go by the long-standing ``torch_dtype`` name."""
-    return {} if dtype in (None, torch.float32) else {"torch_dtype": dtype}
+def load_kwargs(dtype: torch.dtype | None, library: str = "transformers") -> dict[str, Any]:
+    """Always name the dtype: transformers 5 otherwise loads in the *stored* dtype (fp16 on most
+    published checkpoints). Weights load from safetensors only, never from pickles."""
+    kwargs: dict[str, Any] = {"use_safetensors": True}
+    if dtype is not None:
+        kwargs[_dtype_keyword(library)] = dtype
+    return kwargs
+
+
+def _dtype_keyword(library: str) -> str:
+    """``dtype`` where the library takes it (transformers >= 4.56, diffusers with ``_resolve_dtype``),
+    else the older ``torch_dtype`` (which the newer versions deprecate)."""
+    from importlib import import_module, metadata
+
+    from packaging.version import Version
+
+    if library == "transformers":
+        return "dtype" if Version(metadata.version("transformers")) >= Version("4.56") else "torch_dtype"
+    utils = import_module("diffusers.utils.deprecation_utils")
+    return "dtype" if hasattr(utils, "_resolve_dtype") else "torch_dtype"
+
+
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")
+
+
+def weight_files(folder: Path) -> list[Path]:
+    """The safetensors weights of a component folder; a folder holding only pickles is refused."""
+    found = sorted(folder.glob("*.safetensors"))
+    if not found:
+        pickles = sorted(p.name for p in folder.iterdir() if p.suffix in PICKLE_SUFFIXES)
+        if pickles:
+            raise UnsupportedModelError(
+                f"{folder} holds only pickle weights ({', '.join(pickles[:3])}); hirm never loads pickles. "
+                "Convert them to safetensors first (e.g. load once in a trusted environment and "
+                "save_pretrained(..., safe_serialization=True))."
+            )
+        raise ModelNotFoundError(f"{folder} holds no weights (*.safetensors).")
+    return found
+
+
+def stored_dtypes(folder: Path) -> dict[str, torch.dtype]:
+    """Each floating tensor's dtype on disk (read from the safetensors headers, no weights loaded)."""
+    from safetensors import safe_open
+
+    dtypes: dict[str, torch.dtype] = {}
+    for file in weight_files(folder):
+        with safe_open(str(file), framework="pt") as handle:
+            for key in handle.keys():
+                dtype = handle.get_slice(key).get_dtype()
+                torch_dtype = _SAFETENSORS_DTYPES.get(dtype)
+                if torch_dtype is not None:
+                    dtypes[key] = torch_dtype
+    return dtypes
+
+
+_SAFETENSORS_DTYPES = {
+    "F16": torch.float16,
+    "BF16": torch.bfloat16,
+    "F32": torch.float32,
+    "F64": torch.float64,
+}
 
 
 @dataclass
@@ -102,6 +160,10 @@ class ModelHandle:
 
     def base_info(self) -> dict[str, Any]:
         return {"source": self.source, "family": self.family.name}
+
+    def folder(self, name: str) -> Path:
+        """The directory holding component ``name`` (the handle's own directory for a bare encoder)."""
+        return self.path if not self.is_pipeline else self.path / name
 
     def component(self, name: str) -> Any:
         """Load (once) a component with the class ``model_index.json`` names for it."""
@@ -128,17 +190,21 @@ class ModelHandle:
         if not folder.is_dir():
             raise ModelNotFoundError(f"{folder} is missing (model_index.json lists {name!r}).")
         is_model = isinstance(cls, type) and issubclass(cls, nn.Module)
-        obj = cls.from_pretrained(str(folder), **_dtype_kwargs(self.dtype if is_model else None))
-        return obj.to(self.device) if isinstance(obj, nn.Module) else obj
+        if not is_model:
+            return cls.from_pretrained(str(folder))
+        weight_files(folder)
+        library = "transformers" if cls.__module__.startswith("transformers") else "diffusers"
+        return cls.from_pretrained(str(folder), **load_kwargs(self.dtype, library)).to(self.device)
 
     def _load_bare(self, name: str) -> Any:
         encoder_name, tokenizer_name = self.family.clip[0]
         if name == encoder_name:
             import transformers
 
-            config = json.loads((self.path / "config.json").read_text())
+            config = read_json(self.path / "config.json")
             cls = getattr(transformers, config["architectures"][0])
-            return cls.from_pretrained(str(self.path), **_dtype_kwargs(self.dtype)).to(self.device)
+            weight_files(self.path)
+            return cls.from_pretrained(str(self.path), **load_kwargs(self.dtype)).to(self.device)
         if name == tokenizer_name:
             from transformers import CLIPTokenizer
 
@@ -162,7 +228,15 @@ class ModelHandle:
             )
         from diffusers import DiffusionPipeline
 
-        pipe = DiffusionPipeline.from_pretrained(str(self.path), **_dtype_kwargs(self.dtype))
+        for name in self.index:
+            folder = self.path / name
+            if not name.startswith("_") and folder.is_dir() and not any(folder.glob("*.safetensors")):
+                if any(p.suffix in PICKLE_SUFFIXES for p in folder.iterdir()):
+                    weight_files(folder)  # refuses pickle-only components with a clear message
+        # Components saved as [null, null] (e.g. SD3 without its T5) must be passed as None explicitly.
+        absent = {n: None for n, e in self.index.items() if isinstance(e, list) and e[:1] == [None]}
+        kwargs = load_kwargs(self.dtype, "diffusers")
+        pipe = DiffusionPipeline.from_pretrained(str(self.path), **absent, **kwargs)
         pipe.set_progress_bar_config(disable=True)
         return pipe.to(self.device)
 
@@ -175,11 +249,16 @@ def load_model(
     components: tuple[str, ...] | None = None,
 ) -> ModelHandle:
     """Resolve ``source`` and detect its family. Components load lazily (see :class:`ModelHandle`)."""
+    from hirm.checks import check_device
+
+    device = check_device(device)
     path = resolve_path(source, components=components)
     index_file, config_file = path / "model_index.json", path / "config.json"
     if index_file.is_file():
-        index = json.loads(index_file.read_text())
-        family = family_for_pipeline(index.get("_class_name", ""))
+        index = read_json(index_file, "the pipeline's component index")
+        if not isinstance(index, dict):
+            raise UnsupportedModelError(f"{index_file} is not a diffusers model index (a JSON object).")
+        family = family_for_pipeline(str(index.get("_class_name", "")))
         for encoder in family.encoders:
             entry = index.get(encoder)
             if not entry or entry[1] not in _CLIP_CLASSES:
@@ -188,8 +267,8 @@ def load_model(
                 )
         handle = ModelHandle(str(source), path, family, index, torch.device(device), dtype)
     elif config_file.is_file():
-        config = json.loads(config_file.read_text())
-        arch = (config.get("architectures") or [""])[0]
+        config = read_json(config_file, "a model config")
+        arch = ((config.get("architectures") if isinstance(config, dict) else None) or [""])[0]
         if arch not in _CLIP_CLASSES:
             raise UnsupportedModelError(
                 f"{path} holds a {arch or 'unknown'} model; hirm supports {SUPPORTED}."

@@ -13,14 +13,21 @@ def apply_command(
     patch: list[Path] = typer.Option(..., "--patch", "-p", help="Patch file (repeat to compose several)."),
     out: Path = typer.Option(..., "--out", "-o", help="Directory for the patched model (save_pretrained)."),
     model: str = typer.Option("minicanvas", "--model", "-m", help=MODEL_HELP),
-    overwrite: bool = typer.Option(False, help="Replace an existing output directory."),
+    overwrite: bool = typer.Option(False, help="Replace an output directory that an earlier hirm run wrote."),
+    scale: float = typer.Option(1.0, help="Strength: base + scale * (patch - base); 1 = as trained."),
+    allow_overlap: bool = typer.Option(
+        False, help="Let separately trained patches that change the same tensors add their deltas."
+    ),
 ) -> None:
-    """Apply patch(es) to the original model and save the result with save_pretrained."""
+    """Apply patch(es) to the original model and save the result (loadable with from_pretrained).
+
+    Components the patches change are re-saved in their stored dtypes; every other component is copied.
+    """
     from hirm.api import save_patched
     from hirm.io import check_writable
 
-    check_writable(out, overwrite=overwrite)
-    save_patched(model, patch, out, overwrite=overwrite)
+    check_writable(out, overwrite=overwrite, directory=True)
+    save_patched(model, patch, out, overwrite=overwrite, scale=scale, allow_overlap=allow_overlap)
     console.print(f"[green]patched model[/] -> {out}")
 
 

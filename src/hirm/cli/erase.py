@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-import dataclasses
-import json
 import time
 from pathlib import Path
+from typing import Any
 
 import typer
 
-from hirm.cli.common import MODEL_HELP, console, friendly_errors
+from hirm.checks import check_device, check_template
+from hirm.cli.common import MODEL_HELP, console, friendly_errors, make_config, parse_settings
 from hirm.core.config import (
     NUDITY_PROMPT,
     TRAINABLE_SETS,
@@ -21,6 +21,7 @@ from hirm.core.config import (
     Target,
     VectorTarget,
 )
+from hirm.io import check_writable
 
 TARGET_HELP = (
     "Target per concept, in the order of --concept (one value applies to all): 'random' (HiRM-R), "
@@ -32,7 +33,10 @@ TARGET_HELP = (
 def parse_target(text: str) -> Target:
     kind, _, value = text.partition(":")
     if kind == "random":
-        return RandomTarget(seed=int(value)) if value else RandomTarget()
+        try:
+            return RandomTarget(seed=int(value)) if value else RandomTarget()
+        except ValueError:
+            raise ValueError(f"--target random:SEED takes an integer seed, got {value!r}.") from None
     if kind in ("super", "prompt") and value:
         return PromptTarget(value)
     if kind == "file" and value:
@@ -55,31 +59,30 @@ def build_concepts(texts: list[str], kind: str, targets: list[str]) -> list[Conc
     return [Concept(text=t, kind=kind, target=target) for t, target in zip(texts, parsed)]
 
 
-def read_point(layer: int | None, site: str | None) -> ReadingPoint | None:
-    """``--read-layer`` / ``--read-site``; neither = the model family's default reading point."""
-    if layer is None and site is None:
-        return None
-    return ReadingPoint(-1 if layer is None else layer, site or "attn")
+def check_outputs(out: Path, save_encoder: Path | None, overwrite: bool) -> None:
+    """Both outputs writable, and neither inside the other, before any work."""
+    check_writable(out, overwrite=overwrite)
+    if save_encoder is None:
+        return
+    a, b = out.resolve(), save_encoder.resolve()
+    if a == b or a.is_relative_to(b) or b.is_relative_to(a):
+        raise ValueError(
+            f"-o {out} and --save-encoder {save_encoder} overlap; the patch is a file and the encoders a "
+            "directory: give two separate paths."
+        )
+    check_writable(save_encoder, overwrite=overwrite, directory=True)
 
 
-def parse_setting(text: str) -> tuple[str, object]:
-    key, sep, value = text.partition("=")
-    if not sep or not key:
-        raise ValueError(f"--set takes KEY=VALUE, got {text!r}.")
-    try:
-        return key.strip(), json.loads(value)
-    except json.JSONDecodeError:
-        return key.strip(), value  # a bare string
-
-
-def override(config, values: dict):
-    """``dataclasses.replace`` with a clear error for unknown fields; lists become tuples."""
-    known = {f.name for f in dataclasses.fields(config)}
-    unknown = sorted(set(values) - known)
-    if unknown:
-        raise ValueError(f"{type(config).__name__} has no field(s) {unknown}; it has {sorted(known)}.")
-    values = {k: tuple(v) if isinstance(v, list) else v for k, v in values.items()}
-    return dataclasses.replace(config, **values) if values else config
+def method_config(config_cls: type, named: dict[str, Any], settings: list[str]) -> Any:
+    """The method's config from the named options that were given and ``--set`` values, every value
+    checked against its field's type (one-line errors naming the option)."""
+    given = {key: value for key, value in named.items() if value is not None}
+    config = make_config(config_cls, given, label="--")
+    config = make_config(config_cls, parse_settings(config_cls, settings), base=config, label="--set ")
+    if config_cls is HiRMConfig:
+        for template in config.templates:
+            check_template(template, allowed={"concept"}, required={"concept"}, what="--template")
+    return config
 
 
 def erase_command(
@@ -98,60 +101,74 @@ def erase_command(
     ),
     steps: int | None = typer.Option(None, help="Optimizer steps (default: reference value for the kind)."),
     lr: float | None = typer.Option(None, help="Learning rate (default: 5e-5 style/object, 1e-4 nudity)."),
-    trainable: str = typer.Option("first-attn", help=f"{', '.join(TRAINABLE_SETS)} (see HiRMConfig)."),
-    k: int = typer.Option(1, help="Number of early blocks for --trainable first-k."),
+    trainable: str | None = typer.Option(
+        None, help=f"{', '.join(TRAINABLE_SETS)} (default first-attn; see HiRMConfig)."
+    ),
+    k: int | None = typer.Option(None, help="Number of early blocks for --trainable first-k (default 1)."),
     param: list[str] = typer.Option([], help="Exact parameter names for --trainable params (repeat)."),
     read_layer: int | None = typer.Option(
         None,
         help="Block whose output is read (negative counts from the end; default: the family's, -1 on SD).",
     ),
-    read_site: str | None = typer.Option(None, help="attn (reference), mlp, hidden or final (default attn)."),
+    read_site: str | None = typer.Option(
+        None, help="attn (reference), mlp, hidden or final (default: the family's, attn on SD)."
+    ),
     template: list[str] = typer.Option(
         [], help="Prompt template with {concept} (repeat); default: the raw concept."
     ),
     preserve: list[str] = typer.Option([], help="Prompt whose read-out must stay (repeat)."),
-    preserve_weight: float = typer.Option(0.0, help="Weight of the preservation term (0 = reference)."),
-    precision: str = typer.Option("auto", help="auto, fp32 or bf16 (autocast; weights stay fp32)."),
+    preserve_weight: float | None = typer.Option(
+        None, help="Weight of the preservation term (default 0 = reference)."
+    ),
+    precision: str | None = typer.Option(
+        None, help="auto (default), fp32 or bf16 (autocast; weights stay fp32)."
+    ),
     seed: int | None = typer.Option(None, help="Training seed (default 0)."),
     setting: list[str] = typer.Option(
         [],
         "--set",
-        help="Any field of the method's config as KEY=VALUE (JSON value), e.g. --set guide='\"art\"' (repeat).",
+        help="Any field of the method's config as KEY=VALUE (JSON, or plain text for text fields), e.g. "
+        "--set guide=art --set betas=[0.9,0.99] (repeat).",
     ),
     save_encoder: Path | None = typer.Option(
-        None, help="Also write the full edited encoder(s) here (save_pretrained)."
+        None, help="Also write the edited encoder(s) here, one save_pretrained folder per component."
     ),
-    device: str = typer.Option("cpu", help="torch device, e.g. cpu or cuda."),
-    overwrite: bool = typer.Option(False, help="Replace existing outputs."),
+    device: str = typer.Option("cpu", help="torch device: cpu, cuda, cuda:N or mps."),
+    overwrite: bool = typer.Option(False, help="Replace outputs that an earlier hirm run wrote."),
     quiet: bool = typer.Option(False, help="No progress bar."),
 ) -> None:
     """Erase concepts from a model's text encoder(s) and write a patch of the changed tensors."""
     from hirm.adapters.loading import load_model
-    from hirm.api import erase, save_encoders
+    from hirm.api import check_encoder_patch, erase, save_encoders
     from hirm.core.registry import get_method
-    from hirm.io import check_writable
 
-    check_writable(out, overwrite=overwrite)
-    if save_encoder is not None:
-        check_writable(save_encoder, overwrite=overwrite)
+    device = str(check_device(device))
+    check_outputs(out, save_encoder, overwrite)
+    for text in template:
+        check_template(text, allowed={"concept"}, required={"concept"}, what="--template")
     concepts = build_concepts(concept, kind, target)
     spec = get_method(method)
-    if spec.config_cls is HiRMConfig:
-        config = HiRMConfig(
-            trainable=trainable, k=k, params=tuple(param), read=read_point(read_layer, read_site),
-            steps=steps, lr=lr, templates=tuple(template), preserve=tuple(preserve),
-            preserve_weight=preserve_weight, precision=precision, seed=seed or 0,
-        )  # fmt: skip
-    else:
-        given = {"steps": steps, "lr": lr, "seed": seed}
-        config = override(spec.config_cls(), {k: v for k, v in given.items() if v is not None})
-    config = override(config, dict(parse_setting(s) for s in setting))
+    read = None
+    if read_layer is not None or read_site is not None:
+        read = make_config(
+            ReadingPoint,
+            {k: v for k, v in (("layer", read_layer), ("site", read_site)) if v is not None},
+            label="--read-",
+        )
+    named = {
+        "trainable": trainable, "k": k, "params": tuple(param) or None, "read": read, "steps": steps,
+        "lr": lr, "templates": tuple(template) or None, "preserve": tuple(preserve) or None,
+        "preserve_weight": preserve_weight, "precision": precision, "seed": seed,
+    }  # fmt: skip
+    config = method_config(spec.config_cls, named, setting)
     handle = load_model(model, device=device)
     started = time.perf_counter()
     patch = erase(
         handle, concepts, method=method, config=config, components=component or None, progress=not quiet
     )
     seconds = time.perf_counter() - started
+    if save_encoder is not None:
+        check_encoder_patch(handle, patch)  # before anything is written
     patch.save(out, overwrite=overwrite)
     losses = patch.metadata.get("final_loss", {})
     console.print(
@@ -163,12 +180,8 @@ def erase_command(
         console.print(f"left unchanged: {list(handle.family.untouched)} (T5 encoders are not CLIP)")
     console.print(f"patch -> {out}")
     if save_encoder is not None:
-        if not set(patch.components) <= set(handle.family.encoders):
-            raise ValueError(
-                f"--save-encoder writes text encoders; this patch changes {list(patch.components)}. Use `hirm apply`."
-            )
         save_encoders(handle, patch, save_encoder, overwrite=overwrite)
-        console.print(f"edited encoder(s) -> {save_encoder}")
+        console.print(f"edited encoder(s) -> {save_encoder}/{{{','.join(patch.components)}}}")
 
 
 def register(app: typer.Typer) -> None:

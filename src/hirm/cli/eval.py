@@ -93,7 +93,7 @@ def fail_on_errors(fn):
     """The shared :func:`hirm.cli.common.friendly_errors`, plus a missing optional dependency (NudeNet)."""
     import functools
 
-    from hirm.cli.common import console, friendly_errors
+    from hirm.cli.common import friendly_errors, print_error
 
     guarded = friendly_errors(fn)
 
@@ -102,7 +102,7 @@ def fail_on_errors(fn):
         try:
             return guarded(*args, **kwargs)
         except ImportError as err:
-            console.print(f"[bold red]error:[/] {err}")
+            print_error(str(err))
             raise typer.Exit(code=2) from None
 
     return wrapper
@@ -112,14 +112,7 @@ def parse_seeds(text: str | None) -> tuple[int, ...] | None:
     """``"188,288,588"`` or ``"0-4"`` -> seeds (``None`` = protocol default)."""
     from hirm.cli import common
 
-    if text is None:
-        return None
-    try:
-        return tuple(common.parse_seeds(text))
-    except ValueError as err:
-        raise ValueError(
-            f"--seeds takes comma-separated integers or ranges (0-4), got {text!r}: {err}"
-        ) from None
+    return None if text is None else tuple(common.parse_seeds(text))
 
 
 def canvas_settings(

@@ -16,25 +16,34 @@ def generate_command(
     model: str = typer.Option("minicanvas", "--model", "-m", help=MODEL_HELP),
     seeds: str = typer.Option("0,1,2", help="Seeds, e.g. '0,1,2' or '0-7'; one image per prompt and seed."),
     steps: int | None = typer.Option(
-        None, help="Sampler steps (default: the model's; minicanvas: its recorded default)."
+        None, min=1, help="Sampler steps (default: the model's; minicanvas: its recorded default)."
     ),
     guidance: float | None = typer.Option(None, help="Classifier-free guidance scale."),
-    height: int | None = typer.Option(None, help="Image height."),
-    width: int | None = typer.Option(None, help="Image width."),
-    device: str = typer.Option("cpu", help="torch device."),
-    overwrite: bool = typer.Option(False, help="Replace an existing output directory."),
+    height: int | None = typer.Option(None, min=8, help="Image height (a multiple of 8)."),
+    width: int | None = typer.Option(None, min=8, help="Image width (a multiple of 8)."),
+    device: str = typer.Option("cpu", help="torch device: cpu, cuda, cuda:N or mps."),
+    overwrite: bool = typer.Option(False, help="Replace an output directory that an earlier hirm run wrote."),
+    scale: float = typer.Option(1.0, help="Patch strength: base + scale * (patch - base)."),
+    allow_overlap: bool = typer.Option(
+        False, help="Let separately trained patches that change the same tensors add their deltas."
+    ),
 ) -> None:
     """Generate each prompt with the original and the erased model on the same seeds."""
     from hirm.adapters.loading import EMBEDDED, load_model
     from hirm.api import _as_patches, apply_patch
+    from hirm.checks import check_device
+    from hirm.core.patch import check_composable
     from hirm.generation import compare_original_erased
     from hirm.io import check_writable
 
-    check_writable(out, overwrite=overwrite)
+    device = str(check_device(device))
+    check_writable(out, overwrite=overwrite, directory=True)
+    seed_list = parse_seeds(seeds)
     patches = _as_patches(patch)
+    check_composable(patches, allow_overlap=allow_overlap)  # before the pipelines load
     handle = load_model(model, device=device)
     original, erased = handle.pipeline(), handle.pipeline()
-    apply_patch(erased, patches)
+    apply_patch(erased, patches, scale=scale, allow_overlap=allow_overlap)
     call = {}
     if model == EMBEDDED:
         from hirm.world import GENERATION_DEFAULTS
@@ -46,9 +55,10 @@ def generate_command(
         "model": model,
         "patches": [str(p) for p in patch],
         "fingerprints": [p.fingerprints for p in patches],
+        "scale": scale,
     }
     compare_original_erased(
-        original, erased, prompt, parse_seeds(seeds), out, overwrite=overwrite, metadata=meta, **call
+        original, erased, prompt, seed_list, out, overwrite=overwrite, metadata=meta, **call
     )
     console.print(f"[green]images[/] -> {out} (grid: {out / 'grid.png'})")
 

@@ -39,7 +39,10 @@ def info_command(
     table.add_row("method", meta.get("method", "?"))
     table.add_row(
         "concepts",
-        ", ".join(f"{c['text']} ({c['kind']}, {c['target']['kind']})" for c in meta.get("concepts", [])),
+        ", ".join(
+            f"{c.get('text')} ({c.get('kind')}, {(c.get('target') or {}).get('kind')})"
+            for c in meta.get("concepts", [])
+        ),
     )
     table.add_row("base", json.dumps({k: v for k, v in meta.get("base", {}).items() if k != "fingerprints"}))
     for component, fp in loaded.fingerprints.items():

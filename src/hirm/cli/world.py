@@ -28,11 +28,25 @@ def build_command(
     """Train the whole world from scratch (tokenizer, MiniCLIP, judges, VAE, U-Net), seeded and resumable."""
     import torch
 
+    from hirm.checks import check_device
+    from hirm.io import directory_lock, read_marker, write_marker
     from hirm.world import build_world
 
+    device = str(check_device(device))
     if threads:
         torch.set_num_threads(threads)
-    assets = build_world(out, seed=seed, preset=preset, device=device, install=install)
+    if out.is_file():
+        raise NotADirectoryError(f"{out} is a file; --out of a world build is a directory.")
+    with directory_lock(out, "hirm world build"):
+        # The build replaces its own stage folders (assets/, ckpt/...): never in someone else's directory.
+        others = [p.name for p in out.iterdir() if not p.name.startswith(".hirm-")]
+        if others and read_marker(out) is None and not any((out / "ckpt").glob("*.digest")):
+            raise ValueError(
+                f"{out} holds files that are not a world build ({', '.join(sorted(others)[:3])}); "
+                "choose an empty or new directory."
+            )
+        write_marker(out, "world-build", files=[])
+        assets = build_world(out, seed=seed, preset=preset, device=device, install=install)
     console.print(f"[green]world built[/] -> {assets}")
 
 

@@ -101,9 +101,16 @@ def _vector_from_file(target: VectorTarget, seq_len: int, width: int) -> Tensor:
     path = Path(target.path)
     if not path.is_file():
         raise FileNotFoundError(f"Target vector file {path} does not exist.")
-    with safe_open(str(path), framework="pt") as handle:
+    try:
+        handle = safe_open(str(path), framework="pt")
+    except Exception as err:  # safetensors raises its own error types for other files
+        raise ValueError(
+            f"Target vector file {path} is not a safetensors file ({type(err).__name__}); hirm never loads "
+            "pickles (.pt/.pth/.bin). Save the vector with safetensors.torch.save_file({'target': t}, ...)."
+        ) from None
+    with handle:
         if target.key not in handle.keys():
-            raise KeyError(f"{path} has no tensor {target.key!r}; it has {list(handle.keys())}.")
+            raise ValueError(f"{path} has no tensor {target.key!r}; it has {list(handle.keys())}.")
         vector = handle.get_tensor(target.key).float()
     if vector.shape == (width,):
         vector = vector.expand(seq_len, width)

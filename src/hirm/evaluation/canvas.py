@@ -87,10 +87,22 @@ class CanvasSettings:
     precision: str = "fp32"
 
     def __post_init__(self) -> None:
+        from hirm.checks import check_template
+        from hirm.evaluation.generation import PRECISIONS
+
         if self.num_inference_steps < 1 or self.batch_size < 1 or self.judge_batch_size < 1:
             raise EvaluationInputError("steps and batch sizes must be >= 1.")
         if not self.seeds:
             raise EvaluationInputError("Give at least one seed.")
+        if self.precision not in PRECISIONS:
+            raise EvaluationInputError(
+                f"--precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}."
+            )
+        fields = {"style", "object", "style_super", "object_super"}
+        for template in self.templates:
+            check_template(template, allowed=fields, required={"style", "object"}, what="Grid template")
+        for template in self.heldout_templates + self.super_templates:
+            check_template(template, allowed=fields, what="Template")
 
     @classmethod
     def for_world(cls, **overrides: Any) -> CanvasSettings:
@@ -131,24 +143,13 @@ def patched(pipe: Any, patches: Sequence[Any]) -> Iterator[Any]:
     if not patches:
         yield pipe
         return
-    from hirm.core.patch import apply_patches, component_parameters
+    from hirm.core.patch import apply_patches, remove_patch
 
-    saved: dict[tuple[str, str], torch.Tensor] = {}
-    params: dict[str, dict[str, torch.nn.Parameter]] = {}
-    for patch in patches:
-        for key in patch.tensors:
-            comp, name = key.split("/", 1)
-            if comp not in params:
-                params[comp] = component_parameters(getattr(pipe, comp))
-            if name in params[comp]:
-                saved[(comp, name)] = params[comp][name].detach().clone()
     apply_patches(pipe, list(patches))
     try:
         yield pipe
     finally:
-        with torch.no_grad():
-            for (comp, name), value in saved.items():
-                params[comp][name].copy_(value)
+        remove_patch(pipe)
 
 
 class CanvasEvaluator:
@@ -358,13 +359,14 @@ def _patched_key(model_key: str, patches: Sequence[Any]) -> str:
 
 def load_patches(patches: Sequence[Any]) -> tuple[list[Any], list[dict[str, Any]]]:
     """Load patch files (or take Patch objects) and describe them for the result file."""
-    from hirm.core.patch import Patch
+    from hirm.core.patch import Patch, check_composable
 
     loaded, info = [], []
     for p in patches:
         patch = p if isinstance(p, Patch) else Patch.load(p)
         loaded.append(patch)
         info.append(patch_info(patch, None if isinstance(p, Patch) else p))
+    check_composable(loaded)  # duplicates / overlaps refused before any generation
     return loaded, info
 
 
@@ -425,7 +427,7 @@ def evaluate_canvas(
     from hirm.io import check_writable
 
     if out is not None:
-        check_writable(out, overwrite=overwrite)
+        check_writable(out, overwrite=overwrite, directory=True)
     dev = resolve_device(device)
     canvas, judges = default_canvas_and_judges(model, canvas, judges, dev)
     target = canvas.canonical(target)
@@ -490,7 +492,7 @@ def write_canvas_dir(
     """``out/result.json`` + ``out/images/{original,erased}/<sample file>.png``, atomically."""
     from hirm.io import atomic_path
 
-    with atomic_path(out, overwrite=overwrite, directory=True) as tmp:
+    with atomic_path(out, overwrite=overwrite, directory=True, kind="canvas") as tmp:
         fill_canvas_dir(tmp, result, images)
     return Path(out)
 

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import csv
 import datetime as _dt
-import hashlib
 import json
 import os
 import sys
@@ -26,7 +25,7 @@ from typing import Any
 import torch
 
 from hirm._version import __version__
-from hirm.io import check_writable, write_atomic
+from hirm.io import check_writable, read_json, write_atomic
 
 RESULT_FILE = "result.json"
 
@@ -70,13 +69,7 @@ def patch_info(patch: Any, source: str | os.PathLike | None = None) -> dict[str,
 
 def patch_digest(patch: Any) -> str:
     """SHA-256 of a patch's tensors (names, shapes, float32 bytes): identifies the edited weights."""
-    digest = hashlib.sha256()
-    for key in sorted(patch.tensors):
-        value = patch.tensors[key].detach().to("cpu", torch.float32).contiguous()
-        digest.update(key.encode())
-        digest.update(str(tuple(value.shape)).encode())
-        digest.update(value.numpy().tobytes())
-    return digest.hexdigest()
+    return patch.digest
 
 
 def run_metadata(
@@ -177,7 +170,7 @@ def read_result(path: str | os.PathLike) -> dict[str, Any]:
             raise EvaluationInputError(f"{path} holds no {RESULT_FILE} or sweep.json.")
     if not path.is_file():
         raise EvaluationInputError(f"No result file at {path}.")
-    data = json.loads(path.read_text(encoding="utf-8"))
+    data = read_json(path, "a hirm result")
     if not isinstance(data, dict) or "kind" not in data:
         raise EvaluationInputError(f"{path} is not a hirm result file (no 'kind').")
     data.setdefault("_path", str(path))
@@ -308,12 +301,15 @@ def prepare_prompt_run(
 
 
 def resolve_device(device: str | torch.device | None) -> torch.device:
-    """``None``/"auto": the accelerate process's device (CUDA when present, else CPU)."""
+    """``None``/"auto": the accelerate process's device (CUDA when present, else CPU); anything else must
+    be a device that exists here (one-line error otherwise)."""
+    from hirm.checks import check_device
+
     if device is None or str(device) == "auto":
         from hirm.evaluation.generation import distributed_state
 
         return distributed_state().device
-    return torch.device(device)
+    return check_device(device)
 
 
 def mean_std(values: Iterable[float | None]) -> dict[str, float | int | None]:

@@ -27,9 +27,9 @@ import torch
 from hirm.core.config import Concept, PromptTarget, RandomTarget, ReadingPoint
 from hirm.evaluation.canvas import CanvasSettings
 from hirm.evaluation.canvas_grid import Canvas
-from hirm.evaluation.common import EvaluationInputError, display_name, mean_std, now_iso
+from hirm.evaluation.common import EvaluationInputError, display_name, mean_std, now_iso, resolve_device
 from hirm.evaluation.sweep import EraseFn, read_sweep, run_sweep
-from hirm.io import write_atomic
+from hirm.io import LOCK, directory_lock, read_marker, write_atomic, write_marker
 
 METRICS = ("UA", "IRA", "CRA", "AA", "UA_heldout")
 
@@ -125,10 +125,64 @@ def run_compare(
 
     if not entries:
         raise EvaluationInputError("Give at least one method to compare.")
-    device = torch.device(device)
+    device = resolve_device(device)
     canvas, judges = default_canvas_and_judges(model, canvas, judges, device)
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    with directory_lock(out, "hirm compare"):
+        prepare_compare_out(out)
+        _run_entries(
+            model,
+            out,
+            entries,
+            domain,
+            concepts,
+            limit,
+            settings,
+            canvas,
+            judges,
+            device,
+            cache_dir,
+            progress,
+        )
+        rows = table_rows(out, [e.name for e in entries])
+        write_tables(out, rows, command=command, settings=settings, entries=entries)
+    return out / "compare.md"
+
+
+COMPARE_FILES = ("compare.md", "compare.csv")
+
+
+def prepare_compare_out(out: Path) -> None:
+    """Mark ``out`` as a comparison directory (compare.md/csv + one sweep directory per entry).
+
+    A directory without hirm's marker is taken over only when it holds nothing but a previous
+    comparison's tables and sweep directories; anything else is refused (nothing is overwritten).
+    """
+    if read_marker(out) is None:
+        foreign = [
+            p.name
+            for p in out.iterdir()
+            if p.name != LOCK
+            and not (p.name in COMPARE_FILES and p.is_file() and _is_compare_table(p))
+            and not (p.is_dir() and (p / "sweep.json").is_file())
+        ]
+        if foreign:
+            raise EvaluationInputError(
+                f"{out} holds files that are not a hirm comparison ({', '.join(sorted(foreign)[:3])}); "
+                "choose another --out."
+            )
+    write_marker(out, "compare", files=COMPARE_FILES, dirs=[""])
+
+
+def _is_compare_table(path: Path) -> bool:
+    first = path.read_text(encoding="utf-8", errors="replace").split("\n", 1)[0]
+    return first.startswith(("# Method comparison", "method,domain,"))
+
+
+def _run_entries(
+    model, out, entries, domain, concepts, limit, settings, canvas, judges, device, cache_dir, progress
+) -> None:
+    """One sweep per entry in ``out/<entry name>`` (each resumes on its own)."""
     for entry in entries:
         run_sweep(
             model,
@@ -146,9 +200,6 @@ def run_compare(
             erase_fn=make_erase(entry, canvas, device),
             progress=progress,
         )
-    rows = table_rows(out, [e.name for e in entries])
-    write_tables(out, rows, command=command, settings=settings, entries=entries)
-    return out / "compare.md"
 
 
 def table_rows(out: Path, names: Sequence[str]) -> list[dict[str, Any]]:

@@ -335,6 +335,9 @@ def build_report(
     title: str = "hirm evaluation report",
 ) -> Path:
     """Write ``out/index.html`` and ``out/summary.md`` (atomically) from result files/directories."""
+    from hirm.io import check_writable
+
+    check_writable(out, overwrite=overwrite, directory=True)
     results = load_results(paths)
     html_parts, md_parts = [], [f"# {title}", ""]
     for result in results:
@@ -359,7 +362,7 @@ def build_report(
         f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>{esc(title)}</title>'
         f"<style>{CSS}</style></head><body><h1>{esc(title)}</h1>{''.join(html_parts)}</body></html>"
     )
-    with atomic_path(out, overwrite=overwrite, directory=True) as tmp:
+    with atomic_path(out, overwrite=overwrite, directory=True, kind="report") as tmp:
         (tmp / "index.html").write_text(page, encoding="utf-8")
         (tmp / "summary.md").write_text("\n".join(md_parts) + "\n", encoding="utf-8")
     return Path(out)

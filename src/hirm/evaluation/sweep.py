@@ -10,7 +10,11 @@ Output directory layout (results stream as each concept finishes)::
 A killed sweep is resumed by running the same command again: finished concepts (lines of
 ``results.jsonl``) are skipped. Resuming with other settings is refused. The original model's grid is
 generated once (and cached on disk) and reused for every concept. ``sweep.json`` says
-``complete: false`` until every concept is done.
+``complete: false`` until every concept is done; completeness and the aggregate are always derived from
+the records actually in ``results.jsonl`` (a line torn by a kill is reported, skipped and re-run; the
+next record starts on a fresh line). A running sweep holds ``out/.hirm-lock`` (its pid): a second sweep
+on the same directory is refused while the first is alive. ``--overwrite`` replaces the directory only
+when everything in it was written by hirm (``out/.hirm-output`` lists it).
 """
 
 from __future__ import annotations
@@ -19,10 +23,12 @@ import csv
 import hashlib
 import io
 import json
+import logging
 import os
 import shutil
 import time
 from collections.abc import Callable, Mapping, Sequence
+from contextlib import ExitStack
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -49,10 +55,22 @@ from hirm.evaluation.common import (
 from hirm.evaluation.generation import model_fingerprint
 from hirm.evaluation.judges import Judge
 from hirm.evaluation.metrics import summary_metrics
-from hirm.io import atomic_path, write_atomic
+from hirm.io import (
+    LOCK,
+    MARKER,
+    append_line,
+    atomic_path,
+    check_replaceable,
+    directory_lock,
+    read_json,
+    write_atomic,
+    write_marker,
+)
 
 METRICS = ("UA", "IRA", "CRA", "AA", "UA_heldout", "UA_super")
 MANIFEST, LINES, TABLE = "sweep.json", "results.jsonl", "results.csv"
+TARGETS = ("random", "super")
+logger = logging.getLogger(__name__)
 
 #: erase_fn(handle, concept_name, domain) -> Patch
 EraseFn = Callable[[Any, str, str], Any]
@@ -70,8 +88,7 @@ def default_erase(
     from hirm.core.config import Concept, PromptTarget, RandomTarget
     from hirm.evaluation.common import display_name
 
-    if target not in ("random", "super"):
-        raise EvaluationInputError(f"--target must be 'random' or 'super', got {target!r}.")
+    check_target(target)
 
     def run(handle: Any, name: str, domain: str) -> Any:
         goal = RandomTarget()
@@ -84,6 +101,11 @@ def default_erase(
         return erase(handle, [concept], method=method, config=None, device=device, progress=False)
 
     return run
+
+
+def check_target(target: str) -> None:
+    if target not in TARGETS:
+        raise EvaluationInputError(f"--target must be 'random' (HiRM-R) or 'super' (HiRM-S), got {target!r}.")
 
 
 def sweep_concepts(
@@ -107,17 +129,38 @@ def _settings_key(payload: Mapping[str, Any]) -> str:
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
-def read_finished(out: Path, key: str) -> dict[str, dict[str, Any]]:
-    """Finished concepts of a previous run with the same settings key (a torn last line is ignored)."""
+def read_records(out: Path) -> tuple[list[dict[str, Any]], list[int]]:
+    """The records of ``out/results.jsonl`` and the numbers (1-based) of lines that are not valid
+    JSON records (torn by a kill during the append); those are reported and skipped."""
     path = out / LINES
-    done: dict[str, dict[str, Any]] = {}
     if not path.is_file():
-        return done
-    for line in path.read_text(encoding="utf-8").splitlines():
+        return [], []
+    records, torn = [], []
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
         try:
             record = json.loads(line)
         except json.JSONDecodeError:
+            record = None
+        if not isinstance(record, dict) or "concept" not in record:
+            torn.append(number)
             continue
+        records.append(record)
+    if torn:
+        logger.warning(
+            "%s: skipped line(s) %s, not complete records (a run killed while writing?); those concepts "
+            "count as not finished.",
+            path,
+            torn,
+        )
+    return records, torn
+
+
+def read_finished(out: Path, key: str) -> dict[str, dict[str, Any]]:
+    """Finished concepts of a previous run with the same settings key (torn lines are skipped)."""
+    done: dict[str, dict[str, Any]] = {}
+    for record in read_records(out)[0]:
         if record.get("settings_key") != key:
             raise EvaluationInputError(
                 f"{out} holds a sweep with other settings ({record.get('settings_key')} != {key}); pass --overwrite "
@@ -127,24 +170,35 @@ def read_finished(out: Path, key: str) -> dict[str, dict[str, Any]]:
     return done
 
 
+#: What a sweep directory holds (its marker lists these; ``concepts/*`` are marked outputs themselves).
+SWEEP_FILES = (MANIFEST, LINES, TABLE)
+
+
 def prepare_out(out: Path, key: str, *, overwrite: bool) -> dict[str, dict[str, Any]]:
-    """Create/clean ``out``; return the concepts already finished there."""
+    """Clean (``overwrite``) or check ``out`` (the caller holds its lock); return the finished concepts.
+
+    Only hirm's own files are ever deleted: ``--overwrite`` on a directory holding anything else is refused.
+    """
     if out.exists() and not out.is_dir():
         raise EvaluationInputError(f"{out} is a file; --out of a sweep is a directory.")
-    if out.exists() and overwrite:
-        shutil.rmtree(out)
-    if out.exists():
-        manifest = out / MANIFEST
-        if not manifest.is_file():
-            if any(out.iterdir()):
-                raise EvaluationInputError(
-                    f"{out} exists and is not a sweep directory; pass --overwrite or another --out."
-                )
-        elif json.loads(manifest.read_text()).get("settings_key") != key:
+    if overwrite:
+        check_replaceable(out)
+        for entry in out.iterdir():
+            if entry.name == LOCK:
+                continue
+            shutil.rmtree(entry) if entry.is_dir() and not entry.is_symlink() else entry.unlink()
+    others = [p.name for p in out.iterdir() if p.name not in (LOCK, MARKER, *SWEEP_FILES, "concepts")]
+    if not (out / MANIFEST).is_file():
+        if others or (out / LINES).exists():
             raise EvaluationInputError(
-                f"{out} holds a sweep with other settings; pass --overwrite to start again or choose another --out."
+                f"{out} exists and is not a sweep directory; choose another --out (or --overwrite one "
+                "written by hirm)."
             )
-    out.mkdir(parents=True, exist_ok=True)
+    elif read_json(out / MANIFEST, "a sweep manifest").get("settings_key") != key:
+        raise EvaluationInputError(
+            f"{out} holds a sweep with other settings; pass --overwrite to start again or choose another --out."
+        )
+    write_marker(out, "sweep", files=SWEEP_FILES, dirs=["concepts"])
     return read_finished(out, key)
 
 
@@ -191,11 +245,9 @@ def _fmt(value: float | None) -> str:
     return "" if value is None else f"{value:.6f}"
 
 
-def append_line(out: Path, record: Mapping[str, Any]) -> None:
-    with (out / LINES).open("a", encoding="utf-8") as handle:
-        handle.write(json.dumps(json.loads(dump_json(record))) + "\n")
-        handle.flush()
-        os.fsync(handle.fileno())
+def append_record(out: Path, record: Mapping[str, Any]) -> None:
+    """One JSON line in ``results.jsonl``, durably, always starting on a fresh line."""
+    append_line(out / LINES, json.dumps(json.loads(dump_json(record))))
 
 
 def run_sweep(
@@ -222,6 +274,8 @@ def run_sweep(
     from hirm.evaluation.generation import distributed_state
 
     state = distributed_state()
+    if erase_fn is None:
+        check_target(target)
     dev = resolve_device(device)
     canvas, judges = default_canvas_and_judges(model, canvas, judges, dev)
     names = sweep_concepts(canvas, domain, concepts, limit)
@@ -240,71 +294,87 @@ def run_sweep(
         }
     )
     out = Path(out)
-    done = prepare_out(out, key, overwrite=overwrite) if state.is_main_process else {}
-    state.wait_for_everyone()
-    if not state.is_main_process:
-        done = read_finished(out, key)
-    evaluator = CanvasEvaluator(
-        pipe,
-        canvas=canvas,
-        judges=judges,
-        settings=settings,
-        cache=make_cache(cache_dir, path, use_cache),
-        progress=progress,
-    )
-    meta = run_metadata(
-        model=str(model),
-        model_path=path,
-        settings={
-            **settings.to_dict(),
-            "method": method,
-            "target": target if erase_fn is None else "custom erase_fn",
-            "domain": domain,
-            "scheduler": evaluator.cache_extra["scheduler"],
-        },
-        seeds=settings.seeds,
-    )
-    header = {
-        "method_config": method_config,
-        "kind": "sweep",
-        "settings_key": key,
-        "method": method,
-        "target": target,
-        "domain": domain,
-        "concepts": names,
-        "meta": meta,
-    }
-    records = [done[n] for n in names if n in done]
-    if state.is_main_process:
-        _write_manifest(out, header, records, names)
-
-    start = time.perf_counter()
-    evaluator.baseline()
-    baseline_s = time.perf_counter() - start
-    erase = erase_fn or default_erase(method, dev, target=target, canvas=canvas)
-    handle = None
-    for name in names:
-        if name in done:
-            continue
-        if handle is None:
-            from hirm.adapters.loading import load_model
-
-            handle = load_model(model, device=dev)
-        record = _one_concept(evaluator, erase, handle, name, canvas.domain(name), state)
-        record = {"concept": name, "settings_key": key, **record}
+    if out.exists() and not out.is_dir():
+        raise EvaluationInputError(f"{out} is a file; --out of a sweep is a directory.")
+    with ExitStack() as stack:  # the main process holds out/.hirm-lock for the whole run
         if state.is_main_process:
-            _write_concept(
-                out, name, record.pop("_result"), record.pop("_images"), record.pop("_patch"), save_patches
-            )
-            append_line(out, record)
-            records.append(record)
-            write_table(out, records)
-            _write_manifest(out, header, records, names, baseline_s=baseline_s)
-        else:
-            for k in ("_result", "_images", "_patch"):
-                record.pop(k)
+            stack.enter_context(directory_lock(out, "hirm sweep"))
+        done = prepare_out(out, key, overwrite=overwrite) if state.is_main_process else {}
         state.wait_for_everyone()
-    return json.loads((out / MANIFEST).read_text()) if state.is_main_process else header
+        if not state.is_main_process:
+            done = read_finished(out, key)
+        evaluator = CanvasEvaluator(
+            pipe,
+            canvas=canvas,
+            judges=judges,
+            settings=settings,
+            cache=make_cache(cache_dir, path, use_cache),
+            progress=progress,
+        )
+        meta = run_metadata(
+            model=str(model),
+            model_path=path,
+            settings={
+                **settings.to_dict(),
+                "method": method,
+                "target": target if erase_fn is None else "custom erase_fn",
+                "domain": domain,
+                "scheduler": evaluator.cache_extra["scheduler"],
+            },
+            seeds=settings.seeds,
+        )
+        header = {
+            "method_config": method_config,
+            "kind": "sweep",
+            "settings_key": key,
+            "method": method,
+            "target": target,
+            "domain": domain,
+            "concepts": names,
+            "meta": meta,
+        }
+        records = [done[n] for n in names if n in done]
+        if state.is_main_process:
+            _write_manifest(out, header, records, names)
+
+        start = time.perf_counter()
+        evaluator.baseline()
+        baseline_s = time.perf_counter() - start
+        erase = erase_fn or default_erase(method, dev, target=target, canvas=canvas)
+        handle = None
+        for name in names:
+            if name in done:
+                continue
+            if handle is None:
+                from hirm.adapters.loading import load_model
+
+                handle = load_model(model, device=dev)
+            record = _one_concept(evaluator, erase, handle, name, canvas.domain(name), state)
+            record = {"concept": name, "settings_key": key, **record}
+            if state.is_main_process:
+                _write_concept(
+                    out,
+                    name,
+                    record.pop("_result"),
+                    record.pop("_images"),
+                    record.pop("_patch"),
+                    save_patches,
+                )
+                append_record(out, record)
+                records = _present(out, names)
+                write_table(out, records)
+                _write_manifest(out, header, records, names, baseline_s=baseline_s)
+            else:
+                for k in ("_result", "_images", "_patch"):
+                    record.pop(k)
+            state.wait_for_everyone()
+        return json.loads((out / MANIFEST).read_text()) if state.is_main_process else header
+
+
+def _present(out: Path, names: Sequence[str]) -> list[dict[str, Any]]:
+    """The records in ``results.jsonl`` of the concepts in ``names`` (in that order, the last of each)."""
+    latest = {r["concept"]: r for r in read_records(out)[0]}
+    return [latest[n] for n in names if n in latest]
 
 
 def _method_config(method: str) -> dict[str, Any] | None:
@@ -348,7 +418,7 @@ def _one_concept(
 
 def _write_concept(out: Path, name: str, result: dict, images: dict, patch: Any, save_patch: bool) -> None:
     result = {"kind": "canvas", "complete": True, **result}
-    with atomic_path(out / "concepts" / name, overwrite=True, directory=True) as tmp:
+    with atomic_path(out / "concepts" / name, overwrite=True, directory=True, kind="sweep-concept") as tmp:
         fill_canvas_dir(tmp, result, images)
         if save_patch:
             patch.save(tmp / "patch.safetensors")
@@ -377,18 +447,23 @@ def _write_manifest(
 
 
 def read_sweep(out: str | os.PathLike) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-    """The manifest and the per-concept records of a sweep directory."""
+    """The manifest and the per-concept records of a sweep directory; ``complete``, ``finished`` and the
+    aggregates are recomputed from the records actually present (``torn_lines``: skipped lines)."""
     out = Path(out)
     if not (out / MANIFEST).is_file():
         raise EvaluationInputError(f"{out} is not a sweep directory (no {MANIFEST}).")
-    manifest = json.loads((out / MANIFEST).read_text())
-    records = []
-    if (out / LINES).is_file():
-        for line in (out / LINES).read_text().splitlines():
-            try:
-                records.append(json.loads(line))
-            except json.JSONDecodeError:
-                continue
+    manifest = read_json(out / MANIFEST, "a sweep manifest")
+    records, torn = read_records(out)
+    key = manifest.get("settings_key")
+    records = [r for r in records if r.get("settings_key", key) == key]
+    finished = [r["concept"] for r in records]
+    manifest.update(
+        complete=set(finished) >= set(manifest.get("concepts", [])),
+        finished=finished,
+        aggregate=aggregate(records, "summary"),
+        aggregate_original=aggregate(records, "baseline"),
+        torn_lines=torn,
+    )
     return manifest, records
 
 

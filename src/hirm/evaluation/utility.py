@@ -14,7 +14,6 @@ Prompts: the package's 1,000-row COCO-10k subset by default (``--prompts`` for t
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
@@ -80,12 +79,16 @@ class ClipScorer:
         path = Path(path)
         if not (path / "config.json").is_file():
             raise EvaluationInputError(f"{path} is not a CLIPModel directory (no config.json).")
-        model = CLIPModel.from_pretrained(str(path)).to(device)
+        from hirm.adapters.loading import load_kwargs, weight_files
+        from hirm.io import read_json
+
+        weight_files(path)  # safetensors only: a pickle-only directory is refused
+        model = CLIPModel.from_pretrained(str(path), **load_kwargs(torch.float32)).to(device)
         tokenizer = AutoTokenizer.from_pretrained(str(path))
         mean, std = (0.5, 0.5, 0.5), (0.5, 0.5, 0.5)
         pre = path / "preprocessor_config.json"
         if pre.is_file():
-            cfg = json.loads(pre.read_text())
+            cfg = read_json(pre, "a CLIP preprocessor config")
             mean, std = cfg.get("image_mean", mean), cfg.get("image_std", std)
         return cls(model, tokenizer, mean=mean, std=std, name=str(path))
 
