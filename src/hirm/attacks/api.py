@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -28,13 +29,20 @@ from hirm.attacks.targets import AttackTarget, canvas_target, prompt_target
 from hirm.evaluation.common import EvaluationInputError, read_result
 
 
-def default_target(model: str, concept: str, kind: str | None, seeds: Sequence[int] | None) -> AttackTarget:
+def default_target(
+    model: str,
+    concept: str,
+    kind: str | None = None,
+    seeds: Sequence[int] | None = None,
+    train_seeds: Sequence[int] | None = None,
+) -> AttackTarget:
     """The miniature world's grid prompts for one of its concepts; elsewhere generic captions of ``kind``."""
+    given = {k: tuple(v) for k, v in (("seeds", seeds), ("train_seeds", train_seeds)) if v}
     if str(model) == "minicanvas":
         from hirm.evaluation.canvas_grid import Canvas
 
-        return canvas_target(Canvas.from_world(), concept, **({"seeds": tuple(seeds)} if seeds else {}))
-    return prompt_target(concept, kind or "object", **({"seeds": tuple(seeds)} if seeds else {}))
+        return canvas_target(Canvas.from_world(), concept, **given)
+    return prompt_target(concept, kind or "object", **given)
 
 
 def default_judge(model: str, target: AttackTarget, device: torch.device) -> ConceptJudge:
@@ -63,6 +71,7 @@ def run_attack(
     sampler: Sampler | None = None,
     kind: str | None = None,
     seeds: Sequence[int] | None = None,
+    train_seeds: Sequence[int] | None = None,
     seed: int = 0,
     time_limit: float | None = None,
     limit: int | None = None,
@@ -70,6 +79,7 @@ def run_attack(
     progress: bool = True,
     overwrite: bool = False,
     pipe: Any = None,
+    cache_dir: str | os.PathLike | None = None,
 ) -> dict[str, Any]:
     """Run (or resume) ``attack`` against ``model`` with ``patches`` applied; returns the result dict.
 
@@ -83,10 +93,12 @@ def run_attack(
         config: the attack's config (default: its CPU-budget defaults).
         sampler: sampler settings of every image (default: the model's protocol settings).
         seeds: evaluation seeds when ``target`` is a name.
+        train_seeds: seeds of the original-model images textual inversion learns from (``target`` a name).
         seed: seeds the attack's own randomness.
         time_limit: seconds for this call; the run stops cleanly (``complete: false``) and resumes later.
         limit: attack only the first N prompts.
         pipe: an already loaded pipeline of ``model`` (reused, e.g. by the benchmark; restored after).
+        cache_dir: where searches that never see the erasure (Ring-A-Bell's) are shared between runs.
     """
     from hirm.adapters.loading import load_model
     from hirm.evaluation.canvas import load_patches, patched
@@ -105,7 +117,7 @@ def run_attack(
     if isinstance(target, str):
         if not target:
             raise EvaluationInputError("Give the erased concept to attack (--concept).")
-        target = default_target(str(model), target, kind, seeds)
+        target = default_target(str(model), target, kind, seeds, train_seeds)
     target = target.limit(limit)
     sampler = sampler or Sampler.for_model(str(model))
     judge = judge or default_judge(str(model), target, device)
@@ -117,6 +129,7 @@ def run_attack(
     )  # fmt: skip
     run = AttackRun(out, manifest, overwrite=overwrite)
     ctx = AttackContext(pipe, target, judge, sampler, run, Budget(time_limit), seed, progress)
+    ctx.cache_dir = None if cache_dir is None else Path(cache_dir)
     timing = run.load_json("timing.json") or {"original": 0.0, "prepare": 0.0, "items": 0.0}
     message, prepared = None, None
     try:
@@ -256,8 +269,6 @@ def _found_tokens(records):
 
 def read_attack(path: str | os.PathLike) -> dict[str, Any]:
     """Read an attack's ``result.json`` (a run directory or the file)."""
-    from pathlib import Path
-
     path = Path(path)
     data = read_result(path / RESULT if path.is_dir() else path)
     if data.get("kind") != "attack":

@@ -34,13 +34,12 @@ from tqdm.auto import tqdm
 
 from hirm.attacks.diffusion import denoising_loss, encode_images, training_scheduler
 from hirm.attacks.registry import AttackSpec, register
-from hirm.attacks.run import AttackContext, Interrupted, ItemOutcome
+from hirm.attacks.run import AttackContext, Interrupted, ItemOutcome, clear_search, load_search, save_search
 from hirm.attacks.targets import AttackItem, AttackTarget
 from hirm.attacks.text import as_batch, encode, slot_id, token_embedding, with_slots, word_ids
 
 #: Word the new vectors start from when none is given (the reference initialises styles from "art").
 DEFAULT_INITIALIZER = {"style": "art", "object": "object", "nudity": "person"}
-CHECKPOINT = "checkpoint.safetensors"
 
 
 @dataclass(frozen=True)
@@ -182,14 +181,15 @@ def prepare(ctx: AttackContext, config: EmbeddingAttackConfig, original: dict[st
         weight_decay=config.weight_decay,
     )
     generator = torch.Generator(device="cpu").manual_seed(ctx.item_seed(-1))
-    start, losses = _resume(ctx, vectors, optimizer, generator)
+    meta = load_search(ctx.run, vectors, optimizer, generator) or {"step": 0, "losses": []}
+    start, losses = int(meta["step"]), list(meta["losses"])
     scheduler = training_scheduler(ctx.pipe)
     ctx.encoder.requires_grad_(False)
     ctx.unet.requires_grad_(False)
     bar = tqdm(range(start, config.steps), desc="textual inversion", disable=not ctx.progress, leave=False)
     for step in bar:
         if ctx.budget.expired():
-            _checkpoint(ctx, vectors, optimizer, generator, step, losses)
+            save_search(ctx.run, vectors, optimizer, generator, {"step": step, "losses": losses})
             raise Interrupted(f"time limit reached at textual-inversion step {step}")
         optimizer.zero_grad(set_to_none=True)
         total = 0.0
@@ -207,39 +207,12 @@ def prepare(ctx: AttackContext, config: EmbeddingAttackConfig, original: dict[st
         losses.append(total)
         bar.set_postfix(loss=f"{total:.4g}")
         if (step + 1) % config.checkpoint_every == 0 and step + 1 < config.steps:
-            _checkpoint(ctx, vectors, optimizer, generator, step + 1, losses)
+            save_search(ctx.run, vectors, optimizer, generator, {"step": step + 1, "losses": losses})
     result = vectors.detach().cpu()
     ctx.run.save_tensors("embedding.safetensors", {"vectors": result})
     ctx.run.save_json("embedding.json", {"steps": config.steps, "losses": losses})
-    ctx.run.remove(CHECKPOINT)
-    ctx.run.remove("checkpoint.json")
+    clear_search(ctx.run)
     return result
-
-
-def _checkpoint(ctx, vectors, optimizer, generator, step: int, losses: list[float]) -> None:
-    state = optimizer.state[vectors]
-    tensors = {"vectors": vectors.detach().cpu(), "rng": generator.get_state()}
-    if state:
-        tensors |= {"exp_avg": state["exp_avg"].cpu(), "exp_avg_sq": state["exp_avg_sq"].cpu()}
-        tensors["adam_step"] = torch.as_tensor(state["step"]).reshape(1).float().cpu()
-    ctx.run.save_tensors(CHECKPOINT, tensors)
-    ctx.run.save_json("checkpoint.json", {"step": step, "losses": losses})
-
-
-def _resume(ctx, vectors, optimizer, generator) -> tuple[int, list[float]]:
-    saved, meta = ctx.run.load_tensors(CHECKPOINT), ctx.run.load_json("checkpoint.json")
-    if saved is None or meta is None:
-        return 0, []
-    with torch.no_grad():
-        vectors.copy_(saved["vectors"].to(vectors.device))
-    generator.set_state(saved["rng"])
-    if "exp_avg" in saved:
-        optimizer.state[vectors] = {
-            "step": saved["adam_step"].reshape(()).clone(),
-            "exp_avg": saved["exp_avg"].to(vectors.device),
-            "exp_avg_sq": saved["exp_avg_sq"].to(vectors.device),
-        }
-    return int(meta["step"]), list(meta["losses"])
 
 
 def attack_batch(

@@ -25,8 +25,9 @@ from __future__ import annotations
 
 import copy
 import hashlib
+import json
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, replace
 from typing import Any, Literal
 
@@ -39,6 +40,7 @@ from hirm.attacks.registry import AttackSpec, nothing, register
 from hirm.attacks.run import AttackContext, Interrupted, ItemOutcome
 from hirm.attacks.targets import AttackItem
 from hirm.attacks.text import decode, encode, token_embedding, vocabulary_ids
+from hirm.io import write_atomic
 
 
 @dataclass(frozen=True)
@@ -100,9 +102,14 @@ def concept_vector(encoder: nn.Module, ctx: AttackContext, pairs) -> Tensor:
 
 
 def original(ctx: AttackContext, config: RingABellConfig) -> dict[str, Any]:
-    """A frozen copy of the original text encoder and the concept vector (L, D)."""
+    """A frozen copy of the original text encoder, the concept vector (L, D) and the encoder's fingerprint."""
+    from hirm.core.patch import component_parameters, fingerprint
+
     encoder = copy.deepcopy(ctx.encoder).eval().requires_grad_(False)
-    return {"encoder": encoder, "vector": concept_vector(encoder, ctx, ctx.target.pairs)}
+    vector = concept_vector(encoder, ctx, ctx.target.pairs)
+    digest = fingerprint(component_parameters(encoder))[:16]
+    pairs = hashlib.sha256(json.dumps(ctx.target.pairs).encode()).hexdigest()[:8]
+    return {"encoder": encoder, "vector": vector, "fingerprint": f"{digest}-{pairs}"}
 
 
 def _autocast_dtype(config: RingABellConfig, device: torch.device) -> torch.dtype | None:
@@ -138,8 +145,14 @@ def genetic_search(
     *,
     budget,
     progress: bool,
+    state: dict[str, Any] | None = None,
+    checkpoint: Callable[[dict[str, Any]], None] | None = None,
 ) -> tuple[list[int], float, list[float]]:
-    """The best token sequence's K tokens, its fitness, and the best fitness per generation."""
+    """The best token sequence's K tokens, its fitness, and the best fitness per generation.
+
+    ``state`` (population, generation, history, random state) continues an interrupted search; when
+    the budget runs out the current state is handed to ``checkpoint`` before :class:`Interrupted`.
+    """
     vocab = vocabulary_ids(tokenizer, token_embedding(encoder).num_embeddings).numpy()
     length, k = tokenizer.model_max_length, config.length
     if k + 2 > length:
@@ -153,12 +166,23 @@ def genetic_search(
             row[2 + k :] = tokenizer.pad_token_id
         return row
 
-    population = [individual() for _ in range(config.population)]
-    history: list[float] = []
-    bar = tqdm(range(config.generations), desc="Ring-A-Bell search", disable=not progress, leave=False)
+    if state is None:
+        population, history, first = [individual() for _ in range(config.population)], [], 0
+    else:
+        rng.bit_generator.state = state["rng"]
+        population = [np.asarray(row, dtype=np.int64) for row in state["population"]]
+        history, first = list(state["history"]), int(state["generation"])
+    bar = tqdm(range(first, config.generations), desc="Ring-A-Bell search", disable=not progress, leave=False)
     for generation in bar:
         if budget.expired():
             bar.close()
+            if checkpoint is not None:
+                checkpoint({
+                    "generation": generation,
+                    "history": history,
+                    "population": [row.tolist() for row in population],
+                    "rng": rng.bit_generator.state,
+                })  # fmt: skip
             raise Interrupted(f"time limit reached at Ring-A-Bell generation {generation}")
         scores = fitness(encoder, torch.from_numpy(np.stack(population)), target, config).numpy()
         order = np.argsort(scores, kind="stable")
@@ -195,28 +219,56 @@ def _mutate(population: list[np.ndarray], config: RingABellConfig, rng: np.rando
 def search(
     ctx: AttackContext, config: RingABellConfig, original: dict[str, Any], benign: str
 ) -> dict[str, Any]:
-    """The genetic search for one benign prompt, cached in the run directory (``search/<hash>.json``)."""
+    """The genetic search for one benign prompt, cached in the run directory (``search/<hash>.json``).
+
+    The search sees only the original text encoder, never the erasure, so with a shared cache
+    (``run_attack(cache_dir=...)``) one search serves every erased model of the same base model.
+    """
     key = hashlib.sha256(benign.encode()).hexdigest()[:16]
     name = f"search/{key}.json"
     found = ctx.run.load_json(name)
-    if found is not None:
-        return found
-    encoder = original["encoder"]
-    with torch.no_grad():
-        target = encode(encoder, ctx.ids([benign])).float() + config.eta * original["vector"]
-    rng = np.random.default_rng(ctx.item_seed(int(key, 16) & 0x7FFFFFFF, 1))
-    tokens, loss, history = genetic_search(
-        encoder, ctx.tokenizer, target, config, rng, budget=ctx.budget, progress=ctx.progress
-    )
-    found = {
-        "benign": benign,
-        "tokens": tokens,
-        "prompt": decode(ctx.tokenizer, tokens),
-        "loss": loss,
-        "history": history,
-    }
+    shared = None
+    if found is None and ctx.cache_dir is not None:
+        shared = (
+            ctx.cache_dir
+            / "ringabell"
+            / original["fingerprint"]
+            / _config_key(config, ctx.seed)
+            / f"{key}.json"
+        )
+        if shared.is_file():
+            found = json.loads(shared.read_text(encoding="utf-8"))
+    if found is None:
+        encoder = original["encoder"]
+        with torch.no_grad():
+            target = encode(encoder, ctx.ids([benign])).float() + config.eta * original["vector"]
+        rng = np.random.default_rng(ctx.item_seed(int(key, 16) & 0x7FFFFFFF, 1))
+        partial = f"search/{key}.partial.json"
+        tokens, loss, history = genetic_search(
+            encoder, ctx.tokenizer, target, config, rng, budget=ctx.budget, progress=ctx.progress,
+            state=ctx.run.load_json(partial), checkpoint=lambda state: ctx.run.save_json(partial, state),
+        )  # fmt: skip
+        ctx.run.remove(partial)
+        found = {
+            "benign": benign,
+            "tokens": tokens,
+            "prompt": decode(ctx.tokenizer, tokens),
+            "loss": loss,
+            "history": history,
+        }
+        if shared is not None:
+            shared.parent.mkdir(parents=True, exist_ok=True)
+            write_atomic(
+                shared, lambda tmp: tmp.write_text(json.dumps(found), encoding="utf-8"), overwrite=True
+            )
     ctx.run.save_json(name, found)
     return found
+
+
+def _config_key(config: RingABellConfig, seed: int) -> str:
+    """The search's settings (batch size and precision aside, which do not change what is searched for)."""
+    fields = {k: v for k, v in config.to_dict().items() if k != "batch_size"}
+    return hashlib.sha256(json.dumps([fields, seed], sort_keys=True).encode()).hexdigest()[:16]
 
 
 def benign_prompt(item: AttackItem, concept: str) -> str:

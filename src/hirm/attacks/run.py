@@ -46,6 +46,7 @@ from hirm.io import OutputExistsError, write_atomic
 
 MANIFEST = "attack.json"
 RESULT = "result.json"
+CHECKPOINT, CHECKPOINT_META = "checkpoint.safetensors", "checkpoint.json"
 Z95 = 1.959963984540054
 
 
@@ -199,6 +200,51 @@ class AttackRun:
             path.unlink()
 
 
+# ------------------------------------------------------------------------------- checkpoints
+
+
+def save_search(
+    run: AttackRun,
+    param: Tensor,
+    optimizer: torch.optim.Optimizer,
+    generator: torch.Generator,
+    meta: Mapping[str, Any],
+) -> None:
+    """Checkpoint of a one-tensor search (its value, Adam moments, random state) and ``meta``."""
+    state = optimizer.state[param]
+    tensors = {"param": param.detach().cpu(), "rng": generator.get_state()}
+    if state:
+        tensors |= {k: state[k].detach().cpu() for k in ("exp_avg", "exp_avg_sq")}
+        tensors["adam_step"] = torch.as_tensor(state["step"], dtype=torch.float64).reshape(1).cpu()
+    run.save_tensors(CHECKPOINT, tensors)
+    run.save_json(CHECKPOINT_META, dict(meta))
+
+
+def load_search(
+    run: AttackRun, param: Tensor, optimizer: torch.optim.Optimizer, generator: torch.Generator
+) -> dict[str, Any] | None:
+    """Restore a checkpoint written by :func:`save_search` into ``param``/``optimizer``/``generator``;
+    returns its ``meta`` (``None``: no checkpoint)."""
+    saved, meta = run.load_tensors(CHECKPOINT), run.load_json(CHECKPOINT_META)
+    if saved is None or meta is None:
+        return None
+    with torch.no_grad():
+        param.copy_(saved["param"].to(param.device))
+    generator.set_state(saved["rng"])
+    if "exp_avg" in saved:
+        optimizer.state[param] = {
+            "step": saved["adam_step"].reshape(()).float(),
+            "exp_avg": saved["exp_avg"].to(param.device),
+            "exp_avg_sq": saved["exp_avg_sq"].to(param.device),
+        }
+    return meta
+
+
+def clear_search(run: AttackRun) -> None:
+    run.remove(CHECKPOINT)
+    run.remove(CHECKPOINT_META)
+
+
 # ------------------------------------------------------------------------------------- context
 
 
@@ -214,6 +260,7 @@ class AttackContext:
     budget: Budget
     seed: int
     progress: bool = True
+    cache_dir: Path | None = None
     _uncond: dict[str, Tensor] = field(default_factory=dict, repr=False)
 
     @property

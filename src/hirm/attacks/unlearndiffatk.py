@@ -35,7 +35,15 @@ from tqdm.auto import tqdm
 
 from hirm.attacks.diffusion import denoising_loss, training_scheduler
 from hirm.attacks.registry import AttackSpec, nothing, register
-from hirm.attacks.run import AttackContext, ItemOutcome
+from hirm.attacks.run import (
+    CHECKPOINT_META,
+    AttackContext,
+    Interrupted,
+    ItemOutcome,
+    clear_search,
+    load_search,
+    save_search,
+)
 from hirm.attacks.targets import AttackItem
 from hirm.attacks.text import as_batch, decode, encode, slot_id, token_embedding, vocabulary_ids, with_prefix
 
@@ -109,6 +117,11 @@ class _SampleOneHot(torch.autograd.Function):
         return grad.clamp(-1.0, 1.0), None
 
 
+def _checkpoint_of(ctx: AttackContext, index: int) -> bool:
+    meta = ctx.run.load_json(CHECKPOINT_META)
+    return meta is not None and meta.get("index") == index
+
+
 def original(ctx: AttackContext, config: UnlearnDiffAtkConfig) -> dict[str, Tensor]:
     """The original model's latents (N, C, h, w) of every attacked prompt (its own seed and guidance)."""
     cached = ctx.run.load_tensors("original.safetensors")
@@ -146,36 +159,45 @@ def attack(
     probs.requires_grad_(True)
     optimizer = torch.optim.Adam([probs], lr=config.lr, weight_decay=config.weight_decay)
     scheduler = training_scheduler(ctx.pipe)
-    losses: list[float] = []
-    image, success, text, tokens = None, False, item.prompt, []
     timesteps = config.timesteps(scheduler.config.num_train_timesteps)
+    # A checkpoint of this item (an earlier call ran out of time) continues where it stopped.
+    meta = load_search(ctx.run, probs, optimizer, generator) if _checkpoint_of(ctx, index) else None
+    meta = meta or {"index": index, "step": 0, "total": 0.0, "losses": []}
+    losses: list[float] = list(meta["losses"])
+    image, success, text, tokens = None, False, item.prompt, []
+    steps = len(timesteps) * config.iterations
     bar = tqdm(
-        total=len(timesteps) * config.iterations,
-        desc=f"prompt {index}",
-        disable=not ctx.progress,
-        leave=False,
+        total=steps, initial=meta["step"], desc=f"prompt {index}", disable=not ctx.progress, leave=False
     )
-    for t in timesteps:
-        total = 0.0
-        for _ in range(config.iterations):
-            if ctx.budget.expired():
-                bar.close()
-                from hirm.attacks.run import Interrupted
-
-                raise Interrupted(f"time limit reached while attacking prompt {index}")
-            optimizer.zero_grad(set_to_none=True)
-            one_hot = _SampleOneHot.apply(probs, generator)
-            cond = encode(ctx.encoder, ids, mask, (one_hot @ table)[None])
-            noise = torch.randn(x0.shape, generator=generator).to(device)
-            loss = denoising_loss(ctx.unet, scheduler, x0, cond, torch.tensor([t], device=device), noise)
-            (grad,) = torch.autograd.grad(loss, [probs])
-            probs.grad = grad
-            optimizer.step()
-            with torch.no_grad():
-                probs.copy_(project_simplex(probs))
-            total += loss.item()
-            bar.update(1)
+    total = float(meta["total"])
+    for step in range(int(meta["step"]), steps):
+        t = timesteps[step // config.iterations]
+        if ctx.budget.expired():
+            bar.close()
+            save_search(
+                ctx.run,
+                probs,
+                optimizer,
+                generator,
+                {"index": index, "step": step, "total": total, "losses": losses},
+            )
+            raise Interrupted(f"time limit reached while attacking prompt {index}")
+        optimizer.zero_grad(set_to_none=True)
+        one_hot = _SampleOneHot.apply(probs, generator)
+        cond = encode(ctx.encoder, ids, mask, (one_hot @ table)[None])
+        noise = torch.randn(x0.shape, generator=generator).to(device)
+        loss = denoising_loss(ctx.unet, scheduler, x0, cond, torch.tensor([t], device=device), noise)
+        (grad,) = torch.autograd.grad(loss, [probs])
+        probs.grad = grad
+        optimizer.step()
+        with torch.no_grad():
+            probs.copy_(project_simplex(probs))
+        total += loss.item()
+        bar.update(1)
+        if (step + 1) % config.iterations:
+            continue
         losses.append(total / config.iterations)
+        total = 0.0
         tokens = vocab[probs.detach().argmax(dim=-1)].tolist()
         text = f"{decode(ctx.tokenizer, tokens)} {item.prompt}".strip()
         attacked = as_batch([with_prefix(ctx.tokenizer, item.prompt, tokens)], device)
@@ -186,6 +208,7 @@ def attack(
         if success and config.stop_on_success:
             break
     bar.close()
+    clear_search(ctx.run)
     return ItemOutcome(
         attacked_prompt=text,
         success=success,
