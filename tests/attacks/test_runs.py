@@ -86,10 +86,17 @@ def test_interrupted_runs_resume_to_the_uninterrupted_result(name, sd_dir, targe
         assert "re-run the same command" in part["message"] and rounds < 30
     assert rounds > 1, "the budget should have interrupted the run at least once"
     keys = ("prompt", "seed", "attacked_prompt", "before", "after", "success")
-    assert [{k: r[k] for k in keys} for r in part["items"]] == [{k: r[k] for k in keys} for r in whole["items"]]
+    assert [{k: r[k] for k in keys} for r in part["items"]] == [
+        {k: r[k] for k in keys} for r in whole["items"]
+    ]
     for a, b in zip(whole["items"], part["items"]):
-        assert (tmp_path / "whole" / a["images"]["after"]).read_bytes() == (tmp_path / "parts" / b["images"]["after"]).read_bytes()
-    found_a, found_b = load_file(str(tmp_path / "whole" / "found.safetensors")), load_file(str(tmp_path / "parts" / "found.safetensors"))
+        assert (tmp_path / "whole" / a["images"]["after"]).read_bytes() == (
+            tmp_path / "parts" / b["images"]["after"]
+        ).read_bytes()
+    found_a, found_b = (
+        load_file(str(tmp_path / "whole" / "found.safetensors")),
+        load_file(str(tmp_path / "parts" / "found.safetensors")),
+    )
     assert found_a.keys() == found_b.keys()
     for key in found_a:
         torch.testing.assert_close(found_a[key], found_b[key], rtol=0, atol=0)
@@ -149,6 +156,13 @@ def test_bad_inputs_are_one_line_errors(sd_dir, target, tmp_path):
     with pytest.raises(EvaluationInputError, match="No default judge"):
         run_attack("prompts", str(sd_dir), "cat", out=tmp_path / "y", progress=False)
     with pytest.raises(TypeError, match="takes a EmbeddingAttackConfig"):
-        run_attack("embedding", str(sd_dir), target, out=tmp_path / "z", config=CONFIGS["ringabell"], judge=red_judge())
+        run_attack(
+            "embedding",
+            str(sd_dir),
+            target,
+            out=tmp_path / "z",
+            config=CONFIGS["ringabell"],
+            judge=red_judge(),
+        )
     with pytest.raises(ValueError, match="steps must be >= 1"):
         EmbeddingAttackConfig(steps=0)

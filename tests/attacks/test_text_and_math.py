@@ -6,12 +6,19 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import tiny
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-import tiny
-from hirm.attacks.ringabell import RingABellConfig, _crossover, _mutate, concept_vector, fitness, genetic_search
+from hirm.attacks.ringabell import (
+    RingABellConfig,
+    _crossover,
+    _mutate,
+    concept_vector,
+    fitness,
+    genetic_search,
+)
 from hirm.attacks.run import Budget, derived_seed, wilson_interval
 from hirm.attacks.text import (
     as_batch,
@@ -67,7 +74,11 @@ def test_slots_without_placeholder_go_first_and_twice_is_an_error(tokenizer):
 def test_prefix_layout_and_length_check(tokenizer):
     prefix = word_ids(tokenizer, "blue green")
     ids = with_prefix(tokenizer, "a cat", prefix)
-    assert ids[0] == tokenizer.bos_token_id and ids[1:3] == prefix and decode(tokenizer, ids) == "blue green a cat"
+    assert (
+        ids[0] == tokenizer.bos_token_id
+        and ids[1:3] == prefix
+        and decode(tokenizer, ids) == "blue green a cat"
+    )
     assert len(ids) == tokenizer.model_max_length
     from hirm.core.encoder import ConceptError
 
@@ -134,7 +145,10 @@ def test_concept_vector_is_the_mean_difference(tokenizer, encoder):
     ctx = _Ctx(tokenizer)
     got = concept_vector(encoder, ctx, pairs)
     with torch.no_grad():
-        a, b = encode(encoder, ctx.ids([p for p, _ in pairs])), encode(encoder, ctx.ids([q for _, q in pairs]))
+        a, b = (
+            encode(encoder, ctx.ids([p for p, _ in pairs])),
+            encode(encoder, ctx.ids([q for _, q in pairs])),
+        )
     torch.testing.assert_close(got, (a - b).mean(0))
     with pytest.raises(ValueError, match="prompt pairs"):
         concept_vector(encoder, ctx, [])

@@ -23,7 +23,14 @@ def shared(tmp_path_factory):
 
 def _attack(name, target, patch, out, cache):
     return run_attack(
-        name, "minicanvas", target, out=out, patches=[patch], config=FAST[name], progress=False, cache_dir=cache
+        name,
+        "minicanvas",
+        target,
+        out=out,
+        patches=[patch],
+        config=FAST[name],
+        progress=False,
+        cache_dir=cache,
     )
 
 
@@ -37,7 +44,9 @@ def test_attack_recovers_a_weakly_erased_concept(name, weak_patch, cats_target, 
 
 
 @pytest.mark.parametrize("name", sorted(FAST))
-def test_attack_finds_nothing_where_the_concept_never_existed(name, never_patch, cats_target, tmp_path, shared):
+def test_attack_finds_nothing_where_the_concept_never_existed(
+    name, never_patch, cats_target, tmp_path, shared
+):
     result = _attack(name, cats_target.limit(2), never_patch, tmp_path / name, shared)
     assert result["complete"] and result["asr"]["n"] == 2
     assert result["asr"]["k"] == 0, result["items"]
