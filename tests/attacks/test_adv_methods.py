@@ -167,3 +167,4 @@ def test_registered_and_validated():
         **{**HardenedHiRMConfig().to_dict(), "hirm": HardenedHiRMConfig().to_dict()["hirm"]}
     )
     assert restored == HardenedHiRMConfig()
+    assert HardenedHiRMConfig(hirm={"steps": 7}).hirm == HiRMConfig(steps=7)

@@ -77,8 +77,8 @@ class HardenedHiRMConfig:
     attack_init: Literal["concept", "random"] = "concept"
 
     def __post_init__(self) -> None:
-        if isinstance(self.hirm, dict):  # from JSON (patch metadata, --set)
-            object.__setattr__(self, "hirm", config_from_dict(self.hirm))
+        if isinstance(self.hirm, dict):  # from JSON (patch metadata, --set): fields over the defaults
+            object.__setattr__(self, "hirm", config_from_dict({**asdict(HiRMConfig()), **self.hirm}))
         for name in ("rounds", "attack_tokens", "attack_steps"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}.")
