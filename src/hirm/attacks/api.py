@@ -132,6 +132,7 @@ def run_attack(
     ctx.cache_dir = None if cache_dir is None else Path(cache_dir)
     timing = run.load_json("timing.json") or {"original": 0.0, "prepare": 0.0, "items": 0.0}
     message, prepared = None, None
+    frozen = _freeze(pipe)
     try:
         with _timed(timing, "original"):
             original = spec.original(ctx, config)
@@ -144,7 +145,22 @@ def run_attack(
         message = f"{stop}; re-run the same command to resume"
     finally:
         run.save_json("timing.json", timing)
+        for param, flag in frozen:
+            param.requires_grad_(flag)
     return _finish(ctx, spec, config, manifest, prepared, timing, message)
+
+
+def _freeze(pipe: Any) -> list[tuple[torch.nn.Parameter, bool]]:
+    """Turn gradients off for the pipeline's weights (attacks only differentiate their own inputs);
+    returns the flags to restore."""
+    flags = []
+    for name in ("text_encoder", "unet", "vae"):
+        module = getattr(pipe, name, None)
+        if isinstance(module, torch.nn.Module):
+            for param in module.parameters():
+                flags.append((param, param.requires_grad))
+                param.requires_grad_(False)
+    return flags
 
 
 class _timed:

@@ -184,8 +184,6 @@ def prepare(ctx: AttackContext, config: EmbeddingAttackConfig, original: dict[st
     meta = load_search(ctx.run, vectors, optimizer, generator) or {"step": 0, "losses": []}
     start, losses = int(meta["step"]), list(meta["losses"])
     scheduler = training_scheduler(ctx.pipe)
-    ctx.encoder.requires_grad_(False)
-    ctx.unet.requires_grad_(False)
     bar = tqdm(range(start, config.steps), desc="textual inversion", disable=not ctx.progress, leave=False)
     for step in bar:
         if ctx.budget.expired():

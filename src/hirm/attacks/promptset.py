@@ -46,7 +46,7 @@ def attack_batch(
     items: Sequence[AttackItem],
     befores: Sequence[Any],
 ) -> list[ItemOutcome]:
-    images, verdicts = ctx.judged(ctx.embed([item.prompt for item in items]), items)
+    images, verdicts = ctx.judged(ctx.embed([item.prompt for item in items], truncate=True), items)
     return [ItemOutcome(i.prompt, v, image) for i, v, image in zip(items, verdicts, images, strict=True)]
 
 

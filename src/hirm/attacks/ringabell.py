@@ -289,7 +289,9 @@ def attack_batch(
 ) -> list[ItemOutcome]:
     """Search each distinct benign prompt once, then judge the found prompts on the erased model."""
     found = [search(ctx, config, original, benign_prompt(item, ctx.target.concept)) for item in items]
-    images, verdicts = ctx.judged(ctx.embed([f["prompt"] for f in found]), items)
+    # The decoded prompt is judged as text (as the reference does); re-tokenized byte pieces can make it
+    # longer than the search's K tokens, so it is cut where the pipeline would cut it.
+    images, verdicts = ctx.judged(ctx.embed([f["prompt"] for f in found], truncate=True), items)
     return [
         ItemOutcome(
             attacked_prompt=f["prompt"],

@@ -279,14 +279,17 @@ class AttackContext:
     def device(self) -> torch.device:
         return self.pipe.unet.device
 
-    def ids(self, prompts: Sequence[str]) -> Tensor:
-        """Padded token ids (B, L) of plain prompts."""
-        return as_batch([pad(self.tokenizer, word_ids(self.tokenizer, p)) for p in prompts], self.device)
+    def ids(self, prompts: Sequence[str], *, truncate: bool = False) -> Tensor:
+        """Padded token ids (B, L) of plain prompts; too long is an error unless ``truncate`` (then cut
+        as the pipeline cuts)."""
+        room = self.tokenizer.model_max_length - 2
+        rows = [word_ids(self.tokenizer, p) for p in prompts]
+        return as_batch([pad(self.tokenizer, r[:room] if truncate else r) for r in rows], self.device)
 
     @torch.no_grad()
-    def embed(self, prompts: Sequence[str]) -> Tensor:
+    def embed(self, prompts: Sequence[str], *, truncate: bool = False) -> Tensor:
         """Conditioning (B, L, D) of plain prompts with the current text encoder."""
-        return encode(self.encoder, self.ids(prompts)).detach()
+        return encode(self.encoder, self.ids(prompts, truncate=truncate)).detach()
 
     def uncond(self, state: str) -> Tensor:
         """The empty prompt's conditioning under ``state`` ("original" / "erased"), cached."""
