@@ -26,7 +26,7 @@ import math
 import os
 import shutil
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -382,7 +382,7 @@ def manifest_for(
     key_fields = {
         "attack": attack,
         "config": config.to_dict(),
-        "model": str(model_path),
+        "model": str(model),
         "patches": [i["digest"] for i in infos],
         "target": target.to_dict(),
         "sampler": sampler.to_dict(),
@@ -397,6 +397,3 @@ def manifest_for(
             model=str(model), model_path=model_path, patches=infos, settings=config.to_dict(), seeds=[seed]
         ),
     }
-
-
-ProgressFn = Callable[[int], None]
