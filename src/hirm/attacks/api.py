@@ -268,6 +268,7 @@ def _finish(
         "items": records,
     }
     run.save_json(RESULT, result)
+    run.mark()
     return result
 
 

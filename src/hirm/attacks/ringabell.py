@@ -37,10 +37,9 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from hirm.attacks.registry import AttackSpec, nothing, register
-from hirm.attacks.run import AttackContext, Interrupted, ItemOutcome
+from hirm.attacks.run import AttackContext, Interrupted, ItemOutcome, replace_into
 from hirm.attacks.targets import AttackItem
 from hirm.attacks.text import decode, encode, token_embedding, vocabulary_ids
-from hirm.io import write_atomic
 
 
 @dataclass(frozen=True)
@@ -257,10 +256,8 @@ def search(
             "history": history,
         }
         if shared is not None:
-            shared.parent.mkdir(parents=True, exist_ok=True)
-            write_atomic(
-                shared, lambda tmp: tmp.write_text(json.dumps(found), encoding="utf-8"), overwrite=True
-            )
+            # a shared search cache (cache_dir): one file per search key, replaced atomically
+            replace_into(shared, lambda tmp: tmp.write_text(json.dumps(found), encoding="utf-8"))
     ctx.run.save_json(name, found)
     return found
 

@@ -26,7 +26,7 @@ import math
 import os
 import shutil
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -42,7 +42,7 @@ from hirm.attacks.judges import ConceptJudge
 from hirm.attacks.targets import AttackItem, AttackTarget
 from hirm.attacks.text import as_batch, encode, pad, word_ids
 from hirm.evaluation.common import dump_json, now_iso, patch_info, run_metadata
-from hirm.io import OutputExistsError, write_atomic
+from hirm.io import OutputExistsError, check_replaceable, write_marker
 
 MANIFEST = "attack.json"
 RESULT = "result.json"
@@ -100,21 +100,30 @@ class Interrupted(Exception):
 # ----------------------------------------------------------------------------------- output dir
 
 
-def _write_png(path: Path, image: np.ndarray) -> None:
+def replace_into(path: Path, writer: Callable[[Path], None]) -> None:
+    """Write a file of a run directory atomically (temporary file + rename), replacing the run's own
+    earlier version. Only for files inside a directory this run owns (checked when it was opened)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    Image.fromarray(image).save(tmp, format="PNG")
-    os.replace(tmp, path)
+    try:
+        writer(tmp)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _write_png(path: Path, image: np.ndarray) -> None:
+    replace_into(path, lambda tmp: Image.fromarray(image).save(tmp, format="PNG"))
 
 
 def _write_tensors(path: Path, tensors: Mapping[str, Tensor], meta: Mapping[str, str] | None = None) -> None:
     data = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
-    write_atomic(path, lambda tmp: save_file(data, str(tmp), metadata=dict(meta or {})), overwrite=True)
+    replace_into(path, lambda tmp: save_file(data, str(tmp), metadata=dict(meta or {})))
 
 
 def _write_json(path: Path, data: Any) -> None:
     text = dump_json(data)
-    write_atomic(path, lambda tmp: tmp.write_text(text, encoding="utf-8"), overwrite=True)
+    replace_into(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
 
 
 class AttackRun:
@@ -142,6 +151,7 @@ class AttackRun:
                     f"{self.out} holds another attack run ({old.get('attack')}, different settings); choose "
                     "another --out, or pass --overwrite to replace it."
                 )
+            check_replaceable(self.out)  # everything in it must be hirm's (see hirm.io)
             shutil.rmtree(self.out)
         elif self.out.is_dir() and any(self.out.iterdir()):
             raise OutputExistsError(
@@ -149,6 +159,12 @@ class AttackRun:
             )
         self.out.mkdir(parents=True, exist_ok=True)
         _write_json(existing, {**manifest, "key": self.key, "created": now_iso()})
+        self.mark()
+
+    def mark(self) -> None:
+        """Record every file now in the run directory as hirm's (``.hirm-output``), so that a later
+        ``--overwrite`` may replace the directory and nothing a user put there."""
+        write_marker(self.out, "attack")
 
     # ------------------------------------------------------------------------------ items
     def item_path(self, index: int, suffix: str) -> Path:

@@ -20,15 +20,17 @@ ATTACK_HELP = (
 def build_config(attack: str, *, reference: bool, steps: int | None, settings: list[str]):
     """The attack's config: CPU-budget defaults (or the authors' with ``reference``), then ``--steps`` and ``--set``."""
     from hirm.attacks import get_attack
-    from hirm.cli.erase import override, parse_setting
+    from hirm.cli.common import make_config, parse_settings
 
     spec = get_attack(attack)
     config = spec.config_cls.reference() if reference else spec.config_cls()
     if steps is not None:
         if attack not in STEP_FIELDS:
             raise ValueError(f"--steps does not apply to the {attack!r} attack (it has no optimisation).")
-        config = override(config, {STEP_FIELDS[attack]: steps})
-    return override(config, dict(parse_setting(s) for s in settings))
+        config = make_config(spec.config_cls, {STEP_FIELDS[attack]: steps}, base=config, label="--")
+    return make_config(
+        spec.config_cls, parse_settings(spec.config_cls, settings), base=config, label="--set "
+    )
 
 
 def attack_command(
