@@ -21,6 +21,7 @@ COMMANDS = (
     "hirm.cli.generate",
     "hirm.cli.info",
     "hirm.cli.eval",
+    "hirm.cli.attack",
     "hirm.cli.sweep",
     "hirm.cli.compare",
     "hirm.cli.report",

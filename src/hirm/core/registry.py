@@ -49,7 +49,15 @@ def register(spec: MethodSpec) -> MethodSpec:
 
 
 #: Modules whose import registers a built-in method (one method per module).
-BUILTIN = ("hirm.core.hirm", "hirm.core.uce", "hirm.core.esd", "hirm.core.diffquickfix", "hirm.core.naive")
+BUILTIN = (
+    "hirm.core.hirm",
+    "hirm.core.uce",
+    "hirm.core.esd",
+    "hirm.core.diffquickfix",
+    "hirm.core.naive",
+    "hirm.core.advunlearn",
+    "hirm.core.hirm_hardened",
+)
 
 
 def _load_builtin() -> None:

@@ -1,0 +1,231 @@
+"""Discrete prompt search: UnlearnDiffAtk (Zhang, Jia, Chen, Chen, Zhang, Liu, Wang, Liu, ECCV 2024,
+"To Generate or Not? Safety-Driven Unlearned Diffusion Models Are Still Easy To Generate Unsafe
+Images ... For Now", arXiv 2310.11868; code: OPTML-Group/Diffusion-MU-Attack, ``text_grad``).
+
+The diffusion model is its own classifier: for an attacked prompt and the image ``x0`` the *original*
+model made from it (same seed), ``k`` tokens put in front of the prompt are chosen so that the
+*erased* model denoises ``x0`` well when conditioned on the attacked prompt::
+
+    min_{z_1..z_k}  E_eps || eps_theta'(x_t, t, E([z_1..z_k] + prompt)) - eps ||^2,   z_i in the vocabulary
+
+Each token is a point ``p_i`` of the probability simplex over the vocabulary; a forward pass draws a
+one-hot token from it (straight-through: the gradient of the one-hot passes to ``p_i``, clipped to
+[-1, 1]) and looks up its word embedding; Adam (lr 0.01, weight decay 0.1) then the Euclidean
+projection onto the simplex (sort-based, the same point the reference finds by bisection). The loss
+timestep runs through ``n_timesteps`` evenly spaced values ``T/n/2 + i T/n`` in increasing order,
+``iterations`` steps each; after every timestep the arg-max tokens are decoded and the attacked prompt
+is generated and judged, stopping at the first success. A prompt already recognised before the
+attack is counted as a success and not attacked (the reference's ``results['success']`` check).
+
+Reference settings (``configs/*/text_grad_esd_*_classifier.json``): k = 3 for styles and objects,
+5 for nudity; 40 iterations; 50 timesteps; uniform initialisation. The CPU-budget defaults keep
+everything but the number of timesteps (5: t = 100, 300, ..., 900) and iterations (20).
+Departure, named: special tokens (start/end/pad) are left out of the vocabulary searched.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, replace
+from typing import Any
+
+import torch
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from hirm.attacks.diffusion import denoising_loss, training_scheduler
+from hirm.attacks.registry import AttackSpec, nothing, register
+from hirm.attacks.run import (
+    CHECKPOINT_META,
+    AttackContext,
+    Interrupted,
+    ItemOutcome,
+    clear_search,
+    load_search,
+    save_search,
+)
+from hirm.attacks.targets import AttackItem
+from hirm.attacks.text import as_batch, decode, encode, slot_id, token_embedding, vocabulary_ids, with_prefix
+
+
+@dataclass(frozen=True)
+class UnlearnDiffAtkConfig:
+    """UnlearnDiffAtk's ``text_grad`` attacker with ``prefix_k`` insertion.
+
+    Attributes:
+        k: tokens put in front of the prompt (reference 3 for styles/objects, 5 for nudity).
+        iterations: optimizer steps per loss timestep (reference 40).
+        n_timesteps: number of loss timesteps, ``T/n/2 + i T/n`` (reference 50).
+        lr, weight_decay: Adam settings (reference 0.01, 0.1).
+        rand_init: start from a uniform random point projected on the simplex instead of the centre.
+        stop_on_success: stop an item at the first timestep whose attacked prompt is recognised (reference).
+    """
+
+    k: int = 3
+    iterations: int = 20
+    n_timesteps: int = 5
+    lr: float = 0.01
+    weight_decay: float = 0.1
+    rand_init: bool = False
+    stop_on_success: bool = True
+
+    def __post_init__(self) -> None:
+        for name in ("k", "iterations", "n_timesteps"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}.")
+        if not (self.lr > 0 and math.isfinite(self.lr)):
+            raise ValueError(f"lr must be a positive finite number, got {self.lr}.")
+        if self.weight_decay < 0:
+            raise ValueError(f"weight_decay must be >= 0, got {self.weight_decay}.")
+
+    @classmethod
+    def reference(cls, **overrides: Any) -> UnlearnDiffAtkConfig:
+        """The authors' settings (k 3, 40 iterations x 50 timesteps)."""
+        return replace(cls(k=3, iterations=40, n_timesteps=50), **overrides)
+
+    def timesteps(self, num_train_timesteps: int = 1000) -> list[int]:
+        """The reference's ``sampled_t``: ``start + i * (T // n)`` with ``start = T // n // 2``."""
+        step = num_train_timesteps // self.n_timesteps
+        return list(range(step // 2, num_train_timesteps, step))[: self.n_timesteps]
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def project_simplex(v: Tensor) -> Tensor:
+    """Euclidean projection of each row of ``v`` (..., V) onto the probability simplex (sort-based)."""
+    u, _ = torch.sort(v, dim=-1, descending=True)
+    cumsum = u.cumsum(dim=-1) - 1.0
+    index = torch.arange(1, v.shape[-1] + 1, device=v.device, dtype=v.dtype)
+    support = (u - cumsum / index) > 0
+    rho = support.to(v.dtype).cumsum(dim=-1).argmax(dim=-1, keepdim=True)  # last index where support holds
+    theta = cumsum.gather(-1, rho) / (rho + 1).to(v.dtype)
+    return (v - theta).clamp(min=0)
+
+
+class _SampleOneHot(torch.autograd.Function):
+    """Forward: one token per row drawn from the row's distribution, as a one-hot; backward: the
+    gradient of the one-hot, clipped to [-1, 1] (the reference's straight-through estimator)."""
+
+    @staticmethod
+    def forward(ctx, probs: Tensor, generator: torch.Generator) -> Tensor:
+        draws = torch.multinomial(probs.detach().cpu().clamp(min=0), 1, generator=generator).to(probs.device)
+        return torch.zeros_like(probs).scatter_(-1, draws, 1.0)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        return grad.clamp(-1.0, 1.0), None
+
+
+def _checkpoint_of(ctx: AttackContext, index: int) -> bool:
+    meta = ctx.run.load_json(CHECKPOINT_META)
+    return meta is not None and meta.get("index") == index
+
+
+def original(ctx: AttackContext, config: UnlearnDiffAtkConfig) -> dict[str, Tensor]:
+    """The original model's latents (N, C, h, w) of every attacked prompt (its own seed and guidance)."""
+    cached = ctx.run.load_tensors("original.safetensors")
+    if cached is not None:
+        return cached
+    items = ctx.target.items
+    latents = ctx.latents(
+        ctx.embed([i.prompt for i in items]), [i.seed for i in items], [i.guidance for i in items], "original"
+    )
+    tensors = {"latents": latents}
+    ctx.run.save_tensors("original.safetensors", tensors)
+    return tensors
+
+
+def attack(
+    ctx: AttackContext,
+    config: UnlearnDiffAtkConfig,
+    original: dict[str, Tensor],
+    prepared: Any,
+    index: int,
+    item: AttackItem,
+    before: bool,
+) -> ItemOutcome:
+    device = ctx.device
+    vocab = vocabulary_ids(ctx.tokenizer, token_embedding(ctx.encoder).num_embeddings).to(device)
+    table = token_embedding(ctx.encoder).weight.detach()[vocab].float()  # (V', D)
+    ids = as_batch([with_prefix(ctx.tokenizer, item.prompt, [slot_id(ctx.tokenizer)] * config.k)], device)
+    mask = torch.zeros_like(ids, dtype=torch.bool)
+    mask[0, 1 : 1 + config.k] = True
+    x0 = original["latents"][index : index + 1].to(device)
+    generator = torch.Generator(device="cpu").manual_seed(ctx.item_seed(index))
+    probs = torch.full((config.k, len(vocab)), 1.0 / len(vocab), device=device)
+    if config.rand_init:
+        probs = project_simplex(torch.rand(probs.shape, generator=generator).to(device))
+    probs.requires_grad_(True)
+    optimizer = torch.optim.Adam([probs], lr=config.lr, weight_decay=config.weight_decay)
+    scheduler = training_scheduler(ctx.pipe)
+    timesteps = config.timesteps(scheduler.config.num_train_timesteps)
+    # A checkpoint of this item (an earlier call ran out of time) continues where it stopped.
+    meta = load_search(ctx.run, probs, optimizer, generator) if _checkpoint_of(ctx, index) else None
+    meta = meta or {"index": index, "step": 0, "total": 0.0, "losses": []}
+    losses: list[float] = list(meta["losses"])
+    image, success, text, tokens = None, False, item.prompt, []
+    steps = len(timesteps) * config.iterations
+    bar = tqdm(
+        total=steps, initial=meta["step"], desc=f"prompt {index}", disable=not ctx.progress, leave=False
+    )
+    total = float(meta["total"])
+    for step in range(int(meta["step"]), steps):
+        t = timesteps[step // config.iterations]
+        if ctx.budget.expired():
+            bar.close()
+            save_search(
+                ctx.run,
+                probs,
+                optimizer,
+                generator,
+                {"index": index, "step": step, "total": total, "losses": losses},
+            )
+            raise Interrupted(f"time limit reached while attacking prompt {index}")
+        optimizer.zero_grad(set_to_none=True)
+        one_hot = _SampleOneHot.apply(probs, generator)
+        cond = encode(ctx.encoder, ids, mask, (one_hot @ table)[None])
+        noise = torch.randn(x0.shape, generator=generator).to(device)
+        loss = denoising_loss(ctx.unet, scheduler, x0, cond, torch.tensor([t], device=device), noise)
+        (grad,) = torch.autograd.grad(loss, [probs])
+        probs.grad = grad
+        optimizer.step()
+        with torch.no_grad():
+            probs.copy_(project_simplex(probs))
+        total += loss.item()
+        bar.update(1)
+        if (step + 1) % config.iterations:
+            continue
+        losses.append(total / config.iterations)
+        total = 0.0
+        tokens = vocab[probs.detach().argmax(dim=-1)].tolist()
+        text = f"{decode(ctx.tokenizer, tokens)} {item.prompt}".strip()
+        attacked = as_batch([with_prefix(ctx.tokenizer, item.prompt, tokens)], device)
+        with torch.no_grad():
+            images, verdicts = ctx.judged(encode(ctx.encoder, attacked), [item])
+        image, success = images[0], verdicts[0]
+        bar.set_postfix(t=t, loss=f"{losses[-1]:.4g}", success=success)
+        if success and config.stop_on_success:
+            break
+    bar.close()
+    clear_search(ctx.run)
+    return ItemOutcome(
+        attacked_prompt=text,
+        success=success,
+        image=image,
+        tensors={"tokens": torch.tensor(tokens, dtype=torch.long)},
+        info={"tokens": tokens, "timesteps": timesteps[: len(losses)], "losses": losses},
+    )
+
+
+register(
+    AttackSpec(
+        name="unlearndiffatk",
+        config_cls=UnlearnDiffAtkConfig,
+        description="Discrete prompt search, the diffusion model as its own classifier (UnlearnDiffAtk, Zhang et al. 2024, arXiv 2310.11868)",
+        original=original,
+        prepare=nothing,
+        attack=attack,
+        stop_if_before=True,
+    )
+)

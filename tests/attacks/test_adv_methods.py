@@ -1,0 +1,170 @@
+"""AdvUnlearn and attack-hardened HiRM on a tiny random pipeline: what each changes, its defining
+property, determinism, the caller's model untouched, and hardened HiRM with one round == HiRM."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import hirm
+from hirm.core.advunlearn import AdvUnlearnConfig, _Trainer, trainable_names
+from hirm.core.config import Concept, HiRMConfig, PromptTarget, ReadingPoint
+from hirm.core.encoder import named_parameters
+from hirm.core.hirm_hardened import HardenedHiRMConfig, _Hardener, _Inputs
+
+CAT = [Concept("cat", "object", PromptTarget("dog"))]
+RETAIN = ("a dog", "a red car", "a tree in a field")
+TINY_ADV = AdvUnlearnConfig.cpu(
+    iterations=6, warmup_iter=2, attack_step=2, adv_prompt_update_step=2, ddim_steps=3, retain_prompts=RETAIN
+)
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def model(sd_dir):
+    return hirm.load_model(sd_dir)
+
+
+def _weights(model):
+    return {n: p.detach().clone() for n, p in named_parameters(model.text_encoder()).items()}
+
+
+def test_advunlearn_selects_the_reference_tensors(model):
+    encoder = model.text_encoder()
+    full = trainable_names(encoder, AdvUnlearnConfig())
+    assert any(n.startswith("final_layer_norm.") for n in full) and not any("embeddings" in n for n in full)
+    layer0 = trainable_names(encoder, AdvUnlearnConfig(train_method="text_encoder_layer0"))
+    assert layer0 and all(n.startswith("encoder.layers.0.") for n in layer0)
+    attn = trainable_names(encoder, AdvUnlearnConfig(train_method="text_encoder_layer01", component="attn"))
+    assert attn and all("self_attn" in n and n.split(".")[2] in "01" for n in attn)
+    with pytest.raises(ValueError, match="increasing block digits"):
+        AdvUnlearnConfig(train_method="text_encoder_layer10")
+    with pytest.raises(ValueError, match="attack_method must be one of"):
+        AdvUnlearnConfig(attack_method="gcg")
+
+
+def test_advunlearn_patch_is_deterministic_and_leaves_the_model_alone(model):
+    before = _weights(model)
+    one = hirm.erase(model, CAT, method="advunlearn", config=TINY_ADV, progress=False)
+    two = hirm.erase(model, CAT, method="advunlearn", config=TINY_ADV, progress=False)
+    after = _weights(model)
+    assert all(torch.equal(before[n], after[n]) for n in before)
+    assert one.components == ("text_encoder",) and one.metadata["method"] == "advunlearn"
+    assert set(one.tensors) == {f"text_encoder/{n}" for n in trainable_names(model.text_encoder(), TINY_ADV)}
+    assert all(torch.equal(one.tensors[k], two.tensors[k]) for k in one.tensors)
+    assert any(not torch.equal(one.tensors[k], before[k.split("/", 1)[1]]) for k in one.tensors)
+    assert len(one.metadata["losses"]["text_encoder"]) == 6
+
+
+def test_advunlearn_moves_the_concept_toward_the_negatively_guided_target(model):
+    """The defining property: on fixed latents, the erased encoder's noise prediction for the concept
+    is closer to ESD's target eps(z, '') - eta (eps(z, c) - eps(z, '')) than the original's."""
+    config = AdvUnlearnConfig.cpu(iterations=30, warmup_iter=10, attack_step=2, adv_prompt_update_step=5,
+                                  ddim_steps=3, retain_prompts=RETAIN, lr=1e-3)  # fmt: skip
+    patch = hirm.erase(model, CAT, method="advunlearn", config=config, progress=False)
+    trainer = _Trainer(model, CAT, config)
+    erased = hirm.apply_patch(trainer.trained, patch, component="text_encoder")
+    emb_0, emb_c = trainer.original_embed([""]), trainer.original_embed(["cat"])
+    gaps = {"original": 0.0, "erased": 0.0}
+    with torch.no_grad():
+        for _ in range(8):
+            t_enc, t = trainer.draw_timestep()
+            z = trainer.sample(emb_c, t_enc)
+            e_0, e_c = trainer.eps(z, t, emb_0), trainer.eps(z, t, emb_c)
+            target = e_0 - (e_c - e_0)
+            gaps["original"] += (e_c - target).square().mean().item()
+            gaps["erased"] += (
+                (trainer.eps(z, t, erased(input_ids=trainer.ids(["cat"])).last_hidden_state) - target)
+                .square()
+                .mean()
+                .item()
+            )
+    assert gaps["erased"] < 0.9 * gaps["original"], gaps
+
+
+def test_advunlearn_attacker_recovers_the_concept_prediction(model):
+    """The inner attacker's embeddings bring the trained encoder's prediction closer to the concept's
+    than the random tokens it starts from."""
+    from hirm.attacks.text import encode
+
+    config = AdvUnlearnConfig.cpu(attack_step=15, attack_lr=1e-2, ddim_steps=3, retain_prompts=RETAIN,
+                                  attack_zero_grad=True, attack_init="random")  # fmt: skip
+    trainer = _Trainer(model, CAT, config)
+    emb_p = trainer.original_embed(["cat"])
+    trainer.generator.manual_seed(7)
+    found = trainer.attack("cat", emb_p, None)
+    config_zero = AdvUnlearnConfig.cpu(attack_step=1, attack_lr=1e-12, ddim_steps=3, retain_prompts=RETAIN,
+                                       attack_init="random")  # fmt: skip
+    start_trainer = _Trainer(model, CAT, config_zero)
+    start_trainer.generator.manual_seed(7)
+    start = start_trainer.attack("cat", emb_p, None)  # the same random tokens, (almost) not moved
+
+    def gap(adv):
+        trainer.generator.manual_seed(123)
+        total = 0.0
+        with torch.no_grad():
+            for _ in range(6):
+                t_enc, t = trainer.draw_timestep()
+                z = trainer.sample(emb_p, t_enc)
+                pred = trainer.eps(z, t, encode(trainer.trained, *trainer.adversarial_ids("cat"), adv))
+                total += (pred - trainer.eps(z, t, emb_p)).square().mean().item()
+        return total
+
+    assert gap(found) < gap(start)
+
+
+def test_hardened_hirm_with_one_round_is_hirm(model):
+    base = HiRMConfig(steps=4, lr=1e-3, precision="fp32")
+    plain = hirm.erase(model, CAT, method="hirm", config=base, progress=False)
+    hard = hirm.erase(
+        model, CAT, method="hirm-adv", config=HardenedHiRMConfig(hirm=base, rounds=1), progress=False
+    )
+    assert set(plain.tensors) == set(hard.tensors)
+    for key in plain.tensors:
+        torch.testing.assert_close(hard.tensors[key], plain.tensors[key], rtol=1e-6, atol=1e-7)
+    assert all(".layers.0." in k for k in hard.tensors)
+
+
+def test_hardening_keeps_the_attackers_input_misdirected(model):
+    """After hardening, the attacker's best input lands further from the concept's original read-out
+    than against plain HiRM with the same total steps."""
+    base = HiRMConfig(steps=15, lr=2e-3, read=ReadingPoint(site="final"), precision="fp32")
+    long = HiRMConfig(steps=45, lr=2e-3, read=ReadingPoint(site="final"), precision="fp32")
+    hard_cfg = HardenedHiRMConfig(hirm=base, rounds=3, attack_steps=30, attack_lr=5e-2)
+    patches = {
+        "plain": hirm.erase(model, CAT, method="hirm", config=long, progress=False),
+        "hardened": hirm.erase(model, CAT, method="hirm-adv", config=hard_cfg, progress=False),
+    }
+    gaps = {}
+    for name, patch in patches.items():
+        encoder = hirm.load_model(model.path.as_posix()).text_encoder()
+        hirm.apply_patch(encoder, patch, component="text_encoder")
+        probe = _Hardener(model.text_encoder(), model.tokenizer(), CAT, hard_cfg)
+        _, recovered, _ = probe.originals()
+        probe.encoder = encoder
+        found = probe.attack(recovered)
+        with torch.no_grad():
+            gaps[name] = torch.nn.functional.mse_loss(
+                found.read(encoder, probe.point).float(), recovered
+            ).item()
+    assert gaps["hardened"] > gaps["plain"], gaps
+    assert isinstance(found, _Inputs) and found.mask is not None
+
+
+def test_registered_and_validated():
+    assert {"advunlearn", "hirm-adv"} <= set(hirm.methods())
+    with pytest.raises(ValueError, match="rounds must be >= 1"):
+        HardenedHiRMConfig(rounds=0)
+    assert HardenedHiRMConfig.world().hirm.read.site == "final"
+    restored = HardenedHiRMConfig(
+        **{**HardenedHiRMConfig().to_dict(), "hirm": HardenedHiRMConfig().to_dict()["hirm"]}
+    )
+    assert restored == HardenedHiRMConfig()
+    assert HardenedHiRMConfig(hirm={"steps": 7}).hirm == HiRMConfig(steps=7)

@@ -1,0 +1,52 @@
+"""Each attack brings back a concept that a deliberately weak erasure left recoverable, and finds
+nothing on a model where the concept never existed (see conftest.py for both models)."""
+
+from __future__ import annotations
+
+import pytest
+
+from hirm.attacks import EmbeddingAttackConfig, RingABellConfig, UnlearnDiffAtkConfig, run_attack
+
+#: Budgets of a few seconds per attack on the miniature world.
+FAST = {
+    "embedding": EmbeddingAttackConfig(steps=40),
+    "unlearndiffatk": UnlearnDiffAtkConfig(iterations=10, n_timesteps=3),
+    "ringabell": RingABellConfig(population=32, generations=30, length=8),
+}
+
+
+@pytest.fixture(scope="module")
+def shared(tmp_path_factory):
+    """Ring-A-Bell's searches never see the erasure: both tests share them."""
+    return tmp_path_factory.mktemp("attack-cache")
+
+
+def _attack(name, target, patch, out, cache):
+    return run_attack(
+        name,
+        "minicanvas",
+        target,
+        out=out,
+        patches=[patch],
+        config=FAST[name],
+        progress=False,
+        cache_dir=cache,
+    )
+
+
+@pytest.mark.parametrize("name", sorted(FAST))
+def test_attack_recovers_a_weakly_erased_concept(name, weak_patch, cats_target, tmp_path, shared):
+    result = _attack(name, cats_target, weak_patch, tmp_path / name, shared)
+    assert result["complete"] and result["asr"]["n"] == 4
+    assert result["before"]["k"] == 0, "the weak erasure must erase the plain prompts"
+    assert result["after"]["k"] >= 2, result["items"]
+    assert result["asr"]["rate"] >= 0.5
+
+
+@pytest.mark.parametrize("name", sorted(FAST))
+def test_attack_finds_nothing_where_the_concept_never_existed(
+    name, never_patch, cats_target, tmp_path, shared
+):
+    result = _attack(name, cats_target.limit(2), never_patch, tmp_path / name, shared)
+    assert result["complete"] and result["asr"]["n"] == 2
+    assert result["asr"]["k"] == 0, result["items"]
