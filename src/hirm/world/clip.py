@@ -295,8 +295,8 @@ def finetune_vision(
         s, o = style_idx[idx], object_idx[idx]
         caps = [sample_caption(rng, int(a), int(b)) for a, b in zip(s, o, strict=True)]
         target = torch.from_numpy(np.stack([lab.compatible(s, o) for _, lab in caps]).astype(np.float32))
-        with torch.no_grad():
-            text = encode_texts(model, tokenizer, [c for c, _ in caps], device)
+        with torch.no_grad(), autocast(device, cfg.precision):
+            text = encode_texts(model, tokenizer, [c for c, _ in caps], device).float()
         with autocast(device, cfg.precision):
             pooled = model.vision_model(pixel_values=pixels_all[idx].to(device)).pooler_output
             img = F.normalize(model.visual_projection(pooled).float(), dim=-1)
