@@ -310,9 +310,10 @@ def patch_facts(meta: Mapping[str, Any]) -> list[tuple[str, str]]:
     facts = []
     for p in patches:
         facts += erasure_facts(p)
-        facts.append(
-            ("Patch", f"{p.get('path') or 'in memory'} ({plain(p.get('num_parameters'))} parameters)")
+        size = (
+            f"{p['num_parameters']:,} parameters" if p.get("num_parameters") is not None else "size unknown"
         )
+        facts.append(("Patch", f"{p.get('path') or 'in memory'} ({size})"))
     return facts
 
 
