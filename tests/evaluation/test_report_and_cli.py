@@ -149,7 +149,10 @@ def test_verdict_marks():
     original = [row("A", "x", "A", "x"), row("B", "x", "B", "x"), row("B", "y", "A", "x")]
     erased = [row("A", "x", "A", "y"), row("B", "x", "A", "x"), row("B", "y", "A", "x")]
     v = Verdicts({"target": "A", "domain": "style", "rows": {"original": original, "erased": erased}})
-    key = lambda s, o: ("grid", "t", s, o, 0)  # noqa: E731
+
+    def key(style, obj):
+        return ("grid", "t", style, obj, 0)
+
     assert v.mark("erased", key("A", "x"))[0] == "leak xdamage"  # still the style, lost its object
     assert v.mark("original", key("A", "x"))[0] == ""
     assert v.mark("erased", key("B", "x"))[0] == "damage"  # B was recognised before, not after

@@ -259,7 +259,10 @@ def svg_bars(
             f'<line x1="{left}" x2="{width}" y1="{y}" y2="{y}" stroke="#ddd"/>'
             f'<text x="{left - 4}" y="{y + 4}" font-size="10" text-anchor="end">{label}</text>'
         )
-    scale = lambda v: height * max(0.0, min(float(v) / vmax, 1.0))  # noqa: E731
+
+    def scale(v: float) -> float:
+        return height * max(0.0, min(float(v) / vmax, 1.0))
+
     for g, (label, values) in enumerate(groups):
         x0 = left + g * (len(series) * bar + gap) + gap / 2
         for s, name in enumerate(series):
@@ -305,8 +308,13 @@ def svg_lines(curves: Mapping[str, Sequence[float]], *, title: str, xlabel: str 
     lo, hi = min(0.0, min(values)), max(values)
     hi = hi if hi > lo else lo + 1.0
     longest = max(len(c) for c in curves.values())
-    x_of = lambda i: left + (width - left - 10) * (i / max(longest - 1, 1))  # noqa: E731
-    y_of = lambda v: top + height * (1 - (v - lo) / (hi - lo))  # noqa: E731
+
+    def x_of(i: int) -> float:
+        return left + (width - left - 10) * (i / max(longest - 1, 1))
+
+    def y_of(v: float) -> float:
+        return top + height * (1 - (v - lo) / (hi - lo))
+
     parts = [
         f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{top + height + bottom + legend}" '
         f'role="img" aria-label="{esc(title)}"><title>{esc(title)}</title>',
