@@ -124,7 +124,11 @@ CLI_CASES = [
     ("target-file-key", "erase -m {sd} -c cat -t file:{plain}:nokey -o {out}", "has no tensor 'nokey'"),
     ("target-file-shape", "erase -m {sd} -c cat -t file:{root}/short.safetensors -o {out}", "has shape (5,)"),
     ("target-file-nan", "erase -m {sd} -c cat -t file:{root}/nanvec.safetensors -o {out}", "NaN or infinite"),
-    ("kind", "erase -m {sd} -c cat --kind banana -o {out}", "Concept.kind must be one of 'style', 'object', 'nudity'; got 'banana'"),
+    (
+        "kind",
+        "erase -m {sd} -c cat --kind banana -o {out}",
+        "Concept.kind must be one of 'style', 'object', 'nudity'; got 'banana'",
+    ),
     ("component", "erase -m {sd} -c cat --component unet -o {out}", "not CLIP text encoders"),
     ("set-int", "erase -m {sd} -c cat --set steps=2.5 -o {out}", "--set steps takes an integer"),
     ("set-number", "erase -m {sd} -c cat --set lr=abc -o {out}", "--set lr takes a number"),

@@ -28,6 +28,9 @@ def compare_command(
     limit: int | None = typer.Option(None, help="Only the first N concepts of the domain (smoke runs)."),
     seeds: str = typer.Option("188,288,588", help="Seeds of the grid (one image per prompt and seed)."),
     esd_steps: int | None = typer.Option(None, help="Override ESD's 1000 steps (the table states it)."),
+    steps: int | None = typer.Option(None, "--steps", help="Sampler steps (default: the world's 25)."),
+    no_heldout: bool = typer.Option(False, "--no-heldout", help="Skip the held-out templates."),
+    no_super: bool = typer.Option(False, "--no-super", help="Skip the super-category prompts."),
     precision: str = typer.Option(
         "fp32", help="Sampling precision: fp32, or bf16 (bfloat16 autocast; ~2x faster on CPUs with AMX)."
     ),
@@ -50,7 +53,17 @@ def compare_command(
         raise ValueError(
             "compare runs on the miniature world (its judges); use the Python API for other pipelines."
         )
-    settings = CanvasSettings.for_world(seeds=tuple(parse_seeds(seeds)), precision=precision)
+    settings = CanvasSettings.for_world(
+        seeds=tuple(parse_seeds(seeds)), precision=precision, num_inference_steps=steps
+    )
+    if no_heldout or no_super:
+        from dataclasses import replace
+
+        settings = replace(
+            settings,
+            heldout_templates=() if no_heldout else settings.heldout_templates,
+            super_templates=() if no_super else settings.super_templates,
+        )
     command = "hirm " + " ".join(shlex.quote(a) for a in sys.argv[1:])
     table = run_compare(
         model,

@@ -18,6 +18,7 @@ app = typer.Typer(
 COMMANDS = (
     "hirm.cli.erase",
     "hirm.cli.apply",
+    "hirm.cli.export",
     "hirm.cli.generate",
     "hirm.cli.info",
     "hirm.cli.eval",

@@ -116,16 +116,25 @@ def summary_metrics(per_split: Mapping[str, Mapping[str, Any]]) -> dict[str, flo
     }
 
 
+def per_concept_counts(
+    rows: Iterable[Mapping[str, Any]], *, domain: str, split: str = "grid"
+) -> dict[str, tuple[int, int]]:
+    """``(recognised, images)`` of the ``domain`` judge per concept of that domain (images of ``split``)."""
+    counts: dict[str, list[int]] = {}
+    for row in rows:
+        name = row.get(domain)
+        if row["split"] == split and name is not None:
+            pair = counts.setdefault(name, [0, 0])
+            pair[0] += concept_key(row[f"pred_{domain}"]) == concept_key(name)
+            pair[1] += 1
+    return {name: (k, n) for name, (k, n) in counts.items()}
+
+
 def per_concept_accuracy(
     rows: Iterable[Mapping[str, Any]], *, domain: str, split: str = "grid"
 ) -> dict[str, float]:
     """Accuracy of the ``domain`` judge per concept of that domain (images of ``split``)."""
-    hits: dict[str, list[bool]] = {}
-    for row in rows:
-        name = row.get(domain)
-        if row["split"] == split and name is not None:
-            hits.setdefault(name, []).append(concept_key(row[f"pred_{domain}"]) == concept_key(name))
-    return {name: sum(h) / len(h) for name, h in hits.items()}
+    return {name: k / n for name, (k, n) in per_concept_counts(rows, domain=domain, split=split).items()}
 
 
 # --------------------------------------------------------------------------------------------- nudity
