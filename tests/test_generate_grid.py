@@ -49,7 +49,7 @@ def test_generate_with_and_without_patch(sd_dir, tmp_path):
     patch = hirm.erase(str(sd_dir), ["Cats"], config=HiRMConfig(steps=2, precision="fp32"), progress=False)
     patch_file = patch.save(tmp_path / "p.safetensors")
     common = ["--model", str(sd_dir), "--prompt", "a Cats image", "--prompt", "a dog", "--seeds", "0,1",
-              "--steps", "2", "--height", "16", "--width", "16"]  # fmt: skip
+              "--sampler-steps", "2", "--height", "16", "--width", "16"]  # fmt: skip
     result = runner.invoke(app, ["generate", *common, "-p", str(patch_file), "-o", str(tmp_path / "a")])
     assert result.exit_code == 0, result.output
     a = tmp_path / "a"

@@ -17,11 +17,11 @@ import torch
 from typer.testing import CliRunner
 
 README = Path(__file__).resolve().parents[1] / "README.md"
-FAST_GRID = ["--seeds", "188", "--steps", "2", "--no-heldout", "--no-super", "--quiet"]
+FAST_GRID = ["--seeds", "188", "--sampler-steps", "2", "--no-heldout", "--no-super", "--quiet"]
 #: Appended to each subcommand (the last value of an option wins); the first erase gets nothing.
 BUDGETS: dict[tuple[str, ...], list[str]] = {
     ("erase",): ["--steps", "2", "--quiet"],
-    ("generate",): ["--seeds", "0", "--steps", "2", "--quiet"],
+    ("generate",): ["--seeds", "0", "--sampler-steps", "2", "--quiet"],
     ("eval", "canvas"): FAST_GRID,
     ("sweep",): ["--limit", "1", "--domain", "object", *FAST_GRID],
     ("compare",): ["--method", "hirm-r", "--limit", "1", "--domain", "object", *FAST_GRID],

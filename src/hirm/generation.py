@@ -25,11 +25,13 @@ def generate(
     batch_size: int = 16,
     progress: bool = False,
     desc: str = "generate",
+    precision: str = "fp32",
     **call_kwargs: Any,
 ) -> np.ndarray:
     """Images (len(prompts) * len(seeds), H, W, 3) uint8, prompt-major; one CPU generator per image.
 
     Sampler settings not given in ``call_kwargs`` take the pipeline's own ``__call__`` defaults.
+    ``precision``: ``fp32`` (the pipeline's dtype) or ``bf16`` (bfloat16 autocast while sampling).
     ``progress`` shows one bar over all images (labelled ``desc``).
     """
     from tqdm.auto import tqdm
@@ -39,7 +41,7 @@ def generate(
         key: call_kwargs.get(key, defaults[key].default if key in defaults else None)
         for key in ("guidance_scale", "num_inference_steps", "height", "width")
     }
-    requests = [Request(prompt=p, seed=s, **settings) for p in prompts for s in seeds]
+    requests = [Request(prompt=p, seed=s, precision=precision, **settings) for p in prompts for s in seeds]
     chunks = [requests[i : i + batch_size] for i in range(0, len(requests), batch_size)]
     out = []
     with tqdm(total=len(requests), desc=desc, unit="image", disable=not progress) as bar:

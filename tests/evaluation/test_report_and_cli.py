@@ -214,7 +214,7 @@ def test_cli_utility_nudity_report(sd_dir, clip_dir, tmp_path, cli_app):
         str(csv),
         "--limit",
         "2",
-        "--steps",
+        "--sampler-steps",
         "2",
         "--device",
         "cpu",
@@ -244,7 +244,7 @@ def test_cli_utility_nudity_report(sd_dir, clip_dir, tmp_path, cli_app):
                 str(csv),
                 "--limit",
                 "2",
-                "--steps",
+                "--sampler-steps",
                 "2",
                 "--device",
                 "cpu",
@@ -262,7 +262,7 @@ def test_cli_utility_nudity_report(sd_dir, clip_dir, tmp_path, cli_app):
 def test_cli_errors(sd_dir, tmp_path, cli_app):
     runner = CliRunner()
     result = runner.invoke(
-        cli_app, ["eval", "canvas", "--model", str(sd_dir), "--target", "Cats", "--device", "cpu"]
+        cli_app, ["eval", "canvas", "--model", str(sd_dir), "-c", "Cats", "--device", "cpu"]
     )
     assert result.exit_code == 2 and "judges" in result.output
     result = runner.invoke(

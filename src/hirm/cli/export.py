@@ -12,11 +12,12 @@ from pathlib import Path
 
 import typer
 
-from hirm.cli.common import MODEL_HELP, console, friendly_errors
+from hirm.cli.common import CONTEXT_SETTINGS, Model, Quiet, console, friendly_errors
 
 export_app = typer.Typer(
     help="Export an erased model: diffusers text-encoder folders, an A1111/ComfyUI single file, a model card.",
     no_args_is_help=True,
+    context_settings=CONTEXT_SETTINGS,
 )
 
 PATCH = typer.Option(..., "--patch", "-p", help="The patch file (hirm erase -o ...).")
@@ -26,8 +27,9 @@ OVERWRITE = typer.Option(False, "--overwrite", help="Replace existing output fil
 def encoder_command(
     patch: Path = PATCH,
     out: Path = typer.Option(..., "--out", "-o", help="Directory receiving one folder per edited encoder."),
-    model: str = typer.Option("minicanvas", "--model", "-m", help=MODEL_HELP),
+    model: Model = "minicanvas",
     overwrite: bool = OVERWRITE,
+    quiet: Quiet = False,
 ) -> None:
     """Each edited text encoder (and tokenizer) as a save_pretrained folder OUT/<component> (float32)."""
     from hirm.export import export_encoders

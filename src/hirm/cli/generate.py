@@ -6,30 +6,44 @@ from pathlib import Path
 
 import typer
 
-from hirm.cli.common import MODEL_HELP, console, friendly_errors, parse_seeds
+from hirm.cli.common import (
+    Device,
+    Guidance,
+    Height,
+    Model,
+    OldSteps,
+    Overwrite,
+    Patches,
+    Precision,
+    Quiet,
+    SamplerSteps,
+    Width,
+    console,
+    friendly_errors,
+    parse_seeds,
+    renamed,
+)
 
 
 def generate_command(
     prompt: list[str] = typer.Option(..., "--prompt", help="Prompt (repeat)."),
     out: Path = typer.Option(..., "--out", "-o", help="Output directory (PNGs, grid.png, manifest.json)."),
-    patch: list[Path] | None = typer.Option(
-        None, "--patch", "-p", help="Patch file(s) giving the erased model; none: the original model only."
-    ),
-    model: str = typer.Option("minicanvas", "--model", "-m", help=MODEL_HELP),
+    patch: Patches = None,
+    model: Model = "minicanvas",
     seeds: str = typer.Option("0,1,2", help="Seeds, e.g. '0,1,2' or '0-7'; one image per prompt and seed."),
-    steps: int | None = typer.Option(
-        None, min=1, help="Sampler steps (default: the model's; minicanvas: its recorded default)."
-    ),
-    guidance: float | None = typer.Option(None, help="Classifier-free guidance scale."),
-    height: int | None = typer.Option(None, min=8, help="Image height (a multiple of 8)."),
-    width: int | None = typer.Option(None, min=8, help="Image width (a multiple of 8)."),
-    device: str = typer.Option("cpu", help="torch device: cpu, cuda, cuda:N or mps."),
-    overwrite: bool = typer.Option(False, help="Replace an output directory that an earlier hirm run wrote."),
+    sampler_steps: SamplerSteps = None,
+    guidance: Guidance = None,
+    height: Height = None,
+    width: Width = None,
+    device: Device = "auto",
+    precision: Precision = "auto",
+    overwrite: Overwrite = False,
     scale: float = typer.Option(1.0, help="Patch strength: base + scale * (patch - base)."),
     allow_overlap: bool = typer.Option(
         False, help="Let separately trained patches that change the same tensors add their deltas."
     ),
-    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
+    quiet: Quiet = False,
+    old_steps: OldSteps = None,
 ) -> None:
     """Generate each prompt with the original and the erased model on the same seeds.
 
@@ -37,12 +51,14 @@ def generate_command(
     """
     from hirm.adapters.loading import EMBEDDED, load_model
     from hirm.api import _as_patches, apply_patch
-    from hirm.checks import check_device
+    from hirm.cli.common import resolve_device, sampling_precision
     from hirm.core.patch import check_composable
     from hirm.generation import compare_original_erased
     from hirm.io import check_writable
 
-    device = str(check_device(device))
+    steps = renamed("--steps", "--sampler-steps", old_steps, sampler_steps)
+    device = str(resolve_device(device))
+    precision = sampling_precision(precision, device)
     check_writable(out, overwrite=overwrite, directory=True)
     seed_list = parse_seeds(seeds)
     patches = _as_patches(patch or [])
@@ -60,7 +76,10 @@ def generate_command(
         from hirm.world import GENERATION_DEFAULTS
 
         call.update(GENERATION_DEFAULTS)
-    overrides = {"num_inference_steps": steps, "guidance_scale": guidance, "height": height, "width": width}
+    overrides = {
+        "num_inference_steps": steps, "guidance_scale": guidance, "height": height, "width": width,
+        "precision": precision,
+    }  # fmt: skip
     call.update({k: v for k, v in overrides.items() if v is not None})
     meta = {
         "model": model,

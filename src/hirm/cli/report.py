@@ -7,7 +7,8 @@ from typing import Annotated
 
 import typer
 
-from hirm.cli.eval import Overwrite, fail_on_errors
+from hirm.cli.common import Overwrite
+from hirm.cli.eval import fail_on_errors
 
 
 @fail_on_errors
@@ -17,7 +18,8 @@ def report_command(
         typer.Argument(help="Result files or directories (eval canvas/nudity/utility, sweep, compare)."),
     ],
     out: Annotated[
-        Path, typer.Option("--out", help="Report directory: index.html (self-contained) and summary.md.")
+        Path,
+        typer.Option("--out", "-o", help="Report directory: index.html (self-contained) and summary.md."),
     ],
     overwrite: Overwrite = False,
     title: Annotated[str, typer.Option("--title", help="Page title.")] = "hirm evaluation report",

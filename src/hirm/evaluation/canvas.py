@@ -346,7 +346,7 @@ class CanvasEvaluator:
         """
         if keep not in ("target", "report"):
             raise EvaluationInputError(f"keep must be 'target' or 'report', got {keep!r}.")
-        target = self.canvas.canonical(target)
+        target = self.canvas.erasable(target)
         domain = self.canvas.domain(target)
         items = self.items(target)
         keys = [item_key(it) for it in items]
@@ -381,7 +381,9 @@ class CanvasEvaluator:
             runs["erased"] = runs["original"]
             images["erased"] = images["original"]
         for name, rows in runs.items():
-            per_split = canvas_metrics(rows, target=target, domain=domain)
+            per_split = canvas_metrics(
+                rows, target=target, domain=domain, ira_excluded=self.canvas.ira_excluded
+            )
             result["metrics"][name] = per_split
             result["summary"][name] = summary_metrics(per_split)
             result["per_concept"][name] = {
@@ -480,13 +482,14 @@ def evaluate_canvas(
     ``out``: a directory receiving ``result.json`` and the sample images (written atomically by the
     main process; an existing one is refused unless ``overwrite``).
     """
+    from hirm.evaluation.judge_models import judge_name
     from hirm.io import check_writable
 
     if out is not None:
         check_writable(out, overwrite=overwrite, directory=True)
     dev = resolve_device(device)
     canvas, judges = default_canvas_and_judges(model, canvas, judges, dev)
-    target = canvas.canonical(target)
+    target = canvas.erasable(target)
     if settings is None:
         settings = CanvasSettings.for_world() if str(model) == "minicanvas" else CanvasSettings()
     loaded, info = load_patches(patches)
@@ -520,6 +523,8 @@ def evaluate_canvas(
             seeds=settings.seeds,
         ),
         **result,
+        "judges": {role: judge_name(judges[role]) for role in ("style", "object")},
+        "ira_excluded": list(canvas.ira_excluded),
         "timing": asdict(evaluator.timing),
     }
     if out is not None and _is_main():

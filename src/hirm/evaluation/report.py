@@ -112,7 +112,13 @@ def metric_cell(result: Mapping[str, Any], run: str, metric: str) -> Cell:
 
 
 def results_table(result: Mapping[str, Any]) -> tuple[str, str]:
-    """Metric | better | original | erased | change (points)."""
+    """Metric | better | original | erased | change (points), as HTML and Markdown."""
+    header, rows = results_rows(result)
+    return html_table(header, rows, left=2), md_table(header, rows)
+
+
+def results_rows(result: Mapping[str, Any]) -> tuple[list[str], list[list[Any]]]:
+    """The header and rows (label, direction, one :class:`Cell` per run, change) of a canvas result."""
     runs = [r for r in ("original", "erased") if r in result.get("summary", {})]
     better = {name: direction for name, _, direction in metric_definitions(result.get("domain"))}
     rows = []
@@ -127,7 +133,7 @@ def results_table(result: Mapping[str, Any]) -> tuple[str, str]:
         )
         rows.append([label, better.get(label, ""), *cells, change])
     header = ["metric", "which is better", *(f"{r} %" for r in runs), "change (points)"]
-    return html_table(header, rows, left=2), md_table(header, rows)
+    return header, rows
 
 
 def definitions(domain: str | None) -> tuple[str, str]:
