@@ -173,7 +173,7 @@ class ClipJudge:
         self.scorer, self.classes, self.prompts = scorer, tuple(classes), tuple(prompts)
         self.name = f"zero-shot CLIP {scorer.name}"
         self.text = F.normalize(torch.from_numpy(scorer.text_features(self.prompts)), dim=-1)  # (C, D)
-        self.scale = float(scorer.model.logit_scale.exp())
+        self.scale = float(scorer.model.logit_scale.detach().exp())
 
     @torch.no_grad()
     def __call__(self, images: Tensor) -> Tensor:
