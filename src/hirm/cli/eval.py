@@ -138,6 +138,7 @@ def canvas_settings(
 
 def canvas_and_judges(
     model: str,
+    concept: str,
     *,
     judge: str | None,
     style_judge: str | None,
@@ -147,7 +148,8 @@ def canvas_and_judges(
     prompts: dict[str, str | None],
     device: Any,
 ) -> tuple[Any, Any]:
-    """The concept lists and judges of an evaluation; ``(None, None)`` = the embedded world's own."""
+    """The concept lists and judges of an evaluation; ``(None, None)`` = the embedded world's own.
+    ``concept`` is checked against the lists before any judge is loaded."""
     from hirm.adapters.loading import EMBEDDED
     from hirm.evaluation.canvas_grid import Canvas, read_names
     from hirm.evaluation.judge_models import SPEC_HELP, load_judges
@@ -171,6 +173,7 @@ def canvas_and_judges(
         style_names = read_names(styles, "styles") if styles else base.styles
         object_names = read_names(objects, "objects") if objects else base.objects
         canvas = Canvas.from_lists(style_names, object_names)
+    canvas.erasable(concept)
     return canvas, load_judges(specs, canvas, device=device, prompts=prompts)
 
 
@@ -318,7 +321,7 @@ def canvas_command(
     dev = resolve_device(device)
     precision = sampling_precision(precision, dev)
     canvas, judges = canvas_and_judges(
-        model, judge=judge, style_judge=style_judge, object_judge=object_judge, styles=styles,
+        model, concept, judge=judge, style_judge=style_judge, object_judge=object_judge, styles=styles,
         objects=objects, prompts={"style": style_prompt, "object": object_prompt}, device=dev,
     )  # fmt: skip
     no_super = no_super or (canvas is not None and not canvas.has_supers and not super_template)
