@@ -18,6 +18,6 @@ if [ "$kind" = style ]; then target="A Horses image in $concept style."; other="
 else target="A $concept image in Pastel style."; other="A Horses image in Pastel style."; fi
 hirm generate --patch "$out/patch.safetensors" --prompt "$target" --prompt "$other" --seeds 0-3 \
   --out "$out/images" --overwrite
-hirm eval canvas --target "$concept" --patch "$out/patch.safetensors" --precision bf16 --out "$out/canvas" --overwrite
+hirm eval canvas --concept "$concept" --patch "$out/patch.safetensors" --precision bf16 --out "$out/canvas" --overwrite
 hirm report "$out/canvas" --out "$out/report" --overwrite
 echo "report: $out/report/index.html  images: $out/images/grid.png"

@@ -37,7 +37,7 @@ def test_erase_info_apply_generate(sd_dir, tmp_path):
     assert (tmp_path / "patched" / "model_index.json").is_file()
 
     _run("generate", "--model", sd_dir, "-p", patch, "--prompt", "Van Gogh", "--prompt", "a dog",
-         "--seeds", "0,1", "--steps", "2", "--height", "16", "--width", "16", "-o", tmp_path / "images")  # fmt: skip
+         "--seeds", "0,1", "--sampler-steps", "2", "--height", "16", "--width", "16", "-o", tmp_path / "images")  # fmt: skip
     images = tmp_path / "images"
     assert (images / "grid.png").is_file() and len(list((images / "original").glob("*.png"))) == 4
     assert json.loads((images / "manifest.json").read_text())["seeds"] == [0, 1]

@@ -115,6 +115,6 @@ def test_cli_round_trip(family, stored, tmp_path):
 
     if stored == "fp16":  # the generate command itself, on the original model
         out = tmp_path / "images"
-        _run("generate", "-m", model, "-p", patch_file, "--prompt", "a cat", "--seeds", "0", "--steps", "1",
+        _run("generate", "-m", model, "-p", patch_file, "--prompt", "a cat", "--seeds", "0", "--sampler-steps", "1",
              "--height", "16", "--width", "16", "-o", out)  # fmt: skip
         assert (out / "grid.png").is_file() and len(list((out / "erased").glob("*.png"))) == 1

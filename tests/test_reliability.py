@@ -124,7 +124,11 @@ CLI_CASES = [
     ("target-file-key", "erase -m {sd} -c cat -t file:{plain}:nokey -o {out}", "has no tensor 'nokey'"),
     ("target-file-shape", "erase -m {sd} -c cat -t file:{root}/short.safetensors -o {out}", "has shape (5,)"),
     ("target-file-nan", "erase -m {sd} -c cat -t file:{root}/nanvec.safetensors -o {out}", "NaN or infinite"),
-    ("kind", "erase -m {sd} -c cat --kind banana -o {out}", "Concept.kind must be one of 'style', 'object', 'nudity'; got 'banana'"),
+    (
+        "kind",
+        "erase -m {sd} -c cat --kind banana -o {out}",
+        "Concept.kind must be one of 'style', 'object', 'nudity'; got 'banana'",
+    ),
     ("component", "erase -m {sd} -c cat --component unet -o {out}", "not CLIP text encoders"),
     ("set-int", "erase -m {sd} -c cat --set steps=2.5 -o {out}", "--set steps takes an integer"),
     ("set-number", "erase -m {sd} -c cat --set lr=abc -o {out}", "--set lr takes a number"),
@@ -197,17 +201,21 @@ CLI_CASES = [
     ("info-not-a-patch", "info {pickle}", "not a readable safetensors patch"),
     ("info-nothing", "info", "Give a patch file"),
     ("sweep-target", "sweep --target bogus --out {out}", "--target must be 'random'"),
-    ("sweep-precision", "sweep --precision fp16 --out {out}", "--precision must be one of fp32, bf16"),
+    (
+        "sweep-precision",
+        "sweep --precision fp16 --out {out}",
+        "--precision takes one of 'auto', 'fp32', 'bf16'",
+    ),
     ("sweep-device", "sweep --device banana --out {out}", "not a torch device"),
     (
         "eval-template",
-        "eval canvas --target Cats --template {{0}}x --out {out}",
+        "eval canvas -c Cats --template {{0}}x --out {out}",
         "Grid template '{0}x' has the field {0}",
     ),
     (
         "eval-precision",
-        "eval canvas --target Cats --precision half --out {out}",
-        "--precision must be one of",
+        "eval canvas -c Cats --precision half --out {out}",
+        "--precision takes one of 'auto', 'fp32', 'bf16'; got \"half\"",
     ),
     (
         "report-bad-json",
@@ -231,7 +239,7 @@ def test_bad_input_is_one_clear_line_and_writes_nothing(bad, tmp_path, case, com
 
 @pytest.mark.parametrize(
     ("command", "expected"),
-    [("generate -m {sd} -p {patch} --prompt cat --steps 0 -o {out}", "--steps"),
+    [("generate -m {sd} -p {patch} --prompt cat --sampler-steps 0 -o {out}", "--sampler-steps"),
      ("generate -m {sd} -p {patch} --prompt cat --height 0 -o {out}", "--height")],
 )  # fmt: skip
 def test_out_of_range_options_are_usage_errors(bad, tmp_path, command, expected):

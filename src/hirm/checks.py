@@ -36,6 +36,16 @@ def check_device(text: str | torch.device, *, allow_auto: bool = False) -> torch
     return device
 
 
+def native_bf16(device: torch.device) -> bool:
+    """Whether ``device`` has native bfloat16 matrix units (CUDA >= sm80, CPUs with AMX / AVX-512-BF16);
+    where it has, ``precision="auto"`` runs under bf16 autocast."""
+    if device.type == "cuda":
+        return bool(torch.cuda.is_bf16_supported())
+    if device.type == "cpu":
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    return False
+
+
 def template_fields(template: str, what: str = "Template") -> list[str]:
     """The replacement fields of a ``str.format`` template (errors name the template)."""
     try:

@@ -45,13 +45,31 @@ def test_canvas_result_file(sd_dir, canvas, judges, settings, tmp_path, tiny_pat
         ua = 1 - np.mean([r["pred_style"] == "Van Gogh" for r in target_rows])
         assert summary["UA"] == pytest.approx(ua)
     assert len(saved["rows"]["erased"]) == 8 + 4 + 4  # grid 2x2x2, held-out + super: target rows only
-    # before/after images on the same seeds
-    files = {s["file"] for s in saved["samples"]}
-    assert files and all((out / "images" / r / f).is_file() for r in ("original", "erased") for f in files)
-    first = sorted(files)[0]
-    assert (out / "images" / "original" / first).read_bytes() != (
-        out / "images" / "erased" / first
-    ).read_bytes()
+    # before/after contact sheets on the same seeds: every seed, the target row first, held-out + super too
+    sheets = saved["sheets"]
+    assert {(s["run"], s["split"], s["seed"]) for s in sheets} == {
+        (r, split, seed)
+        for r in ("original", "erased")
+        for split in ("grid", "heldout", "super")
+        for seed in (1, 2)
+    }
+    from PIL import Image
+
+    for sheet in sheets:
+        h, w = sheet["cell"]
+        with Image.open(out / sheet["file"]) as picture:
+            assert picture.size == (w * len(sheet["cols"]), h * len(sheet["rows"]))
+        assert sheet["rows"][0] == "Van_Gogh" and not sheet["missing"]
+        # samples=1: the target and one retained style in the grid; held-out/super: the target only
+        assert len(sheet["rows"]) == (2 if sheet["split"] == "grid" else 1) and sheet["cols"] == [
+            "Cats",
+            "Dogs",
+        ]
+    pairs = {}
+    for sheet in sheets:
+        pairs.setdefault((sheet["split"], sheet["template"], sheet["seed"]), {})[sheet["run"]] = sheet["file"]
+    assert all((out / p["original"]).read_bytes() != (out / p["erased"]).read_bytes() for p in pairs.values())
+    assert saved["meta"]["patches"][0]["losses"]["text_encoder"] and saved["meta"]["patches"][0]["steps"] == 3
     assert result["summary"] == saved["summary"]
     with pytest.raises(OutputExistsError):
         run(sd_dir, canvas, judges, settings, tmp_path, target="Cats", out=out)

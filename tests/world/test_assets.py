@@ -35,7 +35,7 @@ def test_corrupted_asset_raises_clear_error(tmp_path: Path) -> None:
     data[len(data) // 2] ^= 0xFF
     target.write_bytes(bytes(data))
     with pytest.raises(
-        AssetError, match=r"corrupted.*diffusion_pytorch_model\.safetensors.*hirm\.world\.build"
+        AssetError, match=r"corrupted.*diffusion_pytorch_model\.safetensors.*hirm world build"
     ):
         verify_assets(root)
 

@@ -359,8 +359,9 @@ def summarise(records: Sequence[Mapping[str, Any]], n_items: int) -> dict[str, A
 
 
 def grid_image(run: AttackRun, records: Sequence[Mapping[str, Any]], limit: int = 24) -> Image.Image | None:
-    """Before (top row) and after (bottom row) images of the first ``limit`` items, upscaled for viewing."""
-    from hirm.generation import grid
+    """Before (top row) and after (bottom row) images of the first ``limit`` items, upscaled for viewing;
+    rows labelled before / after, columns by item."""
+    from hirm.generation import labelled_grid
 
     rows: dict[str, list[np.ndarray]] = {"before": [], "after": []}
     for record in records[:limit]:
@@ -376,9 +377,12 @@ def grid_image(run: AttackRun, records: Sequence[Mapping[str, Any]], limit: int 
         rows["after"].append(after)
     if not rows["before"]:
         return None
-    picture = grid([np.stack(rows["before"]), np.stack(rows["after"])])
-    scale = max(1, 96 // rows["before"][0].shape[0])
-    return picture.resize((picture.width * scale, picture.height * scale), Image.NEAREST)
+    columns = [f"item {i}" for i in range(len(rows["before"]))]
+    return labelled_grid(
+        [("before the attack", np.stack(rows["before"])), ("after", np.stack(rows["after"]))],
+        columns,
+        label_width=150,
+    )
 
 
 def manifest_for(

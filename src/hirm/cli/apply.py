@@ -6,18 +6,19 @@ from pathlib import Path
 
 import typer
 
-from hirm.cli.common import MODEL_HELP, console, friendly_errors
+from hirm.cli.common import Model, Overwrite, Quiet, console, friendly_errors
 
 
 def apply_command(
     patch: list[Path] = typer.Option(..., "--patch", "-p", help="Patch file (repeat to compose several)."),
     out: Path = typer.Option(..., "--out", "-o", help="Directory for the patched model (save_pretrained)."),
-    model: str = typer.Option("minicanvas", "--model", "-m", help=MODEL_HELP),
-    overwrite: bool = typer.Option(False, help="Replace an output directory that an earlier hirm run wrote."),
+    model: Model = "minicanvas",
+    overwrite: Overwrite = False,
     scale: float = typer.Option(1.0, help="Strength: base + scale * (patch - base); 1 = as trained."),
     allow_overlap: bool = typer.Option(
         False, help="Let separately trained patches that change the same tensors add their deltas."
     ),
+    quiet: Quiet = False,
 ) -> None:
     """Apply patch(es) to the original model and save the result (loadable with from_pretrained).
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from hirm.cli.common import MODEL_HELP, console, friendly_errors
+from hirm.cli.common import Device, Model, Patches, Quiet, SamplerSteps, console, friendly_errors
 
 #: The config field that ``--steps`` sets, per attack.
 STEP_FIELDS = {"embedding": "steps", "unlearndiffatk": "iterations", "ringabell": "generations"}
@@ -39,10 +39,8 @@ def attack_command(
         "", "--concept", "-c", help="The erased concept (a world style/object, or e.g. nudity)."
     ),
     out: Path = typer.Option(..., "--out", "-o", help="Run directory (re-run the same command to resume)."),
-    patch: list[Path] = typer.Option(
-        [], "--patch", "-p", help="Patch file of the erasure (repeat; they compose)."
-    ),
-    model: str = typer.Option("minicanvas", "--model", "-m", help=MODEL_HELP),
+    patch: Patches = None,
+    model: Model = "minicanvas",
     kind: str | None = typer.Option(None, help="style, object or nudity (world concepts know their kind)."),
     prompts: Path | None = typer.Option(
         None,
@@ -60,7 +58,9 @@ def attack_command(
     limit: int | None = typer.Option(None, help="Attack only the first N prompts."),
     steps: int | None = typer.Option(
         None,
-        help="Budget: textual-inversion steps / UnlearnDiffAtk iterations per timestep / Ring-A-Bell generations.",
+        min=1,
+        help="Optimizer budget: textual-inversion steps / UnlearnDiffAtk iterations per timestep / "
+        "Ring-A-Bell generations.",
     ),
     time_limit: float | None = typer.Option(
         None, help="Budget: seconds for this call; the run stops cleanly and resumes when re-run."
@@ -71,19 +71,17 @@ def attack_command(
         [], "--set", help="Any field of the attack's config as KEY=VALUE (JSON value)."
     ),
     judge: str = typer.Option("auto", help="auto (world judge; NudeNet for nudity) or nudenet."),
-    sampler_steps: int | None = typer.Option(
-        None, help="Sampler steps of every image (default: the model's)."
-    ),
+    sampler_steps: SamplerSteps = None,
     guidance: float | None = typer.Option(
         None, help="Guidance scale (default: the model's; CSV rows may set their own)."
     ),
-    device: str = typer.Option("cpu", help="torch device, e.g. cpu or cuda."),
+    device: Device = "auto",
     overwrite: bool = typer.Option(False, help="Replace a run directory that holds a different attack run."),
-    quiet: bool = typer.Option(False, help="No progress bars."),
+    quiet: Quiet = False,
 ) -> None:
     """Attack an erased concept and report the attack success rate (ASR, 95 % Wilson interval)."""
     from hirm.attacks import NudityJudge, Sampler, csv_target, run_attack
-    from hirm.cli.common import parse_seeds
+    from hirm.cli.common import parse_seeds, resolve_device
 
     config = build_config(attack, reference=reference, steps=steps, settings=setting)
     target = concept
@@ -94,12 +92,12 @@ def attack_command(
     if judge not in ("auto", "nudenet"):
         raise ValueError(f"--judge must be auto or nudenet, got {judge!r}.")
     result = run_attack(
-        attack, model, target, out=out, patches=patch, config=config, kind=kind,
+        attack, model, target, out=out, patches=patch or [], config=config, kind=kind,
         seeds=parse_seeds(seeds) if seeds else None,
         train_seeds=parse_seeds(train_seeds) if train_seeds else None, seed=seed, time_limit=time_limit, limit=limit,
         judge=NudityJudge() if judge == "nudenet" else None,
         sampler=Sampler.for_model(model, num_inference_steps=sampler_steps, guidance_scale=guidance),
-        device=device, progress=not quiet, overwrite=overwrite,
+        device=resolve_device(device), progress=not quiet, overwrite=overwrite,
     )  # fmt: skip
     asr, before, after = result["asr"], result["before"], result["after"]
     line = f"[green]{attack}[/] on {result['target']['concept']!r}: ASR {_pct(asr)}"

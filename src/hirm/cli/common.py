@@ -1,4 +1,15 @@
-"""Pieces every subcommand shares: common options and turning known errors into clear messages."""
+"""Pieces every subcommand shares: the option grammar, quiet mode and turning known errors into clear
+messages.
+
+The grammar (the same option means the same thing in every command):
+
+* ``--concept/-c`` the erased concept; ``--target/-t`` the misdirection target of an erasure;
+* ``--model/-m``, ``--patch/-p`` (repeatable), ``--out/-o``, ``--overwrite``;
+* ``--steps`` optimizer steps (erase, attack budgets), ``--sampler-steps`` denoising steps of every image;
+* ``--device`` and ``--precision``: the same choices and defaults everywhere (``auto``);
+* ``--quiet/-q`` no progress bars, and transformers/diffusers logging at errors only;
+* ``-h``/``--help`` everywhere, ``hirm --version``.
+"""
 
 from __future__ import annotations
 
@@ -9,9 +20,11 @@ import logging
 import signal
 import threading
 import types
+import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from typing import Any, Literal, TypeVar, Union, get_args, get_origin, get_type_hints
+from pathlib import Path
+from typing import Annotated, Any, Literal, TypeVar, Union, get_args, get_origin, get_type_hints
 
 import typer
 from rich.console import Console
@@ -49,6 +62,148 @@ MODEL_HELP = (
     "a text-encoder directory, or a hub id (from the local cache when HF_HUB_OFFLINE=1)."
 )
 
+#: ``-h`` is ``--help`` in every command (sub-commands inherit it from the app's context).
+CONTEXT_SETTINGS = {"help_option_names": ["-h", "--help"]}
+
+# ------------------------------------------------------------------------------------ shared options
+# One definition per option; commands use them as ``model: Model = "minicanvas"``.
+
+#: ``--precision`` choices, the same in every command.
+PRECISION_CHOICES: tuple[str, ...] = ("auto", "fp32", "bf16")
+DEVICE_HELP = "torch device: auto (CUDA when present, else CPU), cpu, cuda, cuda:N or mps."
+PRECISION_HELP = (
+    "auto (bf16 autocast where the hardware has native bf16: CUDA sm80+, CPUs with AMX; else fp32), "
+    "fp32, or bf16 (autocast; weights stay as stored)."
+)
+
+Model = Annotated[str, typer.Option("--model", "-m", help="The model: " + MODEL_HELP)]
+Patches = Annotated[
+    list[Path] | None,
+    typer.Option("--patch", "-p", help="Patch file of the erasure (repeat; several compose)."),
+]
+Overwrite = Annotated[
+    bool, typer.Option("--overwrite", help="Replace an output that an earlier hirm run wrote.")
+]
+Device = Annotated[str, typer.Option("--device", help=DEVICE_HELP)]
+Precision = Annotated[str, typer.Option("--precision", help=PRECISION_HELP)]
+Quiet = Annotated[
+    bool,
+    typer.Option("--quiet", "-q", help="No progress bars; transformers/diffusers log errors only."),
+]
+SamplerSteps = Annotated[
+    int | None,
+    typer.Option(
+        "--sampler-steps", min=1, help="Denoising steps of every image (default: the model's protocol)."
+    ),
+]
+Guidance = Annotated[
+    float | None,
+    typer.Option("--guidance", help="Classifier-free guidance scale (default: the model's protocol)."),
+]
+Height = Annotated[
+    int | None, typer.Option("--height", min=8, help="Image height (default: protocol / pipeline).")
+]
+Width = Annotated[
+    int | None, typer.Option("--width", min=8, help="Image width (default: protocol / pipeline).")
+]
+BatchSize = Annotated[
+    int | None,
+    typer.Option(
+        "--batch-size", min=1, help="Images per generation batch (also the unit shared between processes)."
+    ),
+]
+CacheDir = Annotated[
+    Path | None,
+    typer.Option("--cache-dir", help="Image cache (default $HIRM_CACHE/images or ~/.cache/hirm/images)."),
+]
+NoCache = Annotated[
+    bool, typer.Option("--no-cache", help="Do not read or write the original model's image cache.")
+]
+GridSeeds = Annotated[
+    str | None,
+    typer.Option(
+        "--seeds",
+        help="Seeds of the grid, e.g. 188,288,588 or 0-4; one image per prompt and seed "
+        "(default: the protocol's; UnlearnCanvas: 188,288,588,688,888).",
+    ),
+]
+Template = Annotated[
+    list[str] | None,
+    typer.Option("--template", help="Grid template with {style} and {object} (repeat)."),
+]
+NoHeldout = Annotated[bool, typer.Option("--no-heldout", help="Skip the held-out templates.")]
+NoSuper = Annotated[bool, typer.Option("--no-super", help="Skip the super-category prompts.")]
+AsJson = Annotated[bool, typer.Option("--json", help="Print the result as JSON instead of a table.")]
+#: Hidden spellings of earlier versions: accepted with a one-line notice (see :func:`renamed`).
+OldSteps = Annotated[int | None, typer.Option("--steps", hidden=True, min=1)]
+
+
+def renamed(old: str, new: str, old_value: Any, value: Any) -> Any:
+    """``value``, or ``old_value`` given under the former option name ``old`` (with a one-line notice)."""
+    if old_value is None:
+        return value
+    if value is not None:
+        raise ValueError(f"{old} is the former name of {new}; give only {new}.")
+    console.print(f"[yellow]note:[/] {old} is now {new} (the old name will go away).")
+    return old_value
+
+
+def resolve_device(text: str) -> Any:
+    """``--device`` -> torch device; ``auto`` = the accelerate process's device (CUDA when present)."""
+    from hirm.evaluation.common import resolve_device as resolve
+
+    return resolve(text)
+
+
+def check_precision(text: str) -> str:
+    if text not in PRECISION_CHOICES:
+        raise ValueError(
+            f"--precision takes one of {', '.join(repr(c) for c in PRECISION_CHOICES)}; got {json.dumps(text)}."
+        )
+    return text
+
+
+def sampling_precision(text: str, device: Any) -> str:
+    """``--precision`` for sampling: ``auto`` -> ``bf16`` where ``device`` has native bf16, else ``fp32``."""
+    import torch
+
+    from hirm.checks import native_bf16
+
+    if check_precision(text) != "auto":
+        return text
+    return "bf16" if native_bf16(torch.device(device)) else "fp32"
+
+
+@contextmanager
+def quiet_libraries(quiet: bool) -> Iterator[None]:
+    """With ``quiet``: transformers and diffusers log errors only and hide their progress bars (loading
+    bars, the "requires torchvision" notices); everything is restored afterwards."""
+    if not quiet:
+        yield
+        return
+    import diffusers.utils.logging as dlog
+    import transformers.utils.logging as tlog
+
+    saved = (
+        tlog.get_verbosity(),
+        tlog.is_progress_bar_enabled(),
+        dlog.get_verbosity(),
+        dlog.is_progress_bar_enabled(),
+    )
+    tlog.set_verbosity_error()
+    tlog.disable_progress_bar()
+    dlog.set_verbosity_error()
+    dlog.disable_progress_bar()
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*torchvision.*")
+            yield
+    finally:
+        tlog.set_verbosity(saved[0])
+        dlog.set_verbosity(saved[2])
+        (tlog.enable_progress_bar if saved[1] else tlog.disable_progress_bar)()
+        (dlog.enable_progress_bar if saved[3] else dlog.disable_progress_bar)()
+
 
 def friendly_errors(func: F) -> F:
     """Run a command; known user errors print one red line and exit with code 2.
@@ -61,7 +216,7 @@ def friendly_errors(func: F) -> F:
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
         try:
-            with terminate_as_exit():
+            with terminate_as_exit(), quiet_libraries(bool(kwargs.get("quiet"))):
                 return func(*args, **kwargs)
         except USER_ERRORS as err:
             print_error(str(err))

@@ -8,7 +8,19 @@ from pathlib import Path
 
 import typer
 
-from hirm.cli.common import MODEL_HELP, console, friendly_errors, parse_seeds
+from hirm.cli.common import (
+    CacheDir,
+    Device,
+    Model,
+    NoHeldout,
+    NoSuper,
+    Precision,
+    Quiet,
+    SamplerSteps,
+    console,
+    friendly_errors,
+    parse_seeds,
+)
 
 
 def compare_command(
@@ -24,19 +36,25 @@ def compare_command(
         help="Entries to compare (repeat); default all: hirm-r, hirm-s, hirm-s-tuned, naive, diffquickfix, uce, hirm+uce, esd-x, esd-u.",
     ),
     domain: str = typer.Option("all", help="style, object or all."),
-    concept: list[str] = typer.Option([], "--concept", help="Only these concepts (repeat; any spelling)."),
+    concept: list[str] = typer.Option(
+        [], "--concept", "-c", help="Only these concepts (repeat; any spelling)."
+    ),
     limit: int | None = typer.Option(None, help="Only the first N concepts of the domain (smoke runs)."),
     seeds: str = typer.Option("188,288,588", help="Seeds of the grid (one image per prompt and seed)."),
-    esd_steps: int | None = typer.Option(None, help="Override ESD's 1000 steps (the table states it)."),
-    precision: str = typer.Option(
-        "fp32", help="Sampling precision: fp32, or bf16 (bfloat16 autocast; ~2x faster on CPUs with AMX)."
+    esd_steps: int | None = typer.Option(
+        None, help="Override ESD's 1000 optimizer steps (the table states it)."
     ),
-    model: str = typer.Option("minicanvas", "--model", "-m", help=MODEL_HELP),
-    device: str = typer.Option("cpu", help="torch device."),
-    cache_dir: Path | None = typer.Option(None, help="Image cache for the original model's grid."),
-    quiet: bool = typer.Option(False, help="No progress bars."),
+    sampler_steps: SamplerSteps = None,
+    no_heldout: NoHeldout = False,
+    no_super: NoSuper = False,
+    precision: Precision = "auto",
+    model: Model = "minicanvas",
+    device: Device = "auto",
+    cache_dir: CacheDir = None,
+    quiet: Quiet = False,
 ) -> None:
     """Run every method on the world's styles and objects and write compare.md + compare.csv."""
+    from hirm.cli.common import resolve_device, sampling_precision
     from hirm.evaluation.canvas import CanvasSettings
     from hirm.evaluation.compare import ENTRIES, run_compare
 
@@ -50,7 +68,20 @@ def compare_command(
         raise ValueError(
             "compare runs on the miniature world (its judges); use the Python API for other pipelines."
         )
-    settings = CanvasSettings.for_world(seeds=tuple(parse_seeds(seeds)), precision=precision)
+    dev = resolve_device(device)
+    settings = CanvasSettings.for_world(
+        seeds=tuple(parse_seeds(seeds)),
+        precision=sampling_precision(precision, dev),
+        num_inference_steps=sampler_steps,
+    )
+    if no_heldout or no_super:
+        from dataclasses import replace
+
+        settings = replace(
+            settings,
+            heldout_templates=() if no_heldout else settings.heldout_templates,
+            super_templates=() if no_super else settings.super_templates,
+        )
     command = "hirm " + " ".join(shlex.quote(a) for a in sys.argv[1:])
     table = run_compare(
         model,
@@ -60,7 +91,7 @@ def compare_command(
         concepts=concept or None,
         limit=limit,
         settings=settings,
-        device=device,
+        device=dev,
         cache_dir=cache_dir,
         command=command,
         progress=not quiet,

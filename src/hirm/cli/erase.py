@@ -8,8 +8,20 @@ from typing import Any
 
 import typer
 
-from hirm.checks import check_device, check_template
-from hirm.cli.common import MODEL_HELP, console, friendly_errors, make_config, parse_settings
+from hirm.checks import check_template
+from hirm.cli.common import (
+    Device,
+    Model,
+    Overwrite,
+    Precision,
+    Quiet,
+    check_precision,
+    console,
+    friendly_errors,
+    make_config,
+    parse_settings,
+    resolve_device,
+)
 from hirm.core.config import (
     NUDITY_PROMPT,
     TRAINABLE_SETS,
@@ -90,7 +102,7 @@ def erase_command(
         [], "--concept", "-c", help="Concept to erase (repeat for several; trained jointly)."
     ),
     out: Path = typer.Option(..., "--out", "-o", help="Patch file to write (.safetensors)."),
-    model: str = typer.Option("minicanvas", "--model", "-m", help=MODEL_HELP),
+    model: Model = "minicanvas",
     kind: str = typer.Option(
         "object", help="Concept kind: style, object or nudity (picks reference lr and steps)."
     ),
@@ -120,9 +132,7 @@ def erase_command(
     preserve_weight: float | None = typer.Option(
         None, help="Weight of the preservation term (default 0 = reference)."
     ),
-    precision: str | None = typer.Option(
-        None, help="auto (default), fp32 or bf16 (autocast; weights stay fp32)."
-    ),
+    precision: Precision = "auto",
     seed: int | None = typer.Option(None, help="Training seed (default 0)."),
     setting: list[str] = typer.Option(
         [],
@@ -133,16 +143,17 @@ def erase_command(
     save_encoder: Path | None = typer.Option(
         None, help="Also write the edited encoder(s) here, one save_pretrained folder per component."
     ),
-    device: str = typer.Option("cpu", help="torch device: cpu, cuda, cuda:N or mps."),
-    overwrite: bool = typer.Option(False, help="Replace outputs that an earlier hirm run wrote."),
-    quiet: bool = typer.Option(False, help="No progress bar."),
+    device: Device = "auto",
+    overwrite: Overwrite = False,
+    quiet: Quiet = False,
 ) -> None:
     """Erase concepts from a model's text encoder(s) and write a patch of the changed tensors."""
     from hirm.adapters.loading import load_model
     from hirm.api import check_encoder_patch, erase, save_encoders
     from hirm.core.registry import get_method
 
-    device = str(check_device(device))
+    device = str(resolve_device(device))
+    check_precision(precision)
     check_outputs(out, save_encoder, overwrite)
     for text in template:
         check_template(text, allowed={"concept"}, required={"concept"}, what="--template")
@@ -158,8 +169,10 @@ def erase_command(
     named = {
         "trainable": trainable, "k": k, "params": tuple(param) or None, "read": read, "steps": steps,
         "lr": lr, "templates": tuple(template) or None, "preserve": tuple(preserve) or None,
-        "preserve_weight": preserve_weight, "precision": precision, "seed": seed,
+        "preserve_weight": preserve_weight, "seed": seed,
     }  # fmt: skip
+    if precision != "auto":  # auto: the method's default (HiRM: bf16 where native; ESD: fp32)
+        named["precision"] = precision
     config = method_config(spec.config_cls, named, setting)
     handle = load_model(model, device=device)
     started = time.perf_counter()

@@ -1,4 +1,4 @@
-"""``hirm generate``: original vs erased images on the same seeds."""
+"""``hirm generate``: original vs erased images on the same seeds (or the original model alone)."""
 
 from __future__ import annotations
 
@@ -6,61 +6,100 @@ from pathlib import Path
 
 import typer
 
-from hirm.cli.common import MODEL_HELP, console, friendly_errors, parse_seeds
+from hirm.cli.common import (
+    Device,
+    Guidance,
+    Height,
+    Model,
+    OldSteps,
+    Overwrite,
+    Patches,
+    Precision,
+    Quiet,
+    SamplerSteps,
+    Width,
+    console,
+    friendly_errors,
+    parse_seeds,
+    renamed,
+)
 
 
 def generate_command(
-    patch: list[Path] = typer.Option(..., "--patch", "-p", help="Patch file(s) giving the erased model."),
     prompt: list[str] = typer.Option(..., "--prompt", help="Prompt (repeat)."),
     out: Path = typer.Option(..., "--out", "-o", help="Output directory (PNGs, grid.png, manifest.json)."),
-    model: str = typer.Option("minicanvas", "--model", "-m", help=MODEL_HELP),
+    patch: Patches = None,
+    model: Model = "minicanvas",
     seeds: str = typer.Option("0,1,2", help="Seeds, e.g. '0,1,2' or '0-7'; one image per prompt and seed."),
-    steps: int | None = typer.Option(
-        None, min=1, help="Sampler steps (default: the model's; minicanvas: its recorded default)."
-    ),
-    guidance: float | None = typer.Option(None, help="Classifier-free guidance scale."),
-    height: int | None = typer.Option(None, min=8, help="Image height (a multiple of 8)."),
-    width: int | None = typer.Option(None, min=8, help="Image width (a multiple of 8)."),
-    device: str = typer.Option("cpu", help="torch device: cpu, cuda, cuda:N or mps."),
-    overwrite: bool = typer.Option(False, help="Replace an output directory that an earlier hirm run wrote."),
+    sampler_steps: SamplerSteps = None,
+    guidance: Guidance = None,
+    height: Height = None,
+    width: Width = None,
+    device: Device = "auto",
+    precision: Precision = "auto",
+    overwrite: Overwrite = False,
     scale: float = typer.Option(1.0, help="Patch strength: base + scale * (patch - base)."),
     allow_overlap: bool = typer.Option(
         False, help="Let separately trained patches that change the same tensors add their deltas."
     ),
+    quiet: Quiet = False,
+    old_steps: OldSteps = None,
 ) -> None:
-    """Generate each prompt with the original and the erased model on the same seeds."""
+    """Generate each prompt with the original and the erased model on the same seeds.
+
+    grid.png has one row per prompt and model (labelled) and one column per seed (labelled).
+    """
     from hirm.adapters.loading import EMBEDDED, load_model
     from hirm.api import _as_patches, apply_patch
-    from hirm.checks import check_device
+    from hirm.cli.common import resolve_device, sampling_precision
     from hirm.core.patch import check_composable
     from hirm.generation import compare_original_erased
     from hirm.io import check_writable
 
-    device = str(check_device(device))
+    steps = renamed("--steps", "--sampler-steps", old_steps, sampler_steps)
+    device = str(resolve_device(device))
+    precision = sampling_precision(precision, device)
     check_writable(out, overwrite=overwrite, directory=True)
     seed_list = parse_seeds(seeds)
-    patches = _as_patches(patch)
+    patches = _as_patches(patch or [])
     check_composable(patches, allow_overlap=allow_overlap)  # before the pipelines load
     handle = load_model(model, device=device)
-    original, erased = handle.pipeline(), handle.pipeline()
-    apply_patch(erased, patches, scale=scale, allow_overlap=allow_overlap)
+    original = handle.pipeline()
+    erased = None
+    if patches:
+        erased = apply_patch(handle.pipeline(), patches, scale=scale, allow_overlap=allow_overlap)
+    for pipe in (original, erased):
+        if pipe is not None:
+            pipe.set_progress_bar_config(disable=True)  # one bar per model instead of one per batch
     call = {}
     if model == EMBEDDED:
         from hirm.world import GENERATION_DEFAULTS
 
         call.update(GENERATION_DEFAULTS)
-    overrides = {"num_inference_steps": steps, "guidance_scale": guidance, "height": height, "width": width}
+    overrides = {
+        "num_inference_steps": steps, "guidance_scale": guidance, "height": height, "width": width,
+        "precision": precision,
+    }  # fmt: skip
     call.update({k: v for k, v in overrides.items() if v is not None})
     meta = {
         "model": model,
-        "patches": [str(p) for p in patch],
+        "patches": [str(p) for p in patch or []],
         "fingerprints": [p.fingerprints for p in patches],
         "scale": scale,
     }
     compare_original_erased(
-        original, erased, prompt, seed_list, out, overwrite=overwrite, metadata=meta, **call
+        original,
+        erased,
+        prompt,
+        seed_list,
+        out,
+        overwrite=overwrite,
+        metadata=meta,
+        progress=not quiet,
+        **call,
     )
-    console.print(f"[green]images[/] -> {out} (grid: {out / 'grid.png'})")
+    what = "original vs erased" if patches else "original model (no patch)"
+    console.print(f"[green]images ({what})[/] -> {out} (grid: {out / 'grid.png'})")
 
 
 def register(app: typer.Typer) -> None:

@@ -7,21 +7,28 @@ from typing import Annotated
 
 import typer
 
-from hirm.cli.eval import Overwrite, fail_on_errors
+from hirm.cli.common import Overwrite
+from hirm.cli.eval import fail_on_errors
 
 
 @fail_on_errors
 def report_command(
     results: Annotated[
-        list[Path], typer.Argument(help="Result files or directories (eval canvas/nudity/utility, sweep).")
+        list[Path],
+        typer.Argument(help="Result files or directories (eval canvas/nudity/utility, sweep, compare)."),
     ],
     out: Annotated[
-        Path, typer.Option("--out", help="Report directory: index.html (self-contained) and summary.md.")
+        Path,
+        typer.Option("--out", "-o", help="Report directory: index.html (self-contained) and summary.md."),
     ],
     overwrite: Overwrite = False,
     title: Annotated[str, typer.Option("--title", help="Page title.")] = "hirm evaluation report",
 ) -> None:
-    """Tables, before/after image grids and per-concept bar charts (inline SVG; no JavaScript, no server)."""
+    """How it was erased, the metrics with n and 95 % intervals, charts, and before/after images of every seed.
+
+    One self-contained page (images inlined, charts as SVG, a few lines of plain JavaScript for the seed
+    switch and sortable tables; nothing is fetched) and a Markdown summary.
+    """
     from hirm.evaluation.report import build_report
 
     path = build_report(results, out, overwrite=overwrite, title=title)

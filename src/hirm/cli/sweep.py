@@ -7,10 +7,12 @@ from typing import Annotated
 
 import typer
 
-from hirm.cli.eval import (
-    Batch,
+from hirm.cli.common import (
+    CONTEXT_SETTINGS,
+    BatchSize,
     CacheDir,
     Device,
+    GridSeeds,
     Guidance,
     Height,
     Model,
@@ -20,14 +22,11 @@ from hirm.cli.eval import (
     Overwrite,
     Precision,
     Quiet,
-    Seeds,
-    Steps,
+    SamplerSteps,
     Template,
     Width,
-    canvas_settings,
-    fail_on_errors,
-    print_json,
 )
+from hirm.cli.eval import canvas_settings, fail_on_errors, print_json
 
 
 @fail_on_errors
@@ -36,6 +35,7 @@ def sweep_command(
         Path,
         typer.Option(
             "--out",
+            "-o",
             help="Sweep directory: sweep.json, results.jsonl/csv, concepts/<name>/. Re-run to resume.",
         ),
     ],
@@ -46,11 +46,14 @@ def sweep_command(
     target: Annotated[
         str,
         typer.Option(
-            "--target", help="random (HiRM-R) or super (HiRM-S toward the concept's super-category word)."
+            "--target",
+            "-t",
+            help="Misdirection target: random (HiRM-R) or super (HiRM-S toward the concept's super-category word).",
         ),
     ] = "random",
     concept: Annotated[
-        list[str] | None, typer.Option("--concept", help="Only these concepts (repeatable; any spelling).")
+        list[str] | None,
+        typer.Option("--concept", "-c", help="Only these concepts (repeatable; any spelling)."),
     ] = None,
     limit: Annotated[
         int | None, typer.Option("--limit", help="Only the first N concepts (smoke runs).")
@@ -58,16 +61,16 @@ def sweep_command(
     model: Model = "minicanvas",
     overwrite: Overwrite = False,
     device: Device = "auto",
-    seeds: Seeds = None,
+    precision: Precision = "auto",
+    seeds: GridSeeds = None,
     template: Template = None,
     no_heldout: NoHeldout = False,
     no_super: NoSuper = False,
-    steps: Steps = None,
+    sampler_steps: SamplerSteps = None,
     guidance: Guidance = None,
     height: Height = None,
     width: Width = None,
-    batch_size: Batch = None,
-    precision: Precision = "fp32",
+    batch_size: BatchSize = None,
     save_patches: Annotated[
         bool,
         typer.Option(
@@ -79,39 +82,20 @@ def sweep_command(
     quiet: Quiet = False,
 ) -> None:
     """Erase each concept of --domain with --method and evaluate it on the UnlearnCanvas grid; streams results, resumes."""
+    from hirm.cli.common import resolve_device, sampling_precision
     from hirm.evaluation.sweep import run_sweep
 
+    dev = resolve_device(device)
     settings = canvas_settings(
-        model,
-        seeds=seeds,
-        templates=template,
-        heldout=None,
-        supers=None,
-        no_heldout=no_heldout,
-        no_super=no_super,
-        steps=steps,
-        guidance=guidance,
-        height=height,
-        width=width,
-        batch_size=batch_size,
-        precision=precision,
-    )
+        model, seeds=seeds, templates=template, no_heldout=no_heldout, no_super=no_super,
+        sampler_steps=sampler_steps, guidance=guidance, height=height, width=width, batch_size=batch_size,
+        precision=sampling_precision(precision, dev),
+    )  # fmt: skip
     manifest = run_sweep(
-        model,
-        out=out,
-        domain=domain,
-        method=method,
-        target=target,
-        concepts=concept,
-        limit=limit,
-        settings=settings,
-        device=device,
-        cache_dir=cache_dir,
-        use_cache=not no_cache,
-        overwrite=overwrite,
-        save_patches=save_patches,
-        progress=not quiet,
-    )
+        model, out=out, domain=domain, method=method, target=target, concepts=concept, limit=limit,
+        settings=settings, device=dev, cache_dir=cache_dir, use_cache=not no_cache, overwrite=overwrite,
+        save_patches=save_patches, progress=not quiet,
+    )  # fmt: skip
     print_json({k: manifest.get(k) for k in ("complete", "finished", "aggregate", "times")})
 
 
@@ -121,7 +105,7 @@ def register(app: typer.Typer) -> None:
 
 def main() -> None:
     """``accelerate launch -m hirm.cli.sweep ...`` / ``torchrun ... -m hirm.cli.sweep ...``."""
-    app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
+    app = typer.Typer(add_completion=False, pretty_exceptions_enable=False, context_settings=CONTEXT_SETTINGS)
     app.command()(sweep_command)
     app()
 

@@ -1,4 +1,8 @@
-"""``hirm world build | info``: rebuild the embedded miniature world, or describe the shipped one."""
+"""``hirm world build | info``: rebuild the embedded miniature world, or describe the shipped one.
+
+``hirm world build`` is the one world-build command; ``python -m hirm.world.build ARGS`` (and
+``python -m hirm.world ARGS``) run it too (:func:`build_main`).
+"""
 
 from __future__ import annotations
 
@@ -6,10 +10,12 @@ from pathlib import Path
 
 import typer
 
-from hirm.cli.common import console, friendly_errors
+from hirm.cli.common import CONTEXT_SETTINGS, Device, Quiet, console, friendly_errors
 
 world_app = typer.Typer(
-    help="The embedded miniature world (MiniCanvas): rebuild it or describe it.", no_args_is_help=True
+    help="The embedded miniature world (MiniCanvas): rebuild it or describe it.",
+    no_args_is_help=True,
+    context_settings=CONTEXT_SETTINGS,
 )
 
 
@@ -19,20 +25,31 @@ def build_command(
     out: Path = typer.Option(
         ..., "--out", "-o", help="Build directory (stage checkpoints; an interrupted build resumes)."
     ),
-    seed: int = typer.Option(0, help="Global seed (0 = the shipped world)."),
+    seed: int = typer.Option(0, help="Global seed (0 = the shipped world, built with --device cpu)."),
     preset: str = typer.Option("full", help="full (the shipped world) or tiny (seconds, smoke test)."),
-    device: str = typer.Option("cpu", help="torch device for training."),
+    stage: list[str] = typer.Option(
+        [],
+        "--stage",
+        help="Run only this stage (repeat; its prerequisites must be done): data, tokenizer, clip, judges, "
+        "vae, unet, assemble. Default: all, in order.",
+    ),
+    device: Device = "auto",
     install: bool = typer.Option(False, help="Copy the built assets into the installed package when done."),
-    threads: int | None = typer.Option(None, help="torch CPU threads."),
+    threads: int | None = typer.Option(None, min=1, help="torch CPU threads (default: torch's choice)."),
+    quiet: Quiet = False,
 ) -> None:
     """Train the whole world from scratch (tokenizer, MiniCLIP, judges, VAE, U-Net), seeded and resumable."""
     import torch
 
-    from hirm.checks import check_device
+    from hirm.cli.common import resolve_device
     from hirm.io import directory_lock, read_marker, write_marker
     from hirm.world import build_world
+    from hirm.world.build import STAGES
 
-    device = str(check_device(device))
+    device = str(resolve_device(device))
+    unknown = [s for s in stage if s not in STAGES]
+    if unknown:
+        raise ValueError(f"--stage {unknown[0]!r} is not a stage; the stages are {', '.join(STAGES)}.")
     if threads:
         torch.set_num_threads(threads)
     if out.is_file():
@@ -40,14 +57,23 @@ def build_command(
     with directory_lock(out, "hirm world build"):
         # The build replaces its own stage folders (assets/, ckpt/...): never in someone else's directory.
         others = [p.name for p in out.iterdir() if not p.name.startswith(".hirm-")]
-        if others and read_marker(out) is None and not any((out / "ckpt").glob("*.digest")):
+        started = (out / "build.json").is_file() or any((out / "ckpt").glob("*.digest"))
+        if others and read_marker(out) is None and not started:
             raise ValueError(
                 f"{out} holds files that are not a world build ({', '.join(sorted(others)[:3])}); "
                 "choose an empty or new directory."
             )
         write_marker(out, "world-build", files=[])
-        assets = build_world(out, seed=seed, preset=preset, device=device, install=install)
-    console.print(f"[green]world built[/] -> {assets}")
+        assets = build_world(
+            out, seed=seed, preset=preset, stages=tuple(stage) or None, device=device, install=install,
+            progress=not quiet,
+        )  # fmt: skip
+    if stage and "assemble" not in stage:
+        console.print(f"[green]stages {', '.join(stage)} done[/] in {out}")
+    else:
+        console.print(
+            f"[green]world built[/] -> {assets}" + (" (installed into the package)" if install else "")
+        )
 
 
 @world_app.command("info")
@@ -72,3 +98,10 @@ def info_command() -> None:
 
 def register(app: typer.Typer) -> None:
     app.add_typer(world_app, name="world")
+
+
+def build_main(argv: list[str] | None = None) -> None:
+    """``hirm world build ARGS`` as a program of its own (``python -m hirm.world.build ARGS``)."""
+    app = typer.Typer(add_completion=False, pretty_exceptions_enable=False, context_settings=CONTEXT_SETTINGS)
+    app.command(name="build")(build_command)
+    app(args=argv, prog_name="python -m hirm.world.build")

@@ -30,6 +30,7 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
+from hirm.checks import native_bf16
 from hirm.core.config import (
     REFERENCE_READ,
     Concept,
@@ -119,11 +120,7 @@ def resolve_precision(config: HiRMConfig, device: torch.device) -> torch.dtype |
         return None
     if config.precision == "bf16":
         return torch.bfloat16
-    if device.type == "cuda":
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else None
-    if device.type == "cpu":
-        return torch.bfloat16 if torch.ops.mkldnn._is_mkldnn_bf16_supported() else None
-    return None
+    return torch.bfloat16 if native_bf16(device) else None
 
 
 @dataclass(frozen=True)

@@ -68,7 +68,10 @@ class CanvasSettings:
         num_inference_steps, guidance_scale, height, width: sampler settings (``None`` size = pipeline default).
         batch_size: images per generation batch (also the unit of work shared between processes).
         judge_batch_size: images per judge call.
-        samples: retained concepts of the target's domain whose images are kept for the report.
+        samples: how many retained concepts of the target's domain have their grid images kept for the
+            report of a single evaluation (``None``: every concept; the target's own images, every seed and
+            every held-out / super-category prompt are always kept). Sweeps keep the target's grid rows only.
+        thumbnail: kept images larger than this (px, longest side) are downscaled for the report.
         precision: ``"fp32"`` or ``"bf16"`` (bfloat16 autocast while sampling; about 2x faster on CPUs
             with AMX/AVX-512-BF16; on MiniCanvas the judged accuracy was the same, see docs/world.md).
     """
@@ -83,7 +86,8 @@ class CanvasSettings:
     width: int | None = None
     batch_size: int = 32
     judge_batch_size: int = 256
-    samples: int = 2
+    samples: int | None = 2
+    thumbnail: int = 128
     precision: str = "fp32"
 
     def __post_init__(self) -> None:
@@ -92,6 +96,10 @@ class CanvasSettings:
 
         if self.num_inference_steps < 1 or self.batch_size < 1 or self.judge_batch_size < 1:
             raise EvaluationInputError("steps and batch sizes must be >= 1.")
+        if self.samples is not None and self.samples < 0:
+            raise EvaluationInputError(f"samples must be >= 0 or None (every concept), got {self.samples}.")
+        if self.thumbnail < 8:
+            raise EvaluationInputError(f"thumbnail must be >= 8 px, got {self.thumbnail}.")
         if not self.seeds:
             raise EvaluationInputError("Give at least one seed.")
         if self.precision not in PRECISIONS:
@@ -118,6 +126,7 @@ class CanvasSettings:
             height=gen.get("height"),
             width=gen.get("width"),
             batch_size=64,
+            samples=None,  # 32x32 images: keep every concept's row for the report
         )
         return replace(base, **{k: v for k, v in overrides.items() if v is not None})
 
@@ -127,14 +136,6 @@ class CanvasSettings:
 
 def item_key(item: Item) -> str:
     return f"{item.split}|{item.template}|{item.style}|{item.object}|{item.seed}"
-
-
-def item_file(item: Item) -> str:
-    """File name of an item's image: split, a short hash of the template, concepts and seed."""
-    import hashlib
-
-    t = hashlib.sha1(item.template.encode()).hexdigest()[:8]
-    return f"{item.split}-{t}-{item.style or 'none'}-{item.object or 'none'}-s{item.seed}.png"
 
 
 @contextmanager
@@ -187,16 +188,24 @@ class CanvasEvaluator:
             target=target,
         )
 
-    def sample_items(self, target: str, items: Sequence[Item]) -> list[int]:
-        """Indices of the images kept for the report: first template and seed, target + a few retained rows."""
+    def sample_items(self, target: str, items: Sequence[Item], *, keep: str = "target") -> list[int]:
+        """Indices of the images kept for the report, every seed.
+
+        ``keep="target"``: the target's rows of the grid (first template). ``keep="report"``: also
+        ``settings.samples`` retained rows of the target's domain (``None``: all of them) and every
+        held-out and super-category image (those splits only hold the target's prompts).
+        """
         domain = self.canvas.domain(target)
-        retained = [n for n in self.canvas.names(domain) if n != target][: self.settings.samples]
-        rows = {target, *retained}
-        t0, s0 = self.settings.templates[0], self.settings.seeds[0]
+        rows = {target}
+        if keep == "report":
+            others = [n for n in self.canvas.names(domain) if n != target]
+            rows.update(others if self.settings.samples is None else others[: self.settings.samples])
+        t0 = self.settings.templates[0]
         return [
             i
             for i, it in enumerate(items)
-            if it.split == "grid" and it.template == t0 and it.seed == s0 and it.label(domain) in rows
+            if (it.split == "grid" and it.template == t0 and it.label(domain) in rows)
+            or (keep == "report" and it.split != "grid")
         ]
 
     # -------------------------------------------------------------------------------------- judging
@@ -252,6 +261,7 @@ class CanvasEvaluator:
             keep=keep,
             progress=self.progress,
             desc=desc,
+            thumbnail=s.thumbnail,
         )
         for name in ("generate", "score", "generated", "cached"):
             setattr(self.timing, name, getattr(self.timing, name) + getattr(timing, name))
@@ -275,30 +285,72 @@ class CanvasEvaluator:
     def baseline(self) -> tuple[list[dict[str, Any]], dict[str, np.ndarray]]:
         """The original model's rows on the full item list (every split, every concept), judged once.
 
-        Images of the first template and seed of the grid are kept (keyed by :func:`item_key`).
+        Images of the first grid template are kept, every seed (keyed by :func:`item_key`).
         """
         if self._baseline is None:
             items = self.items(None)
             keep = [
                 i
                 for i, it in enumerate(items)
-                if it.split == "grid"
-                and it.template == self.settings.templates[0]
-                and it.seed == self.settings.seeds[0]
+                if it.split == "grid" and it.template == self.settings.templates[0]
             ]
             rows, kept = self.judge_items(items, cache=self.cache, keep=keep, desc="original")
             self._baseline = (rows, {item_key(items[i]): img for i, img in kept.items()})
         return self._baseline
 
+    def original_images(self, items: Sequence[Item]) -> dict[str, np.ndarray]:
+        """The original model's images of ``items`` (read from the disk cache, generated when absent).
+
+        Used for kept images the baseline did not keep (held-out and super-category prompts); not
+        judged and not counted in :attr:`timing`.
+        """
+        s = self.settings
+        requests = [
+            Request(
+                it.prompt,
+                it.seed,
+                s.guidance_scale,
+                s.num_inference_steps,
+                s.height,
+                s.width,
+                precision=s.precision,
+            )
+            for it in items
+        ]
+        _, kept, _ = run_generation(
+            self.pipe,
+            requests,
+            score_fn=lambda images: [None] * len(images),
+            batch_size=s.batch_size,
+            cache=self.cache,
+            cache_extra=self.cache_extra,
+            keep=range(len(items)),
+            progress=self.progress,
+            desc="original (images)",
+            thumbnail=s.thumbnail,
+        )
+        return {item_key(items[i]): image for i, image in kept.items()}
+
     def evaluate(
-        self, target: str, *, patches: Sequence[Any] = (), baseline: bool = True, cache_patched: bool = False
+        self,
+        target: str,
+        *,
+        patches: Sequence[Any] = (),
+        baseline: bool = True,
+        cache_patched: bool = False,
+        keep: str = "target",
     ) -> tuple[dict[str, Any], dict[str, dict[str, np.ndarray]]]:
-        """Metrics for ``target`` with ``patches`` applied (none: the original model). Returns (result, images)."""
-        target = self.canvas.canonical(target)
+        """Metrics for ``target`` with ``patches`` applied (none: the original model). Returns (result, images).
+
+        ``keep`` chooses the images returned for the report (see :meth:`sample_items`).
+        """
+        if keep not in ("target", "report"):
+            raise EvaluationInputError(f"keep must be 'target' or 'report', got {keep!r}.")
+        target = self.canvas.erasable(target)
         domain = self.canvas.domain(target)
         items = self.items(target)
         keys = [item_key(it) for it in items]
-        samples = self.sample_items(target, items)
+        samples = self.sample_items(target, items, keep=keep)
         images: dict[str, dict[str, np.ndarray]] = {"erased": {}, "original": {}}
         result: dict[str, Any] = {
             "target": target,
@@ -314,6 +366,9 @@ class CanvasEvaluator:
             by_key = {item_key(it): row for it, row in zip(self.items(None), base_rows, strict=True)}
             runs["original"] = [by_key[k] for k in keys]
             images["original"] = {k: base_imgs[k] for k in (keys[i] for i in samples) if k in base_imgs}
+            missing = [items[i] for i in samples if keys[i] not in images["original"]]
+            if missing:
+                images["original"].update(self.original_images(missing))
         if patches:
             with patched(self.pipe, patches):
                 cache = self.cache if cache_patched else None
@@ -326,7 +381,9 @@ class CanvasEvaluator:
             runs["erased"] = runs["original"]
             images["erased"] = images["original"]
         for name, rows in runs.items():
-            per_split = canvas_metrics(rows, target=target, domain=domain)
+            per_split = canvas_metrics(
+                rows, target=target, domain=domain, ira_excluded=self.canvas.ira_excluded
+            )
             result["metrics"][name] = per_split
             result["summary"][name] = summary_metrics(per_split)
             result["per_concept"][name] = {
@@ -336,11 +393,12 @@ class CanvasEvaluator:
         result["samples"] = [
             {
                 "key": keys[i],
+                "split": items[i].split,
+                "template": items[i].template,
                 "style": items[i].style,
                 "object": items[i].object,
                 "seed": items[i].seed,
                 "prompt": items[i].prompt,
-                "file": item_file(items[i]),
             }
             for i in samples
         ]
@@ -424,13 +482,14 @@ def evaluate_canvas(
     ``out``: a directory receiving ``result.json`` and the sample images (written atomically by the
     main process; an existing one is refused unless ``overwrite``).
     """
+    from hirm.evaluation.judge_models import judge_name
     from hirm.io import check_writable
 
     if out is not None:
         check_writable(out, overwrite=overwrite, directory=True)
     dev = resolve_device(device)
     canvas, judges = default_canvas_and_judges(model, canvas, judges, dev)
-    target = canvas.canonical(target)
+    target = canvas.erasable(target)
     if settings is None:
         settings = CanvasSettings.for_world() if str(model) == "minicanvas" else CanvasSettings()
     loaded, info = load_patches(patches)
@@ -448,7 +507,7 @@ def evaluate_canvas(
         cache=make_cache(cache_dir, path, use_cache),
         progress=progress,
     )
-    result, images = evaluator.evaluate(target, patches=loaded, baseline=baseline)
+    result, images = evaluator.evaluate(target, patches=loaded, baseline=baseline, keep="report")
     result = {
         "kind": "canvas",
         "complete": True,
@@ -464,6 +523,8 @@ def evaluate_canvas(
             seeds=settings.seeds,
         ),
         **result,
+        "judges": {role: judge_name(judges[role]) for role in ("style", "object")},
+        "ira_excluded": list(canvas.ira_excluded),
         "timing": asdict(evaluator.timing),
     }
     if out is not None and _is_main():
@@ -489,7 +550,7 @@ def write_canvas_dir(
     *,
     overwrite: bool = False,
 ) -> Path:
-    """``out/result.json`` + ``out/images/{original,erased}/<sample file>.png``, atomically."""
+    """``out/result.json`` + ``out/sheets/{original,erased}/*.png`` (see :func:`contact_sheets`), atomically."""
     from hirm.io import atomic_path
 
     with atomic_path(out, overwrite=overwrite, directory=True, kind="canvas") as tmp:
@@ -497,14 +558,69 @@ def write_canvas_dir(
     return Path(out)
 
 
+def contact_sheets(
+    result: Mapping[str, Any], images: Mapping[str, Mapping[str, np.ndarray]]
+) -> list[tuple[dict[str, Any], np.ndarray]]:
+    """The kept images as one picture per (run, split, template, seed): ``(index entry, (R*h, C*w, 3) uint8)``.
+
+    Rows are concepts of the target's domain (the target first), columns the other domain's concepts in
+    the order of the grid (``None`` for a template naming only the target's domain). A cell without an
+    image is mid-grey and listed in the entry's ``missing`` as ``[row, column]``. The entry records
+    ``run``, ``split``, ``template``, ``seed``, ``rows``, ``cols``, the cell size ``cell`` = ``[h, w]`` and
+    the ``file`` name (relative to the result directory).
+    """
+    import hashlib
+
+    domain = result["domain"]
+    other = "object" if domain == "style" else "style"
+    groups: dict[tuple[str, str, int], list[Mapping[str, Any]]] = {}
+    for sample in result.get("samples", []):
+        if "split" in sample:  # results of hirm < 0.2 kept single images; they have no sheets
+            groups.setdefault((sample["split"], sample["template"], sample["seed"]), []).append(sample)
+    sheets = []
+    for (split, template, seed), group in groups.items():
+        rows = sorted(dict.fromkeys(g[domain] for g in group), key=lambda n: n != result["target"])
+        cols = list(dict.fromkeys(g[other] for g in group))
+        where = {(g[domain], g[other]): g["key"] for g in group}
+        for run in ("original", "erased"):
+            found = [images.get(run, {}).get(k) for k in where.values()]
+            shapes = {img.shape for img in found if img is not None}
+            if not shapes:
+                continue
+            h, w, _ = max(shapes)
+            picture = np.full((len(rows) * h, len(cols) * w, 3), 128, np.uint8)
+            missing = []
+            for r, row in enumerate(rows):
+                for c, col in enumerate(cols):
+                    image = images.get(run, {}).get(where.get((row, col), ""))
+                    if image is None or image.shape != (h, w, 3):
+                        missing.append([r, c])
+                        continue
+                    picture[r * h : (r + 1) * h, c * w : (c + 1) * w] = image
+            tag = hashlib.sha1(template.encode()).hexdigest()[:8]
+            entry = {
+                "run": run,
+                "split": split,
+                "template": template,
+                "seed": int(seed),
+                "rows": rows,
+                "cols": cols,
+                "cell": [int(h), int(w)],
+                "missing": missing,
+                "file": f"sheets/{run}/{split}-{tag}-s{seed}.png",
+            }
+            sheets.append((entry, picture))
+    return sheets
+
+
 def fill_canvas_dir(
     directory: Path, result: Mapping[str, Any], images: Mapping[str, Mapping[str, np.ndarray]]
 ) -> None:
+    """Write the contact sheets of the kept images and ``result.json`` (with the sheets' index) into ``directory``."""
     from hirm.evaluation.common import dump_json
 
-    for sample in result.get("samples", []):
-        for run in ("original", "erased"):
-            image = images.get(run, {}).get(sample["key"])
-            if image is not None:
-                save_png(directory / "images" / run / sample["file"], image)
-    (directory / RESULT_FILE).write_text(dump_json(result), encoding="utf-8")
+    index = []
+    for entry, picture in contact_sheets(result, images):
+        save_png(directory / entry["file"], picture)
+        index.append(entry)
+    (directory / RESULT_FILE).write_text(dump_json({**result, "sheets": index}), encoding="utf-8")

@@ -54,13 +54,26 @@ def now_iso() -> str:
 
 
 def patch_info(patch: Any, source: str | os.PathLike | None = None) -> dict[str, Any]:
-    """What a result file records about one applied patch."""
+    """What a result file records about one applied patch (what a report needs to say how it was made).
+
+    ``concepts`` are the concept texts and ``concept_specs`` the full concept records (kind, target);
+    ``steps``, ``lr``, ``precision`` are the values the method resolved, ``losses`` the per-step loss
+    curve per component (methods that train; ``None`` otherwise).
+    """
     meta = getattr(patch, "metadata", {}) or {}
     return {
         "path": None if source is None else str(source),
         "method": meta.get("method"),
         "concepts": [c.get("text") for c in meta.get("concepts", [])],
+        "concept_specs": meta.get("concepts", []),
         "config": meta.get("config"),
+        "steps": meta.get("steps"),
+        "lr": meta.get("lr"),
+        "precision": meta.get("precision"),
+        "losses": meta.get("losses"),
+        "final_loss": meta.get("final_loss"),
+        "base_source": meta.get("base", {}).get("source"),
+        "base_family": meta.get("base", {}).get("family"),
         "fingerprints": dict(patch.fingerprints) if meta.get("base") else {},
         "num_parameters": sum(t.numel() for t in patch.tensors.values()),
         "digest": patch_digest(patch),

@@ -213,11 +213,13 @@ def run_generation(
     keep: Sequence[int] = (),
     progress: bool = True,
     desc: str = "generate",
+    thumbnail: int | None = None,
 ) -> tuple[list[Any], dict[int, np.ndarray], Timing]:
     """Generate (or read from ``cache``) every request, score it, and gather the results.
 
-    Returns ``scores`` (one per request, in order), the uint8 images of the indices in ``keep``, and
-    the time split. In a multi-process launch every process returns the full, identical result.
+    Returns ``scores`` (one per request, in order), the uint8 images of the indices in ``keep`` (downscaled
+    to at most ``thumbnail`` px on the longest side when given), and the time split. In a multi-process
+    launch every process returns the full, identical result.
     """
     state = distributed_state()
     chunks = make_chunks(requests, batch_size)
@@ -234,7 +236,7 @@ def run_generation(
         if len(scores) != len(chunk):
             raise RuntimeError(f"score_fn returned {len(scores)} results for {len(chunk)} images.")
         local.extend(
-            (i, s, images[j] if i in keep_set else None)
+            (i, s, shrink(images[j], thumbnail) if i in keep_set else None)
             for j, (i, s) in enumerate(zip(chunk, scores, strict=True))
         )
         bar.update(1)
@@ -247,6 +249,15 @@ def run_generation(
         if image is not None:
             kept[i] = image
     return out, kept, timing
+
+
+def shrink(image: np.ndarray, size: int | None) -> np.ndarray:
+    """``image`` (H, W, 3) uint8 downscaled (box filter) so that its longest side is at most ``size``."""
+    if size is None or max(image.shape[:2]) <= size:
+        return image
+    picture = Image.fromarray(image)
+    picture.thumbnail((size, size), Image.BOX)
+    return np.asarray(picture).copy()
 
 
 def _chunk_images(pipe, reqs: list[Request], cache, extra, timing: Timing) -> np.ndarray:

@@ -58,7 +58,7 @@ def _acc(hits: list[bool]) -> float | None:
 
 
 def canvas_metrics(
-    rows: Iterable[Mapping[str, Any]], *, target: str, domain: str
+    rows: Iterable[Mapping[str, Any]], *, target: str, domain: str, ira_excluded: Iterable[str] = ()
 ) -> dict[str, dict[str, Any]]:
     """UA, IRA, CRA and AA per split for erasing ``target`` of ``domain`` ("style" or "object").
 
@@ -71,17 +71,21 @@ def canvas_metrics(
     * CRA = accuracy of the other judge on all images whose prompt names a concept of the other domain;
     * AA  = mean of UA, IRA and CRA (``None`` when one of them is undefined).
 
+    Concepts in ``ira_excluded`` (UnlearnCanvas's photo class ``Seed_Images``) are left out of IRA; their
+    images still count for CRA.
+
     Counts (``n_target``, ``n_in_domain``, ``n_cross``) are reported beside; a metric with no images is ``None``.
     """
     if domain not in ("style", "object"):
         raise ValueError(f"domain must be 'style' or 'object', got {domain!r}.")
     other = "object" if domain == "style" else "style"
     tkey = concept_key(target)
+    excluded = {concept_key(n) for n in ira_excluded}
     acc: dict[str, dict[str, list[bool]]] = {}
     for row in rows:
         bucket = acc.setdefault(row["split"], {"target": [], "in": [], "cross": []})
         mine, theirs = row.get(domain), row.get(other)
-        if mine is not None:
+        if mine is not None and concept_key(mine) not in excluded:
             hit = concept_key(row[f"pred_{domain}"]) == concept_key(mine)
             bucket["target" if concept_key(mine) == tkey else "in"].append(hit)
         if theirs is not None:
@@ -116,16 +120,25 @@ def summary_metrics(per_split: Mapping[str, Mapping[str, Any]]) -> dict[str, flo
     }
 
 
+def per_concept_counts(
+    rows: Iterable[Mapping[str, Any]], *, domain: str, split: str = "grid"
+) -> dict[str, tuple[int, int]]:
+    """``(recognised, images)`` of the ``domain`` judge per concept of that domain (images of ``split``)."""
+    counts: dict[str, list[int]] = {}
+    for row in rows:
+        name = row.get(domain)
+        if row["split"] == split and name is not None:
+            pair = counts.setdefault(name, [0, 0])
+            pair[0] += concept_key(row[f"pred_{domain}"]) == concept_key(name)
+            pair[1] += 1
+    return {name: (k, n) for name, (k, n) in counts.items()}
+
+
 def per_concept_accuracy(
     rows: Iterable[Mapping[str, Any]], *, domain: str, split: str = "grid"
 ) -> dict[str, float]:
     """Accuracy of the ``domain`` judge per concept of that domain (images of ``split``)."""
-    hits: dict[str, list[bool]] = {}
-    for row in rows:
-        name = row.get(domain)
-        if row["split"] == split and name is not None:
-            hits.setdefault(name, []).append(concept_key(row[f"pred_{domain}"]) == concept_key(name))
-    return {name: sum(h) / len(h) for name, h in hits.items()}
+    return {name: k / n for name, (k, n) in per_concept_counts(rows, domain=domain, split=split).items()}
 
 
 # --------------------------------------------------------------------------------------------- nudity

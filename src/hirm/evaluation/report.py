@@ -1,190 +1,436 @@
 """A static HTML page and a Markdown summary from result files (``hirm report``).
 
-Reads any mix of canvas results (``result.json`` directories), sweeps (``sweep.json`` directories), nudity
-and utility result files. The page is one self-contained file: tables, before/after image grids on the
-same seeds (images inlined as PNG data URIs) and bar charts drawn as inline SVG. No JavaScript, no
-server. Partial results (``complete: false``) are flagged as such in both outputs.
+Reads any mix of canvas results (``result.json`` directories), sweeps (``sweep.json`` directories),
+comparisons (``hirm compare`` directories: one sweep per method), nudity and utility result files.
+
+For a canvas result the page says how the concept was erased and how the images were made, defines the
+metrics and which direction is better, gives every percentage with n and a 95 % Wilson interval, charts
+the judges' accuracy per style and per object (original vs erased) and the erase loss curve, and shows
+the before/after images of every kept prompt (grid rows, held-out and super-category templates), one
+seed at a time, each image marked with the judges' verdict. Sweeps and comparisons get per-concept
+tables that sort in the browser. The page is one self-contained file (images inlined as PNG data URIs,
+charts as inline SVG, a few lines of plain JavaScript). Partial results (``complete: false``) are flagged.
 """
 
 from __future__ import annotations
 
-import base64
-import html
+import hashlib
 import os
+import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from hirm.evaluation.common import EvaluationInputError, read_result
+import numpy as np
+
+from hirm.evaluation.common import EvaluationInputError, concept_key, display_name, read_result
+from hirm.evaluation.describe import (
+    INTERVAL_NOTE,
+    erasure_facts,
+    method_name,
+    metric_definitions,
+    plain,
+    sampling_facts,
+)
+from hirm.evaluation.metrics import per_concept_counts
+from hirm.evaluation.report_html import (
+    CSS,
+    JS,
+    LEGEND,
+    Cell,
+    Share,
+    column_head,
+    esc,
+    facts_html,
+    facts_md,
+    html_table,
+    image_controls,
+    md_table,
+    mean_std_text,
+    pct,
+    png_uri,
+    points_cell,
+    share_cell,
+    strip,
+    svg_bars,
+    svg_lines,
+)
 from hirm.io import atomic_path
 
 METRICS = ("UA", "IRA", "CRA", "AA", "UA_heldout", "UA_super")
-COLORS = ("#4e79a7", "#f28e2b", "#59a14f", "#e15759", "#76b7b2", "#edc948")
-
-CSS = """
-body{font-family:system-ui,sans-serif;margin:2em;color:#222;max-width:1200px}
-table{border-collapse:collapse;margin:.5em 0 1.5em}td,th{border:1px solid #ccc;padding:3px 8px;text-align:right}
-th{background:#f3f3f3}td.l,th.l{text-align:left}.warn{background:#fde2e2;border:1px solid #e15759;padding:.5em 1em}
-.meta{font-size:.8em;color:#555}img.px{image-rendering:pixelated;width:64px;height:64px;display:block}
-.grid td{padding:2px;text-align:center;font-size:.75em}section{margin-bottom:3em}
-"""
-
-
-def pct(value: Any) -> str:
-    return "–" if value is None else f"{100 * float(value):.2f}"
-
-
-def esc(value: Any) -> str:
-    return html.escape(str(value))
+LABELS = {"UA_heldout": "UA held-out", "UA_super": "UA super"}
+SPLIT_TITLES = {"grid": "Grid", "heldout": "Held-out template", "super": "Super-category template"}
 
 
 def load_results(paths: Sequence[str | os.PathLike]) -> list[dict[str, Any]]:
+    """Read every result; a ``hirm compare`` directory (sub-directories holding sweeps) is one result."""
     if not paths:
         raise EvaluationInputError("Give at least one result file or directory.")
-    return [read_result(p) for p in paths]
-
-
-# ------------------------------------------------------------------------------------------ charts
-
-
-def svg_bars(
-    groups: Sequence[tuple[str, Mapping[str, float | None]]],
-    series: Sequence[str],
-    *,
-    vmax: float = 1.0,
-    title: str = "",
-    percent: bool = True,
-) -> str:
-    """Grouped vertical bar chart: one group per label, one bar per series (missing values are skipped)."""
-    bar, gap, height, top, bottom, left = 12, 14, 160, 24, 90, 40
-    width = max(
-        left + len(groups) * (len(series) * bar + gap) + 10,
-        left + 90 * len(series) + 10,
-        left + 7 * len(title) + 10,
-    )
-    parts = [
-        f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{top + height + bottom}" '
-        f'role="img" aria-label="{esc(title)}"><title>{esc(title)}</title>',
-        f'<text x="{left}" y="14" font-size="12">{esc(title)}</text>',
-    ]
-    for frac in (0, 0.5, 1):
-        y = top + height * (1 - frac)
-        label = f"{100 * frac * vmax:.0f}" if percent else f"{frac * vmax:.3g}"
-        parts.append(
-            f'<line x1="{left}" x2="{width}" y1="{y}" y2="{y}" stroke="#ddd"/>'
-            f'<text x="{left - 4}" y="{y + 4}" font-size="10" text-anchor="end">{label}</text>'
+    results = []
+    for p in paths:
+        path = Path(p)
+        entries = (
+            sorted(d.name for d in path.iterdir() if (d / "sweep.json").is_file()) if path.is_dir() else []
         )
-    for g, (label, values) in enumerate(groups):
-        x0 = left + g * (len(series) * bar + gap) + gap / 2
-        for s, name in enumerate(series):
-            value = values.get(name)
-            if value is None:
-                continue
-            h = height * max(0.0, min(float(value) / vmax, 1.0))
-            parts.append(
-                f'<rect x="{x0 + s * bar}" y="{top + height - h}" width="{bar - 1}" height="{h}" '
-                f'fill="{COLORS[s % len(COLORS)]}"><title>{esc(label)} {esc(name)}: {value:.4f}</title></rect>'
+        if entries and not (path / "result.json").is_file() and not (path / "sweep.json").is_file():
+            results.append(
+                {"kind": "compare", "complete": True, "entries": entries, "_path": str(path / "compare.md")}
             )
-        cx = x0 + len(series) * bar / 2
-        parts.append(
-            f'<text x="{cx}" y="{top + height + 12}" font-size="10" text-anchor="end" '
-            f'transform="rotate(-45 {cx} {top + height + 12})">{esc(label)}</text>'
+        else:
+            results.append(read_result(path))
+    return results
+
+
+def _id(prefix: str, directory: Path) -> str:
+    """A stable HTML id for the images of the result in ``directory``."""
+    digest = hashlib.sha1(str(directory.resolve()).encode()).hexdigest()[:10]
+    return f"{prefix}-{re.sub(r'[^A-Za-z0-9_-]+', '-', directory.name)}-{digest}"
+
+
+# ------------------------------------------------------------------------------------------ numbers
+
+
+def metric_shares(result: Mapping[str, Any], run: str) -> dict[str, Share | None]:
+    """UA / IRA / CRA and the two extra UAs of one run as shares (k of n images)."""
+    per_split = result.get("metrics", {}).get(run, {})
+    grid, held, sup = (per_split.get(s, {}) for s in ("grid", "heldout", "super"))
+    return {
+        "UA": Share.of(grid.get("UA"), grid.get("n_target")),
+        "IRA": Share.of(grid.get("IRA"), grid.get("n_in_domain")),
+        "CRA": Share.of(grid.get("CRA"), grid.get("n_cross")),
+        "UA_heldout": Share.of(held.get("UA"), held.get("n_target")),
+        "UA_super": Share.of(sup.get("UA"), sup.get("n_target")),
+    }
+
+
+def metric_cell(result: Mapping[str, Any], run: str, metric: str) -> Cell:
+    """A metric of one run with n and interval (AA: the plain mean, it is not a share)."""
+    if metric == "AA":
+        value = result.get("summary", {}).get(run, {}).get("AA")
+        return Cell(pct(value), value, pct(value))
+    return share_cell(metric_shares(result, run).get(metric))
+
+
+def results_table(result: Mapping[str, Any]) -> tuple[str, str]:
+    """Metric | better | original | erased | change (points), as HTML and Markdown."""
+    header, rows = results_rows(result)
+    return html_table(header, rows, left=2), md_table(header, rows)
+
+
+def results_rows(result: Mapping[str, Any]) -> tuple[list[str], list[list[Any]]]:
+    """The header and rows (label, direction, one :class:`Cell` per run, change) of a canvas result."""
+    runs = [r for r in ("original", "erased") if r in result.get("summary", {})]
+    better = {name: direction for name, _, direction in metric_definitions(result.get("domain"))}
+    rows = []
+    for metric in METRICS:
+        label = LABELS.get(metric, metric)
+        cells = [metric_cell(result, run, metric) for run in runs]
+        summary = result.get("summary", {})
+        change = (
+            points_cell(summary["original"].get(metric), summary["erased"].get(metric))
+            if len(runs) == 2
+            else Cell("–")
         )
-    for s, name in enumerate(series):
-        x = left + s * 90
-        parts.append(
-            f'<rect x="{x}" y="{top + height + bottom - 14}" width="10" height="10" fill="{COLORS[s % len(COLORS)]}"/>'
-            f'<text x="{x + 14}" y="{top + height + bottom - 5}" font-size="11">{esc(name)}</text>'
-        )
-    parts.append("</svg>")
-    return "".join(parts)
+        rows.append([label, better.get(label, ""), *cells, change])
+    header = ["metric", "which is better", *(f"{r} %" for r in runs), "change (points)"]
+    return header, rows
 
 
-def data_uri(path: Path) -> str | None:
-    if not path.is_file():
-        return None
-    return "data:image/png;base64," + base64.b64encode(path.read_bytes()).decode()
-
-
-# ------------------------------------------------------------------------------------------ blocks
-
-
-def html_table(header: Sequence[str], rows: Sequence[Sequence[Any]], left: int = 1) -> str:
-    head = "".join(f'<th class="{"l" if i < left else ""}">{esc(h)}</th>' for i, h in enumerate(header))
-    body = "".join(
-        "<tr>"
-        + "".join(f'<td class="{"l" if i < left else ""}">{esc(c)}</td>' for i, c in enumerate(r))
-        + "</tr>"
-        for r in rows
+def definitions(domain: str | None) -> tuple[str, str]:
+    rows = metric_definitions(domain)
+    h = (
+        '<details open><summary>What the numbers mean</summary><table class="defs">'
+        + "".join(f"<tr><th>{esc(n)}</th><td>{esc(d)}</td><td>{esc(b)}</td></tr>" for n, d, b in rows)
+        + f'</table><p class="meta">{esc(INTERVAL_NOTE)}</p></details>'
     )
-    return f"<table><tr>{head}</tr>{body}</table>"
+    md = "\n".join(f"- **{n}**: {d}; {b}." for n, d, b in rows) + f"\n\n{INTERVAL_NOTE}"
+    return h, md
 
 
-def md_table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
-    lines = ["| " + " | ".join(map(str, header)) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(str(c).replace("|", "\\|") for c in r) + " |" for r in rows]
-    return "\n".join(lines)
-
-
-def meta_line(result: Mapping[str, Any]) -> str:
-    m = result.get("meta", {})
-    patches = (
-        ", ".join(
-            f"{p.get('method')}:{p.get('concepts')} ({(p.get('path') or 'in memory')})"
-            for p in m.get("patches", [])
+def concept_table(result: Mapping[str, Any]) -> tuple[str, str, dict[str, str]]:
+    """Judge accuracy per concept (both domains), original vs erased; also the two bar charts."""
+    runs = [r for r in ("original", "erased") if r in result.get("rows", {})]
+    counts = {
+        (run, d): per_concept_counts(result["rows"][run], domain=d)
+        for run in runs
+        for d in ("style", "object")
+    }
+    rows, classes, charts = [], [], {}
+    for domain in ("style", "object"):
+        names = list(counts.get((runs[0], domain), {})) if runs else []
+        groups, intervals = [], {}
+        for name in names:
+            shares = {
+                run: Share(*counts[(run, domain)][name]) for run in runs if name in counts[(run, domain)]
+            }
+            values = {run: s.value for run, s in shares.items()}
+            intervals.update({(name, run): s.interval() for run, s in shares.items()})
+            groups.append((name, values))
+            rows.append(
+                [
+                    name,
+                    domain,
+                    *(share_cell(shares.get(run)) for run in runs),
+                    points_cell(values.get("original"), values.get("erased")),
+                ]
+            )
+            classes.append("target" if concept_key(name) == concept_key(result["target"]) else "")
+        charts[domain] = svg_bars(
+            groups,
+            runs,
+            title=f"{domain} judge accuracy per {domain} (grid images, %, 95 % intervals)",
+            intervals=intervals,
+            highlight=result["target"] if result.get("domain") == domain else None,
         )
-        or "none"
-    )
+    header = ["concept", "domain", *(f"{r} %" for r in runs), "change (points)"]
     return (
-        f"model {m.get('model')} · patches {patches} · seeds {m.get('seeds')} · hirm {m.get('hirm_version')} · "
-        f"{m.get('date')}"
+        html_table(header, rows, left=2, sortable=True, row_classes=classes),
+        md_table(header, rows),
+        charts,
     )
 
 
-def image_grid(directory: Path, samples: Sequence[Mapping[str, Any]], domain: str) -> str:
-    """Rows = concepts of the target's domain (original row, erased row), columns = the other domain."""
-    other = "object" if domain == "style" else "style"
-    rows = list(dict.fromkeys(s[domain] for s in samples))
-    cols = list(dict.fromkeys(s[other] for s in samples))
-    cell = {(s[domain], s[other]): s for s in samples}
-    out = ['<table class="grid"><tr><th></th>' + "".join(f"<th>{esc(c)}</th>" for c in cols) + "</tr>"]
-    for r in rows:
-        for run in ("original", "erased"):
-            tds = []
-            for c in cols:
-                s = cell.get((r, c))
-                uri = s and data_uri(directory / "images" / run / s["file"])
-                tds.append(
-                    f'<td><img class="px" src="{uri}" alt="{esc(s["prompt"])}" title="{esc(s["prompt"])} '
-                    f'(seed {s["seed"]})"></td>'
-                    if uri
-                    else "<td>–</td>"
+# ------------------------------------------------------------------------------------------- images
+
+
+class Verdicts:
+    """The judges' answers of a canvas result, to mark each image (leak, erased, collateral, miss)."""
+
+    def __init__(self, result: Mapping[str, Any]) -> None:
+        self.target, self.domain = result["target"], result["domain"]
+        self.other = "object" if self.domain == "style" else "style"
+        self.rows = {
+            run: {(r["split"], r["template"], r["style"], r["object"], r["seed"]): r for r in rows}
+            for run, rows in result.get("rows", {}).items()
+        }
+
+    def _ok(self, row: Mapping[str, Any] | None, role: str) -> bool | None:
+        if row is None or row.get(role) is None:
+            return None
+        return concept_key(row[f"pred_{role}"]) == concept_key(row[role])
+
+    def mark(self, run: str, key: tuple) -> tuple[str, str]:
+        """(CSS classes, tooltip) of the image with ``key`` = (split, template, style, object, seed)."""
+        row, before = self.rows.get(run, {}).get(key), self.rows.get("original", {}).get(key)
+        if row is None:
+            return "", "not judged"
+        ok, cross = self._ok(row, self.domain), self._ok(row, self.other)
+        ok0, cross0 = self._ok(before, self.domain), self._ok(before, self.other)
+        classes = []
+        if concept_key(row[self.domain] or "") == concept_key(self.target):
+            if run == "erased":
+                classes.append("leak" if ok else "gone")
+            elif ok is False:
+                classes.append("miss")
+        elif ok is False:
+            classes.append("damage" if run == "erased" and ok0 else "miss")
+        if cross is False:
+            classes.append("xdamage" if run == "erased" and cross0 else "xmiss")
+        answers = [
+            f"{role} judge: {row[f'pred_{role}']} ({row[f'p_{role}']:.2f}) {'right' if good else 'wrong'}"
+            for role, good in ((self.domain, ok), (self.other, cross))
+            if good is not None
+        ]
+        return " ".join(classes), f"{row['prompt']} · seed {row['seed']} · {run} · " + " · ".join(answers)
+
+
+def _sheet(directory: Path, entry: Mapping[str, Any], cache: dict[str, np.ndarray]) -> np.ndarray | None:
+    from PIL import Image
+
+    if entry["file"] not in cache:
+        path = directory / entry["file"]
+        if not path.is_file():
+            return None
+        with Image.open(path) as picture:
+            cache[entry["file"]] = np.asarray(picture.convert("RGB")).copy()
+    return cache[entry["file"]]
+
+
+def image_section(
+    result: Mapping[str, Any],
+    directory: Path,
+    box_id: str,
+    *,
+    target_only: bool = False,
+    splits: Sequence[str] = ("grid", "heldout", "super"),
+) -> str:
+    """Before/after strips of the kept images, one block per seed (a switch picks the seed)."""
+    sheets = [s for s in result.get("sheets") or [] if s["split"] in splits]
+    if not sheets:
+        return '<p class="meta">No images were kept in this result (re-run the evaluation with this hirm version).</p>'
+    verdicts, cache = Verdicts(result), {}
+    order = {s: i for i, s in enumerate(result.get("meta", {}).get("seeds", []))}
+    seeds = sorted({s["seed"] for s in sheets}, key=lambda s: (order.get(s, len(order)), s))
+    by = {(s["split"], s["template"], s["seed"], s["run"]): s for s in sheets}
+    blocks = []
+    for i, seed in enumerate(seeds):
+        parts = []
+        for split in splits:
+            templates = dict.fromkeys(
+                s["template"] for s in sheets if s["split"] == split and s["seed"] == seed
+            )
+            for template in templates:
+                pair = [(run, by.get((split, template, seed, run))) for run in ("original", "erased")]
+                parts.append(
+                    f"<h4>{esc(SPLIT_TITLES[split])} \u201c{esc(template)}\u201d</h4>"
+                    + _strips(result, directory, pair, verdicts, cache, target_only)
                 )
-            out.append(f'<tr><th class="l">{esc(r)} · {run}</th>{"".join(tds)}</tr>')
-    out.append("</table>")
+        blocks.append(f'<div data-seed="{seed}"{" hidden" if i else ""}>{"".join(parts)}</div>')
+    return image_controls(box_id, seeds) + LEGEND + f'<div class="imgs" id="{box_id}">{"".join(blocks)}</div>'
+
+
+def _strips(result, directory, pair, verdicts: Verdicts, cache, target_only: bool) -> str:
+    ref = next(entry for _, entry in pair if entry is not None)
+    other = "object" if result["domain"] == "style" else "style"
+    cols = ref["cols"]
+    out = ['<div class="imggrid"><div></div>', column_head([c or f"(no {other})" for c in cols])]
+    for r, name in enumerate(ref["rows"][:1] if target_only else ref["rows"]):
+        for run, entry in pair:
+            picture = None if entry is None else _sheet(directory, entry, cache)
+            if picture is None:
+                continue
+            h = entry["cell"][0]
+            marks = []
+            for col in cols:
+                style, obj = (name, col) if result["domain"] == "style" else (col, name)
+                marks.append(
+                    verdicts.mark(run, (entry["split"], entry["template"], style, obj, entry["seed"]))
+                )
+            label = f"{name} · {run}"
+            out.append(
+                f'<div class="lab">{esc(label)}</div>'
+                + strip(png_uri(picture[r * h : (r + 1) * h]), marks, alt=label)
+            )
+        out.append('<div class="gap"></div><div class="gap"></div>')
+    out.append("</div>")
     return "".join(out)
 
 
+# ------------------------------------------------------------------------------------------- blocks
+
+
+def patch_facts(meta: Mapping[str, Any]) -> list[tuple[str, str]]:
+    patches = meta.get("patches") or []
+    if not patches:
+        return [("Method", "none (the original model)")]
+    facts = []
+    for p in patches:
+        facts += erasure_facts(p)
+        size = (
+            f"{p['num_parameters']:,} parameters" if p.get("num_parameters") is not None else "size unknown"
+        )
+        facts.append(("Patch", f"{p.get('path') or 'in memory'} ({size})"))
+    return facts
+
+
+def loss_chart(patches: Sequence[Mapping[str, Any]]) -> str:
+    curves = {}
+    for p in patches:
+        for component, curve in (p.get("losses") or {}).items():
+            curves[f"{method_name(p.get('method'))} {component}"] = curve
+    if not curves:
+        return '<p class="meta">No loss curve in the patch (closed-form methods have none).</p>'
+    return svg_lines(curves, title="erase loss per optimizer step")
+
+
+def headline(result: Mapping[str, Any]) -> str:
+    """One sentence: how UA, IRA and CRA moved (original -> erased)."""
+    summary = result.get("summary", {})
+    if "original" not in summary or "erased" not in summary:
+        return ""
+    moves = [
+        f"{m} {pct(summary['original'].get(m))} % -> {pct(summary['erased'].get(m))} %"
+        for m in ("UA", "IRA", "CRA")
+    ]
+    return "Original -> erased: " + "; ".join(moves) + " (UA up = erased; IRA and CRA should stay)."
+
+
 def canvas_block(result: Mapping[str, Any], directory: Path) -> tuple[str, str]:
-    target, domain = result["target"], result["domain"]
-    runs = [r for r in ("original", "erased") if r in result.get("summary", {})]
-    rows = [[run, *(pct(result["summary"][run].get(m)) for m in METRICS)] for run in runs]
-    header = ["model", *(f"{m} %" for m in METRICS)]
-    per = result.get("per_concept", {})
-    bars = [
-        (name, {run: per.get(run, {}).get(domain, {}).get(name) for run in runs})
-        for name in per.get(runs[0], {}).get(domain, {})
-    ]
+    target, domain = display_name(result["target"]), result["domain"]
+    meta = result.get("meta", {})
+    how, images = patch_facts(meta), sampling_facts(meta)
+    table_h, table_md = results_table(result)
+    defs_h, defs_md = definitions(domain)
+    concepts_h, concepts_md, charts = concept_table(result)
+    box = _id("img", directory)
     h = [
-        f"<h2>Canvas: erase {esc(target)} ({esc(domain)})</h2>",
-        f'<p class="meta">{esc(meta_line(result))}</p>',
-        html_table(header, rows),
-        svg_bars(bars, runs, title=f"{domain} judge accuracy per {domain} (grid, %)"),
+        f"<h2>Erasing \u201c{esc(target)}\u201d ({esc(domain)})</h2>",
+        f"<p><b>{esc(headline(result))}</b></p>",
+        '<div class="cols"><div><h3>How it was erased</h3>',
+        facts_html(how),
+        "</div><div><h3>How the images were made and judged</h3>",
+        facts_html(images),
+        "</div></div>",
+        "<h3>Results</h3>",
+        table_h,
+        defs_h,
+        "<h3>Which concepts lost accuracy</h3>",
+        charts["object"],
+        charts["style"],
+        "<h3>Erase loss</h3>",
+        loss_chart(meta.get("patches") or []),
         "<h3>Before / after (same seeds)</h3>",
-        image_grid(directory, result.get("samples", []), domain),
+        image_section(result, directory, box),
+        "<h3>Per concept (click a header to sort)</h3>",
+        concepts_h,
     ]
-    md = [f"## Canvas: erase {target} ({domain})", "", meta_line(result), "", md_table(header, rows), ""]
+    md = [
+        f"## Erasing {target} ({domain})",
+        "",
+        headline(result),
+        "",
+        "### How it was erased",
+        "",
+        facts_md(how),
+        "",
+        "### How the images were made and judged",
+        "",
+        facts_md(images),
+        "",
+        "### Results",
+        "",
+        table_md,
+        "",
+        defs_md,
+        "",
+        "### Per concept (judge accuracy on the grid)",
+        "",
+        concepts_md,
+        "",
+        "Images: see index.html.",
+        "",
+    ]
     return "".join(h), "\n".join(md)
+
+
+def _concept_result(directory: Path, name: str) -> dict[str, Any] | None:
+    try:
+        return read_result(directory / "concepts" / name)
+    except EvaluationInputError:
+        return None
+
+
+def sweep_rows(directory: Path, records: Sequence[Mapping[str, Any]], label: str | None = None) -> list[list]:
+    """One row per finished concept: every metric with n and interval (from the concept's result file)."""
+    rows = []
+    for r in records:
+        res = _concept_result(directory, r["concept"])
+        if res is not None:
+            cells = [metric_cell(res, "erased", m) for m in METRICS]
+        else:  # a result file is missing: the values alone
+            cells = [Cell(pct(v), v, pct(v)) for v in (r["summary"].get(m) for m in METRICS)]
+        patch = r.get("patch") or {}
+        rows.append(
+            [
+                *([label] if label else []),
+                r["concept"],
+                r["domain"],
+                *cells,
+                plain(patch.get("steps")),
+                Cell(f"{r['times']['erase']:.2f}", r["times"]["erase"], f"{r['times']['erase']:.2f}"),
+            ]
+        )
+    return rows
 
 
 def sweep_block(manifest: Mapping[str, Any], directory: Path) -> tuple[str, str]:
@@ -194,55 +440,61 @@ def sweep_block(manifest: Mapping[str, Any], directory: Path) -> tuple[str, str]
     agg_rows = []
     for which, key in (("erased", "aggregate"), ("original", "aggregate_original")):
         for dom, stats in manifest.get(key, {}).items():
-            agg_rows.append([which, dom, stats.get("n_concepts"), *(_mean_std(stats[m]) for m in METRICS)])
-    header = ["model", "domain", "concepts", *(f"{m} %" for m in METRICS)]
-    per_header = ["concept", "domain", *(f"{m} %" for m in METRICS), "erase s", "generate s", "judge s"]
-    per_rows = [
-        [
-            r["concept"],
-            r["domain"],
-            *(pct(r["summary"].get(m)) for m in METRICS),
-            *(f"{r['times'][k]:.2f}" for k in ("erase", "generate", "judge")),
-        ]
-        for r in records
-    ]
+            agg_rows.append(
+                [which, dom, stats.get("n_concepts"), *(mean_std_text(stats[m]) for m in METRICS)]
+            )
+    header = ["model", "domain", "concepts", *(f"{LABELS.get(m, m)} %" for m in METRICS)]
+    per_header = ["concept", "domain", *(f"{LABELS.get(m, m)} %" for m in METRICS), "steps", "erase s"]
+    per_rows = sweep_rows(directory, records)
     bars = [(r["concept"], {m: r["summary"].get(m) for m in ("UA", "IRA", "CRA")}) for r in records]
+    first = records[0].get("patch") if records else None
+    how = erasure_facts(first) if first else [("Method", method_name(manifest.get("method")))]
+    curves = {r["concept"]: c for r in records for c in ((r.get("patch") or {}).get("losses") or {}).values()}
     grids = []
     for r in records:
-        cdir = directory / "concepts" / r["concept"]
-        try:
-            res = read_result(cdir)
-        except EvaluationInputError:
-            continue
-        target_samples = [s for s in res.get("samples", []) if s.get(res["domain"]) == res["target"]]
-        grids.append(f"<h4>{esc(r['concept'])}</h4>" + image_grid(cdir, target_samples, res["domain"]))
-    status = (
-        ""
-        if manifest.get("complete")
-        else (
-            f'<p class="warn">INCOMPLETE sweep: {len(records)} of {len(manifest.get("concepts", []))} concepts finished. '
-            "Numbers below are partial.</p>"
-        )
+        res = _concept_result(directory, r["concept"])
+        if res is not None:
+            box = _id("sw", directory / "concepts" / r["concept"])
+            grids.append(
+                f"<h4>{esc(r['concept'])}</h4>"
+                + image_section(
+                    res, directory / "concepts" / r["concept"], box, target_only=True, splits=("grid",)
+                )
+            )
+    n_done, n_all = len(records), len(manifest.get("concepts", []))
+    incomplete = (
+        "" if manifest.get("complete") else f"INCOMPLETE sweep: {n_done} of {n_all} concepts finished."
     )
     h = [
-        f"<h2>Sweep: {esc(manifest.get('method'))} on {esc(manifest.get('domain'))}</h2>",
-        status,
-        f'<p class="meta">{esc(meta_line(manifest))}</p>',
+        f"<h2>Sweep: {esc(method_name(manifest.get('method')))} on {esc(manifest.get('domain'))}</h2>",
+        f'<p class="warn">{esc(incomplete)} Numbers below are partial.</p>' if incomplete else "",
+        '<div class="cols"><div><h3>How each concept was erased</h3>',
+        facts_html(how),
+        '<p class="meta">Shown for the first concept; steps per concept are in the table.</p>',
+        "</div><div><h3>How the images were made and judged</h3>",
+        facts_html(sampling_facts(manifest.get("meta", {}))),
+        "</div></div>",
+        definitions(None)[0],
         "<h3>Mean ± std over concepts</h3>",
         html_table(header, agg_rows, left=2),
+        "<h3>Per concept (erased model; click a header to sort)</h3>",
+        html_table(per_header, per_rows, left=2, sortable=True),
         svg_bars(bars, ("UA", "IRA", "CRA"), title="per concept (grid, %)"),
-        "<h3>Per concept</h3>",
-        html_table(per_header, per_rows, left=2),
-        "<h3>Before / after: target rows (same seeds)</h3>",
+        "<h3>Erase loss per concept</h3>",
+        svg_lines(curves, title="erase loss per optimizer step")
+        if curves
+        else '<p class="meta">No loss curves.</p>',
+        "<h3>Before / after: the erased concept's grid row (same seeds)</h3>",
         *grids,
     ]
     md = [
-        f"## Sweep: {manifest.get('method')} on {manifest.get('domain')}",
+        f"## Sweep: {method_name(manifest.get('method'))} on {manifest.get('domain')}",
         "",
-        ""
-        if manifest.get("complete")
-        else f"**INCOMPLETE: {len(records)} of {len(manifest.get('concepts', []))} concepts.**",
-        meta_line(manifest),
+        f"**{incomplete}**" if incomplete else "",
+        "",
+        facts_md(how),
+        "",
+        facts_md(sampling_facts(manifest.get("meta", {}))),
         "",
         md_table(header, agg_rows),
         "",
@@ -252,23 +504,72 @@ def sweep_block(manifest: Mapping[str, Any], directory: Path) -> tuple[str, str]
     return "".join(h), "\n".join(md)
 
 
-def _mean_std(stats: Mapping[str, Any]) -> str:
-    return "–" if stats.get("mean") is None else f"{pct(stats['mean'])} ± {pct(stats['std'])}"
+def compare_block(info: Mapping[str, Any], directory: Path) -> tuple[str, str]:
+    """Every method of a ``hirm compare`` directory: means per method and one sortable per-concept table."""
+    from hirm.evaluation.compare import table_rows
+    from hirm.evaluation.sweep import read_sweep
+
+    entries = info["entries"]
+    means = table_rows(directory, entries)
+    shown = ("UA", "IRA", "CRA", "AA", "UA_heldout")
+    mean_header = ["method", "domain", "concepts", *(f"{LABELS.get(m, m)} %" for m in shown)]
+    mean_rows = [
+        [r["method"], r["domain"], f"{r['concepts']}{'' if r['complete'] else ' (incomplete)'}"]
+        + [mean_std_text(r[m]) for m in shown]
+        for r in means
+    ]
+    per_header = [
+        "method",
+        "concept",
+        "domain",
+        *(f"{LABELS.get(m, m)} %" for m in METRICS),
+        "steps",
+        "erase s",
+    ]
+    per_rows = []
+    for name in entries:
+        _, records = read_sweep(directory / name)
+        per_rows += sweep_rows(directory / name, records, label=name)
+    charts = [
+        svg_bars(
+            [
+                (r["method"], {m: r[m]["mean"] for m in ("UA", "IRA", "CRA")})
+                for r in means
+                if r["domain"] == d
+            ],
+            ("UA", "IRA", "CRA"),
+            title=f"{d}s: mean over concepts (%)",
+        )
+        for d in ("style", "object")
+        if any(r["domain"] == d for r in means)
+    ]
+    h = [
+        f"<h2>Comparison: {len(entries)} methods ({esc(directory)})</h2>",
+        definitions(None)[0],
+        "<h3>Mean ± std over concepts</h3>",
+        html_table(mean_header, mean_rows, left=2, sortable=True),
+        *charts,
+        "<h3>Per method and concept (click a header to sort)</h3>",
+        html_table(per_header, per_rows, left=3, sortable=True),
+        f'<p class="meta">Images: <code>hirm report {esc(directory)}/&lt;method&gt;</code> shows a method\'s sweep.</p>',
+    ]
+    md = [
+        f"## Comparison: {len(entries)} methods",
+        "",
+        md_table(mean_header, mean_rows),
+        "",
+        md_table(per_header, per_rows),
+        "",
+    ]
+    return "".join(h), "\n".join(md)
 
 
 def nudity_block(result: Mapping[str, Any]) -> tuple[str, str]:
     classes, thr = result["classes"], result["threshold"]
     note = f"NudeNet classes {', '.join(classes)}; threshold {thr} (score > threshold)"
-    rows = [
-        [
-            Path(result.get("prompts", "")).name,
-            result["n_images"],
-            result["n_nude"],
-            pct(result["nude_rate"]),
-            note,
-        ]
-    ]
-    header = ["prompts", "images", "nude", "nude %", "criterion"]
+    rate = share_cell(Share(result["n_nude"], result["n_images"]) if result["n_images"] else None)
+    rows = [[Path(result.get("prompts", "")).name, result["n_images"], result["n_nude"], rate, note]]
+    header = ["prompts", "images", "nude", "nude % (lower is better)", "criterion"]
     counts = [(c, {"images": result["per_class"].get(c, 0)}) for c in classes]
     vmax = max([1, *(result["per_class"].get(c, 0) for c in classes)])
     flagged = [
@@ -280,9 +581,14 @@ def nudity_block(result: Mapping[str, Any]) -> tuple[str, str]:
         ]
         for f in result.get("flagged", [])[:50]
     ]
+    meta = result.get("meta", {})
     h = [
         "<h2>Nudity</h2>",
-        f'<p class="meta">{esc(meta_line(result))}</p>',
+        '<div class="cols"><div>',
+        facts_html(patch_facts(meta)),
+        "</div><div>",
+        facts_html(sampling_facts(meta)),
+        "</div></div>",
         html_table(header, rows),
         svg_bars(counts, ("images",), vmax=vmax, percent=False, title=f"images per class ({note})"),
         f"<h3>Flagged rows (first 50 of {len(result.get('flagged', []))})</h3>",
@@ -291,7 +597,7 @@ def nudity_block(result: Mapping[str, Any]) -> tuple[str, str]:
     md = [
         "## Nudity",
         "",
-        meta_line(result),
+        facts_md(patch_facts(meta)),
         "",
         md_table(header, rows),
         "",
@@ -306,8 +612,8 @@ def utility_block(result: Mapping[str, Any]) -> tuple[str, str]:
         "prompts",
         "CLIP model",
         "CLIP score original",
-        "CLIP score erased",
-        "Fréchet distance (CLIP features)",
+        "CLIP score erased (higher is better)",
+        "Fréchet distance, CLIP features (lower is better)",
     ]
     rows = [
         [
@@ -318,12 +624,9 @@ def utility_block(result: Mapping[str, Any]) -> tuple[str, str]:
             f"{result['frechet_distance']:.4f}",
         ]
     ]
-    h = [
-        "<h2>Utility</h2>",
-        f'<p class="meta">{esc(meta_line(result))}</p>',
-        html_table(header, rows, left=2),
-    ]
-    md = ["## Utility", "", meta_line(result), "", md_table(header, rows), ""]
+    meta = result.get("meta", {})
+    h = ["<h2>Utility</h2>", facts_html(patch_facts(meta)), html_table(header, rows, left=2)]
+    md = ["## Utility", "", facts_md(patch_facts(meta)), "", md_table(header, rows), ""]
     return "".join(h), "\n".join(md)
 
 
@@ -347,6 +650,8 @@ def build_report(
             h, m = canvas_block(result, path.parent)
         elif kind == "sweep":
             h, m = sweep_block(result, path.parent)
+        elif kind == "compare":
+            h, m = compare_block(result, path.parent)
         elif kind == "nudity":
             h, m = nudity_block(result)
         elif kind == "utility":
@@ -360,7 +665,8 @@ def build_report(
         md_parts.append(m)
     page = (
         f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>{esc(title)}</title>'
-        f"<style>{CSS}</style></head><body><h1>{esc(title)}</h1>{''.join(html_parts)}</body></html>"
+        f'<meta name="viewport" content="width=device-width, initial-scale=1"><style>{CSS}</style></head>'
+        f"<body><h1>{esc(title)}</h1>{''.join(html_parts)}<script>{JS}</script></body></html>"
     )
     with atomic_path(out, overwrite=overwrite, directory=True, kind="report") as tmp:
         (tmp / "index.html").write_text(page, encoding="utf-8")

@@ -116,8 +116,9 @@ def sweep_concepts(
     names = list(canvas.styles if domain in ("style", "all") else ()) + list(
         canvas.objects if domain in ("object", "all") else ()
     )
+    names = [n for n in names if canvas.in_ira(n)]  # not UnlearnCanvas's photo class
     if concepts:
-        names = [canvas.canonical(c) for c in concepts]
+        names = [canvas.erasable(c) for c in concepts]
     if limit is not None:
         if limit < 1:
             raise EvaluationInputError(f"--limit must be >= 1, got {limit}.")

@@ -93,14 +93,18 @@ class ClipScorer:
         return cls(model, tokenizer, mean=mean, std=std, name=str(path))
 
     @torch.no_grad()
+    def embed_images(self, x: torch.Tensor) -> torch.Tensor:
+        """float (N, 3, H, W) in [0, 1] -> float32 (N, D) image embeddings (un-normalised, on the CPU)."""
+        x = _resize_crop(x, self.size)
+        x = ((x - self.mean) / self.std).to(self.device)
+        return _tensor(self.model.get_image_features(pixel_values=x)).float().cpu()
+
     def image_features(self, images: np.ndarray, *, batch_size: int = 64) -> np.ndarray:
         """uint8 (N, H, W, 3) -> float32 (N, D) image embeddings (un-normalised)."""
-        out = []
-        for start in range(0, len(images), batch_size):
-            x = to_float_images(images[start : start + batch_size])
-            x = _resize_crop(x, self.size)
-            x = ((x - self.mean) / self.std).to(self.device)
-            out.append(_tensor(self.model.get_image_features(pixel_values=x)).float().cpu())
+        out = [
+            self.embed_images(to_float_images(images[start : start + batch_size]))
+            for start in range(0, len(images), batch_size)
+        ]
         return torch.cat(out).numpy()
 
     @torch.no_grad()

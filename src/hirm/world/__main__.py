@@ -1,5 +1,6 @@
-"""``python -m hirm.world`` is an alias of ``python -m hirm.world.build``."""
+"""``python -m hirm.world ARGS`` is ``hirm world build ARGS`` (as ``python -m hirm.world.build``)."""
 
 from .build import main
 
-main()
+if __name__ == "__main__":
+    main()

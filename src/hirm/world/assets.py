@@ -21,7 +21,7 @@ import torch
 
 PACKAGE_ASSETS = Path(__file__).resolve().parent / "assets"
 REBUILD_HINT = (
-    "Rebuild the world with `python -m hirm.world.build --out .world_build --install` "
+    "Rebuild the world with `hirm world build --out .world_build --device cpu --install` "
     "(about an hour on a 2-core CPU), or restore the file from version control."
 )
 _verified: set[Path] = set()

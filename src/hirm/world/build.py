@@ -451,30 +451,25 @@ def install_assets(src: Path, dst: Path = PACKAGE_ASSETS) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(prog="python -m hirm.world.build", description=__doc__.split("\n\n")[0])
-    p.add_argument("--out", required=True, type=Path, help="build directory (resumes if it exists)")
-    p.add_argument("--seed", type=int, default=0, help="global seed (default 0 = the shipped world)")
-    p.add_argument(
-        "--preset", choices=sorted(PRESETS), default="full", help="model sizes (tiny = smoke test)"
-    )
-    p.add_argument("--stages", nargs="+", choices=STAGES, default=None, help="run only these stages")
-    p.add_argument("--device", default="cpu", help="torch device for training (default cpu)")
-    p.add_argument("--install", action="store_true", help="copy DIR/assets into the package when done")
-    p.add_argument("--no-progress", action="store_true", help="hide progress bars")
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
-    a = p.parse_args(argv)
-    if a.threads is not None:
-        torch.set_num_threads(a.threads)
-    assets = build_world(
-        a.out,
-        seed=a.seed,
-        preset=a.preset,
-        stages=tuple(a.stages) if a.stages else None,
-        device=a.device,
-        install=a.install,
-        progress=not a.no_progress,
-    )
-    print(f"[world] assets in {assets}" + (f"; installed into {PACKAGE_ASSETS}" if a.install else ""))
+    """``python -m hirm.world.build ARGS`` runs ``hirm world build ARGS`` (the one world-build command).
+
+    The spellings of earlier versions still work: ``--stages a b`` (now ``--stage a --stage b``) and
+    ``--no-progress`` (now ``--quiet``).
+    """
+    import sys
+
+    from hirm.cli.world import build_main
+
+    legacy = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
+    legacy.add_argument("--stages", nargs="+", default=[])
+    legacy.add_argument("--no-progress", action="store_true")
+    old, rest = legacy.parse_known_args(sys.argv[1:] if argv is None else argv)
+    args = [
+        *rest,
+        *(a for s in old.stages for a in ("--stage", s)),
+        *(["--quiet"] if old.no_progress else []),
+    ]
+    build_main(args)
 
 
 if __name__ == "__main__":
