@@ -52,6 +52,7 @@ class BuildConfig:
     vae: VaeConfig = field(default_factory=VaeConfig)
     unet: UnetConfig = field(default_factory=UnetConfig)
     fresh_per_pair: int = 2
+    block0_fan_in: float = 1.0  # clip.equalize_block0 factor applied to the shipped text encoder
 
 
 PRESETS: dict[str, BuildConfig] = {
@@ -100,7 +101,7 @@ STAGE_INPUTS: dict[str, tuple[str, ...]] = {
     "judges": ("style_judge", "object_judge", "fresh_per_pair"),
     "vae": ("vae",),
     "unet": ("unet",),
-    "assemble": (),
+    "assemble": ("block0_fan_in",),
 }
 STAGE_DEPS: dict[str, tuple[str, ...]] = {
     "data": (),
@@ -299,6 +300,7 @@ def stage_assemble(out: Path, cfg: BuildConfig, seed: int, device: torch.device,
     from transformers import CLIPModel
 
     from .assets import save_clip_rest
+    from .clip import equalize_block0
     from .judges import Judge
     from .tokenizer import load_tokenizer
     from .unet import ddim_scheduler
@@ -307,6 +309,8 @@ def stage_assemble(out: Path, cfg: BuildConfig, seed: int, device: torch.device,
     if dst.exists():
         shutil.rmtree(dst)
     clip = CLIPModel.from_pretrained(str(out / "clip"))
+    if cfg.block0_fan_in != 1.0:  # function-preserving; see clip.equalize_block0
+        equalize_block0(clip.text_model, cfg.block0_fan_in)
     pipe = StableDiffusionPipeline(
         vae=AutoencoderKL.from_pretrained(str(out / "vae")),
         text_encoder=_text_encoder(clip),

@@ -40,7 +40,7 @@ class ClipTrainConfig:
     patch_size: int = 8
     projection_dim: int = 256
     batch_size: int = 128
-    steps: int = 2500
+    steps: int = 2000
     lr: float = 5e-4
     text_anchor_weight: float = 1.0
     p_distract: float = 0.3  # share of captions with inserted distractor words (captions.add_distractors)
@@ -52,7 +52,7 @@ class ClipTrainConfig:
     corpus_temperature: float = 0.05
     warmup: int = 100
     weight_decay: float = 0.1  # applied to token/position embeddings too, as OpenCLIP does
-    vision_steps: int = 800
+    vision_steps: int = 1500
     vision_batch_size: int = 256
     vision_lr: float = 5e-4
     precision: str = "bf16"  # autocast for the forward/backward (weights and optimizer stay fp32)
