@@ -61,7 +61,7 @@ class UnetConfig:
     attention_heads: int = 4
     norm_num_groups: int = 16
     batch_size: int = 128
-    steps: int = 8000
+    steps: int = 5000
     lr_horizon: int | None = None  # length of the cosine schedule; None = steps
     lr: float = 6e-4
     warmup: int = 200
