@@ -10,7 +10,7 @@ padding row, and a small denoiser trained on such rows learns to read the concep
 rows rather than from the word (the first MiniCanvas did: swapping only the padding rows flipped 100 % of
 the images). Stable Diffusion's U-Net largely ignores the padding (Toker et al., "Padding Tone", NAACL
 2025) and takes the content from the prompt tokens (why Prompt-to-Prompt word swaps and last-token
-closed-form edits work). Two conditioning augmentations give MiniSD that behaviour:
+closed-form edits work). Three conditioning augmentations give MiniSD that behaviour:
 
 - *padding substitution* (always): the rows after the end token are never the caption's own; they are
   the empty prompt's rows at those positions ("clean pads", probability ``p_clean_pads``) or another
