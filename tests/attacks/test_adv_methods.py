@@ -8,7 +8,7 @@ import torch
 
 import hirm
 from hirm.core.advunlearn import AdvUnlearnConfig, _Trainer, trainable_names
-from hirm.core.config import Concept, HiRMConfig, PromptTarget, ReadingPoint
+from hirm.core.config import Concept, HiRMConfig, PromptTarget, RandomTarget, ReadingPoint
 from hirm.core.encoder import named_parameters
 from hirm.core.hirm_hardened import HardenedHiRMConfig, _Hardener, _Inputs
 
@@ -120,12 +120,27 @@ def test_advunlearn_attacker_recovers_the_concept_prediction(model):
     assert gap(found) < gap(start)
 
 
-def test_hardened_hirm_with_one_round_is_hirm(model):
-    base = HiRMConfig(steps=4, lr=1e-3, precision="fp32")
-    plain = hirm.erase(model, CAT, method="hirm", config=base, progress=False)
+@pytest.mark.parametrize(
+    ("concepts", "templates"),
+    [
+        (CAT, ()),
+        # a prompt target is read in each training prompt's template, as HiRM reads it
+        (CAT, ("a photo of {concept}", "{concept} in a field")),
+        # several concepts x templates: every prompt keeps its own concept's target
+        ([*CAT, Concept("car", "object", PromptTarget("tree"))], ("a photo of {concept}", "{concept}")),
+        (
+            [Concept("cat", "object", RandomTarget(scale="readout-rms", factor=2.0))],
+            ("a photo of {concept}",),
+        ),
+    ],
+)
+def test_hardened_hirm_with_one_round_is_hirm(model, concepts, templates):
+    base = HiRMConfig(steps=4, lr=1e-3, precision="fp32", templates=templates)
+    plain = hirm.erase(model, concepts, method="hirm", config=base, progress=False)
     hard = hirm.erase(
-        model, CAT, method="hirm-adv", config=HardenedHiRMConfig(hirm=base, rounds=1), progress=False
+        model, concepts, method="hirm-adv", config=HardenedHiRMConfig(hirm=base, rounds=1), progress=False
     )
+    assert hard.metadata["config"]["hirm"]["read"] == plain.metadata["config"]["read"]  # the family's point
     assert set(plain.tensors) == set(hard.tensors)
     for key in plain.tensors:
         torch.testing.assert_close(hard.tensors[key], plain.tensors[key], rtol=1e-6, atol=1e-7)

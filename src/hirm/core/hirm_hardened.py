@@ -39,12 +39,11 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from hirm.core.config import Concept, HiRMConfig, ReadingPoint, config_from_dict
+from hirm.core.config import REFERENCE_READ, Concept, HiRMConfig, ReadingPoint, config_from_dict, family_read
 from hirm.core.encoder import named_parameters, read_representation, reading_module, tokenize
-from hirm.core.hirm import NonFiniteLossError, trainable_names
+from hirm.core.hirm import NonFiniteLossError, build_targets, trainable_names, training_prompts
 from hirm.core.patch import Patch, make_patch, merge_patches
 from hirm.core.registry import MethodSpec, register
-from hirm.core.targets import build_target
 
 logger = logging.getLogger(__name__)
 
@@ -116,24 +115,16 @@ class _Inputs:
             return read_representation(encoder, self.ids, point)
 
 
-def _prompts(concepts: Sequence[Concept], templates: Sequence[str]) -> tuple[list[str], list[int]]:
-    pairs = [
-        (t.format(concept=c.text), i)
-        for i, c in enumerate(concepts)
-        for t in (list(templates) or ["{concept}"])
-    ]
-    return [p for p, _ in pairs], [i for _, i in pairs]
-
-
 class _Hardener:
     def __init__(
         self, encoder: nn.Module, tokenizer, concepts: Sequence[Concept], config: HardenedHiRMConfig
     ) -> None:
         self.encoder, self.tokenizer, self.config = encoder, tokenizer, config
         self.concepts = list(concepts)
-        self.point = config.hirm.read
+        self.point = config.hirm.read or REFERENCE_READ  # as erase_encoder (erase() resolves it)
         self.device = next(encoder.parameters()).device
-        self.prompts, self.owners = _prompts(self.concepts, config.hirm.templates)
+        self.training = training_prompts(self.concepts, config.hirm.templates)
+        self.prompts, self.owners = list(self.training.texts), list(self.training.owners)
         self.generator = torch.Generator(device="cpu").manual_seed(config.hirm.seed)
 
     @torch.no_grad()
@@ -141,14 +132,8 @@ class _Hardener:
         """On the unedited encoder: targets (N, L, D), the prompts' read-outs (N, L, D), preserved read-outs."""
         reading_module(self.encoder, self.point)
         ids = tokenize(self.tokenizer, self.prompts, device=self.device)
-        seq_len, width = ids.shape[1], self.encoder.config.hidden_size
-        targets = torch.cat(
-            [
-                build_target(c.target, encoder=self.encoder, tokenizer=self.tokenizer, point=self.point,
-                             seq_len=seq_len, width=width)
-                for c in self.concepts
-            ]
-        ).to(self.device)[self.owners]  # fmt: skip
+        # HiRM's own targets: a prompt target read in each training prompt's template, read-out RMS scaling.
+        targets = build_targets(self.encoder, self.tokenizer, self.concepts, self.training, ids, self.point)
         reads = read_representation(self.encoder, ids, self.point).float()
         keep = self.config.hirm.preserve
         preserved = (
@@ -263,9 +248,9 @@ def harden_encoder(
             losses = []
             for _ in range(steps):
                 optimizer.zero_grad(set_to_none=True)
+                # Row i of every input (the prompts, each attack's finds) is training prompt i: targets[i].
                 loss = sum(
-                    nn.functional.mse_loss(x.read(encoder, hardener.point).float(), targets[x.owners])
-                    for x in inputs
+                    nn.functional.mse_loss(x.read(encoder, hardener.point).float(), targets) for x in inputs
                 ) / len(inputs)
                 if hirm.preserve_weight > 0:
                     keep = read_representation(encoder, keep_ids, hardener.point).float()
@@ -318,7 +303,10 @@ def erase(
     components: Sequence[str] | None = None,
     progress: bool = True,
 ) -> Patch:
-    """Hardened HiRM on every CLIP text encoder of ``model`` (or only ``components``); one patch."""
+    """Hardened HiRM on every CLIP text encoder of ``model`` (or only ``components``); one patch.
+    ``config.hirm.read=None`` takes the family's reading point, as :func:`hirm.core.hirm.erase` does."""
+    if config.hirm.read is None:
+        config = replace(config, hirm=replace(config.hirm, read=family_read(model.family.name)))
     selected = list(components or model.family.encoders)
     unknown = [c for c in selected if c not in model.family.encoders]
     if unknown:
