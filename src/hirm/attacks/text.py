@@ -125,9 +125,13 @@ def with_slots(
     return ids, [False] + slots + [False] * (len(ids) - len(slots) - 1)
 
 
-def with_prefix(tokenizer, prompt: str, prefix: Sequence[int]) -> list[int]:
-    """Ids of ``prefix`` tokens followed by ``prompt`` (UnlearnDiffAtk's ``prefix_k`` insertion)."""
-    return pad(tokenizer, [*prefix, *word_ids(tokenizer, prompt)])
+def with_prefix(tokenizer, prompt: str, prefix: Sequence[int], *, truncate: bool = False) -> list[int]:
+    """Ids of ``prefix`` tokens followed by ``prompt`` (UnlearnDiffAtk's ``prefix_k`` insertion).
+
+    Too long is an error unless ``truncate``: then the prompt's tail is cut where the pipeline cuts
+    the attacked prompt (``model_max_length`` with start and end tokens)."""
+    body = [*prefix, *word_ids(tokenizer, prompt)]
+    return pad(tokenizer, body[: tokenizer.model_max_length - 2] if truncate else body)
 
 
 def decode(tokenizer, ids: Sequence[int]) -> str:
