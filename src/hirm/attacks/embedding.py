@@ -87,7 +87,7 @@ class EmbeddingAttackConfig:
             raise ValueError(f"placeholder must be one word without spaces, got {self.placeholder!r}.")
 
     @classmethod
-    def reference(cls, **overrides: Any) -> EmbeddingAttackConfig:
+    def reference(cls, kind: str | None = None, **overrides: Any) -> EmbeddingAttackConfig:
         """The authors' settings (5000 steps of 4 x 4 images; hours on a GPU for SD)."""
         return replace(cls(steps=5000, batch_size=4, grad_accumulation=4), **overrides)
 

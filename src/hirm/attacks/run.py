@@ -41,6 +41,7 @@ from hirm.attacks.judges import ConceptJudge
 from hirm.attacks.targets import AttackItem, AttackTarget
 from hirm.attacks.text import as_batch, encode, pad, word_ids
 from hirm.evaluation.common import dump_json, now_iso, patch_info, run_metadata
+from hirm.evaluation.generation import model_fingerprint
 from hirm.evaluation.metrics import wilson_interval
 from hirm.io import OutputExistsError, check_replaceable, write_marker
 
@@ -391,6 +392,7 @@ def manifest_for(
         "attack": attack,
         "config": config.to_dict(),
         "model": str(model),
+        "model_fingerprint": model_fingerprint(model_path) if model_path is not None else None,
         "patches": [i["digest"] for i in infos],
         "target": target.to_dict(),
         "sampler": sampler.to_dict(),

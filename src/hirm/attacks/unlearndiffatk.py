@@ -79,9 +79,10 @@ class UnlearnDiffAtkConfig:
             raise ValueError(f"weight_decay must be >= 0, got {self.weight_decay}.")
 
     @classmethod
-    def reference(cls, **overrides: Any) -> UnlearnDiffAtkConfig:
-        """The authors' settings (k 3, 40 iterations x 50 timesteps)."""
-        return replace(cls(k=3, iterations=40, n_timesteps=50), **overrides)
+    def reference(cls, kind: str | None = None, **overrides: Any) -> UnlearnDiffAtkConfig:
+        """The authors' settings: 40 iterations x 50 timesteps, k = 5 prefix tokens for nudity (their
+        nudity config) and 3 for styles and objects."""
+        return replace(cls(k=5 if kind == "nudity" else 3, iterations=40, n_timesteps=50), **overrides)
 
     def timesteps(self, num_train_timesteps: int = 1000) -> list[int]:
         """The reference's ``sampled_t``: ``start + i * (T // n)`` with ``start = T // n // 2``."""

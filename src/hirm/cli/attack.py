@@ -17,13 +17,15 @@ ATTACK_HELP = (
 )
 
 
-def build_config(attack: str, *, reference: bool, steps: int | None, settings: list[str]):
+def build_config(
+    attack: str, *, reference: bool, steps: int | None, settings: list[str], kind: str | None = None
+):
     """The attack's config: CPU-budget defaults (or the authors' with ``reference``), then ``--steps`` and ``--set``."""
     from hirm.attacks import get_attack
     from hirm.cli.common import make_config, parse_settings
 
     spec = get_attack(attack)
-    config = spec.config_cls.reference() if reference else spec.config_cls()
+    config = spec.config_cls.reference(kind=kind) if reference else spec.config_cls()
     if steps is not None:
         if attack not in STEP_FIELDS:
             raise ValueError(f"--steps does not apply to the {attack!r} attack (it has no optimisation).")
@@ -83,7 +85,7 @@ def attack_command(
     from hirm.attacks import NudityJudge, Sampler, csv_target, run_attack
     from hirm.cli.common import parse_seeds, resolve_device
 
-    config = build_config(attack, reference=reference, steps=steps, settings=setting)
+    config = build_config(attack, reference=reference, steps=steps, settings=setting, kind=kind)
     target = concept
     if prompts is not None:
         name = concept or (kind or "nudity")

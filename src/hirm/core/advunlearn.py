@@ -16,7 +16,8 @@ set that keeps other prompts' noise predictions::
 ``start_guidance``) by the U-Net conditioned on the concept for a random number ``t_enc`` of steps;
 ``E0`` is the original encoder, ``E_theta`` the trained one. For the first ``warmup_iter`` iterations
 the concept prompt itself is used; afterwards the adversarial prompt is refreshed every
-``adv_prompt_update_step`` iterations, starting from the previous one (``attack_init="latest"``).
+``adv_prompt_update_step`` iterations, from a random start (``attack_init="random"``, the authors'
+README command; the script's argparse default ``latest`` continues from the previous one).
 The result is a patch of the trained text-encoder tensors (a drop-in encoder, like HiRM's).
 
 Reference defaults: ``--train_method text_encoder_full`` (every transformer block and the final layer
@@ -79,7 +80,8 @@ class AdvUnlearnConfig:
             on ``minicanvas``, else the package's 1,000 COCO captions.
         adv_prompt_num: k adversarial word embeddings (prefix).
         attack_step, attack_lr, attack_method: the attacker's Adam steps, learning rate, ``pgd``/``fast_at``.
-        attack_init: ``latest`` (continue from the previous adversarial embeddings) or ``random``.
+        attack_init: ``random`` (default, as the authors' README runs it) or ``latest`` (continue from
+            the previous adversarial embeddings; the script's argparse default).
         warmup_iter, adv_prompt_update_step: iterations before the first attack; refresh period.
         timestep: ``reference`` or ``matched`` (see the module docstring).
         attack_zero_grad: zero the attacker's gradients each step (the reference does not).
@@ -103,7 +105,7 @@ class AdvUnlearnConfig:
     attack_step: int = 30
     attack_lr: float = 1e-3
     attack_method: Literal["pgd", "fast_at"] = "pgd"
-    attack_init: Literal["latest", "random"] = "latest"
+    attack_init: Literal["latest", "random"] = "random"
     warmup_iter: int = 200
     adv_prompt_update_step: int = 1
     timestep: Literal["reference", "matched"] = "reference"
