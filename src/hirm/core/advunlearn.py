@@ -436,5 +436,6 @@ register(
         erase=erase,
         edits="CLIP text encoder (all blocks + final layer norm by default), adversarially trained",
         description="AdvUnlearn: adversarial training of the text encoder (Zhang et al., NeurIPS 2024, arXiv 2405.15234)",
+        follows="OPTML-Group/AdvUnlearn train-scripts/AdvUnlearn.py, as its README runs it",
     )
 )

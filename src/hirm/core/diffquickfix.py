@@ -277,5 +277,6 @@ register(
         erase=erase,
         edits="CLIP text encoder block 0 self-attention out_proj weight, closed form",
         description="DiffQuickFix: Localizing and Editing Knowledge in Text-to-Image Models (Basu et al., ICLR 2024)",
+        follows="adobe-research/DiffQuickFixRelease causal_trace_model_edit.ipynb (use_eos = 1)",
     )
 )
