@@ -362,12 +362,7 @@ def erase(
     """
     if config.read is None:
         config = replace(config, read=family_read(model.family.name))
-    selected = list(components or model.family.encoders)
-    unknown = [c for c in selected if c not in model.family.encoders]
-    if unknown:
-        raise ValueError(
-            f"{unknown} are not CLIP text encoders of this {model.family.name} model: {model.family.encoders}."
-        )
+    selected = model.selected_encoders(components)
     if model.family.untouched:
         logger.warning("HiRM leaves %s (T5) unchanged; only %s are erased.", model.family.untouched, selected)
     patches = [

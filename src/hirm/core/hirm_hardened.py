@@ -307,10 +307,7 @@ def erase(
     ``config.hirm.read=None`` takes the family's reading point, as :func:`hirm.core.hirm.erase` does."""
     if config.hirm.read is None:
         config = replace(config, hirm=replace(config.hirm, read=family_read(model.family.name)))
-    selected = list(components or model.family.encoders)
-    unknown = [c for c in selected if c not in model.family.encoders]
-    if unknown:
-        raise ValueError(f"{unknown} are not CLIP text encoders of this model: {model.family.encoders}.")
+    selected = model.selected_encoders(components)
     patches = [
         harden_encoder(
             model.text_encoder(name), model.tokenizer(name), concepts, config, component=name,
