@@ -42,7 +42,7 @@ from hirm.attacks.targets import AttackItem, AttackTarget
 from hirm.attacks.text import as_batch, encode, pad, word_ids
 from hirm.evaluation.common import dump_json, now_iso, patch_info, run_metadata
 from hirm.evaluation.generation import model_fingerprint
-from hirm.evaluation.metrics import wilson_interval
+from hirm.evaluation.metrics import proportion
 from hirm.io import OutputExistsError, check_replaceable, write_marker
 
 MANIFEST = "attack.json"
@@ -51,10 +51,10 @@ CHECKPOINT, CHECKPOINT_META = "checkpoint.safetensors", "checkpoint.json"
 
 
 def rate(flags: Sequence[bool]) -> dict[str, Any]:
-    """``{"k", "n", "rate", "ci95"}`` of a list of yes/no outcomes."""
-    k, n = sum(bool(f) for f in flags), len(flags)
-    ci = wilson_interval(k, n)
-    return {"k": k, "n": n, "rate": k / n if n else None, "ci95": list(ci) if ci else None}
+    """``{"k", "n", "rate", "ci95"}`` of a list of yes/no outcomes (``metrics.proportion`` under the
+    attack results' field name)."""
+    p = proportion(list(flags))
+    return {"k": p["k"], "n": p["n"], "rate": p["value"], "ci95": p["ci95"]}
 
 
 def derived_seed(*parts: int) -> int:

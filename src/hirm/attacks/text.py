@@ -99,10 +99,12 @@ def pad(tokenizer, body: Sequence[int]) -> list[int]:
 
 
 def with_slots(
-    tokenizer, prompt: str, placeholder: str, k: int, slot_id: int
+    tokenizer, prompt: str, placeholder: str, k: int, slot_id: int, *, truncate: bool = False
 ) -> tuple[list[int], list[bool]]:
     """Ids of ``prompt`` where every occurrence of ``placeholder`` becomes ``k`` slot tokens, and the
     slot mask. A prompt without the placeholder gets the slots in front (``"<slots> prompt"``).
+    Too long is an error unless ``truncate``: then the tail is cut where the pipeline cuts a prompt,
+    and a placeholder that falls in the cut tail is treated as absent (slots in front, tail cut).
 
     The words around the placeholder are tokenized on their own; CLIP's tokenizer splits on spaces
     first, so this equals tokenizing the whole prompt whenever the placeholder stands between words.
@@ -121,6 +123,12 @@ def with_slots(
         ids = word_ids(tokenizer, part)
         body += ids
         slots += [False] * len(ids)
+    if truncate:
+        keep = tokenizer.model_max_length - 2
+        if any(slots) and not any(slots[:keep]):
+            plain = word_ids(tokenizer, prompt.replace(placeholder, " "))
+            body, slots = [slot_id] * k + plain, [True] * k + [False] * len(plain)
+        body, slots = body[:keep], slots[:keep]
     ids = pad(tokenizer, body)
     return ids, [False] + slots + [False] * (len(ids) - len(slots) - 1)
 

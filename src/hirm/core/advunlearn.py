@@ -235,7 +235,10 @@ class _Trainer:
         from diffusers import DDIMScheduler
 
         self.config = config
-        self.unet = model.component("unet").eval().requires_grad_(False)
+        unet = model.component("unet")
+        # The caller's U-Net is frozen in eval mode for the run and handed back as it came (restore()).
+        self._unet_state = (unet.training, {n: p.requires_grad for n, p in unet.named_parameters()})
+        self.unet = unet.eval().requires_grad_(False)
         self.original = model.text_encoder("text_encoder")
         self.tokenizer = model.tokenizer("text_encoder")
         self.trained = copy.deepcopy(self.original).requires_grad_(False)
@@ -250,6 +253,13 @@ class _Trainer:
         self.retain = _PromptPool(
             list(config.retain_prompts) or default_retain(model, concepts), self.generator
         )
+
+    def restore(self) -> None:
+        """Give the caller's U-Net back its train/eval mode and ``requires_grad`` flags."""
+        training, flags = self._unet_state
+        self.unet.train(training)
+        for name, param in self.unet.named_parameters():
+            param.requires_grad_(flags[name])
 
     # ------------------------------------------------------------------------------ helpers
     def ids(self, prompts: Sequence[str]) -> Tensor:
@@ -383,33 +393,38 @@ def erase(
         "AdvUnlearn trains %d tensors (%d parameters).", len(names), sum(params[n].numel() for n in names)
     )
 
-    losses: list[float] = []
-    adv: Tensor | None = None
-    word, emb_0, emb_p = trainer.words[0], None, None
-    bar = tqdm(range(config.iterations), desc="AdvUnlearn", disable=not progress, leave=False)
-    for i in bar:
-        if i % config.adv_prompt_update_step == 0:
-            word = trainer.words[int(torch.randint(len(trainer.words), (1,), generator=trainer.generator))]
-            emb_0, emb_p = trainer.original_embed([""]), trainer.original_embed([word])
-            if i >= config.warmup_iter:
-                adv = trainer.attack(word, emb_p, adv)
-        trainer.trained.train()
-        optimizer.zero_grad(set_to_none=True)
-        loss = trainer.unlearn_loss(word, emb_p, emb_0, adv if i >= config.warmup_iter else None)
-        value = loss.item()
-        if not math.isfinite(value):
-            raise NonFiniteLossError(
-                f"Loss became {value} at iteration {i}; lower the learning rate. Nothing was saved."
-            )
-        loss.backward()
-        optimizer.step()
-        losses.append(value)
-        if config.retain_train == "iter":
-            for _ in range(config.retain_step):
-                optimizer.zero_grad(set_to_none=True)
-                trainer.retain_loss().backward()
-                optimizer.step()
-        bar.set_postfix(loss=f"{value:.4g}")
+    try:
+        losses: list[float] = []
+        adv: Tensor | None = None
+        word, emb_0, emb_p = trainer.words[0], None, None
+        bar = tqdm(range(config.iterations), desc="AdvUnlearn", disable=not progress, leave=False)
+        for i in bar:
+            if i % config.adv_prompt_update_step == 0:
+                word = trainer.words[
+                    int(torch.randint(len(trainer.words), (1,), generator=trainer.generator))
+                ]
+                emb_0, emb_p = trainer.original_embed([""]), trainer.original_embed([word])
+                if i >= config.warmup_iter:
+                    adv = trainer.attack(word, emb_p, adv)
+            trainer.trained.train()
+            optimizer.zero_grad(set_to_none=True)
+            loss = trainer.unlearn_loss(word, emb_p, emb_0, adv if i >= config.warmup_iter else None)
+            value = loss.item()
+            if not math.isfinite(value):
+                raise NonFiniteLossError(
+                    f"Loss became {value} at iteration {i}; lower the learning rate. Nothing was saved."
+                )
+            loss.backward()
+            optimizer.step()
+            losses.append(value)
+            if config.retain_train == "iter":
+                for _ in range(config.retain_step):
+                    optimizer.zero_grad(set_to_none=True)
+                    trainer.retain_loss().backward()
+                    optimizer.step()
+            bar.set_postfix(loss=f"{value:.4g}")
+    finally:
+        trainer.restore()
     trainer.trained.eval()
 
     originals = named_parameters(trainer.original)

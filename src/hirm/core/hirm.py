@@ -243,6 +243,10 @@ def erase_encoder(
 
     was_training = encoder.training
     grad_flags = {name: p.requires_grad for name, p in params.items()}
+    # The reference seeds the global generator before training; ours does too, inside a fork, so the
+    # caller's random stream is the same after erasing as before.
+    rng = torch.random.fork_rng(devices=[device] if device.type == "cuda" else [])
+    rng.__enter__()
     encoder.eval()
     try:
         with torch.no_grad():
@@ -326,6 +330,7 @@ def erase_encoder(
         for name, flag in grad_flags.items():
             params[name].requires_grad_(flag)
         encoder.train(was_training)
+        rng.__exit__(None, None, None)
 
     patch = make_patch(
         method="hirm",

@@ -59,6 +59,8 @@ class HardenedHiRMConfig:
     Attributes:
         hirm: HiRM's settings (trainable tensors, reading point, lr, AdamW, templates, preserve); its
             ``steps`` (or the reference value for the concepts) is the number of steps *per round*.
+            Hardened HiRM trains in float32 with one MSE over all prompts: ``precision`` must be
+            ``auto`` or ``fp32`` and ``concept_weighting`` ``mean`` (others are refused, not ignored).
         rounds: misdirect phases (an attack runs between consecutive ones).
         attack: ``embedding`` (continuous vectors) or ``discrete`` (nearest vocabulary tokens).
         attack_tokens: word embeddings the attacker puts in the concept's place.
@@ -87,6 +89,16 @@ class HardenedHiRMConfig:
             raise ValueError(f"attack must be 'embedding' or 'discrete', got {self.attack!r}.")
         if self.attack_init not in ("concept", "random"):
             raise ValueError(f"attack_init must be 'concept' or 'random', got {self.attack_init!r}.")
+        if self.hirm.precision not in ("auto", "fp32"):
+            raise ValueError(
+                f"hirm-adv trains in float32; hirm.precision={self.hirm.precision!r} is not supported "
+                "(use 'fp32' or 'auto', or method 'hirm' for reduced precision)."
+            )
+        if self.hirm.concept_weighting != "mean":
+            raise ValueError(
+                f"hirm-adv weights every prompt equally; hirm.concept_weighting="
+                f"{self.hirm.concept_weighting!r} is not supported (use 'mean', or method 'hirm')."
+            )
 
     @classmethod
     def world(cls, **overrides: Any) -> HardenedHiRMConfig:
@@ -218,6 +230,10 @@ def harden_encoder(
     was_training = encoder.training
     hardener = _Hardener(encoder, tokenizer, concepts, config)
     steps, lr = hirm.resolved_steps(concepts), hirm.resolved_lr(concepts)
+    device = next(encoder.parameters()).device
+    # Seeded like the HiRM reference, inside a fork: the caller's random stream is left as it was.
+    rng = torch.random.fork_rng(devices=[device] if device.type == "cuda" else [])
+    rng.__enter__()
     encoder.eval()
     history: dict[str, list] = {"misdirect": [], "attack": []}
     try:
@@ -277,6 +293,7 @@ def harden_encoder(
         for n, flag in flags.items():
             params[n].requires_grad_(flag)
         encoder.train(was_training)
+        rng.__exit__(None, None, None)
     return make_patch(
         method="hirm-adv",
         originals={f"{component}/{n}": v for n, v in saved.items()},
