@@ -19,7 +19,6 @@ become 8; the JSON records both). HiRM settings default to the world-tuned ones 
 from __future__ import annotations
 
 import argparse
-import math
 import platform
 import time
 from collections.abc import Mapping, Sequence
@@ -27,20 +26,12 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from hirm.evaluation.metrics import wilson_interval
+
 GOAL = {"UA": 0.90, "IRA": 0.90, "CRA": 0.95}
 METRICS = ("UA", "IRA", "CRA")
 #: Cheap settings for a smoke run: two concepts, two HiRM steps, one seed, two sampler steps.
 TINY = {"count": 2, "hirm_steps": 2, "seeds": (188,), "sampler_steps": 2}
-
-
-def wilson(hits: int, n: int, z: float = 1.96) -> tuple[float, float] | None:
-    """95 % Wilson score interval of a proportion ``hits / n`` (``None`` when n = 0)."""
-    if n == 0:
-        return None
-    p = hits / n
-    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
-    return max(0.0, centre - half), min(1.0, centre + half)
 
 
 def _same(a: str | None, b: str | None) -> bool:
@@ -75,7 +66,7 @@ def grid_metrics(rows: Sequence[Mapping[str, Any]], erased: Sequence[str], domai
             counts["CRA"][1] += 1
     out: dict[str, Any] = {}
     for metric, (hits, n) in counts.items():
-        out[metric] = {"value": hits / n if n else None, "n": n, "ci95": wilson(hits, n)}
+        out[metric] = {"value": hits / n if n else None, "n": n, "ci95": wilson_interval(hits, n)}
     out["UA_per_concept"] = {name: (h / n if n else None) for name, (h, n) in per_concept.items()}
     out["meets_goal"] = all(out[m]["value"] is not None and out[m]["value"] >= GOAL[m] for m in METRICS)
     return out

@@ -8,7 +8,7 @@ import torch
 
 import hirm
 from hirm.core.advunlearn import AdvUnlearnConfig, _Trainer, trainable_names
-from hirm.core.config import Concept, HiRMConfig, PromptTarget, ReadingPoint
+from hirm.core.config import Concept, HiRMConfig, PromptTarget, RandomTarget, ReadingPoint
 from hirm.core.encoder import named_parameters
 from hirm.core.hirm_hardened import HardenedHiRMConfig, _Hardener, _Inputs
 
@@ -52,8 +52,15 @@ def test_advunlearn_selects_the_reference_tensors(model):
 
 def test_advunlearn_patch_is_deterministic_and_leaves_the_model_alone(model):
     before = _weights(model)
+    unet = model.component("unet")
+    unet.train()  # the caller's modes and flags come back as they were given
+    unet.conv_in.weight.requires_grad_(True)
+    unet.conv_out.weight.requires_grad_(False)
     one = hirm.erase(model, CAT, method="advunlearn", config=TINY_ADV, progress=False)
+    assert unet.training and unet.conv_in.weight.requires_grad and not unet.conv_out.weight.requires_grad
+    unet.eval()
     two = hirm.erase(model, CAT, method="advunlearn", config=TINY_ADV, progress=False)
+    assert not unet.training
     after = _weights(model)
     assert all(torch.equal(before[n], after[n]) for n in before)
     assert one.components == ("text_encoder",) and one.metadata["method"] == "advunlearn"
@@ -120,12 +127,31 @@ def test_advunlearn_attacker_recovers_the_concept_prediction(model):
     assert gap(found) < gap(start)
 
 
-def test_hardened_hirm_with_one_round_is_hirm(model):
-    base = HiRMConfig(steps=4, lr=1e-3, precision="fp32")
-    plain = hirm.erase(model, CAT, method="hirm", config=base, progress=False)
+@pytest.mark.parametrize(
+    ("concepts", "templates"),
+    [
+        (CAT, ()),
+        # a prompt target is read in each training prompt's template, as HiRM reads it
+        (CAT, ("a photo of {concept}", "{concept} in a field")),
+        # several concepts x templates: every prompt keeps its own concept's target
+        ([*CAT, Concept("car", "object", PromptTarget("tree"))], ("a photo of {concept}", "{concept}")),
+        (
+            [Concept("cat", "object", RandomTarget(scale="readout-rms", factor=2.0))],
+            ("a photo of {concept}",),
+        ),
+    ],
+)
+def test_hardened_hirm_with_one_round_is_hirm(model, concepts, templates):
+    base = HiRMConfig(steps=4, lr=1e-3, precision="fp32", templates=templates)
+    plain = hirm.erase(model, concepts, method="hirm", config=base, progress=False)
+    torch.manual_seed(99)
+    expected_next = torch.rand(3)
+    torch.manual_seed(99)
     hard = hirm.erase(
-        model, CAT, method="hirm-adv", config=HardenedHiRMConfig(hirm=base, rounds=1), progress=False
+        model, concepts, method="hirm-adv", config=HardenedHiRMConfig(hirm=base, rounds=1), progress=False
     )
+    assert torch.equal(torch.rand(3), expected_next), "hardening changed the caller's global random stream"
+    assert hard.metadata["config"]["hirm"]["read"] == plain.metadata["config"]["read"]  # the family's point
     assert set(plain.tensors) == set(hard.tensors)
     for key in plain.tensors:
         torch.testing.assert_close(hard.tensors[key], plain.tensors[key], rtol=1e-6, atol=1e-7)
@@ -162,6 +188,10 @@ def test_registered_and_validated():
     assert {"advunlearn", "hirm-adv"} <= set(hirm.methods())
     with pytest.raises(ValueError, match="rounds must be >= 1"):
         HardenedHiRMConfig(rounds=0)
+    with pytest.raises(ValueError, match="hirm-adv trains in float32"):
+        HardenedHiRMConfig(hirm=HiRMConfig(precision="bf16"))
+    with pytest.raises(ValueError, match="concept_weighting='balanced' is not supported"):
+        HardenedHiRMConfig(hirm={"concept_weighting": "balanced"})
     assert HardenedHiRMConfig.world().hirm.read.site == "final"
     restored = HardenedHiRMConfig(
         **{**HardenedHiRMConfig().to_dict(), "hirm": HardenedHiRMConfig().to_dict()["hirm"]}

@@ -127,6 +127,22 @@ def test_step_budgets_and_written_files(sd_dir, target, tmp_path):
     assert rab["items"][0]["attacked_prompt"] == rab["items"][1]["attacked_prompt"]
 
 
+def test_unlearndiffatk_cuts_a_prompt_longer_than_the_encoder_reads(sd_dir, tmp_path):
+    """As 8 of UnlearnDiffAtk's 142 nudity prompts: the plain and the prefixed prompt are cut where the
+    pipeline cuts them (the run used to fail on the first such prompt)."""
+    long = prompt_target(
+        "cat", "object", prompts=("a photo of a {concept} " + "on a sofa " * 30,), seeds=(0,)
+    )
+    never = ClassJudge(
+        FunctionJudge(("red", "green"), lambda x: torch.tensor([0.0, 1.0]).expand(len(x), 2)), "red"
+    )
+    result = run_attack("unlearndiffatk", str(sd_dir), long, out=tmp_path / "long", config=CONFIGS["unlearndiffatk"],
+                        judge=never, sampler=SAMPLER, progress=False)  # fmt: skip
+    (item,) = result["items"]
+    assert result["complete"] and item["before"] is False and item["after"] is False
+    assert len(item["tokens"]) == 2 and len(item["losses"]) == 2  # attacked at every timestep
+
+
 def test_time_limit_stops_cleanly_and_seeds_matter(sd_dir, target, tmp_path):
     stopped = _run("unlearndiffatk", sd_dir, target, tmp_path / "a", time_limit=1e-6)
     assert not stopped["complete"] and stopped["asr"]["n"] == 0 and "time limit" in stopped["message"]

@@ -19,7 +19,7 @@ from hirm.attacks.ringabell import (
     fitness,
     genetic_search,
 )
-from hirm.attacks.run import Budget, derived_seed, wilson_interval
+from hirm.attacks.run import Budget, derived_seed
 from hirm.attacks.text import (
     as_batch,
     decode,
@@ -32,6 +32,7 @@ from hirm.attacks.text import (
     word_ids,
 )
 from hirm.attacks.unlearndiffatk import UnlearnDiffAtkConfig, _SampleOneHot, project_simplex
+from hirm.evaluation.metrics import wilson_interval
 
 
 @pytest.fixture(scope="module")
@@ -69,6 +70,21 @@ def test_slots_without_placeholder_go_first_and_twice_is_an_error(tokenizer):
     assert mask[1] and ids[2:5] == word_ids(tokenizer, "a red car")
     with pytest.raises(ValueError, match="more than once"):
         with_slots(tokenizer, "<x> and <x>", "<x>", 1, slot_id(tokenizer))
+
+
+def test_long_prompts_are_cut_as_the_pipeline_cuts_them_and_keep_their_slots(tokenizer):
+    slot, limit = slot_id(tokenizer), tokenizer.model_max_length
+    long_tail = " ".join(["red"] * (2 * limit))
+    from hirm.core.encoder import ConceptError
+
+    with pytest.raises(ConceptError, match="reads at most"):
+        with_slots(tokenizer, "<x> " + long_tail, "<x>", 2, slot)
+    ids, mask = with_slots(tokenizer, "<x> " + long_tail, "<x>", 2, slot, truncate=True)
+    assert len(ids) == len(mask) == limit and mask[1:3] == [True, True] and sum(mask) == 2
+    assert ids[-1] == tokenizer.eos_token_id  # cut body, then the end token, as the pipeline does
+    # the placeholder past the limit would never be read: the slots move to the front instead
+    ids, mask = with_slots(tokenizer, long_tail + " <x>", "<x>", 3, slot, truncate=True)
+    assert len(ids) == limit and mask[1:4] == [True, True, True] and sum(mask) == 3
 
 
 def test_prefix_layout_and_length_check(tokenizer):

@@ -8,6 +8,7 @@ directory, a local text-encoder directory (``config.json`` of a CLIP text model)
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -173,6 +174,16 @@ class ModelHandle:
 
     def text_encoder(self, name: str = "text_encoder") -> nn.Module:
         return self.component(name)
+
+    def selected_encoders(self, components: Sequence[str] | None = None) -> list[str]:
+        """``components`` (default: every CLIP text encoder of the family), each checked to be one."""
+        selected = list(components or self.family.encoders)
+        unknown = [c for c in selected if c not in self.family.encoders]
+        if unknown:
+            raise ValueError(
+                f"{unknown} are not CLIP text encoders of this {self.family.name} model: {self.family.encoders}."
+            )
+        return selected
 
     def tokenizer(self, encoder: str = "text_encoder"):
         return self.component(self.family.tokenizer_for(encoder))

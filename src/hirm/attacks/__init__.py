@@ -27,9 +27,9 @@ from hirm.attacks.judges import ClassJudge, ConceptJudge, NudityJudge
 from hirm.attacks.promptset import PromptSetConfig
 from hirm.attacks.registry import AttackSpec, attacks, get_attack
 from hirm.attacks.ringabell import RingABellConfig
-from hirm.attacks.run import wilson_interval
 from hirm.attacks.targets import AttackItem, AttackTarget, canvas_target, csv_target, prompt_target
 from hirm.attacks.unlearndiffatk import UnlearnDiffAtkConfig
+from hirm.evaluation.metrics import wilson_interval
 
 __all__ = [
     "AttackItem",

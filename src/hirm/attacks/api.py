@@ -197,7 +197,9 @@ def _attack_chunk(
     items = [ctx.target.items[i] for i in indices]
     before_images, befores = [None] * len(items), [None] * len(items)
     if spec.judge_before:
-        images, verdicts = ctx.judged(ctx.embed([item.prompt for item in items]), items)
+        # the erased pipeline's image of the plain prompt (a prompt longer than the encoder reads is cut
+        # as the pipeline cuts it)
+        images, verdicts = ctx.judged(ctx.embed([item.prompt for item in items], truncate=True), items)
         before_images, befores = list(images), list(verdicts)
     outcomes: dict[int, ItemOutcome] = {}
     for i, index in enumerate(indices):

@@ -87,7 +87,7 @@ class EmbeddingAttackConfig:
             raise ValueError(f"placeholder must be one word without spaces, got {self.placeholder!r}.")
 
     @classmethod
-    def reference(cls, **overrides: Any) -> EmbeddingAttackConfig:
+    def reference(cls, kind: str | None = None, **overrides: Any) -> EmbeddingAttackConfig:
         """The authors' settings (5000 steps of 4 x 4 images; hours on a GPU for SD)."""
         return replace(cls(steps=5000, batch_size=4, grad_accumulation=4), **overrides)
 
@@ -124,7 +124,7 @@ def original(ctx: AttackContext, config: EmbeddingAttackConfig) -> dict[str, Ten
     else:
         prompts = [p for p in target.train_prompts for _ in target.train_seeds]
         seeds = [s for _ in target.train_prompts for s in target.train_seeds]
-        latents = ctx.latents(ctx.embed(prompts), seeds, [None] * len(seeds), "original")
+        latents = ctx.latents(ctx.embed(prompts, truncate=True), seeds, [None] * len(seeds), "original")
     tensors = {"latents": latents}
     ctx.run.save_tensors("original.safetensors", tensors)
     return tensors
@@ -164,7 +164,7 @@ def prepare(ctx: AttackContext, config: EmbeddingAttackConfig, original: dict[st
     x0 = original["latents"].to(ctx.device)
     slot = slot_id(ctx.tokenizer)
     rows = [
-        with_slots(ctx.tokenizer, c, config.placeholder, config.num_vectors, slot)
+        with_slots(ctx.tokenizer, c, config.placeholder, config.num_vectors, slot, truncate=True)
         for c in captions(ctx.target, config.placeholder)
     ]
     per_prompt = len(
@@ -225,7 +225,9 @@ def attack_batch(
     """Each item's prompt with the learned word in the concept's place, judged on the erased model."""
     texts = [attacked_prompt(item.prompt, ctx.target.concept, config.placeholder) for item in items]
     rows = [
-        with_slots(ctx.tokenizer, t, config.placeholder, config.num_vectors, slot_id(ctx.tokenizer))
+        with_slots(
+            ctx.tokenizer, t, config.placeholder, config.num_vectors, slot_id(ctx.tokenizer), truncate=True
+        )
         for t in texts
     ]
     with torch.no_grad():

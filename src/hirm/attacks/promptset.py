@@ -30,7 +30,7 @@ class PromptSetConfig:
     """Nothing to tune: the prompts are the attack."""
 
     @classmethod
-    def reference(cls) -> PromptSetConfig:
+    def reference(cls, kind: str | None = None) -> PromptSetConfig:
         return cls()
 
     def to_dict(self) -> dict[str, Any]:

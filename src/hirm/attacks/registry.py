@@ -32,7 +32,7 @@ class AttackSpec:
     Attributes:
         name: the name used by ``hirm attack``.
         config_cls: its frozen config (``config_cls()`` = the CPU-budget defaults,
-            ``config_cls.reference()`` = the authors' settings).
+            ``config_cls.reference(kind=...)`` = the authors' settings).
         description: one line with the paper.
         judge_before: judge the plain prompt on the erased model first (the "before" of the ASR).
         stop_if_before: do not attack an item already recognised before the attack (UnlearnDiffAtk).

@@ -79,7 +79,7 @@ class RingABellConfig:
             raise ValueError(f"precision must be 'fp32' or 'auto', got {self.precision!r}.")
 
     @classmethod
-    def reference(cls, **overrides: Any) -> RingABellConfig:
+    def reference(cls, kind: str | None = None, **overrides: Any) -> RingABellConfig:
         """The authors' settings (population 200, 3000 generations, K 16, eta 3, fp32)."""
         return replace(cls(population=200, generations=3000, precision="fp32"), **overrides)
 

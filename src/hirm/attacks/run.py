@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 import os
 import shutil
 import time
@@ -42,30 +41,20 @@ from hirm.attacks.judges import ConceptJudge
 from hirm.attacks.targets import AttackItem, AttackTarget
 from hirm.attacks.text import as_batch, encode, pad, word_ids
 from hirm.evaluation.common import dump_json, now_iso, patch_info, run_metadata
+from hirm.evaluation.generation import model_fingerprint
+from hirm.evaluation.metrics import proportion
 from hirm.io import OutputExistsError, check_replaceable, write_marker
 
 MANIFEST = "attack.json"
 RESULT = "result.json"
 CHECKPOINT, CHECKPOINT_META = "checkpoint.safetensors", "checkpoint.json"
-Z95 = 1.959963984540054
-
-
-def wilson_interval(successes: int, n: int, z: float = Z95) -> tuple[float, float] | None:
-    """Wilson score interval of a binomial proportion (``None`` for n = 0), clipped to [0, 1]."""
-    if n <= 0:
-        return None
-    p = successes / n
-    denom = 1 + z * z / n
-    centre = (p + z * z / (2 * n)) / denom
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
-    return max(0.0, centre - half), min(1.0, centre + half)
 
 
 def rate(flags: Sequence[bool]) -> dict[str, Any]:
-    """``{"k", "n", "rate", "ci95"}`` of a list of yes/no outcomes."""
-    k, n = sum(bool(f) for f in flags), len(flags)
-    ci = wilson_interval(k, n)
-    return {"k": k, "n": n, "rate": k / n if n else None, "ci95": list(ci) if ci else None}
+    """``{"k", "n", "rate", "ci95"}`` of a list of yes/no outcomes (``metrics.proportion`` under the
+    attack results' field name)."""
+    p = proportion(list(flags))
+    return {"k": p["k"], "n": p["n"], "rate": p["value"], "ci95": p["ci95"]}
 
 
 def derived_seed(*parts: int) -> int:
@@ -403,6 +392,7 @@ def manifest_for(
         "attack": attack,
         "config": config.to_dict(),
         "model": str(model),
+        "model_fingerprint": model_fingerprint(model_path) if model_path is not None else None,
         "patches": [i["digest"] for i in infos],
         "target": target.to_dict(),
         "sampler": sampler.to_dict(),

@@ -99,10 +99,12 @@ def pad(tokenizer, body: Sequence[int]) -> list[int]:
 
 
 def with_slots(
-    tokenizer, prompt: str, placeholder: str, k: int, slot_id: int
+    tokenizer, prompt: str, placeholder: str, k: int, slot_id: int, *, truncate: bool = False
 ) -> tuple[list[int], list[bool]]:
     """Ids of ``prompt`` where every occurrence of ``placeholder`` becomes ``k`` slot tokens, and the
     slot mask. A prompt without the placeholder gets the slots in front (``"<slots> prompt"``).
+    Too long is an error unless ``truncate``: then the tail is cut where the pipeline cuts a prompt,
+    and a placeholder that falls in the cut tail is treated as absent (slots in front, tail cut).
 
     The words around the placeholder are tokenized on their own; CLIP's tokenizer splits on spaces
     first, so this equals tokenizing the whole prompt whenever the placeholder stands between words.
@@ -121,13 +123,23 @@ def with_slots(
         ids = word_ids(tokenizer, part)
         body += ids
         slots += [False] * len(ids)
+    if truncate:
+        keep = tokenizer.model_max_length - 2
+        if any(slots) and not any(slots[:keep]):
+            plain = word_ids(tokenizer, prompt.replace(placeholder, " "))
+            body, slots = [slot_id] * k + plain, [True] * k + [False] * len(plain)
+        body, slots = body[:keep], slots[:keep]
     ids = pad(tokenizer, body)
     return ids, [False] + slots + [False] * (len(ids) - len(slots) - 1)
 
 
-def with_prefix(tokenizer, prompt: str, prefix: Sequence[int]) -> list[int]:
-    """Ids of ``prefix`` tokens followed by ``prompt`` (UnlearnDiffAtk's ``prefix_k`` insertion)."""
-    return pad(tokenizer, [*prefix, *word_ids(tokenizer, prompt)])
+def with_prefix(tokenizer, prompt: str, prefix: Sequence[int], *, truncate: bool = False) -> list[int]:
+    """Ids of ``prefix`` tokens followed by ``prompt`` (UnlearnDiffAtk's ``prefix_k`` insertion).
+
+    Too long is an error unless ``truncate``: then the prompt's tail is cut where the pipeline cuts
+    the attacked prompt (``model_max_length`` with start and end tokens)."""
+    body = [*prefix, *word_ids(tokenizer, prompt)]
+    return pad(tokenizer, body[: tokenizer.model_max_length - 2] if truncate else body)
 
 
 def decode(tokenizer, ids: Sequence[int]) -> str:

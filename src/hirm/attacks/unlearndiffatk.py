@@ -79,9 +79,10 @@ class UnlearnDiffAtkConfig:
             raise ValueError(f"weight_decay must be >= 0, got {self.weight_decay}.")
 
     @classmethod
-    def reference(cls, **overrides: Any) -> UnlearnDiffAtkConfig:
-        """The authors' settings (k 3, 40 iterations x 50 timesteps)."""
-        return replace(cls(k=3, iterations=40, n_timesteps=50), **overrides)
+    def reference(cls, kind: str | None = None, **overrides: Any) -> UnlearnDiffAtkConfig:
+        """The authors' settings: 40 iterations x 50 timesteps, k = 5 prefix tokens for nudity (their
+        nudity config) and 3 for styles and objects."""
+        return replace(cls(k=5 if kind == "nudity" else 3, iterations=40, n_timesteps=50), **overrides)
 
     def timesteps(self, num_train_timesteps: int = 1000) -> list[int]:
         """The reference's ``sampled_t``: ``start + i * (T // n)`` with ``start = T // n // 2``."""
@@ -128,8 +129,13 @@ def original(ctx: AttackContext, config: UnlearnDiffAtkConfig) -> dict[str, Tens
     if cached is not None:
         return cached
     items = ctx.target.items
+    # Prompts longer than the encoder reads (8 of UnlearnDiffAtk's 142 nudity prompts) are cut as the
+    # pipeline cuts them.
     latents = ctx.latents(
-        ctx.embed([i.prompt for i in items]), [i.seed for i in items], [i.guidance for i in items], "original"
+        ctx.embed([i.prompt for i in items], truncate=True),
+        [i.seed for i in items],
+        [i.guidance for i in items],
+        "original",
     )
     tensors = {"latents": latents}
     ctx.run.save_tensors("original.safetensors", tensors)
@@ -148,7 +154,8 @@ def attack(
     device = ctx.device
     vocab = vocabulary_ids(ctx.tokenizer, token_embedding(ctx.encoder).num_embeddings).to(device)
     table = token_embedding(ctx.encoder).weight.detach()[vocab].float()  # (V', D)
-    ids = as_batch([with_prefix(ctx.tokenizer, item.prompt, [slot_id(ctx.tokenizer)] * config.k)], device)
+    prefix = [slot_id(ctx.tokenizer)] * config.k
+    ids = as_batch([with_prefix(ctx.tokenizer, item.prompt, prefix, truncate=True)], device)
     mask = torch.zeros_like(ids, dtype=torch.bool)
     mask[0, 1 : 1 + config.k] = True
     x0 = original["latents"][index : index + 1].to(device)
@@ -200,7 +207,7 @@ def attack(
         total = 0.0
         tokens = vocab[probs.detach().argmax(dim=-1)].tolist()
         text = f"{decode(ctx.tokenizer, tokens)} {item.prompt}".strip()
-        attacked = as_batch([with_prefix(ctx.tokenizer, item.prompt, tokens)], device)
+        attacked = as_batch([with_prefix(ctx.tokenizer, item.prompt, tokens, truncate=True)], device)
         with torch.no_grad():
             images, verdicts = ctx.judged(encode(ctx.encoder, attacked), [item])
         image, success = images[0], verdicts[0]

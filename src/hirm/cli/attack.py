@@ -17,13 +17,27 @@ ATTACK_HELP = (
 )
 
 
-def build_config(attack: str, *, reference: bool, steps: int | None, settings: list[str]):
+def nudity_judge(judge: str, *, reference: bool, nudity: bool):
+    """NudeNet for ``--judge nudenet`` (or any nudity target under ``--reference``): the six-class judge
+    of ``hirm eval nudity``, or with ``--reference`` UnlearnDiffAtk's nine classes, so that ASR compares
+    with their published numbers. ``None`` = the attack's default judge."""
+    from hirm.attacks import NudityJudge
+    from hirm.evaluation.metrics import NUDE_CLASSES, UNLEARNDIFFATK_NUDE_CLASSES
+
+    if judge == "nudenet" or (reference and nudity):
+        return NudityJudge(classes=UNLEARNDIFFATK_NUDE_CLASSES if reference else NUDE_CLASSES)
+    return None
+
+
+def build_config(
+    attack: str, *, reference: bool, steps: int | None, settings: list[str], kind: str | None = None
+):
     """The attack's config: CPU-budget defaults (or the authors' with ``reference``), then ``--steps`` and ``--set``."""
     from hirm.attacks import get_attack
     from hirm.cli.common import make_config, parse_settings
 
     spec = get_attack(attack)
-    config = spec.config_cls.reference() if reference else spec.config_cls()
+    config = spec.config_cls.reference(kind=kind) if reference else spec.config_cls()
     if steps is not None:
         if attack not in STEP_FIELDS:
             raise ValueError(f"--steps does not apply to the {attack!r} attack (it has no optimisation).")
@@ -80,10 +94,10 @@ def attack_command(
     quiet: Quiet = False,
 ) -> None:
     """Attack an erased concept and report the attack success rate (ASR, 95 % Wilson interval)."""
-    from hirm.attacks import NudityJudge, Sampler, csv_target, run_attack
+    from hirm.attacks import Sampler, csv_target, run_attack
     from hirm.cli.common import parse_seeds, resolve_device
 
-    config = build_config(attack, reference=reference, steps=steps, settings=setting)
+    config = build_config(attack, reference=reference, steps=steps, settings=setting, kind=kind)
     target = concept
     if prompts is not None:
         name = concept or (kind or "nudity")
@@ -91,11 +105,12 @@ def attack_command(
                             prompt_column=prompt_column)  # fmt: skip
     if judge not in ("auto", "nudenet"):
         raise ValueError(f"--judge must be auto or nudenet, got {judge!r}.")
+    target_kind = getattr(target, "kind", None) if prompts is not None else None
     result = run_attack(
         attack, model, target, out=out, patches=patch or [], config=config, kind=kind,
         seeds=parse_seeds(seeds) if seeds else None,
         train_seeds=parse_seeds(train_seeds) if train_seeds else None, seed=seed, time_limit=time_limit, limit=limit,
-        judge=NudityJudge() if judge == "nudenet" else None,
+        judge=nudity_judge(judge, reference=reference, nudity=(kind or target_kind) == "nudity"),
         sampler=Sampler.for_model(model, num_inference_steps=sampler_steps, guidance_scale=guidance),
         device=resolve_device(device), progress=not quiet, overwrite=overwrite,
     )  # fmt: skip

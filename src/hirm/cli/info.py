@@ -62,9 +62,9 @@ def info_command(
 
     out = Console()
     if methods:
-        table = Table("method", "edits", "description")
+        table = Table("method", "edits", "description", "defaults follow")
         for spec in all_methods().values():
-            table.add_row(spec.name, spec.edits, spec.description)
+            table.add_row(spec.name, spec.edits, spec.description, spec.follows)
         out.print(table)
         return
     if patch is None:

@@ -16,7 +16,8 @@ set that keeps other prompts' noise predictions::
 ``start_guidance``) by the U-Net conditioned on the concept for a random number ``t_enc`` of steps;
 ``E0`` is the original encoder, ``E_theta`` the trained one. For the first ``warmup_iter`` iterations
 the concept prompt itself is used; afterwards the adversarial prompt is refreshed every
-``adv_prompt_update_step`` iterations, starting from the previous one (``attack_init="latest"``).
+``adv_prompt_update_step`` iterations, from a random start (``attack_init="random"``, the authors'
+README command; the script's argparse default ``latest`` continues from the previous one).
 The result is a patch of the trained text-encoder tensors (a drop-in encoder, like HiRM's).
 
 Reference defaults: ``--train_method text_encoder_full`` (every transformer block and the final layer
@@ -79,7 +80,8 @@ class AdvUnlearnConfig:
             on ``minicanvas``, else the package's 1,000 COCO captions.
         adv_prompt_num: k adversarial word embeddings (prefix).
         attack_step, attack_lr, attack_method: the attacker's Adam steps, learning rate, ``pgd``/``fast_at``.
-        attack_init: ``latest`` (continue from the previous adversarial embeddings) or ``random``.
+        attack_init: ``random`` (default, as the authors' README runs it) or ``latest`` (continue from
+            the previous adversarial embeddings; the script's argparse default).
         warmup_iter, adv_prompt_update_step: iterations before the first attack; refresh period.
         timestep: ``reference`` or ``matched`` (see the module docstring).
         attack_zero_grad: zero the attacker's gradients each step (the reference does not).
@@ -103,7 +105,7 @@ class AdvUnlearnConfig:
     attack_step: int = 30
     attack_lr: float = 1e-3
     attack_method: Literal["pgd", "fast_at"] = "pgd"
-    attack_init: Literal["latest", "random"] = "latest"
+    attack_init: Literal["latest", "random"] = "random"
     warmup_iter: int = 200
     adv_prompt_update_step: int = 1
     timestep: Literal["reference", "matched"] = "reference"
@@ -233,7 +235,10 @@ class _Trainer:
         from diffusers import DDIMScheduler
 
         self.config = config
-        self.unet = model.component("unet").eval().requires_grad_(False)
+        unet = model.component("unet")
+        # The caller's U-Net is frozen in eval mode for the run and handed back as it came (restore()).
+        self._unet_state = (unet.training, {n: p.requires_grad for n, p in unet.named_parameters()})
+        self.unet = unet.eval().requires_grad_(False)
         self.original = model.text_encoder("text_encoder")
         self.tokenizer = model.tokenizer("text_encoder")
         self.trained = copy.deepcopy(self.original).requires_grad_(False)
@@ -248,6 +253,13 @@ class _Trainer:
         self.retain = _PromptPool(
             list(config.retain_prompts) or default_retain(model, concepts), self.generator
         )
+
+    def restore(self) -> None:
+        """Give the caller's U-Net back its train/eval mode and ``requires_grad`` flags."""
+        training, flags = self._unet_state
+        self.unet.train(training)
+        for name, param in self.unet.named_parameters():
+            param.requires_grad_(flags[name])
 
     # ------------------------------------------------------------------------------ helpers
     def ids(self, prompts: Sequence[str]) -> Tensor:
@@ -381,33 +393,38 @@ def erase(
         "AdvUnlearn trains %d tensors (%d parameters).", len(names), sum(params[n].numel() for n in names)
     )
 
-    losses: list[float] = []
-    adv: Tensor | None = None
-    word, emb_0, emb_p = trainer.words[0], None, None
-    bar = tqdm(range(config.iterations), desc="AdvUnlearn", disable=not progress, leave=False)
-    for i in bar:
-        if i % config.adv_prompt_update_step == 0:
-            word = trainer.words[int(torch.randint(len(trainer.words), (1,), generator=trainer.generator))]
-            emb_0, emb_p = trainer.original_embed([""]), trainer.original_embed([word])
-            if i >= config.warmup_iter:
-                adv = trainer.attack(word, emb_p, adv)
-        trainer.trained.train()
-        optimizer.zero_grad(set_to_none=True)
-        loss = trainer.unlearn_loss(word, emb_p, emb_0, adv if i >= config.warmup_iter else None)
-        value = loss.item()
-        if not math.isfinite(value):
-            raise NonFiniteLossError(
-                f"Loss became {value} at iteration {i}; lower the learning rate. Nothing was saved."
-            )
-        loss.backward()
-        optimizer.step()
-        losses.append(value)
-        if config.retain_train == "iter":
-            for _ in range(config.retain_step):
-                optimizer.zero_grad(set_to_none=True)
-                trainer.retain_loss().backward()
-                optimizer.step()
-        bar.set_postfix(loss=f"{value:.4g}")
+    try:
+        losses: list[float] = []
+        adv: Tensor | None = None
+        word, emb_0, emb_p = trainer.words[0], None, None
+        bar = tqdm(range(config.iterations), desc="AdvUnlearn", disable=not progress, leave=False)
+        for i in bar:
+            if i % config.adv_prompt_update_step == 0:
+                word = trainer.words[
+                    int(torch.randint(len(trainer.words), (1,), generator=trainer.generator))
+                ]
+                emb_0, emb_p = trainer.original_embed([""]), trainer.original_embed([word])
+                if i >= config.warmup_iter:
+                    adv = trainer.attack(word, emb_p, adv)
+            trainer.trained.train()
+            optimizer.zero_grad(set_to_none=True)
+            loss = trainer.unlearn_loss(word, emb_p, emb_0, adv if i >= config.warmup_iter else None)
+            value = loss.item()
+            if not math.isfinite(value):
+                raise NonFiniteLossError(
+                    f"Loss became {value} at iteration {i}; lower the learning rate. Nothing was saved."
+                )
+            loss.backward()
+            optimizer.step()
+            losses.append(value)
+            if config.retain_train == "iter":
+                for _ in range(config.retain_step):
+                    optimizer.zero_grad(set_to_none=True)
+                    trainer.retain_loss().backward()
+                    optimizer.step()
+            bar.set_postfix(loss=f"{value:.4g}")
+    finally:
+        trainer.restore()
     trainer.trained.eval()
 
     originals = named_parameters(trainer.original)
@@ -434,5 +451,6 @@ register(
         erase=erase,
         edits="CLIP text encoder (all blocks + final layer norm by default), adversarially trained",
         description="AdvUnlearn: adversarial training of the text encoder (Zhang et al., NeurIPS 2024, arXiv 2405.15234)",
+        follows="OPTML-Group/AdvUnlearn train-scripts/AdvUnlearn.py, as its README runs it",
     )
 )

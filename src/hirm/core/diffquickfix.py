@@ -248,12 +248,7 @@ def erase(
     concepts = list(concepts)
     if not concepts:
         raise ValueError("Give at least one concept to erase.")
-    selected = list(components or model.family.encoders)
-    unknown = [c for c in selected if c not in model.family.encoders]
-    if unknown:
-        raise ValueError(
-            f"{unknown} are not CLIP text encoders of this {model.family.name} model: {model.family.encoders}."
-        )
+    selected = model.selected_encoders(components)
     patches = [
         erase_encoder(
             model.text_encoder(name),
@@ -277,5 +272,6 @@ register(
         erase=erase,
         edits="CLIP text encoder block 0 self-attention out_proj weight, closed form",
         description="DiffQuickFix: Localizing and Editing Knowledge in Text-to-Image Models (Basu et al., ICLR 2024)",
+        follows="adobe-research/DiffQuickFixRelease causal_trace_model_edit.ipynb (use_eos = 1)",
     )
 )

@@ -285,6 +285,9 @@ def _register(name: ESDVariant, config_cls: type, edits: str) -> None:
             erase=_erase_as(name),
             edits=edits,
             description="ESD: Erasing Concepts from Diffusion Models (Gandikota et al., ICCV 2023, arXiv 2303.07345)",
+            follows="CompVis/rohitgandikota erasing train-esd.py ("
+            + ("xattn" if name == "esd-x" else "noxattn")
+            + ")",
         )
     )
 

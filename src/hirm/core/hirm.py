@@ -243,6 +243,10 @@ def erase_encoder(
 
     was_training = encoder.training
     grad_flags = {name: p.requires_grad for name, p in params.items()}
+    # The reference seeds the global generator before training; ours does too, inside a fork, so the
+    # caller's random stream is the same after erasing as before.
+    rng = torch.random.fork_rng(devices=[device] if device.type == "cuda" else [])
+    rng.__enter__()
     encoder.eval()
     try:
         with torch.no_grad():
@@ -326,6 +330,7 @@ def erase_encoder(
         for name, flag in grad_flags.items():
             params[name].requires_grad_(flag)
         encoder.train(was_training)
+        rng.__exit__(None, None, None)
 
     patch = make_patch(
         method="hirm",
@@ -362,12 +367,7 @@ def erase(
     """
     if config.read is None:
         config = replace(config, read=family_read(model.family.name))
-    selected = list(components or model.family.encoders)
-    unknown = [c for c in selected if c not in model.family.encoders]
-    if unknown:
-        raise ValueError(
-            f"{unknown} are not CLIP text encoders of this {model.family.name} model: {model.family.encoders}."
-        )
+    selected = model.selected_encoders(components)
     if model.family.untouched:
         logger.warning("HiRM leaves %s (T5) unchanged; only %s are erased.", model.family.untouched, selected)
     patches = [
@@ -392,5 +392,6 @@ register(
         erase=erase,
         edits="CLIP text encoder, early blocks (block 0 attention + MLP by default)",
         description="HiRM: High-Level Representation Misdirection (Kim, Hwang, Lee, 2026, arXiv 2602.19631)",
+        follows="the HiRM authors' train.py / utils.py (first-attn, last block out_proj, seed 42 x 5000)",
     )
 )

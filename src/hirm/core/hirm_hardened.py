@@ -39,12 +39,11 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from hirm.core.config import Concept, HiRMConfig, ReadingPoint, config_from_dict
+from hirm.core.config import REFERENCE_READ, Concept, HiRMConfig, ReadingPoint, config_from_dict, family_read
 from hirm.core.encoder import named_parameters, read_representation, reading_module, tokenize
-from hirm.core.hirm import NonFiniteLossError, trainable_names
+from hirm.core.hirm import NonFiniteLossError, build_targets, trainable_names, training_prompts
 from hirm.core.patch import Patch, make_patch, merge_patches
 from hirm.core.registry import MethodSpec, register
-from hirm.core.targets import build_target
 
 logger = logging.getLogger(__name__)
 
@@ -60,6 +59,8 @@ class HardenedHiRMConfig:
     Attributes:
         hirm: HiRM's settings (trainable tensors, reading point, lr, AdamW, templates, preserve); its
             ``steps`` (or the reference value for the concepts) is the number of steps *per round*.
+            Hardened HiRM trains in float32 with one MSE over all prompts: ``precision`` must be
+            ``auto`` or ``fp32`` and ``concept_weighting`` ``mean`` (others are refused, not ignored).
         rounds: misdirect phases (an attack runs between consecutive ones).
         attack: ``embedding`` (continuous vectors) or ``discrete`` (nearest vocabulary tokens).
         attack_tokens: word embeddings the attacker puts in the concept's place.
@@ -88,6 +89,16 @@ class HardenedHiRMConfig:
             raise ValueError(f"attack must be 'embedding' or 'discrete', got {self.attack!r}.")
         if self.attack_init not in ("concept", "random"):
             raise ValueError(f"attack_init must be 'concept' or 'random', got {self.attack_init!r}.")
+        if self.hirm.precision not in ("auto", "fp32"):
+            raise ValueError(
+                f"hirm-adv trains in float32; hirm.precision={self.hirm.precision!r} is not supported "
+                "(use 'fp32' or 'auto', or method 'hirm' for reduced precision)."
+            )
+        if self.hirm.concept_weighting != "mean":
+            raise ValueError(
+                f"hirm-adv weights every prompt equally; hirm.concept_weighting="
+                f"{self.hirm.concept_weighting!r} is not supported (use 'mean', or method 'hirm')."
+            )
 
     @classmethod
     def world(cls, **overrides: Any) -> HardenedHiRMConfig:
@@ -116,24 +127,16 @@ class _Inputs:
             return read_representation(encoder, self.ids, point)
 
 
-def _prompts(concepts: Sequence[Concept], templates: Sequence[str]) -> tuple[list[str], list[int]]:
-    pairs = [
-        (t.format(concept=c.text), i)
-        for i, c in enumerate(concepts)
-        for t in (list(templates) or ["{concept}"])
-    ]
-    return [p for p, _ in pairs], [i for _, i in pairs]
-
-
 class _Hardener:
     def __init__(
         self, encoder: nn.Module, tokenizer, concepts: Sequence[Concept], config: HardenedHiRMConfig
     ) -> None:
         self.encoder, self.tokenizer, self.config = encoder, tokenizer, config
         self.concepts = list(concepts)
-        self.point = config.hirm.read
+        self.point = config.hirm.read or REFERENCE_READ  # as erase_encoder (erase() resolves it)
         self.device = next(encoder.parameters()).device
-        self.prompts, self.owners = _prompts(self.concepts, config.hirm.templates)
+        self.training = training_prompts(self.concepts, config.hirm.templates)
+        self.prompts, self.owners = list(self.training.texts), list(self.training.owners)
         self.generator = torch.Generator(device="cpu").manual_seed(config.hirm.seed)
 
     @torch.no_grad()
@@ -141,14 +144,8 @@ class _Hardener:
         """On the unedited encoder: targets (N, L, D), the prompts' read-outs (N, L, D), preserved read-outs."""
         reading_module(self.encoder, self.point)
         ids = tokenize(self.tokenizer, self.prompts, device=self.device)
-        seq_len, width = ids.shape[1], self.encoder.config.hidden_size
-        targets = torch.cat(
-            [
-                build_target(c.target, encoder=self.encoder, tokenizer=self.tokenizer, point=self.point,
-                             seq_len=seq_len, width=width)
-                for c in self.concepts
-            ]
-        ).to(self.device)[self.owners]  # fmt: skip
+        # HiRM's own targets: a prompt target read in each training prompt's template, read-out RMS scaling.
+        targets = build_targets(self.encoder, self.tokenizer, self.concepts, self.training, ids, self.point)
         reads = read_representation(self.encoder, ids, self.point).float()
         keep = self.config.hirm.preserve
         preserved = (
@@ -233,6 +230,10 @@ def harden_encoder(
     was_training = encoder.training
     hardener = _Hardener(encoder, tokenizer, concepts, config)
     steps, lr = hirm.resolved_steps(concepts), hirm.resolved_lr(concepts)
+    device = next(encoder.parameters()).device
+    # Seeded like the HiRM reference, inside a fork: the caller's random stream is left as it was.
+    rng = torch.random.fork_rng(devices=[device] if device.type == "cuda" else [])
+    rng.__enter__()
     encoder.eval()
     history: dict[str, list] = {"misdirect": [], "attack": []}
     try:
@@ -263,9 +264,9 @@ def harden_encoder(
             losses = []
             for _ in range(steps):
                 optimizer.zero_grad(set_to_none=True)
+                # Row i of every input (the prompts, each attack's finds) is training prompt i: targets[i].
                 loss = sum(
-                    nn.functional.mse_loss(x.read(encoder, hardener.point).float(), targets[x.owners])
-                    for x in inputs
+                    nn.functional.mse_loss(x.read(encoder, hardener.point).float(), targets) for x in inputs
                 ) / len(inputs)
                 if hirm.preserve_weight > 0:
                     keep = read_representation(encoder, keep_ids, hardener.point).float()
@@ -292,6 +293,7 @@ def harden_encoder(
         for n, flag in flags.items():
             params[n].requires_grad_(flag)
         encoder.train(was_training)
+        rng.__exit__(None, None, None)
     return make_patch(
         method="hirm-adv",
         originals={f"{component}/{n}": v for n, v in saved.items()},
@@ -318,11 +320,11 @@ def erase(
     components: Sequence[str] | None = None,
     progress: bool = True,
 ) -> Patch:
-    """Hardened HiRM on every CLIP text encoder of ``model`` (or only ``components``); one patch."""
-    selected = list(components or model.family.encoders)
-    unknown = [c for c in selected if c not in model.family.encoders]
-    if unknown:
-        raise ValueError(f"{unknown} are not CLIP text encoders of this model: {model.family.encoders}.")
+    """Hardened HiRM on every CLIP text encoder of ``model`` (or only ``components``); one patch.
+    ``config.hirm.read=None`` takes the family's reading point, as :func:`hirm.core.hirm.erase` does."""
+    if config.hirm.read is None:
+        config = replace(config, hirm=replace(config.hirm, read=family_read(model.family.name)))
+    selected = model.selected_encoders(components)
     patches = [
         harden_encoder(
             model.text_encoder(name), model.tokenizer(name), concepts, config, component=name,
@@ -340,5 +342,6 @@ register(
         erase=erase,
         edits="CLIP text encoder, early blocks (as HiRM), misdirection trained against an embedding/prompt attacker",
         description="Attack-hardened HiRM: HiRM alternated with an attacker recovering the concept's read-out",
+        follows="ours: HiRM (authors' train.py) alternated with a read-out-recovering attacker",
     )
 )

@@ -110,5 +110,6 @@ register(
         erase=erase,
         edits="CLIP text encoder, early blocks (as HiRM), supervised at the final output",
         description="Naive fine-tuning toward an anchor's final output (HiRM paper's preliminary experiment, arXiv 2602.19631)",
+        follows="the HiRM paper's preliminary experiment (no public script)",
     )
 )

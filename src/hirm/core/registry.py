@@ -29,6 +29,7 @@ class MethodSpec:
             progress=True) -> Patch``.
         edits: what it changes, for humans (e.g. "text encoder block 0", "U-Net cross-attention k/v").
         description: one line with the paper.
+        follows: the authors' code its defaults reproduce (script or notebook), or what it is.
     """
 
     name: str
@@ -36,6 +37,7 @@ class MethodSpec:
     erase: EraseFn
     edits: str
     description: str
+    follows: str = ""
 
 
 _METHODS: dict[str, MethodSpec] = {}

@@ -348,5 +348,6 @@ register(
         erase=erase,
         edits="U-Net cross-attention (attn2) to_k / to_v weights, closed form",
         description="UCE: Unified Concept Editing in Diffusion Models (Gandikota et al., WACV 2024, arXiv 2308.14761)",
+        follows="rohitgandikota/unified-concept-editing train-scripts/train_erase.py (before the rewrite; tokens='last' = trainscripts/uce_sd_erase.py)",
     )
 )

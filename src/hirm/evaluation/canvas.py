@@ -230,16 +230,10 @@ class CanvasEvaluator:
             )
         return out
 
-    def judge_items(
-        self,
-        items: Sequence[Item],
-        *,
-        cache: ImageCache | None,
-        keep: Sequence[int] = (),
-        desc: str = "generate",
-    ) -> tuple[list[dict[str, Any]], dict[int, np.ndarray]]:
+    def _requests(self, items: Sequence[Item]) -> list[Request]:
+        """One generation request per item with the evaluator's sampler settings."""
         s = self.settings
-        requests = [
+        return [
             Request(
                 it.prompt,
                 it.seed,
@@ -251,6 +245,17 @@ class CanvasEvaluator:
             )
             for it in items
         ]
+
+    def judge_items(
+        self,
+        items: Sequence[Item],
+        *,
+        cache: ImageCache | None,
+        keep: Sequence[int] = (),
+        desc: str = "generate",
+    ) -> tuple[list[dict[str, Any]], dict[int, np.ndarray]]:
+        s = self.settings
+        requests = self._requests(items)
         scores, kept, timing = run_generation(
             self.pipe,
             requests,
@@ -305,18 +310,7 @@ class CanvasEvaluator:
         judged and not counted in :attr:`timing`.
         """
         s = self.settings
-        requests = [
-            Request(
-                it.prompt,
-                it.seed,
-                s.guidance_scale,
-                s.num_inference_steps,
-                s.height,
-                s.width,
-                precision=s.precision,
-            )
-            for it in items
-        ]
+        requests = self._requests(items)
         _, kept, _ = run_generation(
             self.pipe,
             requests,

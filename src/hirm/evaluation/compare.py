@@ -44,12 +44,15 @@ class Entry:
         target: ``random`` (HiRM-R) or ``super`` (HiRM-S: toward the concept's super-category) for
             methods whose concepts carry a target; ignored by the others.
         overrides: config fields per method, e.g. ``{"esd-x": {"steps": 200}}``.
+        preserve_others: methods (of ``methods``) whose ``preserve`` list gets the erased concept's domain
+            siblings, as UCE's original script preserves the other artists when it erases one.
     """
 
     name: str
     methods: tuple[str, ...]
     target: str = "random"
     overrides: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    preserve_others: tuple[str, ...] = ()
 
 
 #: HiRM settings that erase on the miniature world (read the final hidden state, 100 steps, lr 5e-4);
@@ -66,8 +69,8 @@ ENTRIES: dict[str, Entry] = {
         Entry("hirm-s-tuned", ("hirm",), target="super", overrides={"hirm": WORLD_TUNED_HIRM}),
         Entry("naive", ("naive",)),
         Entry("diffquickfix", ("diffquickfix",)),
-        Entry("uce", ("uce",)),
-        Entry("hirm+uce", ("hirm", "uce")),
+        Entry("uce", ("uce",), preserve_others=("uce",)),
+        Entry("hirm+uce", ("hirm", "uce"), preserve_others=("uce",)),
         Entry("esd-x", ("esd-x",)),
         Entry("esd-u", ("esd-u",)),
     )
@@ -92,10 +95,14 @@ def make_erase(entry: Entry, canvas: Canvas, device: torch.device) -> EraseFn:
         else:
             target = RandomTarget()
         concept = Concept(text=display_name(name), kind=domain, target=target)
+        siblings = tuple(
+            display_name(x) for x in (canvas.styles if domain == "style" else canvas.objects) if x != name
+        )
         patches = [
-            erase(handle, [concept], method=m, config=configs[m], device=device, progress=False)
+            erase(handle, [concept], method=m, device=device, progress=False,
+                  config=replace(configs[m], preserve=siblings) if m in entry.preserve_others else configs[m])
             for m in entry.methods
-        ]
+        ]  # fmt: skip
         return patches[0] if len(patches) == 1 else merge_patches(patches)
 
     return run
@@ -277,12 +284,7 @@ def write_tables(
             *best,
             "",
             *_concept_lines(rows),
-            *(
-                f"- {e.name}: {', '.join(e.methods)}, target {e.target}, settings changed from the defaults: "
-                f"{_overrides_text(e)}"
-                for e in entries
-                if e.overrides
-            ),
+            *(f"- {e.name}: {_entry_text(e)}" for e in entries),
             f"- command: `{command}`" if command else "",
             f"- settings: {settings.to_dict() if settings else 'world defaults'}",
             f"- machine: {machine}; date {now_iso()}",
@@ -308,11 +310,22 @@ def write_tables(
     )
 
 
-def _overrides_text(entry: Entry) -> str:
-    return "; ".join(
-        f"{method} " + ", ".join(f"{k}={v}" for k, v in fields.items())
-        for method, fields in entry.overrides.items()
-    )
+def _entry_text(entry: Entry) -> str:
+    """What an entry runs: each method with the authors' code its defaults follow, and any change."""
+    from hirm.core.registry import get_method
+
+    parts = [f"{m} (follows {get_method(m).follows or 'no published script'})" for m in entry.methods]
+    text = " + ".join(parts) + f"; target {entry.target}"
+    if entry.overrides:
+        text += "; changed from the defaults: " + "; ".join(
+            f"{method} " + ", ".join(f"{k}={v}" for k, v in fields.items())
+            for method, fields in entry.overrides.items()
+        )
+    if entry.preserve_others:
+        text += (
+            f"; {', '.join(entry.preserve_others)} preserves the other concepts of the erased one's domain"
+        )
+    return text
 
 
 def _concept_lines(rows: Sequence[Mapping[str, Any]]) -> list[str]:
