@@ -22,12 +22,7 @@ CONCEPTS = [Concept("Cats", target=PromptTarget("animal")), Concept("Dogs", targ
             Concept("Trees", target=PromptTarget("plant"))]  # fmt: skip
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 @pytest.fixture(scope="module")

@@ -24,11 +24,8 @@ TOKEN_TABLE = "embeddings.token_embedding.weight"
 
 
 @pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+def _one_thread(one_thread):
+    """Every attack test runs with one intra-op thread (tests/conftest.py)."""
 
 
 @pytest.fixture(scope="session")

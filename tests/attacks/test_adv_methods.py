@@ -19,14 +19,6 @@ TINY_ADV = AdvUnlearnConfig.cpu(
 )
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def model(sd_dir):
     return hirm.load_model(sd_dir)

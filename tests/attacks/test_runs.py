@@ -31,14 +31,6 @@ CONFIGS = {
 }
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def red_judge():
     """'red' when the red channel is the brightest on average: depends on the image, never on the prompt."""
 
