@@ -40,7 +40,16 @@ from hirm.evaluation.fidelity import (
     with_clean_prompt,
 )
 from hirm.evaluation.metrics import proportion
-from hirm.world import CANVAS_TEMPLATE, OBJECTS, STYLES, display_name, load_judges, load_pipeline, make_prompt
+from hirm.world import (
+    CANVAS_TEMPLATE,
+    OBJECTS,
+    STYLES,
+    canonical_name,
+    display_name,
+    load_judges,
+    load_pipeline,
+    make_prompt,
+)
 
 
 def partners(tokenizer, domain: str, seed: int) -> dict[tuple[int, int], tuple[int, int]]:
@@ -161,7 +170,7 @@ def main() -> None:
         "settings": {**settings.__dict__, "seeds": a.seeds, "prompt": CANVAS_TEMPLATE},
     }
     card["padding_and_swap"] = probe_padding_and_swap(pipe, judges, a.seeds, settings)
-    card["trace"] = probe_trace(pipe, a.json, [c for c in a.trace if c in STYLES + OBJECTS])
+    card["trace"] = probe_trace(pipe, a.json, [canonical_name(c) for c in a.trace])
     card["wall_s"] = round(time.time() - t0, 1)
     text = json.dumps(card, indent=2)
     print(text)

@@ -66,6 +66,17 @@ def test_trace_refuses_a_concept_missing_from_a_prompt(tok) -> None:
         trace_concept(_encoder(len(tok), attention=True), tok, ["a photo of a dog"], "cat")
 
 
+def test_concept_is_matched_as_a_word_and_its_last_occurrence_counts(tok) -> None:
+    from hirm.evaluation.fidelity import _concept_span
+
+    start, end = _concept_span(tok, "scattered cat", "cat")  # not the "cat" inside "scattered"
+    assert end - start == 1 and start == len(tok("scattered").input_ids) - 1
+    start, end = _concept_span(tok, "a cat of cat", "cat")  # "A painting of painting.": the last one
+    assert start == len(tok("a cat of").input_ids) - 1
+    with pytest.raises(ValueError, match="as a word"):
+        _concept_span(tok, "a scattered dog", "cat")
+
+
 def test_padding_and_swap_rows() -> None:
     rows = torch.arange(2 * 6 * 1, dtype=torch.float32).view(2, 6, 1)
     empty = torch.full((6, 1), -1.0)
@@ -102,3 +113,12 @@ def test_trace_command_writes_json_and_png(sd_dir, tmp_path) -> None:
         app, ["trace", "--model", str(sd_dir), "-c", "cat", "--out", str(tmp_path / "u"), "--samples", "0"]
     )
     assert bad.exit_code == 2 and "--samples" in bad.output
+    again = CliRunner().invoke(
+        app, ["trace", "--model", str(sd_dir), "-c", "cat", "--out", str(tmp_path / "t"), "--samples", "1"]
+    )
+    assert again.exit_code != 0 and "--overwrite" in again.output  # an earlier result is kept
+    assert len(json.loads((tmp_path / "t" / "trace.json").read_text())["scores"]) == data["layers"]
+    wrong = CliRunner().invoke(
+        app, ["trace", "--model", str(sd_dir), "-c", "cat", "--component", "unet", "-o", str(tmp_path / "w")]
+    )
+    assert wrong.exit_code != 0 and "not CLIP text encoders" in wrong.output

@@ -162,11 +162,16 @@ class TraceResult:
 
 
 def _concept_span(tokenizer, prompt: str, concept: str) -> tuple[int, int]:
-    """Token positions [start, end) of ``concept`` in ``prompt`` (start token included in the count)."""
-    lower, word = prompt.lower(), concept.lower()
-    at = lower.find(word)
-    if at < 0:
-        raise ValueError(f"Concept {concept!r} does not occur in the prompt {prompt!r}.")
+    """Token positions [start, end) of ``concept`` in ``prompt`` (start token included in the count).
+
+    The concept is matched as whole words, case-insensitively; where it occurs more than once the last
+    occurrence counts (the default templates put the concept last: "A painting of painting.")."""
+    import re
+
+    matches = list(re.finditer(rf"(?<!\w){re.escape(concept.lower())}(?!\w)", prompt.lower()))
+    if not matches:
+        raise ValueError(f"Concept {concept!r} does not occur as a word in the prompt {prompt!r}.")
+    at, word = matches[-1].start(), concept
     before = len(tokenizer(prompt[:at].strip(), truncation=True).input_ids) - 1  # bos + words, no eot
     inner = len(tokenizer(prompt[at : at + len(word)], truncation=True).input_ids) - 2
     return before, before + inner
@@ -192,7 +197,8 @@ def trace_concept(
     through end token, ``last_hidden_state``) that the restoration undoes. Positions are aligned across
     prompts relative to the concept (``bos``, ``before-k``, ``concept-k``, ``concept`` = its last token,
     ``after+k``, ``eot``). Uses forward hooks on the encoder's own modules, so any ``CLIPTextModel``
-    (SD 1.x/2.x, SDXL's two, SD3's, Flux's) can be traced.
+    (SD 1.x/2.x, SDXL's two, SD3's, Flux's) can be traced. The score reads ``last_hidden_state`` (what
+    SD 1.x/2.x's denoiser reads); SDXL's and SD3's denoisers read the penultimate hidden state instead.
     """
     model = text_encoder.text_model if hasattr(text_encoder, "text_model") else text_encoder
     layers = model.encoder.layers
@@ -305,7 +311,8 @@ def trace_heatmap(result: TraceResult, *, title: str = "causal trace", cell: int
             colour = (255, int(255 * (1 - 0.85 * v)), int(255 * (1 - v)))
             x0, y0 = left + pos * cell, top + layer * cell
             draw.rectangle([x0, y0, x0 + cell - 1, y0 + cell - 1], fill=colour)
-            draw.text((x0 + 3, y0 + cell // 3), f"{v:.2f}"[1:] if v < 1 else "1", fill="black")
+            label = f"{v:.2f}"
+            draw.text((x0 + 3, y0 + cell // 3), "1" if label == "1.00" else label[1:], fill="black")
     for pos, label in enumerate(result.positions):
         x = left + pos * cell + 2
         for k, chunk in enumerate(label[i : i + 5] for i in range(0, len(label), 5)):

@@ -324,7 +324,7 @@ def stage_assemble(out: Path, cfg: BuildConfig, seed: int, device: torch.device,
         requires_safety_checker=False,
     )
     # Everything ships in fp16 (loaders upcast with `dtype=torch.float32`, as for most published SD
-    # checkpoints); weight files are sharded below 10 MB each.
+    # checkpoints); weight files are sharded at SHARD (8 MB) each.
     pipe.to(torch.float16)
     pipe.save_pretrained(str(dst / "pipeline"), safe_serialization=True, max_shard_size=SHARD)
     tok_dir = dst / "pipeline" / "tokenizer"  # ship CLIP's standard files (vocab.json + merges.txt)

@@ -26,7 +26,7 @@ closed-form edits work). Three conditioning augmentations give MiniSD that behav
   of ``c``. The denoiser learns to take a concept from its word's rows, as SD does, rather than from the
   end token, which a causal encoder fills with the whole prompt.
 
-Both are measured, not assumed: ``benchmarks/world_fidelity.py`` runs the padding and token-swap tests.
+All three are measured, not assumed: ``benchmarks/world_fidelity.py`` runs the padding and token-swap tests.
 Text rows (start token through end token) of a fixed table of training captions are computed once with the
 frozen encoder (:class:`TextConditioning`).
 """
@@ -164,7 +164,7 @@ class TextConditioning:
     """The denoiser's training conditioning, precomputed with the frozen text encoder.
 
     Attributes:
-        rows: (N, L, D) fp16 rows start..end token of the caption table (zero after each end token).
+        rows: (N, L, D) fp16 rows of the caption table (only start..end token are read).
         eot: (N,) end-token index of each table caption.
         pair_entries: (S * O, K) table indices of the captions of pair ``s * len(OBJECTS) + o``.
         swap_base, swap_donor: (S * O, M) table indices; the conditioning of ``swap_base`` with the rows
