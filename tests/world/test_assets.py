@@ -51,7 +51,10 @@ def test_missing_asset_raises_clear_error(tmp_path: Path) -> None:
 def test_pipeline_loads_with_from_pretrained_and_generates() -> None:
     from diffusers import DDIMScheduler, StableDiffusionPipeline
 
-    pipe = StableDiffusionPipeline.from_pretrained(str(w.pipeline_dir()), safety_checker=None)
+    # fp16 on disk, upcast at load (as for most published SD checkpoints)
+    pipe = StableDiffusionPipeline.from_pretrained(
+        str(w.pipeline_dir()), safety_checker=None, dtype=torch.float32
+    )
     assert isinstance(pipe.scheduler, DDIMScheduler)
     assert pipe.text_encoder.config.num_hidden_layers >= 4
     assert pipe.text_encoder.config.max_position_embeddings == 77

@@ -127,7 +127,9 @@ def load_clip(*, device: str | torch.device = "cpu", root: Path | None = None):
 
     root = assets_dir(root)
     text = CLIPTextModel.from_pretrained(str(root / "pipeline" / "text_encoder"), dtype=torch.float32)
-    model = CLIPModel(CLIPConfig.from_json_file(str(root / "clip" / "config.json")))
+    # The config records the shipped dtype (fp16) and transformers builds the model in it: cast first,
+    # then load, so the fp32 values are not rounded back to fp16 by load_state_dict's copy.
+    model = CLIPModel(CLIPConfig.from_json_file(str(root / "clip" / "config.json"))).float()
     state = {f"text_model.{k.removeprefix('text_model.')}": v for k, v in text.state_dict().items()}
     state.update(load_file(str(root / "clip" / CLIP_REST)))
     model.load_state_dict({k: v.float() for k, v in state.items()}, strict=True)
