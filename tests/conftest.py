@@ -24,6 +24,19 @@ def one_thread():
 
 
 @pytest.fixture(scope="session")
+def world_model():
+    """The embedded MiniCanvas model (``hirm.load_model("minicanvas")``); skips without shipped assets."""
+    import hirm
+    from hirm.world import assets_dir
+
+    try:
+        assets_dir()
+    except Exception as err:  # pragma: no cover - only without shipped assets
+        pytest.skip(f"MiniCanvas assets unavailable: {err}")
+    return hirm.load_model("minicanvas")
+
+
+@pytest.fixture(scope="session")
 def sd_dir(tmp_path_factory) -> Path:
     return tiny.sd_pipeline_dir(tmp_path_factory.mktemp("models") / "sd")
 

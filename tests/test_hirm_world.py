@@ -15,12 +15,8 @@ world = pytest.importorskip("hirm.world")
 
 
 @pytest.fixture(scope="module")
-def model():
-    try:
-        world.assets_dir()
-    except Exception as err:  # pragma: no cover - only without shipped assets
-        pytest.skip(f"MiniCanvas assets unavailable: {err}")
-    return hirm.load_model("minicanvas")
+def model(world_model):
+    return world_model
 
 
 def _prompts(obj: str) -> list[str]:

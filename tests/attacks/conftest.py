@@ -28,17 +28,6 @@ def _one_thread(one_thread):
     """Every attack test runs with one intra-op thread (tests/conftest.py)."""
 
 
-@pytest.fixture(scope="session")
-def world_model():
-    import hirm
-
-    try:
-        world.assets_dir()
-    except Exception as err:  # pragma: no cover - only without shipped assets
-        pytest.skip(f"MiniCanvas assets unavailable: {err}")
-    return hirm.load_model("minicanvas")
-
-
 def blend_word(model, word: str, toward: str, alpha: float) -> Patch:
     """A patch moving ``word``'s row of the word-embedding table ``alpha`` of the way to ``toward``'s."""
     encoder, tokenizer = model.text_encoder(), model.tokenizer()
