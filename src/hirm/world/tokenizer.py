@@ -8,7 +8,10 @@ pad token = eos as in SD 1.x. The vocabulary is laid out like CLIP's: 256 byte s
 
 from __future__ import annotations
 
+import heapq
 import json
+import re
+from collections import Counter
 from pathlib import Path
 
 from .captions import all_captions, corpus_texts
@@ -40,42 +43,80 @@ def _word_symbols(word: str, b2u: dict[int, str]) -> tuple[str, ...]:
     return tuple(chars[:-1] + [chars[-1] + "</w>"])
 
 
+def _word_pieces(text: str) -> list[str]:
+    """CLIP's pre-tokenisation of lower-cased ``text``: whitespace, then :data:`_WORD_PATTERN`'s pieces."""
+    return [piece for word in text.lower().split() for piece in re.findall(_WORD_PATTERN, word)]
+
+
 def learn_merges(texts: list[str], *, vocab_size: int = 8192, min_count: int = 2) -> list[tuple[str, str]]:
-    """BPE merges learned by the ``tokenizers`` library on lower-cased ``texts``, in CLIP's conventions.
+    """BPE merges learned on lower-cased ``texts`` in CLIP's conventions, deterministically.
 
     Words are split like CLIP (whitespace, then :data:`_WORD_PATTERN`'s pieces), mapped to byte symbols and
-    given the ``</w>`` end-of-word suffix; ``vocab_size`` counts the 512 byte symbols, the merges and the
-    two specials. We use the library's trainer (fast, deterministic) and keep only its merge list, which
-    :func:`write_tokenizer_files` lays out as CLIP's ``vocab.json`` + ``merges.txt``.
-    """
-    from tokenizers import Regex, Tokenizer, models, pre_tokenizers, trainers
+    given the ``</w>`` end-of-word suffix. Each step merges the most frequent adjacent pair (frequency at
+    least ``min_count``); ties go to the lexicographically smallest pair, so the merges depend only on the
+    multiset of words, never on the order of ``texts`` or on the run. ``vocab_size`` counts the 512 byte
+    symbols, one token per new merge result and the two specials.
 
-    tok = Tokenizer(models.BPE(end_of_word_suffix="</w>"))
-    tok.pre_tokenizer = pre_tokenizers.Sequence(
-        [
-            pre_tokenizers.WhitespaceSplit(),
-            pre_tokenizers.Split(Regex(_WORD_PATTERN), behavior="isolated"),
-            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
-        ]
-    )
-    trainer = trainers.BpeTrainer(
-        vocab_size=vocab_size - 2,
-        min_frequency=min_count,
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        end_of_word_suffix="</w>",
-        show_progress=False,
-    )
-    tok.train_from_iterator([t.lower() for t in texts], trainer)
-    merges = json.loads(tok.to_str())["model"]["merges"]
-    base = set(bytes_to_unicode().values())
+    Deliberately not ``tokenizers.trainers.BpeTrainer``: with ``end_of_word_suffix`` set, it numbers the
+    suffixed symbols in hash-map order and breaks count ties by those numbers, so the same texts give a
+    different merge list on every run (measured here: 3 runs, 3 lists; huggingface/tokenizers#1794).
+    The world build must give the same tokenizer, hence the same weights, from the same inputs.
+    """
+    b2u = bytes_to_unicode()
+    counts = Counter(_word_pieces("\n".join(texts)))
+    words = [list(_word_symbols(w, b2u)) for w in sorted(counts)]
+    freqs = [counts[w] for w in sorted(counts)]
+    stats: Counter[tuple[str, str]] = Counter()
+    where: dict[tuple[str, str], set[int]] = {}
+    for i, (sym, f) in enumerate(zip(words, freqs, strict=True)):
+        for pair in zip(sym, sym[1:]):
+            stats[pair] += f
+            where.setdefault(pair, set()).add(i)
+    heap = [(-c, pair) for pair, c in stats.items()]
+    heapq.heapify(heap)
+
+    base = set(b2u.values())
     known = base | {b + "</w>" for b in base}
+    budget = vocab_size - 2 - len(known)
     out: list[tuple[str, str]] = []
-    for a, b in (m.split(" ") if isinstance(m, str) else m for m in merges):
-        if a in known and b in known and a + b not in known:  # CLIP's layout has every token once
-            out.append((a, b))
-            known.add(a + b)
-        if len(out) >= vocab_size - 2 - 2 * len(base):
+    n_new = 0
+    while heap and n_new < budget:
+        neg, pair = heapq.heappop(heap)
+        if -neg != stats.get(pair, 0):
+            continue  # stale heap entry: the pair's count changed since it was pushed
+        if -neg < min_count:
             break
+        out.append(pair)
+        merged = pair[0] + pair[1]
+        if merged not in known:  # two merges may spell the same token; CLIP's vocabulary has it once
+            known.add(merged)
+            n_new += 1
+        changed: set[tuple[str, str]] = set()
+        for i in sorted(where.pop(pair, ())):
+            sym, f = words[i], freqs[i]
+            if not any(p == pair for p in zip(sym, sym[1:])):
+                continue  # the index is not pruned when a word loses a pair
+            for p in zip(sym, sym[1:]):
+                stats[p] -= f
+                changed.add(p)
+            new: list[str] = []
+            j = 0
+            while j < len(sym):
+                if j + 1 < len(sym) and (sym[j], sym[j + 1]) == pair:
+                    new.append(merged)
+                    j += 2
+                else:
+                    new.append(sym[j])
+                    j += 1
+            words[i] = new
+            for p in zip(new, new[1:]):
+                stats[p] += f
+                where.setdefault(p, set()).add(i)
+                changed.add(p)
+        stats.pop(pair, None)
+        for p in sorted(changed - {pair}):
+            if stats[p] > 0:
+                heapq.heappush(heap, (-stats[p], p))
     return out
 
 
