@@ -47,6 +47,7 @@ COMMANDS = (
     "hirm.cli.sweep",
     "hirm.cli.compare",
     "hirm.cli.report",
+    "hirm.cli.trace",
     "hirm.cli.world",
     "hirm.cli.env",
 )

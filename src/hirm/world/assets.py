@@ -76,20 +76,23 @@ def assets_dir(root: Path | None = None) -> Path:
     return root
 
 
-def pipeline_dir() -> Path:
-    """The ``StableDiffusionPipeline`` directory inside the assets."""
-    return assets_dir() / "pipeline"
+def pipeline_dir(root: Path | None = None) -> Path:
+    """The ``StableDiffusionPipeline`` directory inside the assets (default: the shipped ones)."""
+    return assets_dir(root) / "pipeline"
 
 
-def load_pipeline(*, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32):
+def load_pipeline(
+    *, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32, root: Path | None = None
+):
     """The MiniSD ``StableDiffusionPipeline`` (DDIM scheduler, no safety checker) on ``device``.
 
-    Use it with :data:`hirm.world.GENERATION_DEFAULTS`, e.g. ``pipe(prompt, **GENERATION_DEFAULTS)``.
+    Use it with :data:`hirm.world.GENERATION_DEFAULTS`, e.g. ``pipe(prompt, **GENERATION_DEFAULTS)``. ``root``: an
+    assets directory other than the shipped one (e.g. a fresh build's ``DIR/assets``).
     """
     from diffusers import StableDiffusionPipeline
 
     pipe = StableDiffusionPipeline.from_pretrained(
-        str(pipeline_dir()),
+        str(pipeline_dir(root)),
         dtype=dtype,
         safety_checker=None,
         feature_extractor=None,
@@ -107,9 +110,9 @@ def load_clip(*, device: str | torch.device = "cpu"):
     return model, CLIPTokenizer.from_pretrained(str(root / "pipeline" / "tokenizer"))
 
 
-def load_judges(*, device: str | torch.device = "cpu"):
+def load_judges(*, device: str | torch.device = "cpu", root: Path | None = None):
     """``{"style": Judge, "object": Judge}`` (see :class:`hirm.world.judges.Judge`)."""
     from .judges import Judge
 
-    root = assets_dir()
+    root = assets_dir(root)
     return {k: Judge.load(root / "judges" / k, device=device) for k in ("style", "object")}
