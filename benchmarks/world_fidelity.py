@@ -51,6 +51,8 @@ from hirm.world import (
     make_prompt,
 )
 
+TRACED = ("Cats", "Dogs", "Trees", "Towers", "Pastel", "Van_Gogh", "Winter", "Mosaic")
+
 
 def partners(tokenizer, domain: str, seed: int) -> dict[tuple[int, int], tuple[int, int]]:
     """For every pair (s, o): the pair with the concept of ``domain`` replaced by another one whose
@@ -156,7 +158,9 @@ def main() -> None:
     p.add_argument(
         "--trace",
         nargs="*",
-        default=["Cats", "Dogs", "Trees", "Towers", "Pastel", "Van_Gogh", "Winter", "Mosaic"],
+        default=[c for c in TRACED if c in STYLES + OBJECTS],
+        help="concepts to trace (default: those of Cats, Dogs, Trees, Towers, Pastel, Van_Gogh, Winter, "
+        "Mosaic that the world has)",
     )
     p.add_argument("--json", type=Path, default=None, help="write the card here (and heat-maps beside it)")
     a = p.parse_args()
