@@ -299,7 +299,9 @@ def trace_heatmap(result: TraceResult, *, title: str = "causal trace", cell: int
 
     layers, positions = result.scores.shape
     left, top = 64, 40
-    img = Image.new("RGB", (left + cell * positions + 10, top + cell * layers + 70), "white")
+    measure = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+    bottom = max(int(measure.textlength(p)) for p in result.positions) + 12
+    img = Image.new("RGB", (left + cell * positions + 10, top + cell * layers + bottom), "white")
     draw = ImageDraw.Draw(img)
     draw.text(
         (4, 4), f"{title}  (restored share of the clean output; noise {result.noise:.3g})", fill="black"
@@ -307,14 +309,15 @@ def trace_heatmap(result: TraceResult, *, title: str = "causal trace", cell: int
     for layer in range(layers):
         draw.text((4, top + layer * cell + cell // 3), f"block {layer}", fill="black")
         for pos in range(positions):
-            v = float(np.clip(result.scores[layer, pos], 0, 1))
+            v = float(np.clip(result.scores[layer, pos], 0, 1)) + 0.0  # + 0.0 turns -0.0 into 0.0
             colour = (255, int(255 * (1 - 0.85 * v)), int(255 * (1 - v)))
             x0, y0 = left + pos * cell, top + layer * cell
             draw.rectangle([x0, y0, x0 + cell - 1, y0 + cell - 1], fill=colour)
             label = f"{v:.2f}"
             draw.text((x0 + 3, y0 + cell // 3), "1" if label == "1.00" else label[1:], fill="black")
-    for pos, label in enumerate(result.positions):
-        x = left + pos * cell + 2
-        for k, chunk in enumerate(label[i : i + 5] for i in range(0, len(label), 5)):
-            draw.text((x, top + layers * cell + 4 + 11 * k), chunk, fill="black")
+    for pos, label in enumerate(result.positions):  # position names written upwards under their column
+        tag = Image.new("RGB", (int(measure.textlength(label)) + 2, 12), "white")
+        ImageDraw.Draw(tag).text((1, 0), label, fill="black")
+        tag = tag.rotate(90, expand=True)
+        img.paste(tag, (left + pos * cell + (cell - tag.width) // 2, top + layers * cell + 4))
     return img
