@@ -136,3 +136,20 @@ def test_same_seed_same_weights(tmp_path: Path) -> None:
     for x, y in zip(a.net.parameters(), b.net.parameters(), strict=True):
         assert torch.equal(x, y)
     assert np.isfinite(sum(float(p.sum()) for p in a.net.parameters()))
+
+
+def test_digest_follows_the_recipe_and_the_texts(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A stage whose code (recipe version) or training texts changed is not taken as done, and neither are
+    the stages that read it; the others are."""
+    from hirm.world import build
+
+    cfg, seed = build.PRESETS["tiny"], 0
+    before = {s: build.stage_digest(s, cfg, seed) for s in build.STAGES}
+    monkeypatch.setitem(build.STAGE_RECIPE, "tokenizer", build.STAGE_RECIPE.get("tokenizer", 1) + 1)
+    bumped = {s: build.stage_digest(s, cfg, seed) for s in build.STAGES}
+    changed = {s for s in build.STAGES if bumped[s] != before[s]}
+    assert changed == {"tokenizer", "clip", "unet", "assemble"}
+    monkeypatch.undo()
+    monkeypatch.setattr(build, "_text_digest", lambda: "other texts")
+    changed = {s for s in build.STAGES if build.stage_digest(s, cfg, seed) != before[s]}
+    assert changed == {"tokenizer", "clip", "unet", "assemble"}

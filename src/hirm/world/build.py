@@ -17,6 +17,7 @@ checkpoints under ``DIR/ckpt/``, all safetensors + JSON, so an interrupted build
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import platform
 import shutil
@@ -130,10 +131,37 @@ def stage_digest(name: str, cfg: BuildConfig, seed: int) -> str:
     own = {k: asdict(cfg)[k] for k in STAGE_INPUTS[name]}
     deps = {d: stage_digest(d, cfg, seed) for d in STAGE_DEPS[name]}
     world = {"styles": STYLES, "objects": OBJECTS}
+    if name in TEXT_STAGES:
+        world["text"] = _text_digest()
     payload = json.dumps(
-        {"seed": seed, "stage": name, "own": own, "deps": deps, "world": world}, sort_keys=True
+        {
+            "seed": seed,
+            "stage": name,
+            "own": own,
+            "deps": deps,
+            "world": world,
+            "recipe": STAGE_RECIPE.get(name, 1),
+        },
+        sort_keys=True,
     )
     return hashlib.sha256(payload.encode()).hexdigest()[:16]
+
+
+# Bumped when a stage's code changes what it produces from the same settings (a finished stage of an older
+# recipe is then rebuilt, not silently reused). tokenizer 2: the deterministic BPE trainer.
+STAGE_RECIPE: dict[str, int] = {"tokenizer": 2}
+# Stages that read the captions or the language corpus (their synonyms and templates too).
+TEXT_STAGES = frozenset({"tokenizer", "clip", "unet"})
+
+
+@functools.cache
+def _text_digest() -> str:
+    """Hash of every text the world is trained on (captions with their synonyms and templates, corpus)."""
+    import hashlib
+
+    from .captions import all_captions, corpus_texts
+
+    return hashlib.sha256("\n".join(all_captions() + corpus_texts()).encode()).hexdigest()[:16]
 
 
 def _done(stage_dir: Path) -> dict | None:
