@@ -250,7 +250,10 @@ def markdown(rows: Mapping[str, Mapping[str, Any]], cells: Sequence[Mapping[str,
 
 
 def tradeoff_plot(rows: Mapping[str, Mapping[str, Any]], path: Path) -> None:
-    """Worst-case ASR over the attacks (y) vs IRA (x), one point per (method, domain); PIL only."""
+    """Worst-case ASR over the attacks (y) vs IRA (x), one point per (method, domain).
+
+    Drawn with PIL (already a dependency) rather than matplotlib, which the package does not otherwise
+    need: a scatter of a dozen labelled points on a 640 x 480 canvas, the goal region shaded."""
     from PIL import Image, ImageDraw
 
     width, height, margin = 640, 480, 60

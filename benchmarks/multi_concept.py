@@ -173,7 +173,14 @@ def run_table(
             with patched(pipe, [patch]):
                 judged, _ = evaluator.judge_items(items, cache=None, desc=f"{domain}/{strategy}")
             rows[strategy] = {**grid_metrics(judged, names, domain), "erase_s": erase_s}
-        result["domains"][domain] = {"erased": names, "requested": count, "note": note, "rows": rows}
+        kept = [n for n in canvas.names(domain) if n not in names]
+        result["domains"][domain] = {
+            "erased": names,
+            "kept": kept,
+            "requested": count,
+            "note": note,
+            "rows": rows,
+        }
     return result
 
 
@@ -185,7 +192,7 @@ def _cell(metric: Mapping[str, Any]) -> str:
 
 
 def to_markdown(result: Mapping[str, Any], command: str = "") -> str:
-    """One table per domain: strategies as rows, UA / IRA / CRA in % with 95 % intervals and n."""
+    """One table: a row per (domain, strategy), UA / IRA / CRA in % with 95 % intervals and n."""
     lines = ["# Many concepts at once", ""]
     if command:
         lines += [f"`{command}`", ""]
@@ -193,20 +200,23 @@ def to_markdown(result: Mapping[str, Any], command: str = "") -> str:
         f"HiRM settings: {result['hirm_config']}; target: {result['target']}. Goal: UA >= 90 %, IRA >= 90 %, "
         "CRA >= 95 %. Values in %, [95 % Wilson interval], n images.",
         "",
+        "| domain | strategy | UA (mean over erased) | IRA (rest of domain) | CRA (other domain) | erase s | goal |",
+        "|---|---|---|---|---|---|---|",
     ]
     for domain, block in result["domains"].items():
-        lines += [f"## {domain}s: {', '.join(block['erased'])}", ""]
-        if block["note"]:
-            lines += [f"Note: {block['note']}.", ""]
-        lines += ["| strategy | UA (mean over erased) | IRA (rest of domain) | CRA (other domain) | erase s | goal |",
-                  "|---|---|---|---|---|---|"]  # fmt: skip
         for name, row in block["rows"].items():
             cells = " | ".join(_cell(row[m]) for m in METRICS)
-            lines.append(
-                f"| {name} | {cells} | {row['erase_s']:.1f} | {'yes' if row['meets_goal'] else 'no'} |"
-            )
-        lines.append("")
-    return "\n".join(lines)
+            goal = "yes" if row["meets_goal"] else "no"
+            lines.append(f"| {domain} | {name} | {cells} | {row['erase_s']:.1f} | {goal} |")
+    lines.append("")
+    for domain, block in result["domains"].items():
+        kept = block.get("kept")
+        lines.append(
+            f"- {domain}s erased ({len(block['erased'])}): {', '.join(block['erased'])}"
+            + (f"; kept ({len(kept)}): {', '.join(kept)}" if kept else "")
+            + (f". Note: {block['note']}." if block["note"] else "")
+        )
+    return "\n".join(lines) + "\n"
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:

@@ -150,6 +150,7 @@ def test_benchmark_writes_one_row_per_strategy_with_counts_and_intervals(bench, 
     for domain in ("object", "style"):
         block = saved["domains"][domain]
         assert block["erased"] == list(world.names(domain))[:2] and block["note"] is None  # tiny: 2 concepts
+        assert block["kept"] == list(world.names(domain))[2:]
         assert list(block["rows"]) == ["original", *STRATEGIES]
         for row in block["rows"].values():
             # one seed: 2 erased x 4 others = 8 UA images, 2 x 4 = 8 IRA images, 16 CRA images
@@ -159,7 +160,9 @@ def test_benchmark_writes_one_row_per_strategy_with_counts_and_intervals(bench, 
                 assert 0 <= lo <= row[metric]["value"] <= hi <= 1
     assert result["domains"]["object"]["rows"]["joint"]["erase_s"] > 0
     table = (out / "multi_concept.md").read_text()
-    assert "| average |" in table and "| balanced-anchored |" in table and "(n=8)" in table
+    assert "| object | average |" in table and "| style | balanced-anchored |" in table and "(n=8)" in table
+    assert table.count("| domain | strategy |") == 1  # one table, both domains
+    assert "- objects erased (2): Cats, Dogs; kept (2): Trees, Birds" in table
     with pytest.raises(Exception, match="exists"):
         bench.main(["--out", str(out), "--model", str(sd_dir), "--budget", "tiny"])
 

@@ -62,6 +62,101 @@ def test_advunlearn_patch_is_deterministic_and_leaves_the_model_alone(model):
     assert len(one.metadata["losses"]["text_encoder"]) == 6
 
 
+def test_advunlearn_first_iterations_are_adam_on_the_papers_loss(model):
+    """Restate AdvUnlearn's warm-up iterations from the paper and train-scripts/AdvUnlearn.py,
+    independently of hirm's code: the latent z sampled by DDIM + CFG (start guidance) on the concept from
+    the seeded generator's draws, the U-Net queried at a DDPM timestep in [t_enc, t_enc + 1) * 1000 /
+    ddim_steps, the loss ||eps(z, t, E_theta(c)) - [eps(z, t, E0('')) - eta (eps(z, t, E0(c)) -
+    eps(z, t, E0('')))]||^2 + w ||eps(z_r, t, E_theta(r)) - eps(z_r, t, E0(r))||^2 over retain prompts r
+    drawn without replacement, and Adam's first update p - lr g / (|g| + eps) on the trained tensors.
+    The retain term is zero at the first iteration (E_theta = E0), so the second iteration's loss, taken
+    with the encoder after the first, checks it."""
+    import copy
+
+    from diffusers import DDIMScheduler
+
+    settings = dict(warmup_iter=2, lr=1e-3, ddim_steps=4, negative_guidance=1.5, start_guidance=2.0,
+                    retain_prompts=RETAIN, retain_batch=2, retain_loss_w=0.3, seed=5)  # fmt: skip
+    one = hirm.erase(model, CAT, method="advunlearn", progress=False,
+                     config=AdvUnlearnConfig(iterations=1, **settings))  # fmt: skip
+    two = hirm.erase(model, CAT, method="advunlearn", progress=False,
+                     config=AdvUnlearnConfig(iterations=2, **settings))  # fmt: skip
+    config = AdvUnlearnConfig(**settings)
+    unet, tokenizer, encoder = model.component("unet"), model.tokenizer(), model.text_encoder()
+
+    def ids(prompts):
+        return tokenizer(list(prompts), padding="max_length", max_length=tokenizer.model_max_length,
+                         truncation=True, return_tensors="pt").input_ids  # fmt: skip
+
+    with torch.no_grad():
+        emb_0 = encoder(input_ids=ids([""])).last_hidden_state
+        emb_c = encoder(input_ids=ids(["cat"])).last_hidden_state
+        emb_r_all = encoder(input_ids=ids(RETAIN)).last_hidden_state
+    scheduler = DDIMScheduler.from_config(model.component("scheduler").config)
+    scheduler.set_timesteps(config.ddim_steps)
+    gen = torch.Generator().manual_seed(config.seed)
+    size = unet.config.sample_size
+    unseen = list(range(len(RETAIN)))  # the retain set is drawn without replacement
+
+    def sample(emb, t_enc):
+        x = torch.randn((emb.shape[0], unet.config.in_channels, size, size), generator=gen)
+        x = x * scheduler.init_noise_sigma
+        empty = emb_0.expand(emb.shape[0], -1, -1)
+        with torch.no_grad():
+            for step_t in scheduler.timesteps[:t_enc]:
+                uncond, cond = unet(torch.cat([x, x]), step_t,
+                                    encoder_hidden_states=torch.cat([empty, emb])).sample.chunk(2)  # fmt: skip
+                x = scheduler.step(uncond + config.start_guidance * (cond - uncond), step_t, x).prev_sample
+        return x
+
+    def iteration_loss(student):
+        nonlocal unseen
+        torch.randint(1, (1,), generator=gen)  # which concept (one here), drawn every iteration
+        t_enc = int(torch.randint(config.ddim_steps, (1,), generator=gen))
+        low, high = t_enc * 1000 // config.ddim_steps, (t_enc + 1) * 1000 // config.ddim_steps
+        t = torch.randint(low, high, (1,), generator=gen)
+        z = sample(emb_c, t_enc)
+        with torch.no_grad():
+            e_0 = unet(z, t, encoder_hidden_states=emb_0).sample
+            e_c = unet(z, t, encoder_hidden_states=emb_c).sample
+        loss = torch.nn.functional.mse_loss(
+            unet(z, t, encoder_hidden_states=student(input_ids=ids(["cat"])).last_hidden_state).sample,
+            e_0 - config.negative_guidance * (e_c - e_0),
+        )
+        if len(unseen) < config.retain_batch:
+            unseen = list(range(len(RETAIN)))
+        picks = [unseen[i] for i in torch.randperm(len(unseen), generator=gen)[: config.retain_batch]]
+        unseen = [i for i in unseen if i not in picks]
+        emb_r = emb_r_all[picks]
+        z_r = sample(emb_r, t_enc)
+        with torch.no_grad():
+            e_r = unet(z_r, t.expand(len(picks)), encoder_hidden_states=emb_r).sample
+        student_r = student(input_ids=ids([RETAIN[i] for i in picks])).last_hidden_state
+        pred_r = unet(z_r, t.expand(len(picks)), encoder_hidden_states=student_r).sample
+        return loss + config.retain_loss_w * torch.nn.functional.mse_loss(pred_r, e_r)
+
+    student = copy.deepcopy(encoder).requires_grad_(True)
+    loss = iteration_loss(student)
+    loss.backward()
+    assert one.metadata["losses"]["text_encoder"][0] == pytest.approx(loss.item(), rel=1e-4)
+    grads = dict(student.named_parameters())
+    originals = dict(encoder.named_parameters())
+    assert set(one.tensors) == {f"text_encoder/{n}" for n in trainable_names(encoder, config)}
+    for key, value in one.tensors.items():
+        name = key.split("/", 1)[1]
+        p, g = originals[name].detach(), grads[name].grad
+        step = (p - value) / config.lr
+        assert step.abs().max() <= 1 + 1e-3
+        clear = g.abs() > 1e-3 * g.abs().max()  # Adam's first step is lr * sign(g) where |g| >> eps
+        torch.testing.assert_close(step[clear], (g / (g.abs() + 1e-8))[clear], rtol=1e-3, atol=1e-3)
+
+    after_one = hirm.apply_patch(copy.deepcopy(encoder), one, component="text_encoder")
+    with torch.no_grad():
+        second = iteration_loss(after_one).item()
+    assert two.metadata["losses"]["text_encoder"][0] == one.metadata["losses"]["text_encoder"][0]
+    assert two.metadata["losses"]["text_encoder"][1] == pytest.approx(second, rel=1e-4)
+
+
 def test_advunlearn_moves_the_concept_toward_the_negatively_guided_target(model):
     """The defining property: on fixed latents, the erased encoder's noise prediction for the concept
     is closer to ESD's target eps(z, '') - eta (eps(z, c) - eps(z, '')) than the original's."""

@@ -32,3 +32,26 @@ def test_pooled_rates_and_intervals():
     assert (asr["k"], asr["n"], asr["rate"]) == (4, 20, 0.2) and asr["ci95"][0] < 0.2 < asr["ci95"][1]
     assert "ringabell" not in row["attacks"] and row["erase_seconds"] == 3.0
     assert row["attacks"]["embedding"]["seconds"] == 2.0
+
+
+def test_tradeoff_plot_puts_each_method_at_its_worst_case_asr(tmp_path):
+    """A point per (method, domain) at (IRA, max ASR over the attacks), in the domain's colour; the goal
+    region (IRA >= 90 %, ASR <= 5 %) shaded; a row without an IRA is left out (it must not fail)."""
+    from PIL import Image
+
+    def row(ira, *asrs):
+        return {"IRA": {"rate": ira}, "attacks": {f"a{i}": {"asr": {"rate": a}} for i, a in enumerate(asrs)}}
+
+    rows = {"uce|object": row(0.5, 0.1, 0.6), "hirm|style": row(0.25, 0.2), "none|style": row(None, 0.3)}
+    path = tmp_path / "plots" / "tradeoff.png"
+    attacks_benchmark.tradeoff_plot(rows, path)
+    image = Image.open(path).convert("RGB")
+    assert image.size == (640, 480)
+
+    def at(ira, asr):  # the plot's axes: 60 px margins, IRA left to right, ASR bottom to top
+        return round(60 + ira * 520), round(480 - 60 - asr * 360)
+
+    assert image.getpixel(at(0.5, 0.6)) == (225, 87, 89)  # object: worst case 0.6, not 0.1
+    assert image.getpixel(at(0.5, 0.1)) == (255, 255, 255)
+    assert image.getpixel(at(0.25, 0.2)) == (78, 121, 167)  # style
+    assert image.getpixel(at(0.95, 0.02)) == (220, 245, 220)  # goal region

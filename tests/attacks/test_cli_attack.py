@@ -36,6 +36,18 @@ def test_attack_cli_on_the_world(world_model, weak_patch, tmp_path):
                  "--train-seeds", "0", "--steps", "2", "--quiet", "-o", tmp_path / "ti")  # fmt: skip
     assert _asr_line(again) == _asr_line(out)
 
+    # the report shows the attack: ASR with n, and each prompt's before/after images with the verdicts
+    _run("report", tmp_path / "ti", "--out", tmp_path / "report")
+    page = (tmp_path / "report" / "index.html").read_text()
+    summary = (tmp_path / "report" / "summary.md").read_text()
+    assert "Attack: embedding on Cats" in page and page.count("data:image/png;base64,") == 4
+    assert "before: concept recognised" in page or "before: not recognised" in page
+    asr = f"{100 * result['asr']['rate']:.1f} (n=2, "
+    assert f"| embedding | Cats (object) | {asr}" in summary and "2 of 2" in summary
+    assert page.count(': concept recognised" title=') == sum(
+        bool(i["before"]) + bool(i["after"]) for i in result["items"]
+    )
+
     _run("attack", "prompts", "-c", "Cats", "-p", patch, "--limit", "2", "--seeds", "188", "--quiet",
          "-o", tmp_path / "plain")  # fmt: skip
     assert json.loads((tmp_path / "plain" / "result.json").read_text())["before"]["n"] == 0

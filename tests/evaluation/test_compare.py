@@ -27,9 +27,35 @@ def test_compare_runs_every_entry_and_writes_the_table(sd_dir, canvas, judges, s
     assert all(float(r["seconds_mean"]) > 0 for r in rows)
     for r in rows:
         assert 0.0 <= float(r["UA_mean"]) <= 1.0
+    # every row names the authors' code its entry follows: a note number in the table, the script in the notes
+    assert "train_erase.py" in by[("uce", "object")]["follows"]
+    assert (
+        "train.py" in by[("hirm+uce", "style")]["follows"]
+        and "train_erase.py" in by[("hirm+uce", "style")]["follows"]
+    )
+    assert "train-esd.py" in by[("esd-x", "style")]["follows"]
+    uce_row = next(line for line in text.splitlines() if line.startswith("| uce | style |"))
+    assert uce_row.rstrip(" |").endswith("[3]") and "- [3] uce: uce (follows rohitgandikota" in text
 
     stamp = (out / "hirm-r" / "results.jsonl").read_text()
     run_compare(
         sd_dir, out=out, entries=entries[:1], settings=settings, canvas=canvas, judges=judges, progress=False
     )
     assert (out / "hirm-r" / "results.jsonl").read_text() == stamp  # resumed: nothing redone
+
+
+def test_random_rms_entry_scales_the_target_to_the_read_out(sd_dir, canvas):
+    import pytest
+    import torch
+
+    import hirm
+    from hirm.evaluation.compare import make_erase
+
+    handle = hirm.load_model(sd_dir)
+    patch = make_erase(ENTRIES["hirm-r-rms"], canvas, torch.device("cpu"))(
+        handle, canvas.objects[0], "object"
+    )
+    (concept,) = patch.metadata["concepts"]
+    assert concept["target"]["scale"] == "readout-rms" and patch.metadata["config"]["read"]["site"] == "final"
+    with pytest.raises(ValueError, match="target must be one of"):
+        Entry("x", ("hirm",), target="randm")

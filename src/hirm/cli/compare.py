@@ -33,7 +33,7 @@ def compare_command(
     method: list[str] = typer.Option(
         [],
         "--method",
-        help="Entries to compare (repeat); default all: hirm-r, hirm-s, hirm-s-tuned, naive, diffquickfix, uce, hirm+uce, esd-x, esd-u.",
+        help="Entries to compare (repeat); default all: hirm-r, hirm-s, hirm-s-tuned, hirm-r-rms, naive, diffquickfix, uce, hirm+uce, esd-x, esd-u.",
     ),
     domain: str = typer.Option("all", help="style, object or all."),
     concept: list[str] = typer.Option(

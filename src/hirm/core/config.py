@@ -235,8 +235,9 @@ class RandomTarget:
     20.5, so the target lies far outside the natural range. For other read-outs (``final`` is
     layer-normalised, RMS ≈ 1) or other encoders (MiniCLIP) a fixed norm is arbitrary and can be
     hundreds of times the read-out's own scale; ``readout-rms`` with ``factor`` ≈ 1 keeps the target on
-    the read-out's scale (measured on MiniCanvas, final read-out, 100 steps, lr 5e-4: Cats, Horses,
-    Pastel and Neon Lines erased at UA 83-100 %, IRA 70-95 %).
+    the read-out's scale (issue 12 reports, on the first MiniCanvas with the final read-out, 100 steps
+    and lr 5e-4, Cats, Horses, Pastel and Neon Lines erased at UA 83-100 %, IRA 70-95 %; no result file
+    of ours backs those figures yet).
     """
 
     seed: int = 42

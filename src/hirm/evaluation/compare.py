@@ -41,8 +41,10 @@ class Entry:
     Attributes:
         name: the label in the table and the sub-directory name.
         methods: registered method names; several = their patches merged (e.g. HiRM + UCE).
-        target: ``random`` (HiRM-R) or ``super`` (HiRM-S: toward the concept's super-category) for
-            methods whose concepts carry a target; ignored by the others.
+        target: ``random`` (HiRM-R at the paper's scale), ``random-rms`` (the same direction scaled to
+            the concept read-out's RMS, ``RandomTarget(scale="readout-rms")``) or ``super`` (HiRM-S:
+            toward the concept's super-category) for methods whose concepts carry a target; ignored by
+            the others.
         overrides: config fields per method, e.g. ``{"esd-x": {"steps": 200}}``.
         preserve_others: methods (of ``methods``) whose ``preserve`` list gets the erased concept's domain
             siblings, as UCE's original script preserves the other artists when it erases one.
@@ -54,6 +56,12 @@ class Entry:
     overrides: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     preserve_others: tuple[str, ...] = ()
 
+    def __post_init__(self) -> None:
+        if self.target not in TARGETS:
+            raise ValueError(f"Entry {self.name!r}: target must be one of {TARGETS}, not {self.target!r}.")
+
+
+TARGETS = ("random", "random-rms", "super")
 
 #: HiRM settings that erase on the miniature world (read the final hidden state, 100 steps, lr 5e-4);
 #: the reference ones (out_proj of the last block, 15-30 steps, lr 5e-5) barely move MiniCLIP.
@@ -67,6 +75,8 @@ ENTRIES: dict[str, Entry] = {
         Entry("hirm-s", ("hirm",), target="super"),
         # Measured on MiniCLIP (width 128): the reference steps/lr barely move it; this setting erases.
         Entry("hirm-s-tuned", ("hirm",), target="super", overrides={"hirm": WORLD_TUNED_HIRM}),
+        # The target-scale option: HiRM-R's direction at the read-out's own RMS, world-tuned settings.
+        Entry("hirm-r-rms", ("hirm",), target="random-rms", overrides={"hirm": WORLD_TUNED_HIRM}),
         Entry("naive", ("naive",)),
         Entry("diffquickfix", ("diffquickfix",)),
         Entry("uce", ("uce",), preserve_others=("uce",)),
@@ -92,6 +102,8 @@ def make_erase(entry: Entry, canvas: Canvas, device: torch.device) -> EraseFn:
         if entry.target == "super":
             words = canvas.style_super if domain == "style" else canvas.object_super
             target = PromptTarget(words[name])
+        elif entry.target == "random-rms":
+            target = RandomTarget(scale="readout-rms")
         else:
             target = RandomTarget()
         concept = Concept(text=display_name(name), kind=domain, target=target)
@@ -258,7 +270,11 @@ def write_tables(
         "s / concept",
         "changed params",
         "concepts",
+        "follows",
     ]
+    # Each row names the authors' code its entry follows: a note number here, the script in the notes.
+    note_of = {e.name: i for i, e in enumerate(entries, start=1)}
+    follows = {e.name: _follows_text(e) for e in entries}
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for r in rows:
         cells = [
@@ -268,6 +284,7 @@ def write_tables(
             _pm(r["seconds"], 1.0, 2),
             f"{r['parameters']:,}",
             f"{r['concepts']}{'' if r['complete'] else ' (incomplete)'}",
+            f"[{note_of[r['method']]}]" if r["method"] in note_of else "–",
         ]
         lines.append("| " + " | ".join(cells) + " |")
     best = _best_notes(rows)
@@ -284,7 +301,7 @@ def write_tables(
             *best,
             "",
             *_concept_lines(rows),
-            *(f"- {e.name}: {_entry_text(e)}" for e in entries),
+            *(f"- [{note_of[e.name]}] {e.name}: {_entry_text(e)}" for e in entries),
             f"- command: `{command}`" if command else "",
             f"- settings: {settings.to_dict() if settings else 'world defaults'}",
             f"- machine: {machine}; date {now_iso()}",
@@ -297,17 +314,43 @@ def write_tables(
     writer = csv.writer(buffer)
     stats = [f"{m}_{s}" for m in METRICS for s in ("mean", "std")]
     writer.writerow(
-        ["method", "domain", "concepts", "complete", *stats, "seconds_mean", "seconds_std", "parameters"]
+        [
+            "method",
+            "domain",
+            "concepts",
+            "complete",
+            *stats,
+            "seconds_mean",
+            "seconds_std",
+            "parameters",
+            "follows",
+        ]
     )
     for r in rows:
         values = [r[m].get(s) for m in METRICS for s in ("mean", "std")]
         seconds = [r["seconds"]["mean"], r["seconds"]["std"]]
         writer.writerow(
-            [r["method"], r["domain"], r["concepts"], r["complete"], *values, *seconds, r["parameters"]]
+            [
+                r["method"],
+                r["domain"],
+                r["concepts"],
+                r["complete"],
+                *values,
+                *seconds,
+                r["parameters"],
+                follows.get(r["method"], ""),
+            ]
         )
     write_atomic(
         out / "compare.csv", lambda tmp: tmp.write_text(buffer.getvalue(), encoding="utf-8"), overwrite=True
     )
+
+
+def _follows_text(entry: Entry) -> str:
+    """The authors' code each of an entry's methods follows (its defaults reproduce it)."""
+    from hirm.core.registry import get_method
+
+    return " + ".join(f"{m}: {get_method(m).follows or 'no published script'}" for m in entry.methods)
 
 
 def _entry_text(entry: Entry) -> str:

@@ -630,6 +630,95 @@ def utility_block(result: Mapping[str, Any]) -> tuple[str, str]:
     return "".join(h), "\n".join(md)
 
 
+def attack_block(result: Mapping[str, Any], directory: Path, limit: int = 48) -> tuple[str, str]:
+    """An attack run (``hirm attack``): ASR with n and interval, its parts, and each attacked prompt's
+    image before and after the attack on the erased model, outlined red where the judge saw the concept."""
+    from PIL import Image
+
+    target = result["target"]
+
+    def share(stats: Mapping[str, Any]) -> Cell:
+        return share_cell(Share(stats["k"], stats["n"]) if stats.get("n") else None)
+
+    header = [
+        "attack",
+        "concept",
+        "ASR (lower is better)",
+        "before the attack",
+        "after the attack",
+        "prompts",
+        "seconds",
+    ]
+    rows = [
+        [
+            result["attack"],
+            f"{display_name(target['concept'])} ({target['kind']})",
+            share(result["asr"]),
+            share(result["before"]),
+            share(result["after"]),
+            f"{result['n_done']} of {result['n_items']}",
+            f"{result['seconds']['total']:.1f}",
+        ]
+    ]
+    note = (
+        "ASR: share of the attacked prompts whose image the judge recognises as the erased concept, before "
+        "or after the attack (UnlearnDiffAtk's convention). " + INTERVAL_NOTE
+    )
+    meta = result.get("meta", {})
+    items = result.get("items", [])[:limit]
+    cells = []
+    for item in items:
+        pictures = []
+        for stage in ("before", "after"):
+            file = (item.get("images") or {}).get(stage)
+            if file is None or not (directory / file).is_file():
+                pictures.append(f'<div class="meta">{stage}: no image</div>')
+                continue
+            with Image.open(directory / file) as picture:
+                uri = png_uri(np.asarray(picture.convert("RGB")))
+            seen = bool(item.get(stage))
+            verdict = f"{stage}: {'concept recognised' if seen else 'not recognised'}"
+            border = "#d62728" if seen else "#bbb"
+            pictures.append(
+                f'<figure style="margin:2px"><img src="{uri}" alt="{esc(verdict)}" title="{esc(verdict)}" '
+                f'style="width:96px;image-rendering:pixelated;border:3px solid {border}">'
+                f"<figcaption>{esc(stage)}</figcaption></figure>"
+            )
+        prompt = item.get("attacked_prompt") or "(learned embedding)"
+        cells.append(
+            f'<div style="display:inline-block;margin:4px;vertical-align:top;max-width:220px">'
+            f'<div style="display:flex">{"".join(pictures)}</div>'
+            f'<div class="meta">{esc(item.get("prompt", ""))} &rarr; {esc(prompt)}</div></div>'
+        )
+    shown = f"first {len(items)} of {len(result.get('items', []))}"
+    h = [
+        f"<h2>Attack: {esc(result['attack'])} on {esc(display_name(target['concept']))}</h2>",
+        f'<p class="meta">{esc(result.get("description", ""))}</p>',
+        '<div class="cols"><div>',
+        facts_html(patch_facts(meta)),
+        "</div><div>",
+        facts_html(sampling_facts(meta)),
+        "</div></div>",
+        html_table(header, rows),
+        f'<p class="meta">{esc(note)}</p>',
+        f"<h3>Attacked prompts ({shown}; red outline: the judge recognised the concept)</h3>",
+        "".join(cells) or '<p class="meta">No attacked prompt has finished yet.</p>',
+    ]
+    md = [
+        f"## Attack: {result['attack']} on {display_name(target['concept'])}",
+        "",
+        facts_md(patch_facts(meta)),
+        "",
+        md_table(header, rows),
+        "",
+        note,
+        "",
+        f"Before/after images of each attacked prompt: `{directory / 'images'}` (grid: `{directory / 'grid.png'}`).",
+        "",
+    ]
+    return "".join(h), "\n".join(md)
+
+
 def build_report(
     paths: Sequence[str | os.PathLike],
     out: str | os.PathLike,
@@ -656,6 +745,8 @@ def build_report(
             h, m = nudity_block(result)
         elif kind == "utility":
             h, m = utility_block(result)
+        elif kind == "attack":
+            h, m = attack_block(result, path.parent)
         else:
             raise EvaluationInputError(f"{path}: unknown result kind {kind!r}.")
         if not result.get("complete", False) and kind != "sweep":
