@@ -346,18 +346,20 @@ def write_tables(
     )
 
 
-def _follows_text(entry: Entry) -> str:
-    """The authors' code each of an entry's methods follows (its defaults reproduce it)."""
+def _follows(method: str) -> str:
+    """The authors' code a registered method's defaults reproduce."""
     from hirm.core.registry import get_method
 
-    return " + ".join(f"{m}: {get_method(m).follows or 'no published script'}" for m in entry.methods)
+    return get_method(method).follows or "no published script"
+
+
+def _follows_text(entry: Entry) -> str:
+    return " + ".join(f"{m}: {_follows(m)}" for m in entry.methods)
 
 
 def _entry_text(entry: Entry) -> str:
     """What an entry runs: each method with the authors' code its defaults follow, and any change."""
-    from hirm.core.registry import get_method
-
-    parts = [f"{m} (follows {get_method(m).follows or 'no published script'})" for m in entry.methods]
+    parts = [f"{m} (follows {_follows(m)})" for m in entry.methods]
     text = " + ".join(parts) + f"; target {entry.target}"
     if entry.overrides:
         text += "; changed from the defaults: " + "; ".join(
