@@ -110,7 +110,7 @@ def test_load_clip_matches_pipeline_text_encoder() -> None:
     pipe_dir = w.pipeline_dir()
     from transformers import CLIPTextModel
 
-    te = CLIPTextModel.from_pretrained(str(pipe_dir / "text_encoder"))
+    te = CLIPTextModel.from_pretrained(str(pipe_dir / "text_encoder"), dtype=torch.float32)  # ships in fp16
     ids = tok(
         ["A Cats image in Rust style."], padding="max_length", max_length=77, return_tensors="pt"
     ).input_ids
