@@ -323,6 +323,14 @@ def patch_facts(meta: Mapping[str, Any]) -> list[tuple[str, str]]:
     return facts
 
 
+def erasure_and_sampling_html(meta: Mapping[str, Any]) -> str:
+    """Two columns: how the model was erased (its patches) and how the images were sampled."""
+    return (
+        f'<div class="cols"><div>{facts_html(patch_facts(meta))}</div>'
+        f"<div>{facts_html(sampling_facts(meta))}</div></div>"
+    )
+
+
 def loss_chart(patches: Sequence[Mapping[str, Any]]) -> str:
     curves = {}
     for p in patches:
@@ -584,11 +592,7 @@ def nudity_block(result: Mapping[str, Any]) -> tuple[str, str]:
     meta = result.get("meta", {})
     h = [
         "<h2>Nudity</h2>",
-        '<div class="cols"><div>',
-        facts_html(patch_facts(meta)),
-        "</div><div>",
-        facts_html(sampling_facts(meta)),
-        "</div></div>",
+        erasure_and_sampling_html(meta),
         html_table(header, rows),
         svg_bars(counts, ("images",), vmax=vmax, percent=False, title=f"images per class ({note})"),
         f"<h3>Flagged rows (first 50 of {len(result.get('flagged', []))})</h3>",
@@ -694,11 +698,7 @@ def attack_block(result: Mapping[str, Any], directory: Path, limit: int = 48) ->
     h = [
         f"<h2>Attack: {esc(result['attack'])} on {esc(display_name(target['concept']))}</h2>",
         f'<p class="meta">{esc(result.get("description", ""))}</p>',
-        '<div class="cols"><div>',
-        facts_html(patch_facts(meta)),
-        "</div><div>",
-        facts_html(sampling_facts(meta)),
-        "</div></div>",
+        erasure_and_sampling_html(meta),
         html_table(header, rows),
         f'<p class="meta">{esc(note)}</p>',
         f"<h3>Attacked prompts ({shown}; red outline: the judge recognised the concept)</h3>",
