@@ -34,8 +34,8 @@ def _reads(encoder, tokenizer, prompts, point):
 
 @pytest.mark.xfail(
     strict=True,
-    reason="Measured on the shipped MiniCLIP: reference HiRM-R (20 steps, lr 5e-5) shifts the other objects' "
-    "conditioning by 0.09-0.13 and Cats' by 0.19: 1.5x, not 3x; little specificity on this miniature encoder.",
+    reason="Reference HiRM-R (20 steps, lr 5e-5) does not give the erased object 3x the shift of the others "
+    "on MiniCLIP: measured 1.5x on the first MiniCanvas; still failing on MiniCanvas 2 (issue 11, item 4).",
 )
 def test_reference_hirm_moves_the_concept_and_keeps_the_others(model):
     """Reference defaults (HiRM-R, object: 20 steps, lr 5e-5) on held-out templates: the erased
@@ -56,9 +56,8 @@ def test_reference_hirm_moves_the_concept_and_keeps_the_others(model):
 
 @pytest.mark.xfail(
     strict=True,
-    reason="Measured: the shipped MiniSD draws 'A Cats image in Pastel style.' as Cats for 8/8 seeds and the "
-    "Horses prompt as Horses for 8/8; after reference HiRM-R on Cats it still draws Cats for 7/8 (Horses 8/8): "
-    "the reference hyper-parameters barely move MiniCLIP and do not erase here.",
+    reason="Reference HiRM-R (20 steps, lr 5e-5) does not erase Cats from MiniSD's images: Cats still drawn "
+    "for 7/8 seeds on the first MiniCanvas; still failing on MiniCanvas 2 (issue 11, item 4).",
 )
 def test_erased_object_is_no_longer_generated_but_others_are(model):
     """End to end on images: the object judge no longer sees Cats in Cats prompts; Horses survive."""
@@ -87,8 +86,8 @@ def test_erased_object_is_no_longer_generated_but_others_are(model):
 
 def test_world_tuned_hirm_s_erases_cats_and_keeps_horses(model):
     """The setting the comparison calls hirm-s-tuned (HiRM-S toward "animal", final read-out, 100 steps,
-    lr 5e-4) erases on MiniCLIP: measured Cats 8/8 -> 1/8 and Horses 8/8 -> 8/8 with these seeds.
-    The bound on Cats leaves two images of slack over the measured 1/8."""
+    lr 5e-4) erases on MiniCLIP and keeps Horses (first MiniCanvas: Cats 8/8 -> 1/8, Horses 8/8 -> 8/8 with
+    these seeds; the bound on Cats leaves two images of slack; it also passes on MiniCanvas 2)."""
     from hirm.evaluation.compare import WORLD_TUNED_HIRM
     from hirm.generation import generate
 

@@ -108,7 +108,7 @@ class Canvas:
 
     @classmethod
     def from_world(cls) -> Canvas:
-        """The miniature world's 12 styles x 10 objects (``hirm.world``)."""
+        """The miniature world's 20 styles x 20 objects (``hirm.world``)."""
         import hirm.world as world
 
         return cls(

@@ -1,4 +1,4 @@
-"""MiniCanvas: a miniature UnlearnCanvas world (12 styles x 10 objects, 32x32) with its own MiniCLIP,
+"""MiniCanvas: a miniature UnlearnCanvas world (20 styles x 20 objects, 32x32) with its own MiniCLIP,
 MiniSD (a diffusers StableDiffusionPipeline) and two judges, trained on CPU and shipped as assets.
 
 Importing this package is light (pure Python); torch/numpy/diffusers load on first use of the
