@@ -58,7 +58,7 @@ def test_attack_cli_errors(tmp_path):
     assert "does not apply" in out
     out = _run("attack", "nonsense", "-c", "Cats", "-o", tmp_path / "y", code=2)
     assert "Unknown attack" in out
-    out = _run("attack", "ringabell", "-c", "Dogs", "-o", tmp_path / "z", code=2)
+    out = _run("attack", "ringabell", "-c", "Zebras", "-o", tmp_path / "z", code=2)
     assert "Unknown concept" in out
     out = _run("attack", "ringabell", "-c", "Cats", "--set", "colour=1", "-o", tmp_path / "w", code=2)
     assert "has no field" in out
