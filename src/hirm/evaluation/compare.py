@@ -73,7 +73,8 @@ ENTRIES: dict[str, Entry] = {
     for e in (
         Entry("hirm-r", ("hirm",)),
         Entry("hirm-s", ("hirm",), target="super"),
-        # Measured on MiniCLIP (width 128): the reference steps/lr barely move it; this setting erases.
+        # Measured on the first MiniCLIP (width 128): the reference steps/lr barely moved it; this setting erased
+        # (it also erases Cats on MiniCanvas 2: tests/test_hirm_world.py).
         Entry("hirm-s-tuned", ("hirm",), target="super", overrides={"hirm": WORLD_TUNED_HIRM}),
         # The target-scale option: HiRM-R's direction at the read-out's own RMS, world-tuned settings.
         Entry("hirm-r-rms", ("hirm",), target="random-rms", overrides={"hirm": WORLD_TUNED_HIRM}),
