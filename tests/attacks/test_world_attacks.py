@@ -41,7 +41,8 @@ def _attack(name, target, patch, out, cache):
 #: On the first world the U-Net read the padding, which any prefix changes; MiniCanvas 2 reads the word's
 #: rows, as SD does, and the token searches did not find a synonym. Open in issue 14.
 _DISCRETE_MISS = pytest.mark.xfail(
-    strict=True, reason="MiniCanvas 2: discrete token search does not recover the word-blend erasure (issue 14)"
+    strict=True,
+    reason="MiniCanvas 2: discrete token search does not recover the word-blend erasure (issue 14)",
 )
 
 
