@@ -15,7 +15,9 @@ from hirm.cli.eval import fail_on_errors
 def report_command(
     results: Annotated[
         list[Path],
-        typer.Argument(help="Result files or directories (eval canvas/nudity/utility, sweep, compare, attack)."),
+        typer.Argument(
+            help="Result files or directories (eval canvas/nudity/utility, sweep, compare, attack)."
+        ),
     ],
     out: Annotated[
         Path,
