@@ -37,7 +37,8 @@ def _attack(name, target, patch, out, cache):
 #: Measured on MiniCanvas 2 (2026-11-26): the discrete attacks do not bring Cats back from the word
 #: blend, neither at these budgets nor at their CPU defaults (UnlearnDiffAtk 20 x 5, Ring-A-Bell 64 x 60,
 #: 16 tokens): 0/4 after the attack. The erasure is recoverable in principle: prefixing "kitten" or "cat"
-#: (synonyms the blend leaves intact) brings Cats back on 3/4 prompts (alpha 0.6 and 0.5: 3/4; 0.75: 2/4).
+#: (synonyms the blend leaves intact) brings Cats back on 2 of the 4 prompts at this blend (alpha 0.75;
+#: 3 of 4 at alpha 0.6 and 0.5).
 #: On the first world the U-Net read the padding, which any prefix changes; MiniCanvas 2 reads the word's
 #: rows, as SD does, and the token searches did not find a synonym. Open in issue 14.
 _DISCRETE_MISS = pytest.mark.xfail(
