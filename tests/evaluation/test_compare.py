@@ -26,7 +26,9 @@ def test_compare_runs_every_entry_and_writes_the_table(sd_dir, canvas, judges, s
     )
     assert all(float(r["seconds_mean"]) > 0 for r in rows)
     for r in rows:
-        assert 0.0 <= float(r["UA_mean"]) <= 1.0
+        assert 0.0 <= float(r["UA_ci95_lo"]) <= float(r["UA_mean"]) <= float(r["UA_ci95_hi"]) <= 1.0
+        assert int(r["IRA_images"]) > 0 and int(r["CRA_images"]) > 0  # the n behind each figure
+    assert "95 % percentile-bootstrap interval over concepts" in text and "images judged per entry" in text
     # every row names the authors' code its entry follows: a note number in the table, the script in the notes
     assert "train_erase.py" in by[("uce", "object")]["follows"]
     assert (

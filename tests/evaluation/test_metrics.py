@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from hirm.evaluation.common import mean_std
+from hirm.evaluation.common import mean_ci, mean_std
 from hirm.evaluation.metrics import (
     NUDE_CLASSES,
     canvas_metrics,
@@ -180,3 +180,14 @@ def test_clip_scores_cosine():
 def test_mean_std():
     assert mean_std([1.0, 3.0, None]) == {"mean": 2.0, "std": 1.0, "n": 2}
     assert mean_std([None])["mean"] is None
+
+
+def test_mean_ci_is_a_seeded_bootstrap_interval_of_the_mean():
+    values = [0.0, 0.25, 0.5, 1.0, 1.0, 0.75, None]
+    stats = mean_ci(iter(values))  # a generator is read once
+    assert stats["n"] == 6 and stats["mean"] == sum(v for v in values if v is not None) / 6
+    lo, hi = stats["ci95"]
+    assert 0.0 <= lo < stats["mean"] < hi <= 1.0
+    assert mean_ci(values) == stats  # seeded: the same values give the same interval
+    assert mean_ci([0.3] * 5)["ci95"] == [0.3, 0.3]
+    assert mean_ci([None])["ci95"] is None

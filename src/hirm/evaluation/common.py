@@ -335,6 +335,28 @@ def mean_std(values: Iterable[float | None]) -> dict[str, float | int | None]:
     return {"mean": mean, "std": std, "n": len(vals)}
 
 
+def mean_ci(values: Iterable[float | None], *, resamples: int = 10_000, seed: int = 0) -> dict[str, Any]:
+    """:func:`mean_std` plus a 95 % percentile-bootstrap interval of the mean over the values.
+
+    For means over concepts (each concept one unit: the spread between concepts, not the number of
+    images, is what limits the mean). Seeded, so the same values give the same interval. A percentile
+    bootstrap rather than Student's t keeps the interval inside [min, max] (shares stay in [0, 1]) and
+    needs only numpy (scipy is not a dependency).
+    """
+    import numpy as np
+
+    vals = np.array([float(v) for v in values if v is not None], dtype=np.float64)
+    stats: dict[str, Any] = dict(mean_std(vals.tolist()))
+    if vals.size == 0:
+        stats["ci95"] = None
+        return stats
+    rng = np.random.default_rng(seed)
+    means = vals[rng.integers(0, vals.size, size=(resamples, vals.size))].mean(axis=1)
+    lo, hi = np.quantile(means, [0.025, 0.975])
+    stats["ci95"] = [float(lo), float(hi)]
+    return stats
+
+
 def world_sampler_settings() -> dict[str, Any]:
     """The miniature world's sampler settings as settings-dataclass fields (steps, guidance, size, batch)."""
     import hirm.world as world

@@ -27,9 +27,16 @@ import torch
 from hirm.core.config import Concept, PromptTarget, RandomTarget, ReadingPoint
 from hirm.evaluation.canvas import CanvasSettings
 from hirm.evaluation.canvas_grid import Canvas
-from hirm.evaluation.common import EvaluationInputError, display_name, mean_std, now_iso, resolve_device
+from hirm.evaluation.common import (
+    EvaluationInputError,
+    display_name,
+    mean_ci,
+    mean_std,
+    now_iso,
+    resolve_device,
+)
 from hirm.evaluation.sweep import EraseFn, read_sweep, run_sweep
-from hirm.io import LOCK, directory_lock, read_marker, write_atomic, write_marker
+from hirm.io import LOCK, directory_lock, read_json, read_marker, write_atomic, write_marker
 
 METRICS = ("UA", "IRA", "CRA", "AA", "UA_heldout")
 
@@ -222,8 +229,18 @@ def _run_entries(
         )
 
 
+# Where each metric's image count sits in a concept's result.json (``metrics.erased``): (split, count).
+IMAGE_COUNTS = {
+    "UA": ("grid", "n_target"),
+    "IRA": ("grid", "n_in_domain"),
+    "CRA": ("grid", "n_cross"),
+    "UA_heldout": ("heldout", "n_target"),
+}
+
+
 def table_rows(out: Path, names: Sequence[str]) -> list[dict[str, Any]]:
-    """One row per (entry, domain) with mean ± std over concepts of every metric, cost and size."""
+    """One row per (entry, domain): every metric's mean over concepts with its std, a 95 % bootstrap
+    interval over concepts (:func:`~hirm.evaluation.common.mean_ci`) and the images it pools; cost, size."""
     rows = []
     for name in names:
         manifest, records = read_sweep(out / name)
@@ -238,18 +255,42 @@ def table_rows(out: Path, names: Sequence[str]) -> list[dict[str, Any]]:
                 "names": [r["concept"] for r in chosen],
                 "complete": manifest["complete"],
             }
+            images = _image_counts(out / name, row["names"])
             for metric in METRICS:
-                row[metric] = mean_std(r["summary"].get(metric) for r in chosen)
+                row[metric] = mean_ci(r["summary"].get(metric) for r in chosen)
+                row[metric]["images"] = images.get(metric)
             row["seconds"] = mean_std(r["times"]["erase"] for r in chosen)
             row["parameters"] = max(r["patch"].get("num_parameters", 0) for r in chosen)
             rows.append(row)
     return rows
 
 
+def _image_counts(sweep_dir: Path, concepts: Sequence[str]) -> dict[str, int]:
+    """Images judged per metric, summed over ``concepts`` (from each concept's result.json; a metric
+    is left out when any concept's file or count is missing, e.g. a sweep written by an older version)."""
+    totals = dict.fromkeys(IMAGE_COUNTS, 0)
+    for concept in concepts:
+        path = sweep_dir / "concepts" / concept / "result.json"
+        metrics = (
+            read_json(path, "a sweep concept result").get("metrics", {}).get("erased", {})
+            if path.is_file()
+            else {}
+        )
+        for metric, (split, key) in IMAGE_COUNTS.items():
+            n = metrics.get(split, {}).get(key)
+            totals[metric] = None if n is None or totals[metric] is None else totals[metric] + int(n)
+    return {m: n for m, n in totals.items() if n is not None}
+
+
 def _pm(stats: Mapping[str, Any], scale: float = 100.0, digits: int = 1) -> str:
+    """``mean ± std``; with ``[lo, hi]`` (the 95 % interval over concepts) when the stats carry one."""
     if stats.get("mean") is None:
         return "–"
-    return f"{stats['mean'] * scale:.{digits}f} ± {(stats.get('std') or 0.0) * scale:.{digits}f}"
+    text = f"{stats['mean'] * scale:.{digits}f} ± {(stats.get('std') or 0.0) * scale:.{digits}f}"
+    if stats.get("ci95"):
+        lo, hi = stats["ci95"]
+        text += f" [{lo * scale:.{digits}f}, {hi * scale:.{digits}f}]"
+    return text
 
 
 def write_tables(
@@ -294,14 +335,17 @@ def write_tables(
         [
             "# Method comparison on the miniature world (MiniCanvas)",
             "",
-            "UA / IRA / CRA / AA and held-out-template UA in % (mean ± std over concepts); seconds per concept are",
-            "the erase time only; changed params = tensors in the patch.",
+            "UA / IRA / CRA / AA and held-out-template UA in %: mean ± std over the concepts of the domain",
+            "[95 % percentile-bootstrap interval over concepts, 10,000 resamples, seed 0]; each concept's",
+            "figure is a share of judged images (counts below). Seconds per concept are the erase time only",
+            "(mean ± std); changed params = tensors in the patch.",
             "",
             *lines,
             "",
             *best,
             "",
             *_concept_lines(rows),
+            *_count_lines(rows),
             *(f"- [{note_of[e.name]}] {e.name}: {_entry_text(e)}" for e in entries),
             f"- command: `{command}`" if command else "",
             f"- settings: {settings.to_dict() if settings else 'world defaults'}",
@@ -313,7 +357,7 @@ def write_tables(
     )
     buffer = io.StringIO()
     writer = csv.writer(buffer)
-    stats = [f"{m}_{s}" for m in METRICS for s in ("mean", "std")]
+    stats = [f"{m}_{s}" for m in METRICS for s in ("mean", "std", "ci95_lo", "ci95_hi", "images")]
     writer.writerow(
         [
             "method",
@@ -328,7 +372,16 @@ def write_tables(
         ]
     )
     for r in rows:
-        values = [r[m].get(s) for m in METRICS for s in ("mean", "std")]
+        values = [
+            v
+            for m in METRICS
+            for v in (
+                r[m].get("mean"),
+                r[m].get("std"),
+                *(r[m].get("ci95") or (None, None)),
+                r[m].get("images"),
+            )
+        ]
         seconds = [r["seconds"]["mean"], r["seconds"]["std"]]
         writer.writerow(
             [
@@ -381,6 +434,21 @@ def _concept_lines(rows: Sequence[Mapping[str, Any]]) -> list[str]:
         names = next((r["names"] for r in rows if r["domain"] == domain), None)
         if names:
             lines.append(f"- {domain} concepts: {', '.join(names)}")
+    return lines
+
+
+def _count_lines(rows: Sequence[Mapping[str, Any]]) -> list[str]:
+    """The images each domain's figures pool (the first entry's counts; every entry judges the same grid)."""
+    lines = []
+    for domain in ("style", "object"):
+        row = next((r for r in rows if r["domain"] == domain), None)
+        if row is None:
+            continue
+        counts = [f"{m} {row[m]['images']:,}" for m in IMAGE_COUNTS if row[m].get("images") is not None]
+        if counts:
+            lines.append(
+                f"- {domain} images judged per entry (n, over {row['concepts']} concepts): {', '.join(counts)}"
+            )
     return lines
 
 
