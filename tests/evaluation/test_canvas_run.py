@@ -32,6 +32,7 @@ def test_canvas_result_file(sd_dir, canvas, judges, settings, tmp_path, tiny_pat
     assert saved["target"] == "Van_Gogh" and saved["domain"] == "style"
     meta = saved["meta"]
     assert meta["model"] == str(sd_dir) and meta["hirm_version"] == hirm.__version__ and meta["date"]
+    assert "torch threads" in meta["machine"]  # the machine in words, next to every time
     assert meta["seeds"] == [1, 2] and meta["settings"]["num_inference_steps"] == 2
     assert meta["patches"][0]["fingerprints"] == Patch.load(tiny_patch).fingerprints
     assert meta["settings"]["scheduler"]["class"] == "DDIMScheduler"

@@ -85,6 +85,26 @@ def patch_digest(patch: Any) -> str:
     return patch.digest
 
 
+def machine_text(device: str | torch.device | None = None) -> str:
+    """The machine in words, for any figure with a time: CPU model and cores, torch threads, torch
+    version, and the GPU when ``device`` is a CUDA device (e.g. "Intel(R) Xeon(R) ... (2 cores), 2 torch
+    threads, torch 2.13.0+cpu")."""
+    import platform
+
+    cpu = platform.processor() or platform.machine()
+    try:  # Linux names the model here; platform.processor() is often empty or just "x86_64" there
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), cpu)
+    except OSError:
+        pass
+    text = (
+        f"{cpu} ({os.cpu_count()} cores), {torch.get_num_threads()} torch threads, torch {torch.__version__}"
+    )
+    if device is not None and torch.device(device).type == "cuda" and torch.cuda.is_available():
+        text += f", GPU {torch.cuda.get_device_name(torch.device(device))}"
+    return text
+
+
 def run_metadata(
     *,
     model: str,
@@ -108,6 +128,7 @@ def run_metadata(
         "diffusers_version": diffusers.__version__,
         "transformers_version": transformers.__version__,
         "command": " ".join(sys.argv),
+        "machine": machine_text(),
         "date": now_iso(),
     }
 

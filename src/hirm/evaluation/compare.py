@@ -16,7 +16,6 @@ from __future__ import annotations
 import csv
 import io
 import os
-import platform
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -30,6 +29,7 @@ from hirm.evaluation.canvas_grid import Canvas
 from hirm.evaluation.common import (
     EvaluationInputError,
     display_name,
+    machine_text,
     mean_ci,
     mean_std,
     now_iso,
@@ -330,7 +330,7 @@ def write_tables(
         ]
         lines.append("| " + " | ".join(cells) + " |")
     best = _best_notes(rows)
-    machine = f"{platform.machine()} CPU, {torch.get_num_threads()} torch threads, torch {torch.__version__}"
+    machine = machine_text()
     text = "\n".join(
         [
             "# Method comparison on the miniature world (MiniCanvas)",
