@@ -183,6 +183,7 @@ def sampling_facts(meta: Mapping[str, Any]) -> list[tuple[str, str]]:
         ("Held-out templates", quoted(settings.get("heldout_templates"))),
         ("Super-category templates", quoted(settings.get("super_templates"))),
         ("hirm", f"{plain(meta.get('hirm_version'))}, {plain(meta.get('date'))}"),
+        ("Machine", plain(meta.get("machine"))),
     ]
     return [(label, text) for label, text in facts if text not in ("–", "none")]
 
