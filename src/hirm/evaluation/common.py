@@ -85,9 +85,9 @@ def patch_digest(patch: Any) -> str:
     return patch.digest
 
 
-def machine_text(device: str | torch.device | None = None) -> str:
+def machine_text() -> str:
     """The machine in words, for any figure with a time: CPU model and cores, torch threads, torch
-    version, and the GPU when ``device`` is a CUDA device (e.g. "Intel(R) Xeon(R) ... (2 cores), 2 torch
+    version, and the first GPU when CUDA is present (e.g. "Intel(R) Xeon(R) ... (2 cores), 2 torch
     threads, torch 2.13.0+cpu")."""
     import platform
 
@@ -100,8 +100,8 @@ def machine_text(device: str | torch.device | None = None) -> str:
     text = (
         f"{cpu} ({os.cpu_count()} cores), {torch.get_num_threads()} torch threads, torch {torch.__version__}"
     )
-    if device is not None and torch.device(device).type == "cuda" and torch.cuda.is_available():
-        text += f", GPU {torch.cuda.get_device_name(torch.device(device))}"
+    if torch.cuda.is_available():
+        text += f", GPU {torch.cuda.get_device_name(0)}"
     return text
 
 
