@@ -2,7 +2,7 @@
 
 For each domain (objects, then styles) the first ``--count`` concepts of the domain are erased together
 with each strategy (joint training, per-concept patches added, the paper's weight averaging, and ours:
-balanced, anchored, balanced-anchored); the style x object grid is generated once per strategy and
+balanced, anchored, balanced-anchored, preserved); the style x object grid is generated once per strategy and
 judged. Reported per row: mean UA over the erased concepts, IRA on the domain's other concepts, CRA on the
 other domain, each with its number of images n and a 95 % Wilson interval (UA pooled over the erased
 concepts' images, which is their mean since each has the same number of images), the erase time, and
@@ -132,7 +132,7 @@ def run_table(
         patched,
     )
     from hirm.evaluation.canvas_grid import build_items
-    from hirm.evaluation.common import run_metadata
+    from hirm.evaluation.common import display_name, run_metadata
     from hirm.evaluation.compare import WORLD_TUNED_HIRM
 
     strategies = list(strategies or STRATEGIES)
@@ -166,14 +166,16 @@ def run_table(
         names, note = erased_concepts(canvas, domain, count)
         concepts = concepts_for(canvas, names, domain, target)
         rows = {"original": {**grid_metrics(original_rows, names, domain), "erase_s": 0.0}}
+        kept = [n for n in canvas.names(domain) if n not in names]
         for strategy in strategies:
+            # ``preserved`` keeps the domain's other concepts (the IRA ones), as UCE's script keeps the other artists
+            keep = [display_name(n) for n in kept] if strategy == "preserved" else []
             start = time.perf_counter()
-            patch = erase_many(handle, concepts, config, strategy=strategy, progress=False)
+            patch = erase_many(handle, concepts, config, strategy=strategy, keep=keep, progress=False)
             erase_s = time.perf_counter() - start
             with patched(pipe, [patch]):
                 judged, _ = evaluator.judge_items(items, cache=None, desc=f"{domain}/{strategy}")
             rows[strategy] = {**grid_metrics(judged, names, domain), "erase_s": erase_s}
-        kept = [n for n in canvas.names(domain) if n not in names]
         result["domains"][domain] = {
             "erased": names,
             "kept": kept,
@@ -215,6 +217,11 @@ def to_markdown(result: Mapping[str, Any], command: str = "") -> str:
             f"- {domain}s erased ({len(block['erased'])}): {', '.join(block['erased'])}"
             + (f"; kept ({len(kept)}): {', '.join(kept)}" if kept else "")
             + (f". Note: {block['note']}." if block["note"] else "")
+        )
+    if any("preserved" in block["rows"] for block in result["domains"].values()):
+        lines.append(
+            "- `preserved` trains with the kept concepts of the domain as its preserve set (as UCE's original "
+            "script keeps the other artists), so its IRA is measured on concepts it was told to keep."
         )
     return "\n".join(lines) + "\n"
 

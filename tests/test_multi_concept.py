@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -160,7 +161,8 @@ def test_benchmark_writes_one_row_per_strategy_with_counts_and_intervals(bench, 
                 assert 0 <= lo <= row[metric]["value"] <= hi <= 1
     assert result["domains"]["object"]["rows"]["joint"]["erase_s"] > 0
     table = (out / "multi_concept.md").read_text()
-    assert "| object | average |" in table and "| style | balanced-anchored |" in table and "(n=8)" in table
+    assert "| object | average |" in table and "| style | preserved |" in table and "(n=8)" in table
+    assert "its IRA is measured on concepts it was told to keep" in table
     assert table.count("| domain | strategy |") == 1  # one table, both domains
     assert "- objects erased (2): Cats, Dogs; kept (2): Trees, Birds" in table
     with pytest.raises(Exception, match="exists"):
@@ -170,3 +172,30 @@ def test_benchmark_writes_one_row_per_strategy_with_counts_and_intervals(bench, 
 def test_benchmark_keeps_two_concepts_for_ira(bench, world):
     names, note = bench.erased_concepts(world, "object", 10)
     assert names == ["Cats", "Dogs"] and "10 requested, 2 erased" in note
+
+
+def test_preserved_keeps_the_given_concepts_in_the_templates(model):
+    """``preserved``: one joint run whose preserve set is the kept concepts in every template; refuses a
+    concept that is both erased and kept, a bare string, and ``keep`` with another strategy."""
+    config = HiRMConfig(steps=2, lr=1e-2, templates=("{concept}", "a photo of {concept}"), precision="fp32")
+    patch = erase_many(
+        model, CONCEPTS, config, strategy="preserved", keep=["Horses", "Birds"], progress=False
+    )
+    saved = patch.metadata["config"]
+    assert saved["preserve"] == ["Horses", "a photo of Horses", "Birds", "a photo of Birds"]
+    assert saved["preserve_weight"] == 1.0 and patch.metadata["multi"] == {"strategy": "preserved", "runs": 1}
+    direct = hirm.erase(
+        model,
+        CONCEPTS,
+        config=replace(config, preserve=tuple(saved["preserve"]), preserve_weight=1.0),
+        progress=False,
+    )
+    assert all(torch.equal(patch.tensors[k], direct.tensors[k]) for k in direct.tensors)
+    with pytest.raises(ValueError, match="both erased and kept"):
+        erase_many(model, CONCEPTS, CONFIG, strategy="preserved", keep=["cats"], progress=False)
+    with pytest.raises(ValueError, match="give them"):
+        erase_many(model, CONCEPTS, CONFIG, strategy="preserved", progress=False)
+    with pytest.raises(TypeError, match="list of concept texts"):
+        erase_many(model, CONCEPTS, CONFIG, strategy="preserved", keep="Horses", progress=False)
+    with pytest.raises(ValueError, match="'preserved' only"):
+        erase_many(model, CONCEPTS, CONFIG, strategy="joint", keep=["Horses"], progress=False)

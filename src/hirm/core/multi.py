@@ -13,6 +13,9 @@
   them, which also holds the neighbourhood the retained concepts of those categories live in (ours;
   needs prompt targets).
 * ``balanced-anchored`` — both.
+* ``preserved`` — joint, plus a preservation term on the concepts to keep (``keep``, in the same
+  templates, or bare): the preserve set UCE's original script uses when it erases one artist and keeps
+  the others, given to HiRM's optional preservation MSE (ours; the reference HiRM has no such term).
 
 The per-concept and averaged patches are ordinary patches of the same tensors (their metadata names the
 strategy), so they apply with :func:`hirm.apply_patch` like any other.
@@ -33,7 +36,9 @@ from hirm.core.config import Concept, HiRMConfig, PromptTarget, check_choice, ch
 from hirm.core.hirm import erase as hirm_erase
 from hirm.core.patch import Patch, component_parameters, make_patch
 
-Strategy = Literal["joint", "per-concept", "average", "balanced", "anchored", "balanced-anchored"]
+Strategy = Literal[
+    "joint", "per-concept", "average", "balanced", "anchored", "balanced-anchored", "preserved"
+]
 STRATEGIES: tuple[str, ...] = get_args(Strategy)
 
 
@@ -79,11 +84,36 @@ def anchor_prompts(concepts: Sequence[Concept], templates: Sequence[str]) -> tup
     return tuple(p for p in dict.fromkeys(prompts) if p not in texts)
 
 
+def keep_prompts(
+    keep: Sequence[str], templates: Sequence[str], concepts: Sequence[Concept]
+) -> tuple[str, ...]:
+    """The concepts to keep in every template (or bare), once each; refuses one that is also erased."""
+    erased = {c.text.casefold() for c in concepts}
+    clash = [k for k in keep if k.casefold() in erased]
+    if clash:
+        raise ValueError(f"erase_many: {clash} are both erased and kept; remove them from `keep`.")
+    prompts = [render(t, k) for k in keep for t in (templates or ["{concept}"])]
+    return tuple(dict.fromkeys(prompts))
+
+
 def joint_config(
-    config: HiRMConfig, concepts: Sequence[Concept], strategy: str, anchor_weight: float
+    config: HiRMConfig,
+    concepts: Sequence[Concept],
+    strategy: str,
+    anchor_weight: float,
+    keep: Sequence[str] = (),
 ) -> HiRMConfig:
     """The HiRM config a joint strategy trains with."""
     changes: dict = {}
+    if strategy == "preserved":
+        if not keep:
+            raise ValueError(
+                "Strategy 'preserved' preserves the concepts to keep; give them, e.g. keep=['Horses', 'Trees']."
+            )
+        changes["preserve"] = tuple(
+            dict.fromkeys((*config.preserve, *keep_prompts(keep, config.templates, concepts)))
+        )
+        changes["preserve_weight"] = config.preserve_weight or anchor_weight
     if strategy in ("balanced", "balanced-anchored"):
         changes["concept_weighting"] = "balanced"
     if strategy in ("anchored", "balanced-anchored"):
@@ -105,6 +135,7 @@ def erase_many(
     *,
     strategy: Strategy = "joint",
     anchor_weight: float = 1.0,
+    keep: Sequence[str] = (),
     components: Sequence[str] | None = None,
     progress: bool = True,
 ) -> Patch:
@@ -113,10 +144,15 @@ def erase_many(
     Args:
         config: the HiRM settings every run uses.
         strategy: see the module docstring.
-        anchor_weight: ``preserve_weight`` of the anchored strategies when ``config`` has none.
+        anchor_weight: ``preserve_weight`` of the anchored and preserved strategies when ``config`` has none.
+        keep: concept texts whose read-outs the ``preserved`` strategy keeps (only that strategy takes it).
     """
     check_choice("erase_many", "strategy", strategy, STRATEGIES)
     check_float("erase_many", "anchor_weight", anchor_weight, positive=True)
+    if isinstance(keep, str) or not all(isinstance(k, str) and k.strip() for k in keep):
+        raise TypeError(f"erase_many: keep must be a list of concept texts, e.g. ['Horses'], not {keep!r}.")
+    if keep and strategy != "preserved":
+        raise ValueError(f"erase_many: keep is used by strategy 'preserved' only, not {strategy!r}.")
     concepts = list(concepts)
     if not concepts:
         raise ValueError("Give at least one concept to erase.")
@@ -125,7 +161,7 @@ def erase_many(
         patch = hirm_erase(
             model,
             concepts,
-            joint_config(config, concepts, strategy, anchor_weight),
+            joint_config(config, concepts, strategy, anchor_weight, keep),
             components=components,
             progress=progress,
         )
