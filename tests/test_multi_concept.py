@@ -199,3 +199,29 @@ def test_preserved_keeps_the_given_concepts_in_the_templates(model):
         erase_many(model, CONCEPTS, CONFIG, strategy="preserved", keep="Horses", progress=False)
     with pytest.raises(ValueError, match="'preserved' only"):
         erase_many(model, CONCEPTS, CONFIG, strategy="joint", keep=["Horses"], progress=False)
+
+
+@pytest.fixture(scope="module")
+def drift():
+    path = Path(__file__).parents[1] / "benchmarks" / "multi_concept_drift.py"
+    spec = importlib.util.spec_from_file_location("multi_concept_drift_bench", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_drift_reads_the_prompt_rows_and_sees_an_edit(drift, model):
+    """The drift diagnostic: rows from the first word through the end token; cosine 1 for an unchanged
+    encoder, below 1 for the concepts an edit moved."""
+    from hirm.core.encoder import tokenize
+
+    tokenizer, encoder = model.tokenizer(), model.text_encoder()
+    ids = tokenize(tokenizer, ["a cat", "a cat in the snow"])
+    mask = drift.prompt_rows(ids, tokenizer.eos_token_id)
+    assert mask.sum(1).tolist() == [3, 6] and not mask[:, 0].any()  # words + end token; no start token
+    same = drift.concept_cosines(encoder, encoder, ids, mask, ["a", "b"])
+    assert same == pytest.approx({"a": 1.0, "b": 1.0}, abs=1e-5)
+    patch = erase_many(model, CONCEPTS[:1], HiRMConfig(steps=3, lr=5e-2, precision="fp32"), progress=False)
+    edited = hirm.apply_patch(hirm.load_model(model.path).text_encoder(), patch, component="text_encoder")
+    moved = drift.concept_cosines(encoder, edited, ids, mask, ["a", "b"])
+    assert all(v < 0.9999 for v in moved.values())
