@@ -31,6 +31,23 @@ def test_erase_info_apply_generate(sd_dir, tmp_path):
     assert meta["concepts"][0]["target"] == {"kind": "prompt", "prompt": "painting", "coeff": 1.0}
     assert meta["config"]["steps"] == 2
     assert "fingerprint text_encoder" in _run("info", patch)
+    # how big the edit is, per tensor, recomputed here from the base model's weights
+    from safetensors.torch import load_file
+
+    from hirm.adapters.loading import load_model
+
+    base = {f"text_encoder/{k}": v for k, v in load_model(sd_dir).text_encoder().state_dict().items()}
+    edited = load_file(patch)
+    for key, size in meta["relative_change"].items():
+        norm = base[key].double().norm()
+        if norm == 0:  # a zero original (the tiny model's biases): no ratio
+            assert size is None, key
+            continue
+        expected = (edited[key].double() - base[key].double()).norm() / norm
+        assert size == pytest.approx(float(expected), rel=1e-6), key
+    sizes = [v for v in meta["relative_change"].values() if v is not None]
+    assert set(meta["relative_change"]) == set(edited) and sizes and max(sizes) > 0
+    assert "changed by" in _run("info", patch)
     assert "diffquickfix" in _run("info", "--methods")
 
     _run("apply", "--model", sd_dir, "-p", patch, "-o", tmp_path / "patched")

@@ -94,8 +94,11 @@ def info_command(
     for component, curve in (meta.get("losses") or {}).items():
         out.print(f"loss per optimizer step ({component}):", highlight=False)
         out.print(text_chart(curve), highlight=False)
+    change = meta.get("relative_change") or {}  # patches made before hirm recorded it have none
     for name in sorted(loaded.tensors):
-        out.print(f"  {name} {tuple(loaded.tensors[name].shape)}")
+        size = change.get(name)
+        note = "" if size is None else f"  changed by {size:.3g}x its norm"
+        out.print(f"  {name} {tuple(loaded.tensors[name].shape)}{note}", highlight=False)
 
 
 def register(app: typer.Typer) -> None:

@@ -179,6 +179,13 @@ def _check_metadata(path: Path, tensors: Mapping[str, Tensor], metadata: Any) ->
         raise ValueError(f"{damaged} its metadata lacks the base fingerprints of {sorted(components)}.")
 
 
+def relative_change(original: Tensor, edited: Tensor) -> float | None:
+    """``||edited - original||_F / ||original||_F`` in float64; ``None`` when the original is all zeros."""
+    o, e = original.detach().double().cpu(), edited.detach().double().cpu()
+    norm = float(o.norm())
+    return float((e - o).norm()) / norm if norm > 0 else None
+
+
 def make_patch(
     *,
     method: str,
@@ -201,6 +208,8 @@ def make_patch(
             "fingerprints": _fingerprints(originals),
             "num_tensors": len(originals),
         },
+        # how big the edit is, per tensor: what ``hirm info`` shows (a closed form can rewrite a weight)
+        "relative_change": {k: relative_change(originals[k], edited[k]) for k in sorted(originals)},
         "hirm_version": __version__,
         "torch_version": torch.__version__,
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
@@ -234,7 +243,7 @@ def merge_patches(patches: Sequence[Patch]) -> Patch:
     metadata = json.loads(json.dumps(patches[0].metadata))
     metadata["base"]["fingerprints"] = {c: f for p in patches for c, f in p.fingerprints.items()}
     metadata["base"]["num_tensors"] = len(tensors)
-    for key in ("final_loss", "losses"):
+    for key in ("final_loss", "losses", "relative_change"):
         merged = {c: v for p in patches for c, v in p.metadata.get(key, {}).items()}
         if merged:
             metadata[key] = merged
