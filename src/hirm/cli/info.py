@@ -98,7 +98,7 @@ def info_command(
     for name in sorted(loaded.tensors):
         size = change.get(name)
         note = "" if size is None else f"  changed by {size:.3g}x its norm"
-        out.print(f"  {name} {tuple(loaded.tensors[name].shape)}{note}", highlight=False)
+        out.print(f"  {name} {tuple(loaded.tensors[name].shape)}{note}", highlight=False, soft_wrap=True)
 
 
 def register(app: typer.Typer) -> None:
