@@ -69,6 +69,8 @@ class Entry:
 
 
 TARGETS = ("random", "random-rms", "super")
+#: Methods that misdirect each concept toward its target (the others ignore ``Entry.target``).
+TARGETED = ("hirm", "hirm-adv")
 
 #: HiRM settings that erase on the miniature world (read the final hidden state, 100 steps, lr 5e-4);
 #: the reference ones (out_proj of the last block, 15-30 steps, lr 5e-5) barely move MiniCLIP.
@@ -414,7 +416,9 @@ def _follows_text(entry: Entry) -> str:
 def _entry_text(entry: Entry) -> str:
     """What an entry runs: each method with the authors' code its defaults follow, and any change."""
     parts = [f"{m} (follows {_follows(m)})" for m in entry.methods]
-    text = " + ".join(parts) + f"; target {entry.target}"
+    text = " + ".join(parts)
+    if any(m in TARGETED for m in entry.methods):  # the others ignore a concept's target
+        text += f"; target {entry.target}"
     if entry.overrides:
         text += "; changed from the defaults: " + "; ".join(
             f"{method} " + ", ".join(f"{k}={v}" for k, v in fields.items())
