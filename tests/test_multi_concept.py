@@ -31,13 +31,18 @@ def model(sd_dir):
     return hirm.load_model(sd_dir)
 
 
-@pytest.fixture(scope="module")
-def bench():
-    path = Path(__file__).parents[1] / "benchmarks" / "multi_concept.py"
-    spec = importlib.util.spec_from_file_location("multi_concept_bench", path)
+def _benchmark(name: str):
+    """A script of ``benchmarks/`` imported as a module."""
+    path = Path(__file__).parents[1] / "benchmarks" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(f"{name}_bench", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+@pytest.fixture(scope="module")
+def bench():
+    return _benchmark("multi_concept")
 
 
 def _base(model):
@@ -203,11 +208,7 @@ def test_preserved_keeps_the_given_concepts_in_the_templates(model):
 
 @pytest.fixture(scope="module")
 def drift():
-    path = Path(__file__).parents[1] / "benchmarks" / "multi_concept_drift.py"
-    spec = importlib.util.spec_from_file_location("multi_concept_drift_bench", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return _benchmark("multi_concept_drift")
 
 
 def test_drift_reads_the_prompt_rows_and_sees_an_edit(drift, model):
