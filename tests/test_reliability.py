@@ -442,3 +442,12 @@ def test_set_values_are_checked_against_the_field_types():
             make_config(Toy, parse_settings(Toy, [text]), label="--set ")
     with pytest.raises(FieldValueError, match=r"--set lr: lr must be > 0, got -1.0"):
         make_config(Toy, parse_settings(Toy, ["lr=-1"]), label="--set ")
+
+
+def test_compare_merge_of_nothing_is_one_line_and_writes_nothing(tmp_path):
+    """``hirm compare --merge`` refuses a missing part, and a directory that holds no comparison."""
+    line = _error(_run("compare", "--merge", tmp_path / "nope", "--out", tmp_path / "m"))
+    assert "No such comparison directory" in line and not (tmp_path / "m").exists()
+    (tmp_path / "empty").mkdir()
+    line = _error(_run("compare", "--merge", tmp_path / "empty", "--out", tmp_path / "m"))
+    assert "hirm compare" in line and not (tmp_path / "m").exists()

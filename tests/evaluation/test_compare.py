@@ -4,6 +4,7 @@ grid, the table has one row per (method, domain) with the measured cost and size
 from __future__ import annotations
 
 import csv
+from dataclasses import replace
 
 from hirm.evaluation.compare import ENTRIES, Entry, run_compare
 
@@ -61,3 +62,52 @@ def test_random_rms_entry_scales_the_target_to_the_read_out(sd_dir, canvas):
     assert concept["target"]["scale"] == "readout-rms" and patch.metadata["config"]["read"]["site"] == "final"
     with pytest.raises(ValueError, match="target must be one of"):
         Entry("x", ("hirm",), target="randm")
+
+
+def test_merged_parts_give_the_table_of_one_run(sd_dir, canvas, judges, settings, tmp_path):
+    """Concept groups run apart (as parallel processes on one GPU would) and merged give the same
+    per-concept figures and table rows as one run over every concept; bad merges are refused."""
+    import json
+
+    import pytest
+
+    from hirm.evaluation.common import EvaluationInputError
+    from hirm.evaluation.compare import merge_compare
+    from hirm.evaluation.sweep import merge_sweeps
+
+    entries = [ENTRIES["hirm-r"], ENTRIES["uce"]]
+    kw = dict(entries=entries, settings=settings, canvas=canvas, judges=judges, progress=False)
+    run_compare(sd_dir, out=tmp_path / "whole", **kw)
+    groups = {"a": ["Van_Gogh", "Cats"], "b": ["Crayon", "Dogs"]}
+    for name, concepts in groups.items():
+        run_compare(sd_dir, out=tmp_path / name, concepts=concepts, **kw)
+    table = merge_compare([tmp_path / "a", tmp_path / "b"], out=tmp_path / "merged", command="merge --test")
+
+    def figures(out, entry):
+        rows = list(csv.DictReader((out / entry / "results.csv").open()))
+        return {r["concept"]: {k: v for k, v in r.items() if not k.endswith("_s")} for r in rows}
+
+    for entry in ("hirm-r", "uce"):
+        assert figures(tmp_path / "merged", entry) == figures(tmp_path / "whole", entry)
+        manifest = json.loads((tmp_path / "merged" / entry / "sweep.json").read_text())
+        assert manifest["complete"] and manifest["concepts"] == ["Van_Gogh", "Cats", "Crayon", "Dogs"]
+        assert (tmp_path / "merged" / entry / "concepts" / "Dogs" / "result.json").is_file()
+
+    def stats(out):
+        rows = csv.DictReader((out / "compare.csv").open())
+        return [{k: v for k, v in r.items() if not k.startswith("seconds")} for r in rows]
+
+    assert stats(tmp_path / "merged") == stats(tmp_path / "whole")
+    text = table.read_text()
+    assert "merge --test" in text and "- machine: " in text and "'seeds': [1, 2]" in text
+
+    # refused: a non-empty target, a concept in two parts, parts of other settings; nothing written
+    with pytest.raises(EvaluationInputError, match="not empty"):
+        merge_compare([tmp_path / "a", tmp_path / "b"], out=tmp_path / "merged")
+    with pytest.raises(EvaluationInputError, match="in both"):
+        merge_sweeps([tmp_path / "a" / "uce", tmp_path / "whole" / "uce"], tmp_path / "dup")
+    run_compare(sd_dir, out=tmp_path / "other", concepts=["Crayon"], entries=entries[:1],
+                settings=replace(settings, seeds=(3,)), canvas=canvas, judges=judges, progress=False)  # fmt: skip
+    with pytest.raises(EvaluationInputError, match="another settings key"):
+        merge_sweeps([tmp_path / "a" / "hirm-r", tmp_path / "other" / "hirm-r"], tmp_path / "mixed")
+    assert not (tmp_path / "dup").exists() and not (tmp_path / "mixed").exists()

@@ -51,16 +51,26 @@ def compare_command(
     model: Model = "minicanvas",
     device: Device = "auto",
     cache_dir: CacheDir = None,
+    merge: list[Path] = typer.Option(
+        [],
+        "--merge",
+        help="Instead of running: merge these comparison directories (repeat; same settings, disjoint "
+        "concepts, e.g. one process per concept group) into a new --out and write its table.",
+    ),
     quiet: Quiet = False,
 ) -> None:
     """Run every method on the world's styles and objects and write compare.md + compare.csv."""
     from hirm.cli.common import resolve_device, sampling_precision
     from hirm.evaluation.canvas import CanvasSettings
-    from hirm.evaluation.compare import ENTRIES, run_compare
+    from hirm.evaluation.compare import ENTRIES, merge_compare, run_compare
 
     unknown = [m for m in method if m not in ENTRIES]
     if unknown:
         raise ValueError(f"Unknown entries {unknown}; choose from {list(ENTRIES)}.")
+    command = "hirm " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+    if merge:
+        console.print(merge_compare(merge, out=out, names=method or None, command=command).read_text())
+        return
     entries = [ENTRIES[m] for m in (method or ENTRIES)]
     if esd_steps is not None:
         entries = [_with_esd_steps(e, esd_steps) for e in entries]
@@ -82,7 +92,6 @@ def compare_command(
             heldout_templates=() if no_heldout else settings.heldout_templates,
             super_templates=() if no_super else settings.super_templates,
         )
-    command = "hirm " + " ".join(shlex.quote(a) for a in sys.argv[1:])
     table = run_compare(
         model,
         out=out,

@@ -35,7 +35,7 @@ from hirm.evaluation.common import (
     now_iso,
     resolve_device,
 )
-from hirm.evaluation.sweep import EraseFn, read_sweep, run_sweep
+from hirm.evaluation.sweep import EraseFn, merge_sweeps, read_sweep, run_sweep
 from hirm.io import LOCK, directory_lock, read_json, read_marker, write_atomic, write_marker
 
 METRICS = ("UA", "IRA", "CRA", "AA", "UA_heldout")
@@ -178,6 +178,45 @@ def run_compare(
     return out / "compare.md"
 
 
+def merge_compare(
+    parts: Sequence[str | os.PathLike],
+    *,
+    out: str | os.PathLike,
+    names: Sequence[str] | None = None,
+    command: str = "",
+    settings: CanvasSettings | None = None,
+) -> Path:
+    """Merge comparison directories over disjoint concepts (e.g. one process per concept group on a
+    shared GPU) into ``out`` and write its tables; returns ``out/compare.md``.
+
+    ``names``: the entries to merge (default: every entry found in any part, in :data:`ENTRIES` order).
+    Each entry's sweeps are merged with :func:`~hirm.evaluation.sweep.merge_sweeps` (same settings,
+    disjoint concepts, concepts in the parts' order); ``out`` must be new or empty.
+    """
+    parts = [Path(p) for p in parts]
+    out = Path(out)
+    missing = [str(p) for p in parts if not p.is_dir()]
+    if missing:
+        raise EvaluationInputError(f"No such comparison directory: {', '.join(missing)}.")
+    found = {d.name for p in parts for d in p.iterdir() if (d / "sweep.json").is_file()}
+    names = list(names) if names else [n for n in ENTRIES if n in found] + sorted(found - set(ENTRIES))
+    absent = [n for n in names if n not in found]
+    if absent or not names:
+        raise EvaluationInputError(
+            f"No part holds the entries {absent or 'to merge'}; give comparison directories written by hirm compare."
+        )
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise EvaluationInputError(f"{out} exists and is not empty; merge into a new directory.")
+    with directory_lock(out, "hirm compare --merge"):
+        write_marker(out, "compare", files=COMPARE_FILES, dirs=[""])
+        for name in names:
+            merge_sweeps([p / name for p in parts if (p / name / "sweep.json").is_file()], out / name)
+        rows = table_rows(out, names)
+        entries = [ENTRIES[n] for n in names if n in ENTRIES]
+        write_tables(out, rows, command=command, settings=settings, entries=entries)
+    return out / "compare.md"
+
+
 COMPARE_FILES = ("compare.md", "compare.csv")
 
 
@@ -262,6 +301,10 @@ def table_rows(out: Path, names: Sequence[str]) -> list[dict[str, Any]]:
                 row[metric] = mean_ci(r["summary"].get(metric) for r in chosen)
                 row[metric]["images"] = images.get(metric)
             row["seconds"] = mean_std(r["times"]["erase"] for r in chosen)
+            meta = manifest.get("meta") or {}
+            row["machine"], row["date"], row["settings"] = (
+                meta.get(k) for k in ("machine", "date", "settings")
+            )
             row["parameters"] = max(r["patch"].get("num_parameters", 0) for r in chosen)
             rows.append(row)
     return rows
@@ -332,7 +375,6 @@ def write_tables(
         ]
         lines.append("| " + " | ".join(cells) + " |")
     best = _best_notes(rows)
-    machine = machine_text()
     text = "\n".join(
         [
             "# Method comparison on the miniature world (MiniCanvas)",
@@ -350,8 +392,8 @@ def write_tables(
             *_count_lines(rows),
             *(f"- [{note_of[e.name]}] {e.name}: {_entry_text(e)}" for e in entries),
             f"- command: `{command}`" if command else "",
-            f"- settings: {settings.to_dict() if settings else 'world defaults'}",
-            f"- machine: {machine}; date {now_iso()}",
+            f"- settings: {settings.to_dict() if settings else _recorded_settings(rows)}",
+            *_machine_lines(rows),
         ]
     )
     write_atomic(
@@ -400,6 +442,31 @@ def write_tables(
     write_atomic(
         out / "compare.csv", lambda tmp: tmp.write_text(buffer.getvalue(), encoding="utf-8"), overwrite=True
     )
+
+
+def _recorded_settings(rows: Sequence[Mapping[str, Any]]) -> Any:
+    """The settings the entries' sweeps recorded (the table's own settings when it was not given any)."""
+    recorded = next((r["settings"] for r in rows if r.get("settings")), None)
+    if not recorded:
+        return "world defaults"
+    return {k: v for k, v in recorded.items() if k not in ("method", "target", "domain")}  # per entry
+
+
+def _machine_lines(rows: Sequence[Mapping[str, Any]]) -> list[str]:
+    """Where each entry ran (its sweep's recorded machine: seconds compare only within one machine)
+    and when the table was written."""
+    machines = {r["method"]: r.get("machine") or "not recorded" for r in rows}
+    written = f"table written {now_iso()} on {machine_text()}"
+    if len(set(machines.values())) <= 1:
+        return [f"- machine: {next(iter(machines.values()), machine_text())}; {written}"]
+    return [
+        "- machines (seconds per concept compare only within one machine): "
+        + "; ".join(
+            f"{r['method']}: {machines[r['method']]} ({r.get('date') or 'date not recorded'})"
+            for r in {r["method"]: r for r in rows}.values()
+        ),
+        f"- {written}",
+    ]
 
 
 def _follows(method: str) -> str:

@@ -447,6 +447,77 @@ def _write_manifest(
     write_atomic(out / MANIFEST, lambda tmp: tmp.write_text(text, encoding="utf-8"), overwrite=True)
 
 
+def merge_sweeps(parts: Sequence[str | os.PathLike], out: str | os.PathLike) -> Path:
+    """Merge sweeps of the same settings over disjoint concepts (e.g. parallel processes, one per
+    concept group) into a new sweep directory ``out``; returns ``out``.
+
+    The parts must share method, target and settings (``settings_key``) and must not share a concept.
+    Concepts keep the parts' order (each part's declared list, parts in the order given), so the
+    merged table matches one run over all of them: each concept's figures do not depend on the others
+    (per-image seeds). ``out`` must not exist or be empty; the parts are only read. A part's
+    unfinished concepts stay unfinished (``complete: false``). The manifest's ``meta.machine`` lists
+    every machine the parts ran on.
+    """
+    parts = [Path(p) for p in parts]
+    out = Path(out)
+    if not parts:
+        raise EvaluationInputError("Give at least one sweep directory to merge.")
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise EvaluationInputError(f"{out} exists and is not empty; merge into a new directory.")
+    read = [read_sweep(p) for p in parts]
+    first = read[0][0]
+    for part, (manifest, _) in zip(parts, read):
+        for key in ("settings_key", "method", "target"):
+            if manifest.get(key) != first.get(key):
+                raise EvaluationInputError(
+                    f"{part} was run with another {key.replace('_', ' ')} than {parts[0]}; "
+                    "merge only parts of one sweep command."
+                )
+    names: list[str] = []
+    records: dict[str, dict[str, Any]] = {}
+    source: dict[str, Path] = {}
+    for part, (manifest, recs) in zip(parts, read):
+        for name in [*manifest.get("concepts", []), *(r["concept"] for r in recs)]:
+            if name in source and source[name] != part:
+                raise EvaluationInputError(
+                    f"{name} is in both {source[name]} and {part}; merge parts with disjoint concepts."
+                )
+            source[name] = part
+            if name not in names:
+                names.append(name)
+        records.update({r["concept"]: r for r in recs})
+    domains = {m.get("domain") for m, _ in read}
+    machines = list(dict.fromkeys(str((m.get("meta") or {}).get("machine", "")) for m, _ in read))
+    meta = {**(first.get("meta") or {}), "machine": "; ".join(x for x in machines if x)}
+    meta["merged_from"] = [str(p) for p in parts]
+    meta["commands"] = [(m.get("meta") or {}).get("command") for m, _ in read]
+    header = {
+        "kind": "sweep",
+        "settings_key": first["settings_key"],
+        "method": first.get("method"),
+        "method_config": first.get("method_config"),
+        "target": first.get("target"),
+        "domain": domains.pop() if len(domains) == 1 else "all",
+        "concepts": names,
+        "meta": meta,
+    }
+    ordered = [records[n] for n in names if n in records]
+    with directory_lock(out, "hirm merge"):
+        if any(p.name != LOCK for p in out.iterdir()):  # written to between the check and the lock
+            raise EvaluationInputError(f"{out} is not empty; merge into a new directory.")
+        write_marker(out, "sweep", files=SWEEP_FILES, dirs=["concepts"])
+        for r in ordered:
+            concept_dir = source[r["concept"]] / "concepts" / r["concept"]
+            if concept_dir.is_dir():
+                shutil.copytree(concept_dir, out / "concepts" / r["concept"])
+            append_record(out, r)
+        write_table(out, ordered)
+        original = [(m.get("times") or {}).get("original") for m, _ in read]
+        _write_manifest(out, header, ordered, names,
+                        baseline_s=sum(original) if all(t is not None for t in original) else None)  # fmt: skip
+    return out
+
+
 def read_sweep(out: str | os.PathLike) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """The manifest and the per-concept records of a sweep directory; ``complete``, ``finished`` and the
     aggregates are recomputed from the records actually present (``torn_lines``: skipped lines)."""
@@ -468,4 +539,4 @@ def read_sweep(out: str | os.PathLike) -> tuple[dict[str, Any], list[dict[str, A
     return manifest, records
 
 
-__all__ = ["run_sweep", "read_sweep", "aggregate", "summary_metrics"]
+__all__ = ["run_sweep", "read_sweep", "merge_sweeps", "aggregate", "summary_metrics"]
