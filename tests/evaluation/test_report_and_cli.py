@@ -177,6 +177,11 @@ def test_compare_directory_report(results, tmp_path):
     assert "Comparison: 2 methods" in page and page.count('<table class="sortable">') == 2
     assert page.count('<td class="l">m2</td>') == 1 + 2 and "n=" in page  # mean row + both concepts
     assert "| method | concept | domain |" in md
+    # the machine behind each method's erase seconds, from its sweep's own record
+    from hirm.evaluation.sweep import read_sweep
+
+    machine = read_sweep(sweep_dir)[0]["meta"]["machine"]
+    assert f"Erase seconds were measured on: m1: {machine}; m2: {machine}." in md
 
 
 def test_svg_bars_skips_missing_values():

@@ -551,6 +551,11 @@ def compare_block(info: Mapping[str, Any], directory: Path) -> tuple[str, str]:
         for d in ("style", "object")
         if any(r["domain"] == d for r in means)
     ]
+    # each entry's own machine (a comparison may be merged from runs on several)
+    machines = "; ".join(
+        f"{name}: {machine or 'not recorded'}"
+        for name, machine in {r["method"]: r.get("machine") for r in means}.items()
+    )
     h = [
         f"<h2>Comparison: {len(entries)} methods ({esc(directory)})</h2>",
         definitions(None)[0],
@@ -559,6 +564,7 @@ def compare_block(info: Mapping[str, Any], directory: Path) -> tuple[str, str]:
         *charts,
         "<h3>Per method and concept (click a header to sort)</h3>",
         html_table(per_header, per_rows, left=3, sortable=True),
+        f'<p class="meta">Erase seconds were measured on: {esc(machines)}.</p>',
         f'<p class="meta">Images: <code>hirm report {esc(directory)}/&lt;method&gt;</code> shows a method\'s sweep.</p>',
     ]
     md = [
@@ -567,6 +573,8 @@ def compare_block(info: Mapping[str, Any], directory: Path) -> tuple[str, str]:
         md_table(mean_header, mean_rows),
         "",
         md_table(per_header, per_rows),
+        "",
+        f"Erase seconds were measured on: {machines}.",
         "",
     ]
     return "".join(h), "\n".join(md)
