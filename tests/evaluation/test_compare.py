@@ -111,3 +111,10 @@ def test_merged_parts_give_the_table_of_one_run(sd_dir, canvas, judges, settings
     with pytest.raises(EvaluationInputError, match="another settings key"):
         merge_sweeps([tmp_path / "a" / "hirm-r", tmp_path / "other" / "hirm-r"], tmp_path / "mixed")
     assert not (tmp_path / "dup").exists() and not (tmp_path / "mixed").exists()
+    # a comparison whose second entry cannot be merged (uce's concepts twice) writes nothing at all
+    import shutil
+
+    shutil.copytree(tmp_path / "a" / "uce", tmp_path / "c" / "uce")
+    with pytest.raises(EvaluationInputError, match="in both"):
+        merge_compare([tmp_path / "a", tmp_path / "b", tmp_path / "c"], out=tmp_path / "half")
+    assert not (tmp_path / "half").exists()

@@ -35,7 +35,7 @@ from hirm.evaluation.common import (
     now_iso,
     resolve_device,
 )
-from hirm.evaluation.sweep import EraseFn, merge_sweeps, read_sweep, run_sweep
+from hirm.evaluation.sweep import EraseFn, plan_merge, read_sweep, run_sweep, write_merge
 from hirm.io import LOCK, directory_lock, read_json, read_marker, write_atomic, write_marker
 
 METRICS = ("UA", "IRA", "CRA", "AA", "UA_heldout")
@@ -190,8 +190,9 @@ def merge_compare(
     shared GPU) into ``out`` and write its tables; returns ``out/compare.md``.
 
     ``names``: the entries to merge (default: every entry found in any part, in :data:`ENTRIES` order).
-    Each entry's sweeps are merged with :func:`~hirm.evaluation.sweep.merge_sweeps` (same settings,
-    disjoint concepts, concepts in the parts' order); ``out`` must be new or empty.
+    Each entry's sweeps are merged as :func:`~hirm.evaluation.sweep.merge_sweeps` does (same settings,
+    disjoint concepts, concepts in the parts' order); ``out`` must be new or empty, and every entry is
+    checked before anything is written.
     """
     parts = [Path(p) for p in parts]
     out = Path(out)
@@ -207,10 +208,12 @@ def merge_compare(
         )
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise EvaluationInputError(f"{out} exists and is not empty; merge into a new directory.")
+    # every entry is read and checked before anything is written
+    plans = {n: plan_merge([p / n for p in parts if (p / n / "sweep.json").is_file()]) for n in names}
     with directory_lock(out, "hirm compare --merge"):
         write_marker(out, "compare", files=COMPARE_FILES, dirs=[""])
-        for name in names:
-            merge_sweeps([p / name for p in parts if (p / name / "sweep.json").is_file()], out / name)
+        for name, plan in plans.items():
+            write_merge(plan, out / name)
         rows = table_rows(out, names)
         entries = [ENTRIES[n] for n in names if n in ENTRIES]
         write_tables(out, rows, command=command, settings=settings, entries=entries)

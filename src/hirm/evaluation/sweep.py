@@ -458,12 +458,15 @@ def merge_sweeps(parts: Sequence[str | os.PathLike], out: str | os.PathLike) -> 
     unfinished concepts stay unfinished (``complete: false``). The manifest's ``meta.machine`` lists
     every machine the parts ran on.
     """
+    return write_merge(plan_merge(parts), out)
+
+
+def plan_merge(parts: Sequence[str | os.PathLike]) -> dict[str, Any]:
+    """Read and check the parts of :func:`merge_sweeps` (nothing is written): the merged header, the
+    records in order, the part each concept comes from and the parts' original-grid seconds."""
     parts = [Path(p) for p in parts]
-    out = Path(out)
     if not parts:
         raise EvaluationInputError("Give at least one sweep directory to merge.")
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise EvaluationInputError(f"{out} exists and is not empty; merge into a new directory.")
     read = [read_sweep(p) for p in parts]
     first = read[0][0]
     for part, (manifest, _) in zip(parts, read):
@@ -501,20 +504,32 @@ def merge_sweeps(parts: Sequence[str | os.PathLike], out: str | os.PathLike) -> 
         "concepts": names,
         "meta": meta,
     }
-    ordered = [records[n] for n in names if n in records]
+    original = [(m.get("times") or {}).get("original") for m, _ in read]
+    return {
+        "header": header,
+        "records": [records[n] for n in names if n in records],
+        "source": source,
+        "original_s": sum(original) if all(t is not None for t in original) else None,
+    }
+
+
+def write_merge(plan: Mapping[str, Any], out: str | os.PathLike) -> Path:
+    """Write a :func:`plan_merge` plan as the sweep directory ``out`` (new or empty)."""
+    out = Path(out)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise EvaluationInputError(f"{out} exists and is not empty; merge into a new directory.")
     with directory_lock(out, "hirm merge"):
         if any(p.name != LOCK for p in out.iterdir()):  # written to between the check and the lock
             raise EvaluationInputError(f"{out} is not empty; merge into a new directory.")
         write_marker(out, "sweep", files=SWEEP_FILES, dirs=["concepts"])
-        for r in ordered:
-            concept_dir = source[r["concept"]] / "concepts" / r["concept"]
+        for r in plan["records"]:
+            concept_dir = plan["source"][r["concept"]] / "concepts" / r["concept"]
             if concept_dir.is_dir():
                 shutil.copytree(concept_dir, out / "concepts" / r["concept"])
             append_record(out, r)
-        write_table(out, ordered)
-        original = [(m.get("times") or {}).get("original") for m, _ in read]
-        _write_manifest(out, header, ordered, names,
-                        baseline_s=sum(original) if all(t is not None for t in original) else None)  # fmt: skip
+        write_table(out, plan["records"])
+        header = plan["header"]
+        _write_manifest(out, header, plan["records"], header["concepts"], baseline_s=plan["original_s"])
     return out
 
 
@@ -539,4 +554,12 @@ def read_sweep(out: str | os.PathLike) -> tuple[dict[str, Any], list[dict[str, A
     return manifest, records
 
 
-__all__ = ["run_sweep", "read_sweep", "merge_sweeps", "aggregate", "summary_metrics"]
+__all__ = [
+    "run_sweep",
+    "read_sweep",
+    "merge_sweeps",
+    "plan_merge",
+    "write_merge",
+    "aggregate",
+    "summary_metrics",
+]
