@@ -100,6 +100,7 @@ def test_merged_parts_give_the_table_of_one_run(sd_dir, canvas, judges, settings
     assert stats(tmp_path / "merged") == stats(tmp_path / "whole")
     text = table.read_text()
     assert "merge --test" in text and "- machine: " in text and "'seeds': [1, 2]" in text
+    assert "(only these)" not in text  # both entries ran on every concept
 
     # refused: a non-empty target, a concept in two parts, parts of other settings; nothing written
     with pytest.raises(EvaluationInputError, match="not empty"):
@@ -118,3 +119,10 @@ def test_merged_parts_give_the_table_of_one_run(sd_dir, canvas, judges, settings
     with pytest.raises(EvaluationInputError, match="in both"):
         merge_compare([tmp_path / "a", tmp_path / "b", tmp_path / "c"], out=tmp_path / "half")
     assert not (tmp_path / "half").exists()
+
+    # an entry run on fewer concepts than the first says which ones its rows are over
+    shutil.copytree(tmp_path / "whole" / "uce", tmp_path / "d" / "uce")
+    shutil.copytree(tmp_path / "a" / "hirm-r", tmp_path / "d" / "hirm-r")
+    text = merge_compare([tmp_path / "d"], out=tmp_path / "subset", names=["uce", "hirm-r"]).read_text()
+    assert "- style concepts: Van_Gogh, Crayon" in text
+    assert "- hirm-r, style concepts: Van_Gogh (only these)" in text

@@ -502,12 +502,18 @@ def _entry_text(entry: Entry) -> str:
 
 
 def _concept_lines(rows: Sequence[Mapping[str, Any]]) -> list[str]:
-    """Which concepts each domain's means are over (the first entry's; every entry runs the same list)."""
+    """Which concepts each domain's means are over: the first entry's list, then every entry run on
+    another list (e.g. a subset, or a comparison merged from runs on different concepts)."""
     lines = []
     for domain in ("style", "object"):
         names = next((r["names"] for r in rows if r["domain"] == domain), None)
         if names:
             lines.append(f"- {domain} concepts: {', '.join(names)}")
+        lines += [
+            f"- {r['method']}, {domain} concepts: {', '.join(r['names'])} (only these)"
+            for r in rows
+            if r["domain"] == domain and r["names"] != names
+        ]
     return lines
 
 
