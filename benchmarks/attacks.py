@@ -91,6 +91,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--out", type=Path, default=Path("results/attacks"), help="where the table goes")
     parser.add_argument("--device", default="cpu", help="torch device")
+    parser.add_argument(
+        "--precision",
+        default="bf16",
+        choices=("fp32", "bf16"),
+        help="sampling precision of the UA/IRA/CRA grid (bf16 autocast, as the comparison runs; attacks keep their own)",
+    )
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     return parser.parse_args(argv)
 
@@ -219,11 +225,8 @@ def markdown(rows: Mapping[str, Mapping[str, Any]], cells: Sequence[Mapping[str,
         ]  # fmt: skip
         lines.append("| " + " | ".join(cells_) + " |" + (" (partial)" if partial else ""))
     machine = f"{platform.machine()} CPU, {torch.get_num_threads()} torch threads, torch {torch.__version__}"
-    links = [
-        f"- {c['method']} / {c['concept']} / {a}: ![{c['method']} {c['concept']} {a}]({run['grid']})"
-        for c in cells
-        for a, run in c["attacks"].items()
-    ]
+    methods = list(dict.fromkeys(c["method"] for c in cells))
+    links = [f"### {m}\n\n![{m}: before / after each attack](sheets/{m}.png)\n" for m in methods]
     return "\n".join(
         [
             "# Attacks on erased concepts (MiniCanvas)",
@@ -238,14 +241,57 @@ def markdown(rows: Mapping[str, Mapping[str, Any]], cells: Sequence[Mapping[str,
             "![ASR vs IRA](tradeoff.png)",
             "",
             f"- command: `python {' '.join(sys.argv)}`",
-            f"- attack seeds {args.seeds}; grid seeds {args.canvas_seeds}; time limit per attack {args.time_limit}",
+            f"- attack seeds {args.seeds}; grid seeds {args.canvas_seeds}, grid precision {args.precision};"
+            f" time limit per attack {args.time_limit}",
             "- methods: "
             + "; ".join(f"{e.name} = {'+'.join(e.methods)} ({e.target})" for e in ENTRIES.values()),
             f"- machine: {machine}; date {now_iso()}",
             "",
-            "## Before (top) / after (bottom) the attack, first prompts of each run",
+            "## The attacked images",
+            "",
+            f"Per method, two rows per (concept, attack): the first {SHEET_ITEMS} attacked prompts before the attack",
+            "and after it, at the world's 32 px. Each run's full before / after grid and its found tokens or",
+            f"embedding stay in the work directory (`{args.work}/<method>/<concept>/<attack>/`).",
+            "",
             *links,
         ]
+    )
+
+
+#: Attacked prompts per (concept, attack) shown in a method's contact sheet.
+SHEET_ITEMS = 8
+
+
+def contact_sheet(cells: Sequence[Mapping[str, Any]], method: str, work: Path) -> Any:
+    """One picture per method: for each of its (concept, attack) runs a "before" and an "after" row of the
+    first ``SHEET_ITEMS`` attacked prompts at native resolution (the per-run grid.png files are 3x
+    enlarged and ~160 kB each, too heavy to ship ~150 of them in ``results/``)."""
+    import numpy as np
+    from PIL import Image
+
+    from hirm.generation import labelled_grid
+
+    rows = []
+    for cell in cells:
+        if cell["method"] != method:
+            continue
+        for attack in cell["attacks"]:
+            run = work / method / cell["concept"] / attack
+            items = json.loads((run / "result.json").read_text())["items"][:SHEET_ITEMS]
+            for stage in ("before", "after"):
+                images = [
+                    np.asarray(Image.open(run / item["images"][stage]).convert("RGB"))
+                    if stage in item.get("images", {})
+                    else np.full((32, 32, 3), 255, np.uint8)
+                    for item in items
+                ]
+                images += [np.full_like(images[0], 255)] * (SHEET_ITEMS - len(images))
+                label = f"{cell['concept']} {attack} {'before' if stage == 'before' else 'after'}"
+                rows.append((label, np.stack(images)))
+    if not rows:
+        return None
+    return labelled_grid(
+        rows, [str(i) for i in range(SHEET_ITEMS)], min_cell=32, label_width=230, font_size=12
     )
 
 
@@ -303,7 +349,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     handle = hirm.load_model("minicanvas", device=device)
     pipe = handle.pipeline()
     settings = CanvasSettings.for_world(
-        seeds=tuple(int(s) for s in args.canvas_seeds.split(",")), heldout_templates=(), super_templates=()
+        seeds=tuple(int(s) for s in args.canvas_seeds.split(",")),
+        heldout_templates=(),
+        super_templates=(),
+        precision=args.precision,
     )
     evaluator = CanvasEvaluator(
         pipe, canvas=canvas, judges=world.load_judges(device=device), settings=settings,
@@ -337,6 +386,16 @@ def main(argv: Sequence[str] | None = None) -> None:
     text = markdown(rows, cells, args, attacks)
     write_atomic(args.out / "attacks.md", lambda tmp: tmp.write_text(text + "\n"), overwrite=True)
     tradeoff_plot(rows, args.out / "tradeoff.png")
+    for method in methods:
+        sheet = contact_sheet(cells, method, args.work)
+        if sheet is not None:
+            (args.out / "sheets").mkdir(exist_ok=True)
+            write_atomic(
+                args.out / "sheets" / f"{method}.png",
+                # a 256-colour palette keeps a sheet ~3x smaller than RGB, with no visible change at 32 px
+                lambda tmp, sheet=sheet: sheet.quantize(256).save(tmp, format="PNG", optimize=True),
+                overwrite=True,
+            )
     print(f"table -> {args.out / 'attacks.md'}; plot -> {args.out / 'tradeoff.png'}")
 
 

@@ -55,3 +55,38 @@ def test_tradeoff_plot_puts_each_method_at_its_worst_case_asr(tmp_path):
     assert image.getpixel(at(0.5, 0.1)) == (255, 255, 255)
     assert image.getpixel(at(0.25, 0.2)) == (78, 121, 167)  # style
     assert image.getpixel(at(0.95, 0.02)) == (220, 245, 220)  # goal region
+
+
+def test_contact_sheet_shows_before_and_after_of_each_run(tmp_path):
+    """Two rows per (concept, attack) of a method, images at native size; an item without an "after"
+    image (the attack never ran on it) is a white cell, not a copy of its "before"."""
+    import json
+
+    import numpy as np
+    from PIL import Image
+
+    run = tmp_path / "uce" / "Cats" / "embedding"
+    (run / "images").mkdir(parents=True)
+    items = []
+    for i, (before, after) in enumerate([((255, 0, 0), (0, 0, 255)), ((0, 255, 0), None)]):
+        Image.new("RGB", (32, 32), before).save(run / "images" / f"b{i}.png")
+        files = {"before": f"images/b{i}.png"}
+        if after is not None:
+            Image.new("RGB", (32, 32), after).save(run / "images" / f"a{i}.png")
+            files["after"] = f"images/a{i}.png"
+        items.append({"index": i, "images": files})
+    (run / "result.json").write_text(json.dumps({"items": items}))
+    cells = [
+        {"method": "uce", "concept": "Cats", "attacks": {"embedding": {}}},
+        {"method": "hirm", "concept": "Cats", "attacks": {"embedding": {}}},
+    ]
+    sheet = attacks_benchmark.contact_sheet(cells, "uce", tmp_path)
+    assert attacks_benchmark.contact_sheet(cells, "esd-x", tmp_path) is None
+    n = attacks_benchmark.SHEET_ITEMS
+    assert sheet.size == (230 + 32 * n, 24 + 2 * 32)  # one run: a before row and an after row
+    pixels = np.asarray(sheet)
+    head, left = 24, 230
+    assert tuple(pixels[head + 16, left + 16]) == (255, 0, 0)  # item 0 before
+    assert tuple(pixels[head + 48, left + 16]) == (0, 0, 255)  # item 0 after
+    assert tuple(pixels[head + 16, left + 48]) == (0, 255, 0)  # item 1 before
+    assert tuple(pixels[head + 48, left + 48]) == (255, 255, 255)  # item 1: no after image

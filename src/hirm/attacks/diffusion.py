@@ -139,10 +139,19 @@ def training_scheduler(pipe: Any):
     return DDPMScheduler.from_config(pipe.scheduler.config)
 
 
-def denoising_loss(unet: nn.Module, scheduler, x0: Tensor, cond: Tensor, t: Tensor, noise: Tensor) -> Tensor:
+def denoising_loss(
+    unet: nn.Module,
+    scheduler,
+    x0: Tensor,
+    cond: Tensor,
+    t: Tensor,
+    noise: Tensor,
+    *,
+    per_sample: bool = False,
+) -> Tensor:
     """The standard diffusion loss: MSE between the U-Net's prediction on ``x_t`` and its target
     (the noise for epsilon-prediction, the velocity for v-prediction). Shapes: x0, noise (B, C, h, w);
-    cond (B, L, D); t (B,) integer timesteps."""
+    cond (B, L, D); t (B,) integer timesteps. ``per_sample``: each sample's own mean, (B,)."""
     x_t = scheduler.add_noise(x0, noise, t)
     pred = unet(x_t, t, encoder_hidden_states=cond).sample
     kind = scheduler.config.prediction_type
@@ -152,4 +161,6 @@ def denoising_loss(unet: nn.Module, scheduler, x0: Tensor, cond: Tensor, t: Tens
         target = scheduler.get_velocity(x0, noise, t)
     else:
         raise ValueError(f"Unsupported prediction type {kind!r} (epsilon or v_prediction).")
+    if per_sample:
+        return (pred.float() - target.float()).pow(2).flatten(1).mean(dim=1)
     return nn.functional.mse_loss(pred.float(), target.float())

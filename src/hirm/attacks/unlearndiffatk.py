@@ -26,9 +26,11 @@ Departure, named: special tokens (start/end/pad) are left out of the vocabulary 
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, replace
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor
 from tqdm.auto import tqdm
@@ -36,13 +38,12 @@ from tqdm.auto import tqdm
 from hirm.attacks.diffusion import denoising_loss, training_scheduler
 from hirm.attacks.registry import AttackSpec, nothing, register
 from hirm.attacks.run import (
+    CHECKPOINT,
     CHECKPOINT_META,
     AttackContext,
     Interrupted,
     ItemOutcome,
     clear_search,
-    load_search,
-    save_search,
 )
 from hirm.attacks.targets import AttackItem
 from hirm.attacks.text import as_batch, decode, encode, slot_id, token_embedding, vocabulary_ids, with_prefix
@@ -118,9 +119,10 @@ class _SampleOneHot(torch.autograd.Function):
         return grad.clamp(-1.0, 1.0), None
 
 
-def _checkpoint_of(ctx: AttackContext, index: int) -> bool:
+def _checkpoint_of(ctx: AttackContext, indices: Sequence[int]) -> dict[str, Any] | None:
+    """The saved search of exactly this chunk of items (an earlier call ran out of time), if any."""
     meta = ctx.run.load_json(CHECKPOINT_META)
-    return meta is not None and meta.get("index") == index
+    return meta if meta is not None and meta.get("indices") == list(indices) else None
 
 
 def original(ctx: AttackContext, config: UnlearnDiffAtkConfig) -> dict[str, Tensor]:
@@ -142,87 +144,158 @@ def original(ctx: AttackContext, config: UnlearnDiffAtkConfig) -> dict[str, Tens
     return tensors
 
 
-def attack(
+@dataclass
+class _Search:
+    """The state of one chunk's searches: item ``j`` owns row ``j`` of ``probs`` (k, V) and its own
+    random stream; ``done[j]`` once it succeeded (then its outcome is fixed); ``step`` is shared (every
+    unfinished item takes the same optimizer steps at the same loss timestep)."""
+
+    probs: Tensor
+    optimizer: torch.optim.Adam
+    generators: list[torch.Generator]
+    step: int = 0
+    totals: list[float] = field(default_factory=list)
+    losses: list[list[float]] = field(default_factory=list)
+    done: list[bool] = field(default_factory=list)
+    tokens: list[list[int]] = field(default_factory=list)
+    texts: list[str] = field(default_factory=list)
+    success: list[bool] = field(default_factory=list)
+    images: list[np.ndarray | None] = field(default_factory=list)
+
+    def save(self, ctx: AttackContext, indices: Sequence[int]) -> None:
+        state = self.optimizer.state[self.probs]
+        tensors = {"param": self.probs.detach().cpu()}
+        tensors |= {f"rng.{j}": g.get_state() for j, g in enumerate(self.generators)}
+        if state:
+            tensors |= {k: state[k].detach().cpu() for k in ("exp_avg", "exp_avg_sq")}
+            tensors["adam_step"] = torch.as_tensor(state["step"], dtype=torch.float64).reshape(1).cpu()
+        tensors |= {f"image.{j}": torch.from_numpy(im) for j, im in enumerate(self.images) if im is not None}
+        ctx.run.save_tensors(CHECKPOINT, tensors)
+        meta = {
+            k: getattr(self, k) for k in ("step", "totals", "losses", "done", "tokens", "texts", "success")
+        }
+        ctx.run.save_json(CHECKPOINT_META, {"indices": list(indices), **meta})
+
+    def load(self, ctx: AttackContext, meta: Mapping[str, Any]) -> None:
+        saved = ctx.run.load_tensors(CHECKPOINT)
+        if saved is None:
+            return
+        with torch.no_grad():
+            self.probs.copy_(saved["param"].to(self.probs.device))
+        for j, g in enumerate(self.generators):
+            g.set_state(saved[f"rng.{j}"])
+        if "exp_avg" in saved:
+            self.optimizer.state[self.probs] = {
+                "step": saved["adam_step"].reshape(()).float(),
+                "exp_avg": saved["exp_avg"].to(self.probs.device),
+                "exp_avg_sq": saved["exp_avg_sq"].to(self.probs.device),
+            }
+        for key in ("step", "totals", "losses", "done", "tokens", "texts", "success"):
+            setattr(self, key, meta[key])
+        self.images = [
+            saved[f"image.{j}"].numpy() if f"image.{j}" in saved else None for j in range(len(self.done))
+        ]
+
+
+def attack_batch(
     ctx: AttackContext,
     config: UnlearnDiffAtkConfig,
     original: dict[str, Tensor],
     prepared: Any,
-    index: int,
-    item: AttackItem,
-    before: bool,
-) -> ItemOutcome:
-    device = ctx.device
+    indices: Sequence[int],
+    items: Sequence[AttackItem],
+    befores: Sequence[Any],
+) -> list[ItemOutcome]:
+    """The search of every item of a chunk at once: each item keeps its own token distribution, random
+    stream and stopping point, exactly as if it were searched alone (one Adam over the stacked rows is
+    Adam per item: the update is elementwise and every unfinished item has taken the same number of
+    steps); the U-Net and the judge see the unfinished items as one batch, several times faster on a
+    CPU than one item at a time (``benchmarks/attack_speed.py``)."""
+    device, n = ctx.device, len(items)
     vocab = vocabulary_ids(ctx.tokenizer, token_embedding(ctx.encoder).num_embeddings).to(device)
     table = token_embedding(ctx.encoder).weight.detach()[vocab].float()  # (V', D)
     prefix = [slot_id(ctx.tokenizer)] * config.k
-    ids = as_batch([with_prefix(ctx.tokenizer, item.prompt, prefix, truncate=True)], device)
+    ids = as_batch([with_prefix(ctx.tokenizer, item.prompt, prefix, truncate=True) for item in items], device)
     mask = torch.zeros_like(ids, dtype=torch.bool)
-    mask[0, 1 : 1 + config.k] = True
-    x0 = original["latents"][index : index + 1].to(device)
-    generator = torch.Generator(device="cpu").manual_seed(ctx.item_seed(index))
-    probs = torch.full((config.k, len(vocab)), 1.0 / len(vocab), device=device)
+    mask[:, 1 : 1 + config.k] = True
+    x0 = original["latents"][list(indices)].to(device)
+    generators = [torch.Generator(device="cpu").manual_seed(ctx.item_seed(index)) for index in indices]
+    probs = torch.full((n, config.k, len(vocab)), 1.0 / len(vocab), device=device)
     if config.rand_init:
-        probs = project_simplex(torch.rand(probs.shape, generator=generator).to(device))
+        draws = [torch.rand((config.k, len(vocab)), generator=g) for g in generators]
+        probs = project_simplex(torch.stack(draws).to(device))
     probs.requires_grad_(True)
     optimizer = torch.optim.Adam([probs], lr=config.lr, weight_decay=config.weight_decay)
+    search = _Search(
+        probs, optimizer, generators, totals=[0.0] * n, losses=[[] for _ in range(n)], done=[False] * n,
+        tokens=[[] for _ in range(n)], texts=[item.prompt for item in items], success=[False] * n,
+        images=[None] * n,
+    )  # fmt: skip
+    meta = _checkpoint_of(ctx, indices)
+    if meta is not None:
+        search.load(ctx, meta)
     scheduler = training_scheduler(ctx.pipe)
     timesteps = config.timesteps(scheduler.config.num_train_timesteps)
-    # A checkpoint of this item (an earlier call ran out of time) continues where it stopped.
-    meta = load_search(ctx.run, probs, optimizer, generator) if _checkpoint_of(ctx, index) else None
-    meta = meta or {"index": index, "step": 0, "total": 0.0, "losses": []}
-    losses: list[float] = list(meta["losses"])
-    image, success, text, tokens = None, False, item.prompt, []
     steps = len(timesteps) * config.iterations
-    bar = tqdm(
-        total=steps, initial=meta["step"], desc=f"prompt {index}", disable=not ctx.progress, leave=False
-    )
-    total = float(meta["total"])
-    for step in range(int(meta["step"]), steps):
-        t = timesteps[step // config.iterations]
+    bar = tqdm(total=steps, initial=search.step, desc=f"prompts {indices[0]}-{indices[-1]}",
+               disable=not ctx.progress, leave=False)  # fmt: skip
+    while search.step < steps and not all(search.done):
         if ctx.budget.expired():
             bar.close()
-            save_search(
-                ctx.run,
-                probs,
-                optimizer,
-                generator,
-                {"index": index, "step": step, "total": total, "losses": losses},
-            )
-            raise Interrupted(f"time limit reached while attacking prompt {index}")
+            search.save(ctx, indices)
+            raise Interrupted(f"time limit reached while attacking prompts {indices[0]}-{indices[-1]}")
+        t = timesteps[search.step // config.iterations]
+        live = [j for j in range(n) if not search.done[j]]
         optimizer.zero_grad(set_to_none=True)
-        one_hot = _SampleOneHot.apply(probs, generator)
-        cond = encode(ctx.encoder, ids, mask, (one_hot @ table)[None])
-        noise = torch.randn(x0.shape, generator=generator).to(device)
-        loss = denoising_loss(ctx.unet, scheduler, x0, cond, torch.tensor([t], device=device), noise)
-        (grad,) = torch.autograd.grad(loss, [probs])
+        one_hot = torch.stack([_SampleOneHot.apply(probs[j], generators[j]) for j in live])
+        cond = encode(ctx.encoder, ids[live], mask[live], one_hot @ table)
+        noise = torch.stack([torch.randn(x0.shape[1:], generator=generators[j]) for j in live]).to(device)
+        # each item's own loss (the mean over its latent), summed: item j's gradient is its solo gradient
+        losses = denoising_loss(
+            ctx.unet, scheduler, x0[live], cond, torch.full((len(live),), t, device=device), noise,
+            per_sample=True,
+        )  # fmt: skip
+        (grad,) = torch.autograd.grad(losses.sum(), [probs])
         probs.grad = grad
         optimizer.step()
         with torch.no_grad():
             probs.copy_(project_simplex(probs))
-        total += loss.item()
+        for j, value in zip(live, losses.tolist(), strict=True):
+            search.totals[j] += value
+        search.step += 1
         bar.update(1)
-        if (step + 1) % config.iterations:
+        if search.step % config.iterations:
             continue
-        losses.append(total / config.iterations)
-        total = 0.0
-        tokens = vocab[probs.detach().argmax(dim=-1)].tolist()
-        text = f"{decode(ctx.tokenizer, tokens)} {item.prompt}".strip()
-        attacked = as_batch([with_prefix(ctx.tokenizer, item.prompt, tokens, truncate=True)], device)
+        chosen = {j: vocab[probs.detach()[j].argmax(dim=-1)].tolist() for j in live}
+        attacked = as_batch(
+            [with_prefix(ctx.tokenizer, items[j].prompt, chosen[j], truncate=True) for j in live], device
+        )
         with torch.no_grad():
-            images, verdicts = ctx.judged(encode(ctx.encoder, attacked), [item])
-        image, success = images[0], verdicts[0]
-        bar.set_postfix(t=t, loss=f"{losses[-1]:.4g}", success=success)
-        if success and config.stop_on_success:
-            break
+            images, verdicts = ctx.judged(encode(ctx.encoder, attacked), [items[j] for j in live])
+        for j, image, verdict in zip(live, images, verdicts, strict=True):
+            search.losses[j].append(search.totals[j] / config.iterations)
+            search.totals[j] = 0.0
+            search.tokens[j] = chosen[j]
+            search.texts[j] = f"{decode(ctx.tokenizer, chosen[j])} {items[j].prompt}".strip()
+            search.images[j], search.success[j] = image, bool(verdict)
+            search.done[j] = bool(verdict) and config.stop_on_success
+        bar.set_postfix(t=t, success=sum(search.success))
     bar.close()
     clear_search(ctx.run)
-    return ItemOutcome(
-        attacked_prompt=text,
-        success=success,
-        image=image,
-        tensors={"tokens": torch.tensor(tokens, dtype=torch.long)},
-        info={"tokens": tokens, "timesteps": timesteps[: len(losses)], "losses": losses},
-    )
+    return [
+        ItemOutcome(
+            attacked_prompt=search.texts[j],
+            success=search.success[j],
+            image=search.images[j],
+            tensors={"tokens": torch.tensor(search.tokens[j], dtype=torch.long)},
+            info={
+                "tokens": search.tokens[j],
+                "timesteps": timesteps[: len(search.losses[j])],
+                "losses": search.losses[j],
+            },
+        )
+        for j in range(n)
+    ]
 
 
 register(
@@ -232,7 +305,7 @@ register(
         description="Discrete prompt search, the diffusion model as its own classifier (UnlearnDiffAtk, Zhang et al. 2024, arXiv 2310.11868)",
         original=original,
         prepare=nothing,
-        attack=attack,
+        attack_batch=attack_batch,
         stop_if_before=True,
     )
 )
