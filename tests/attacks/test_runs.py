@@ -4,6 +4,7 @@ uninterrupted one does), budget flags honoured, files written, foreign directori
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import pytest
 import torch
@@ -117,6 +118,41 @@ def test_step_budgets_and_written_files(sd_dir, target, tmp_path):
     assert len(searches) == 2  # one search per benign prompt, shared by its seeds
     assert all(len(json.loads(p.read_text())["history"]) == 3 for p in searches)
     assert rab["items"][0]["attacked_prompt"] == rab["items"][1]["attacked_prompt"]
+
+
+def test_unlearndiffatk_chunk_search_is_each_prompt_searched_alone(sd_dir, tmp_path, monkeypatch):
+    """Prompts searched together in a chunk find what each finds alone (sampler batch 1): each keeps its
+    own token distribution, random stream and stopping point; only floating-point order differs.
+
+    The judge is made per item (so that stopping does not depend on image noise): an item of seed 1 is
+    recognised at its second judging (the first after the attack's first loss timestep), seed 0 never."""
+    target = prompt_target("cat", "object", prompts=("a photo of a {concept}", "a {concept} on a sofa",
+                           "a {concept} in a box"), seeds=(0, 1))  # fmt: skip
+    config = UnlearnDiffAtkConfig(k=2, iterations=3, n_timesteps=3)
+    judged = run_module.AttackContext.judged
+
+    def runs(size):
+        calls = {}
+
+        def per_item(ctx, cond, items):
+            images, _ = judged(ctx, cond, items)
+            verdicts = []
+            for item in items:
+                calls[item.prompt, item.seed] = calls.get((item.prompt, item.seed), 0) + 1
+                verdicts.append(item.seed == 1 and calls[item.prompt, item.seed] == 2)
+            return images, verdicts
+
+        with monkeypatch.context() as m:
+            m.setattr(run_module.AttackContext, "judged", per_item)
+            return run_attack("unlearndiffatk", str(sd_dir), target, out=tmp_path / f"b{size}", config=config,
+                              judge=red_judge(), sampler=replace(SAMPLER, batch_size=size), progress=False)  # fmt: skip
+
+    alone, together = runs(1)["items"], runs(6)["items"]
+    keys = ("attacked_prompt", "before", "after", "tokens", "timesteps")
+    assert [{k: r[k] for k in keys} for r in alone] == [{k: r[k] for k in keys} for r in together]
+    for a, b in zip(alone, together):
+        assert a["losses"] == pytest.approx(b["losses"], rel=1e-4)
+    assert [(r["seed"], r["after"], len(r["losses"])) for r in together] == [(0, False, 3), (1, True, 1)] * 3
 
 
 def test_unlearndiffatk_cuts_a_prompt_longer_than_the_encoder_reads(sd_dir, tmp_path):
