@@ -193,3 +193,52 @@ def test_genetic_search_improves_the_fitness(tokenizer, encoder):
     assert history[-1] <= history[0] and loss == history[-1]
     ids = torch.tensor([[tokenizer.bos_token_id, *tokens] + [tokenizer.eos_token_id] * 74])
     assert fitness(encoder, ids, target, config).item() == pytest.approx(loss, rel=1e-5)
+
+
+def test_genetic_search_scores_each_sequence_once_and_finds_what_a_plain_loop_finds(
+    tokenizer, encoder, monkeypatch
+):
+    """A survivor carried over unchanged keeps its score instead of being scored again; with a score
+    that depends on the sequence alone, the search is step for step the plain genetic loop (every
+    sequence scored every generation: sort, keep the better half, crossover, mutate)."""
+    import hirm.attacks.ringabell as ringabell
+
+    def score(population):  # a pure function of each row
+        return torch.tensor([float((row * torch.arange(len(row))).sum() % 1009) for row in population])
+
+    scored = []
+
+    def counted(encoder, population, target, config):
+        scored.append(len(population))
+        return score(population)
+
+    monkeypatch.setattr(ringabell, "fitness", counted)
+    config = RingABellConfig(population=16, generations=12, length=3)
+    tokens, loss, history = genetic_search(
+        encoder, tokenizer, None, config, np.random.default_rng(3), budget=Budget(), progress=False
+    )
+
+    # the plain loop, with the same random stream
+    rng = np.random.default_rng(3)
+    vocab = ringabell.vocabulary_ids(tokenizer, ringabell.token_embedding(encoder).num_embeddings).numpy()
+    length, k = tokenizer.model_max_length, 3
+
+    def individual():
+        row = np.full(length, tokenizer.eos_token_id, dtype=np.int64)
+        row[0] = tokenizer.bos_token_id
+        row[1 : 1 + k] = rng.choice(vocab, size=k)
+        if tokenizer.pad_token_id != tokenizer.eos_token_id:
+            row[2 + k :] = tokenizer.pad_token_id
+        return row
+
+    population, plain, plain_rows = [individual() for _ in range(16)], [], 0
+    for generation in range(12):
+        plain_rows += len(population)
+        scores = score(torch.from_numpy(np.stack(population))).numpy()
+        order = np.argsort(scores, kind="stable")
+        population = [population[i] for i in order][:8]
+        plain.append(float(scores[order[0]]))
+        if generation != 11:
+            population = _mutate(_crossover(population, config, rng, k), config, rng, vocab, k)
+    assert history == plain and tokens == population[0][1 : 1 + k].tolist() and loss == plain[-1]
+    assert scored[0] == 16 and sum(scored) < 0.8 * plain_rows  # unchanged survivors were not scored again
