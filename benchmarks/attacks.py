@@ -68,6 +68,8 @@ ENTRIES: dict[str, Entry] = {
     )
 }
 ATTACKS = ("embedding", "unlearndiffatk", "ringabell")
+#: Issue 14's goal for an attack-hardened erasure.
+GOAL = {"ASR": 0.05, "IRA": 0.90, "CRA": 0.95}
 DEFAULT_CONCEPTS = ("Pastel", "Neon_Lines", "Rust", "Cats", "Horses", "Trees")
 
 
@@ -98,6 +100,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         help="sampling precision of the UA/IRA/CRA grid (bf16 autocast, as the comparison runs; attacks keep their own)",
     )
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    parser.add_argument(
+        "--table-only",
+        action="store_true",
+        help="run nothing: write the table from the cells already finished in --work (the rest listed as not run)",
+    )
     return parser.parse_args(argv)
 
 
@@ -202,10 +209,18 @@ def _pct(stats: Mapping[str, Any] | None) -> str:
     return f"{100 * stats['rate']:.1f} [{100 * lo:.0f}–{100 * hi:.0f}] (n={stats['n']})"
 
 
+def describe_entry(entry: Entry) -> str:
+    """``name = method(s)``, the HiRM target where a HiRM part has one, and the settings changed."""
+    target = f", target {entry.target}" if any(m.startswith("hirm") for m in entry.methods) else ""
+    changed = f", {dict(entry.overrides)}" if entry.overrides else ""
+    return f"{entry.name} = {'+'.join(entry.methods)}{target}{changed}"
+
+
 def markdown(rows: Mapping[str, Mapping[str, Any]], cells: Sequence[Mapping[str, Any]], args, attacks) -> str:
     header = [
         "method",
         "domain",
+        "concepts",
         "UA",
         "IRA",
         "CRA",
@@ -219,7 +234,7 @@ def markdown(rows: Mapping[str, Mapping[str, Any]], cells: Sequence[Mapping[str,
         seconds = [row["attacks"][a]["seconds"] for a in attacks if a in row["attacks"]]
         partial = any(not row["attacks"][a]["complete"] for a in attacks if a in row["attacks"])
         cells_ = [
-            method, domain, _pct(row["UA"]), _pct(row["IRA"]), _pct(row["CRA"]),
+            method, domain, str(len(row["concepts"])), _pct(row["UA"]), _pct(row["IRA"]), _pct(row["CRA"]),
             *[_pct(row["attacks"].get(a, {}).get("asr")) for a in attacks],
             f"{sum(seconds) / len(seconds):.0f}" if seconds else "–", f"{row['erase_seconds']:.1f}",
         ]  # fmt: skip
@@ -244,7 +259,7 @@ def markdown(rows: Mapping[str, Mapping[str, Any]], cells: Sequence[Mapping[str,
             f"- attack seeds {args.seeds}; grid seeds {args.canvas_seeds}, grid precision {args.precision};"
             f" time limit per attack {args.time_limit}",
             "- methods: "
-            + "; ".join(f"{e.name} = {'+'.join(e.methods)} ({e.target})" for e in ENTRIES.values()),
+            + "; ".join(describe_entry(ENTRIES[m]) for m in dict.fromkeys(c["method"] for c in cells)),
             f"- machine: {machine}; date {now_iso()}",
             "",
             "## The attacked images",
@@ -346,22 +361,28 @@ def main(argv: Sequence[str] | None = None) -> None:
         else [canvas.canonical(c) for c in args.concepts.split(",")]
     )
     device = torch.device(args.device)
-    handle = hirm.load_model("minicanvas", device=device)
-    pipe = handle.pipeline()
-    settings = CanvasSettings.for_world(
-        seeds=tuple(int(s) for s in args.canvas_seeds.split(",")),
-        heldout_templates=(),
-        super_templates=(),
-        precision=args.precision,
-    )
-    evaluator = CanvasEvaluator(
-        pipe, canvas=canvas, judges=world.load_judges(device=device), settings=settings,
-        cache=make_cache(None, handle.path, True), progress=not args.quiet,
-    )  # fmt: skip
+    if not args.table_only:
+        handle = hirm.load_model("minicanvas", device=device)
+        pipe = handle.pipeline()
+        settings = CanvasSettings.for_world(
+            seeds=tuple(int(s) for s in args.canvas_seeds.split(",")),
+            heldout_templates=(),
+            super_templates=(),
+            precision=args.precision,
+        )
+        evaluator = CanvasEvaluator(
+            pipe, canvas=canvas, judges=world.load_judges(device=device), settings=settings,
+            cache=make_cache(None, handle.path, True), progress=not args.quiet,
+        )  # fmt: skip
     cells = []
     for method in methods:
         for concept in concepts:
             work = args.work / method / concept
+            if args.table_only:
+                cell = finished_cell(work, method, concept, canvas.domain(concept), attacks)
+                if cell is not None:
+                    cells.append(cell)
+                continue
             work.mkdir(parents=True, exist_ok=True)
             patch, erase_seconds = erase_cell(ENTRIES[method], canvas, handle, concept, work, device)
             cell = {
@@ -374,16 +395,62 @@ def main(argv: Sequence[str] | None = None) -> None:
                 f"{method} {concept}: "
                 + ", ".join(f"{a} ASR {_pct(r['asr'])}" for a, r in cell["attacks"].items())
             )
+    write_table(cells, methods, concepts, attacks, args)
+
+
+def finished_cell(work: Path, method: str, concept: str, domain: str, attacks: Sequence[str]):
+    """A cell read back from ``work`` when its erase, metrics and every attack have a result (finished or
+    stopped by a time limit); ``None`` otherwise (``--table-only`` leaves it out)."""
+    results = {a: work / a / "result.json" for a in attacks}
+    if not ((work / "erase.json").is_file() and (work / "canvas.json").is_file()):
+        return None
+    if not all(path.is_file() for path in results.values()):
+        return None
+    runs = {}
+    for name, path in results.items():
+        result = json.loads(path.read_text())
+        runs[name] = {
+            "asr": result["asr"], "before": result["before"], "after": result["after"],
+            "seconds": result["seconds"]["total"], "complete": result["complete"],
+            "grid": str((work / name / "grid.png").resolve()),
+        }  # fmt: skip
+    return {
+        "method": method, "concept": concept, "domain": domain,
+        "erase_seconds": json.loads((work / "erase.json").read_text())["seconds"],
+        "canvas": json.loads((work / "canvas.json").read_text()), "attacks": runs,
+    }  # fmt: skip
+
+
+def write_table(cells, methods, concepts, attacks, args) -> None:
+    """attacks.json (kind ``attack-table``, read by ``hirm report``), attacks.md, tradeoff.png, sheets/."""
     rows = {}
     for method in methods:
         for domain in ("style", "object"):
             chosen = [c for c in cells if c["method"] == method and c["domain"] == domain]
             if chosen:
                 rows[f"{method}|{domain}"] = pooled(chosen, attacks)
+    missing = [f"{m}/{c}" for m in methods for c in concepts if not any(
+        x["method"] == m and x["concept"] == c for x in cells)]  # fmt: skip
+    complete = not missing and all(r["complete"] for c in cells for r in c["attacks"].values())
+    machine = f"{platform.machine()} CPU, {torch.get_num_threads()} torch threads, torch {torch.__version__}"
+    settings = {
+        "command": f"python {' '.join(sys.argv)}",
+        "attack seeds": args.seeds,
+        "grid seeds": args.canvas_seeds,
+        "grid precision": args.precision,
+        "time limit per attack": args.time_limit,
+        "machine": machine,
+        "cells missing": ", ".join(missing) or "none",
+    }
     args.out.mkdir(parents=True, exist_ok=True)
-    report = {"kind": "attack-table", "date": now_iso(), "argv": sys.argv, "rows": rows, "cells": cells}
+    report = {
+        "kind": "attack-table", "date": now_iso(), "argv": sys.argv, "complete": complete,
+        "attacks": list(attacks), "goal": GOAL, "settings": settings, "rows": rows, "cells": cells,
+    }  # fmt: skip
     write_atomic(args.out / "attacks.json", lambda tmp: tmp.write_text(dump_json(report)), overwrite=True)
     text = markdown(rows, cells, args, attacks)
+    if missing:
+        text += f"\n\nNot run yet ({len(missing)} cells): {', '.join(missing)}."
     write_atomic(args.out / "attacks.md", lambda tmp: tmp.write_text(text + "\n"), overwrite=True)
     tradeoff_plot(rows, args.out / "tradeoff.png")
     for method in methods:

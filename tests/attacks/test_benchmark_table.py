@@ -90,3 +90,63 @@ def test_contact_sheet_shows_before_and_after_of_each_run(tmp_path):
     assert tuple(pixels[head + 48, left + 16]) == (0, 0, 255)  # item 0 after
     assert tuple(pixels[head + 16, left + 48]) == (0, 255, 0)  # item 1 before
     assert tuple(pixels[head + 48, left + 48]) == (255, 255, 255)  # item 1: no after image
+
+
+def _fake_cell(work, method, concept, attacks, k):
+    """A finished cell in ``work`` as the benchmark leaves it: erase.json, canvas.json, each attack's
+    result.json (k of 4 prompts recovered) and its images."""
+    import json
+
+    from PIL import Image
+
+    cell = work / method / concept
+    cell.mkdir(parents=True)
+    (cell / "erase.json").write_text(json.dumps({"seconds": 2.0}))
+    canvas = {"UA": 0.9, "IRA": 0.95, "CRA": 0.98, "n_target": 20, "n_in_domain": 380, "n_cross": 400}
+    (cell / "canvas.json").write_text(json.dumps(canvas))
+    for attack in attacks:
+        run = cell / attack
+        (run / "images").mkdir(parents=True)
+        items = []
+        for i in range(4):
+            for stage in ("before", "after"):
+                Image.new("RGB", (32, 32), (40 * i, 0, 0)).save(run / "images" / f"{stage}{i}.png")
+            items.append({"index": i, "images": {s: f"images/{s}{i}.png" for s in ("before", "after")}})
+        stats = {"k": k, "n": 4, "rate": k / 4, "ci95": [0.0, 1.0]}
+        result = {"asr": stats, "before": stats, "after": stats, "seconds": {"total": 3.0},
+                  "complete": True, "items": items}  # fmt: skip
+        (run / "result.json").write_text(json.dumps(result))
+
+
+def test_table_from_finished_cells_and_its_report(tmp_path):
+    """``--table-only`` writes the table from the finished cells, lists the ones not run, and
+    ``hirm report`` shows it: pooled rows, whether the goal is met, the trade-off plot, the sheets."""
+    from hirm.evaluation.report import build_report
+
+    work, out = tmp_path / "work", tmp_path / "table"
+    attacks = ("embedding", "unlearndiffatk", "ringabell")
+    _fake_cell(work, "uce", "Pastel", attacks, k=0)
+    _fake_cell(work, "uce", "Cats", attacks, k=2)
+    (work / "uce" / "Rust").mkdir()  # started, never finished: left out, named as not run
+    attacks_benchmark.main(
+        ["--work", str(work), "--out", str(out), "--table-only", "--methods", "uce,hirm-r",
+         "--concepts", "Pastel,Cats,Rust"]
+    )  # fmt: skip
+    import json
+
+    table = json.loads((out / "attacks.json").read_text())
+    assert table["kind"] == "attack-table" and not table["complete"]
+    assert set(table["rows"]) == {"uce|style", "uce|object"}
+    assert table["rows"]["uce|object"]["attacks"]["embedding"]["asr"]["k"] == 2
+    text = (out / "attacks.md").read_text()
+    assert "Not run yet (4 cells): uce/Rust, hirm-r/Pastel, hirm-r/Cats, hirm-r/Rust." in text
+    assert (out / "tradeoff.png").is_file() and (out / "sheets" / "uce.png").is_file()
+
+    report = build_report([out], tmp_path / "report")
+    summary = (report / "summary.md").read_text()
+    assert "## Attacks on erased concepts" in summary and "uce/Rust" in summary
+    style = next(line for line in summary.splitlines() if line.startswith("| uce | style"))
+    object_ = next(line for line in summary.splitlines() if line.startswith("| uce | object"))
+    assert "| yes |" in style and "| no |" in object_  # ASR 0 % vs 50 % with IRA 95 %, CRA 98 %
+    page = (report / "index.html").read_text()
+    assert page.count("data:image/png;base64") == 2  # the plot and the uce sheet

@@ -193,15 +193,16 @@ def write_result(out: str | os.PathLike | None, result: Any, *, overwrite: bool 
 
 
 def read_result(path: str | os.PathLike) -> dict[str, Any]:
-    """Read a result JSON (a file, or a directory holding ``result.json`` / ``sweep.json``)."""
+    """Read a result JSON (a file, or a directory holding ``result.json`` / ``sweep.json`` /
+    ``attacks.json``, the attack table of ``benchmarks/attacks.py``)."""
     path = Path(path)
     if path.is_dir():
-        for name in (RESULT_FILE, "sweep.json"):
+        for name in (RESULT_FILE, "sweep.json", "attacks.json"):
             if (path / name).is_file():
                 path = path / name
                 break
         else:
-            raise EvaluationInputError(f"{path} holds no {RESULT_FILE} or sweep.json.")
+            raise EvaluationInputError(f"{path} holds no {RESULT_FILE}, sweep.json or attacks.json.")
     if not path.is_file():
         raise EvaluationInputError(f"No result file at {path}.")
     data = read_json(path, "a hirm result")
