@@ -13,15 +13,19 @@ attack's seconds. Rates are pooled over the concepts of a domain (successes / im
 metrics, attack runs with their images); re-running the command continues. Ring-A-Bell's searches,
 which never see the erasure, are shared between methods (``--work``/cache).
 
-Writes ``--out``/attacks.json (every cell and the pooled rows), attacks.md (the table, the settings,
-links to every attack's before/after grid) and tradeoff.png (worst-case ASR over the attacks vs IRA,
-one point per method and domain; the issue's goal region ASR <= 5 %, IRA >= 90 % shaded).
+Writes ``--out``/attacks.json (every cell and the pooled rows; ``hirm report`` reads it), attacks.md
+(the table, the settings, the cells not run yet), tradeoff.png (worst-case ASR over the attacks vs IRA,
+one point per method and domain; the issue's goal region ASR <= 5 %, IRA >= 90 % shaded) and
+sheets/<method>.png (before / after images of each attack). ``--table-only`` writes them from the cells
+already finished, running nothing.
 
-Methods (settings that erase on the world, as in ``hirm compare``; reference HiRM barely moves MiniCLIP):
-hirm-r / hirm-s (HiRM, world-tuned: final hidden state, 100 steps, lr 5e-4), uce, esd-x (100 steps),
-diffquickfix, hirm+uce (world-tuned HiRM-S + UCE), advunlearn (``AdvUnlearnConfig.cpu()``), hirm-adv
-(hardened HiRM: world-tuned HiRM-S per round, 4 rounds). Attacks at their CPU-budget defaults:
-embedding (300 steps), unlearndiffatk (k 3, 5 timesteps x 20 iterations), ringabell (64 x 60).
+Methods, named as in ``hirm compare`` (see ``ENTRIES``): hirm-s-tuned (HiRM-S at the world-tuned
+settings: final hidden state, 100 steps, lr 5e-4), hirm-r-rms (HiRM-R's direction at the read-out's
+RMS, same settings), uce (the authors' original script, siblings preserved), hirm-s-tuned+uce,
+diffquickfix (the authors' notebook), esd-x-100 (ESD-x at 100 of its 1000 steps), advunlearn-cpu
+(``AdvUnlearnConfig.cpu()``), hirm-adv (hardened HiRM: world-tuned HiRM-S per round, 4 rounds).
+Attacks at their CPU-budget defaults: embedding (300 steps), unlearndiffatk (k 3, 5 timesteps x 20
+iterations), ringabell (64 x 60).
 """
 
 from __future__ import annotations
@@ -45,20 +49,33 @@ from hirm.core.hirm_hardened import WORLD_HIRM
 from hirm.evaluation.canvas import CanvasEvaluator, CanvasSettings, make_cache
 from hirm.evaluation.canvas_grid import Canvas
 from hirm.evaluation.common import dump_json, now_iso
+from hirm.evaluation.compare import ENTRIES as COMPARE_ENTRIES
 from hirm.evaluation.compare import WORLD_TUNED_HIRM, Entry, make_erase
 from hirm.io import write_atomic
 
-#: The table's methods (``hirm.evaluation.compare.Entry``: methods merged, target, config overrides).
+#: The table's methods (``hirm.evaluation.compare.Entry``: methods merged, target, config overrides),
+#: named and configured as in ``hirm compare`` wherever the comparison has the entry, so that a row of
+#: this table and a row of results/compare describe the same erasure. HiRM runs at the world-tuned
+#: settings (reference HiRM barely erases on the world: attacking a concept that was never erased says
+#: nothing), HiRM-R with its direction at the read-out's RMS (at the paper's scale with the world-tuned
+#: steps and lr it wrecks the world: Pastel IRA 50 %, CRA 21 %).
 ENTRIES: dict[str, Entry] = {
     e.name: e
     for e in (
-        Entry("hirm-r", ("hirm",), overrides={"hirm": WORLD_TUNED_HIRM}),
-        Entry("hirm-s", ("hirm",), target="super", overrides={"hirm": WORLD_TUNED_HIRM}),
-        Entry("uce", ("uce",)),
-        Entry("esd-x", ("esd-x",), overrides={"esd-x": {"steps": 100}}),
-        Entry("diffquickfix", ("diffquickfix",)),
-        Entry("hirm+uce", ("hirm", "uce"), target="super", overrides={"hirm": WORLD_TUNED_HIRM}),
-        Entry("advunlearn", ("advunlearn",), overrides={"advunlearn": asdict(AdvUnlearnConfig.cpu())}),
+        COMPARE_ENTRIES["hirm-s-tuned"],
+        COMPARE_ENTRIES["hirm-r-rms"],
+        COMPARE_ENTRIES["uce"],
+        Entry(
+            "hirm-s-tuned+uce",
+            ("hirm", "uce"),
+            target="super",
+            overrides={"hirm": WORLD_TUNED_HIRM},
+            preserve_others=("uce",),
+        ),
+        COMPARE_ENTRIES["diffquickfix"],
+        # ESD at a tenth of its published 1000 steps (12-16 min per concept on the 2-core CPU otherwise)
+        Entry("esd-x-100", ("esd-x",), overrides={"esd-x": {"steps": 100}}),
+        Entry("advunlearn-cpu", ("advunlearn",), overrides={"advunlearn": asdict(AdvUnlearnConfig.cpu())}),
         Entry(
             "hirm-adv",
             ("hirm-adv",),

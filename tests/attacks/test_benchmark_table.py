@@ -129,7 +129,7 @@ def test_table_from_finished_cells_and_its_report(tmp_path):
     _fake_cell(work, "uce", "Cats", attacks, k=2)
     (work / "uce" / "Rust").mkdir()  # started, never finished: left out, named as not run
     attacks_benchmark.main(
-        ["--work", str(work), "--out", str(out), "--table-only", "--methods", "uce,hirm-r",
+        ["--work", str(work), "--out", str(out), "--table-only", "--methods", "uce,hirm-r-rms",
          "--concepts", "Pastel,Cats,Rust"]
     )  # fmt: skip
     import json
@@ -139,7 +139,7 @@ def test_table_from_finished_cells_and_its_report(tmp_path):
     assert set(table["rows"]) == {"uce|style", "uce|object"}
     assert table["rows"]["uce|object"]["attacks"]["embedding"]["asr"]["k"] == 2
     text = (out / "attacks.md").read_text()
-    assert "Not run yet (4 cells): uce/Rust, hirm-r/Pastel, hirm-r/Cats, hirm-r/Rust." in text
+    assert "Not run yet (4 cells): uce/Rust, hirm-r-rms/Pastel, hirm-r-rms/Cats, hirm-r-rms/Rust." in text
     assert (out / "tradeoff.png").is_file() and (out / "sheets" / "uce.png").is_file()
 
     report = build_report([out], tmp_path / "report")
