@@ -13,7 +13,7 @@ Each prompt keeps its own token distribution, random stream and stopping point i
 find the same attack up to floating-point order (the printout says how many prompts agree). Rounds
 alternate the variants (``--repeats``) and the median seconds per prompt are reported, with the ratio.
 
-    python benchmarks/attack_speed.py --concept Pastel --limit 8 --repeats 1
+    python benchmarks/attack_speed.py --concept Cats --limit 8 --repeats 1
 """
 
 from __future__ import annotations
@@ -33,7 +33,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--concept", default="Pastel", help="world concept erased and attacked")
+    parser.add_argument(
+        "--concept",
+        default="Cats",
+        help="world concept erased and attacked (one the erasure removes: a prompt recognised before the attack is not searched)",
+    )
     parser.add_argument("--limit", type=int, default=8, help="attacked prompts per variant")
     parser.add_argument("--repeats", type=int, default=1, help="rounds of the two variants")
     parser.add_argument("--json", type=Path, default=None, help="also write the figures here")
