@@ -239,6 +239,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--lr", type=float, default=None, help="HiRM learning rate (default 5e-4).")
     parser.add_argument(
+        "--templates",
+        choices=("none", "context"),
+        default="none",
+        help="train each concept bare (none) or in hirm.core.multi.CONTEXT_TEMPLATES (context)",
+    )
+    parser.add_argument(
         "--seeds", default=None, help="Comma-separated sampling seeds (default: the world's)."
     )
     parser.add_argument("--budget", choices=("full", "tiny"), default="full", help="tiny = a smoke run.")
@@ -266,6 +272,10 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     overrides = {k: v for k, v in (("steps", args.steps), ("lr", args.lr)) if v is not None}
     if tiny:
         overrides.setdefault("steps", TINY["hirm_steps"])
+    if args.templates == "context":
+        from hirm.core.multi import CONTEXT_TEMPLATES
+
+        overrides["templates"] = CONTEXT_TEMPLATES
     config = replace(HiRMConfig(**WORLD_TUNED_HIRM), **overrides)
     seeds = tuple(int(s) for s in args.seeds.split(",")) if args.seeds else (TINY["seeds"] if tiny else None)
     settings = CanvasSettings.for_world() if args.model == "minicanvas" else CanvasSettings()

@@ -226,3 +226,35 @@ def test_drift_reads_the_prompt_rows_and_sees_an_edit(drift, model):
     edited = hirm.apply_patch(hirm.load_model(model.path).text_encoder(), patch, component="text_encoder")
     moved = drift.concept_cosines(encoder, edited, ids, mask, ["a", "b"])
     assert all(v < 0.9999 for v in moved.values())
+
+
+def test_context_templates_share_no_word_with_the_world_and_are_none_of_its_templates():
+    """In-context erasure must not train on the evaluation's words or frames: no word of a context
+    template is a world concept name, synonym or super-category, and no template is a world caption
+    template with the concept slot in place of a concept."""
+    import re
+
+    import hirm.world.concepts as world
+    from hirm.core.multi import CONTEXT_TEMPLATES
+
+    function_words = {"a", "an", "the", "on", "of", "in", "and", "to", "with", "at"}  # "On Fire", "Ink Art"
+
+    def words(text: str) -> set[str]:
+        return set(re.findall(r"[a-z]+", text.lower().replace("_", " "))) - function_words
+
+    vocabulary = set()
+    for name in (*world.STYLES, *world.OBJECTS):
+        vocabulary |= words(name)
+    for table in (world.STYLE_SYNONYMS, world.OBJECT_SYNONYMS):
+        for synonyms in table.values():
+            vocabulary |= set().union(*(words(s) for s in synonyms))
+    for table in (world.STYLE_SUPER, world.OBJECT_SUPER):
+        vocabulary |= set().union(*(words(s) for s in table.values()))
+    for template in CONTEXT_TEMPLATES:
+        assert template.count("{concept}") == 1
+        assert not words(template.replace("{concept}", "")) & vocabulary, template
+    frames = set()
+    for template in (*world.TRAIN_TEMPLATES, *world.HELDOUT_TEMPLATES):
+        for slot in ("object", "style"):
+            frames.add(template.replace("{" + slot + "}", "{concept}").lower())
+    assert not {t.lower() for t in CONTEXT_TEMPLATES if t != "{concept}"} & frames

@@ -17,6 +17,11 @@
   templates, or bare): the preserve set UCE's original script uses when it erases one artist and keeps
   the others, given to HiRM's optional preservation MSE (ours; the reference HiRM has no such term).
 
+Any strategy can train each concept in context: ``HiRMConfig(templates=CONTEXT_TEMPLATES)`` puts the concept
+into generic caption frames with words after it, and a HiRM-S target is then the same frame with the
+super-category in the concept's place, so the words that follow the concept are trained to read as they
+would after the super-category (what a prompt like "A Cats image in Pastel style." needs to keep its style).
+
 The per-concept and averaged patches are ordinary patches of the same tensors (their metadata names the
 strategy), so they apply with :func:`hirm.apply_patch` like any other.
 """
@@ -40,6 +45,22 @@ Strategy = Literal[
     "joint", "per-concept", "average", "balanced", "anchored", "balanced-anchored", "preserved"
 ]
 STRATEGIES: tuple[str, ...] = get_args(Strategy)
+
+
+#: Generic caption frames for in-context erasure (ours): the concept followed by other words. Written to
+#: share no word with the miniature world's concept names, synonyms or super-categories and to be none of
+#: its caption templates (``tests/test_multi_concept.py``), so that training in them is not training
+#: on the evaluation's prompts.
+CONTEXT_TEMPLATES: tuple[str, ...] = (
+    "{concept}",
+    "a photo of {concept}",
+    "{concept} on a wooden table next to a window",
+    "a picture of {concept} in the park on a bright day",
+    "an old photograph of {concept} with a plain background",
+    "{concept}, close-up, high quality",
+    "a poster showing {concept} in the middle of a busy street",
+    "{concept} and a small boat near the river at night",
+)
 
 
 def base_tensors(model, keys: Sequence[str]) -> dict[str, Tensor]:
