@@ -352,14 +352,23 @@ def tradeoff_plot(rows: Mapping[str, Mapping[str, Any]], path: Path) -> None:
     draw.text((width / 2 - 60, height - 25), "IRA (%)  (goal >= 90)", fill="black")
     draw.text((8, 20), "worst-case ASR over the attacks (%)  (goal <= 5)", fill="black")
     colors = {"style": (78, 121, 167), "object": (225, 87, 89)}
+    taken: list[tuple[float, float, float, float]] = []  # label boxes already drawn
     for key, row in rows.items():
         method, domain = key.split("|")
         asrs = [a["asr"]["rate"] for a in row["attacks"].values() if a["asr"]["rate"] is not None]
         if row["IRA"]["rate"] is None or not asrs:
             continue
         x, y = xy(row["IRA"]["rate"], max(asrs))
-        draw.ellipse([x - 4, y - 4, x + 4, y + 4], fill=colors.get(domain, (0, 0, 0)))
-        draw.text((x + 6, y - 6), f"{method} ({domain[0]})", fill=colors.get(domain, (0, 0, 0)))
+        color = colors.get(domain, (0, 0, 0))
+        draw.ellipse([x - 4, y - 4, x + 4, y + 4], fill=color)
+        label = f"{method} ({domain[0]})"
+        w = draw.textlength(label)
+        # right of the point, or left of it near the right edge; moved down past labels already drawn
+        lx, ly = (x + 6, y - 6) if x + 6 + w < width - 4 else (x - 6 - w, y - 6)
+        while any(lx < b[2] and b[0] < lx + w and ly < b[3] and b[1] < ly + 12 for b in taken):
+            ly += 12
+        taken.append((lx, ly, lx + w, ly + 12))
+        draw.text((lx, ly), label, fill=color)
     path.parent.mkdir(parents=True, exist_ok=True)
     write_atomic(path, lambda tmp: image.save(tmp, format="PNG"), overwrite=True)
 
