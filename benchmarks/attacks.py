@@ -106,7 +106,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "--time-limit", type=float, default=None, help="seconds per attack run (then resumable)"
     )
     parser.add_argument(
-        "--work", type=Path, default=Path("results/attacks/work"), help="resumable work directory"
+        "--work",
+        type=Path,
+        default=Path("runs/attacks-work"),
+        help="resumable work directory (patches, images: large; not for results/)",
     )
     parser.add_argument("--out", type=Path, default=Path("results/attacks"), help="where the table goes")
     parser.add_argument("--device", default="cpu", help="torch device")
