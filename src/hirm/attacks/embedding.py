@@ -181,7 +181,7 @@ def prepare(ctx: AttackContext, config: EmbeddingAttackConfig, original: dict[st
         weight_decay=config.weight_decay,
     )
     generator = torch.Generator(device="cpu").manual_seed(ctx.item_seed(-1))
-    meta = load_search(ctx.run, vectors, optimizer, generator) or {"step": 0, "losses": []}
+    meta = load_search(ctx.run, vectors, optimizer, generator)[0] or {"step": 0, "losses": []}
     start, losses = int(meta["step"]), list(meta["losses"])
     scheduler = training_scheduler(ctx.pipe)
     bar = tqdm(range(start, config.steps), desc="textual inversion", disable=not ctx.progress, leave=False)

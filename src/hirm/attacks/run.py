@@ -212,37 +212,47 @@ def save_search(
     run: AttackRun,
     param: Tensor,
     optimizer: torch.optim.Optimizer,
-    generator: torch.Generator,
+    generator: torch.Generator | Sequence[torch.Generator],
     meta: Mapping[str, Any],
+    extra: Mapping[str, Tensor] | None = None,
 ) -> None:
-    """Checkpoint of a one-tensor search (its value, Adam moments, random state) and ``meta``."""
+    """Checkpoint of a one-tensor search (its value, Adam moments, random state: one generator, or one
+    per searched item), ``meta`` and ``extra`` tensors (names without a dot)."""
     state = optimizer.state[param]
-    tensors = {"param": param.detach().cpu(), "rng": generator.get_state()}
+    generators = [generator] if isinstance(generator, torch.Generator) else list(generator)
+    tensors = {"param": param.detach().cpu()}
+    tensors |= {f"rng.{j}": g.get_state() for j, g in enumerate(generators)}
     if state:
         tensors |= {k: state[k].detach().cpu() for k in ("exp_avg", "exp_avg_sq")}
         tensors["adam_step"] = torch.as_tensor(state["step"], dtype=torch.float64).reshape(1).cpu()
+    tensors |= {f"extra.{k}": v for k, v in (extra or {}).items()}
     run.save_tensors(CHECKPOINT, tensors)
     run.save_json(CHECKPOINT_META, dict(meta))
 
 
 def load_search(
-    run: AttackRun, param: Tensor, optimizer: torch.optim.Optimizer, generator: torch.Generator
-) -> dict[str, Any] | None:
-    """Restore a checkpoint written by :func:`save_search` into ``param``/``optimizer``/``generator``;
-    returns its ``meta`` (``None``: no checkpoint)."""
+    run: AttackRun,
+    param: Tensor,
+    optimizer: torch.optim.Optimizer,
+    generator: torch.Generator | Sequence[torch.Generator],
+) -> tuple[dict[str, Any], dict[str, Tensor]] | tuple[None, None]:
+    """Restore a checkpoint written by :func:`save_search` into ``param``/``optimizer``/``generator``(s);
+    returns its ``meta`` and ``extra`` tensors (``(None, None)``: no checkpoint)."""
     saved, meta = run.load_tensors(CHECKPOINT), run.load_json(CHECKPOINT_META)
     if saved is None or meta is None:
-        return None
+        return None, None
     with torch.no_grad():
         param.copy_(saved["param"].to(param.device))
-    generator.set_state(saved["rng"])
+    generators = [generator] if isinstance(generator, torch.Generator) else list(generator)
+    for j, g in enumerate(generators):
+        g.set_state(saved[f"rng.{j}"] if f"rng.{j}" in saved else saved["rng"])  # "rng": before 2026-11-27
     if "exp_avg" in saved:
         optimizer.state[param] = {
             "step": saved["adam_step"].reshape(()).float(),
             "exp_avg": saved["exp_avg"].to(param.device),
             "exp_avg_sq": saved["exp_avg_sq"].to(param.device),
         }
-    return meta
+    return meta, {k.removeprefix("extra."): v for k, v in saved.items() if k.startswith("extra.")}
 
 
 def clear_search(run: AttackRun) -> None:

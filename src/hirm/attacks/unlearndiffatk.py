@@ -26,7 +26,7 @@ Departure, named: special tokens (start/end/pad) are left out of the vocabulary 
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
@@ -38,12 +38,13 @@ from tqdm.auto import tqdm
 from hirm.attacks.diffusion import denoising_loss, training_scheduler
 from hirm.attacks.registry import AttackSpec, nothing, register
 from hirm.attacks.run import (
-    CHECKPOINT,
     CHECKPOINT_META,
     AttackContext,
     Interrupted,
     ItemOutcome,
     clear_search,
+    load_search,
+    save_search,
 )
 from hirm.attacks.targets import AttackItem
 from hirm.attacks.text import as_batch, decode, encode, slot_id, token_embedding, vocabulary_ids, with_prefix
@@ -119,12 +120,6 @@ class _SampleOneHot(torch.autograd.Function):
         return grad.clamp(-1.0, 1.0), None
 
 
-def _checkpoint_of(ctx: AttackContext, indices: Sequence[int]) -> dict[str, Any] | None:
-    """The saved search of exactly this chunk of items (an earlier call ran out of time), if any."""
-    meta = ctx.run.load_json(CHECKPOINT_META)
-    return meta if meta is not None and meta.get("indices") == list(indices) else None
-
-
 def original(ctx: AttackContext, config: UnlearnDiffAtkConfig) -> dict[str, Tensor]:
     """The original model's latents (N, C, h, w) of every attacked prompt (its own seed and guidance)."""
     cached = ctx.run.load_tensors("original.safetensors")
@@ -162,38 +157,26 @@ class _Search:
     success: list[bool] = field(default_factory=list)
     images: list[np.ndarray | None] = field(default_factory=list)
 
-    def save(self, ctx: AttackContext, indices: Sequence[int]) -> None:
-        state = self.optimizer.state[self.probs]
-        tensors = {"param": self.probs.detach().cpu()}
-        tensors |= {f"rng.{j}": g.get_state() for j, g in enumerate(self.generators)}
-        if state:
-            tensors |= {k: state[k].detach().cpu() for k in ("exp_avg", "exp_avg_sq")}
-            tensors["adam_step"] = torch.as_tensor(state["step"], dtype=torch.float64).reshape(1).cpu()
-        tensors |= {f"image.{j}": torch.from_numpy(im) for j, im in enumerate(self.images) if im is not None}
-        ctx.run.save_tensors(CHECKPOINT, tensors)
-        meta = {
-            k: getattr(self, k) for k in ("step", "totals", "losses", "done", "tokens", "texts", "success")
-        }
-        ctx.run.save_json(CHECKPOINT_META, {"indices": list(indices), **meta})
+    #: What the checkpoint's JSON keeps besides the chunk's indices.
+    FIELDS = ("step", "totals", "losses", "done", "tokens", "texts", "success")
 
-    def load(self, ctx: AttackContext, meta: Mapping[str, Any]) -> None:
-        saved = ctx.run.load_tensors(CHECKPOINT)
-        if saved is None:
+    def save(self, ctx: AttackContext, indices: Sequence[int]) -> None:
+        images = {f"image{j}": torch.from_numpy(im) for j, im in enumerate(self.images) if im is not None}
+        meta = {"indices": list(indices), **{k: getattr(self, k) for k in self.FIELDS}}
+        save_search(ctx.run, self.probs, self.optimizer, self.generators, meta, images)
+
+    def load(self, ctx: AttackContext, indices: Sequence[int]) -> None:
+        """Continue the saved search of exactly this chunk (an earlier call ran out of time), if any."""
+        saved = ctx.run.load_json(CHECKPOINT_META)
+        if saved is None or saved.get("indices") != list(indices):
             return
-        with torch.no_grad():
-            self.probs.copy_(saved["param"].to(self.probs.device))
-        for j, g in enumerate(self.generators):
-            g.set_state(saved[f"rng.{j}"])
-        if "exp_avg" in saved:
-            self.optimizer.state[self.probs] = {
-                "step": saved["adam_step"].reshape(()).float(),
-                "exp_avg": saved["exp_avg"].to(self.probs.device),
-                "exp_avg_sq": saved["exp_avg_sq"].to(self.probs.device),
-            }
-        for key in ("step", "totals", "losses", "done", "tokens", "texts", "success"):
+        meta, images = load_search(ctx.run, self.probs, self.optimizer, self.generators)
+        if meta is None:
+            return
+        for key in self.FIELDS:
             setattr(self, key, meta[key])
         self.images = [
-            saved[f"image.{j}"].numpy() if f"image.{j}" in saved else None for j in range(len(self.done))
+            images[f"image{j}"].numpy() if f"image{j}" in images else None for j in range(len(self.done))
         ]
 
 
@@ -231,9 +214,7 @@ def attack_batch(
         tokens=[[] for _ in range(n)], texts=[item.prompt for item in items], success=[False] * n,
         images=[None] * n,
     )  # fmt: skip
-    meta = _checkpoint_of(ctx, indices)
-    if meta is not None:
-        search.load(ctx, meta)
+    search.load(ctx, indices)
     scheduler = training_scheduler(ctx.pipe)
     timesteps = config.timesteps(scheduler.config.num_train_timesteps)
     steps = len(timesteps) * config.iterations
