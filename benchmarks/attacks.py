@@ -175,13 +175,16 @@ def attack_cell(
         pipe=pipe, time_limit=args.time_limit, device=args.device, progress=not args.quiet,
         cache_dir=args.work / "cache",
     )  # fmt: skip
+    return run_record(result, work / name)
+
+
+def run_record(result: Mapping[str, Any], run: Path) -> dict[str, Any]:
+    """What the table keeps of one attack run's result (``run``: its directory)."""
+    keep = ("asr", "before", "after", "complete")
     return {
-        "asr": result["asr"],
-        "before": result["before"],
-        "after": result["after"],
+        **{k: result[k] for k in keep},
         "seconds": result["seconds"]["total"],
-        "complete": result["complete"],
-        "grid": str((work / name / "grid.png").resolve()),
+        "grid": str((run / "grid.png").resolve()),
     }
 
 
@@ -435,14 +438,7 @@ def finished_cell(work: Path, method: str, concept: str, domain: str, attacks: S
         return None
     if not all(path.is_file() for path in results.values()):
         return None
-    runs = {}
-    for name, path in results.items():
-        result = json.loads(path.read_text())
-        runs[name] = {
-            "asr": result["asr"], "before": result["before"], "after": result["after"],
-            "seconds": result["seconds"]["total"], "complete": result["complete"],
-            "grid": str((work / name / "grid.png").resolve()),
-        }  # fmt: skip
+    runs = {name: run_record(json.loads(path.read_text()), work / name) for name, path in results.items()}
     return {
         "method": method, "concept": concept, "domain": domain,
         "erase_seconds": json.loads((work / "erase.json").read_text())["seconds"],
