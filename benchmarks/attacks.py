@@ -51,7 +51,7 @@ from hirm.evaluation.canvas_grid import Canvas
 from hirm.evaluation.common import dump_json, now_iso
 from hirm.evaluation.compare import ENTRIES as COMPARE_ENTRIES
 from hirm.evaluation.compare import WORLD_TUNED_HIRM, Entry, make_erase
-from hirm.io import write_atomic
+from hirm.io import atomic_path, write_atomic
 
 #: The table's methods (``hirm.evaluation.compare.Entry``: methods merged, target, config overrides),
 #: named and configured as in ``hirm compare`` wherever the comparison has the entry, so that a row of
@@ -467,27 +467,25 @@ def write_table(cells, methods, concepts, attacks, args) -> None:
         "machine": machine,
         "cells missing": ", ".join(missing) or "none",
     }
-    args.out.mkdir(parents=True, exist_ok=True)
     report = {
         "kind": "attack-table", "date": now_iso(), "argv": sys.argv, "complete": complete,
         "attacks": list(attacks), "goal": GOAL, "settings": settings, "rows": rows, "cells": cells,
     }  # fmt: skip
-    write_atomic(args.out / "attacks.json", lambda tmp: tmp.write_text(dump_json(report)), overwrite=True)
     text = markdown(rows, cells, args, attacks)
     if missing:
         text += f"\n\nNot run yet ({len(missing)} cells): {', '.join(missing)}."
-    write_atomic(args.out / "attacks.md", lambda tmp: tmp.write_text(text + "\n"), overwrite=True)
-    tradeoff_plot(rows, args.out / "tradeoff.png")
-    for method in methods:
-        sheet = contact_sheet(cells, method, args.work)
-        if sheet is not None:
-            (args.out / "sheets").mkdir(exist_ok=True)
-            write_atomic(
-                args.out / "sheets" / f"{method}.png",
+    # The whole directory at once, marked as hirm's: a later run (resumed, or --table-only) replaces it
+    # as a whole, and never a directory hirm did not write.
+    with atomic_path(args.out, overwrite=True, directory=True, kind="attack-table") as tmp:
+        (tmp / "attacks.json").write_text(dump_json(report))
+        (tmp / "attacks.md").write_text(text + "\n")
+        tradeoff_plot(rows, tmp / "tradeoff.png")
+        for method in methods:
+            sheet = contact_sheet(cells, method, args.work)
+            if sheet is not None:
+                (tmp / "sheets").mkdir(exist_ok=True)
                 # a 256-colour palette keeps a sheet ~3x smaller than RGB, with no visible change at 32 px
-                lambda tmp, sheet=sheet: sheet.quantize(256).save(tmp, format="PNG", optimize=True),
-                overwrite=True,
-            )
+                sheet.quantize(256).save(tmp / "sheets" / f"{method}.png", format="PNG", optimize=True)
     print(f"table -> {args.out / 'attacks.md'}; plot -> {args.out / 'tradeoff.png'}")
 
 

@@ -134,6 +134,23 @@ def test_table_from_finished_cells_and_its_report(tmp_path):
     )  # fmt: skip
     import json
 
+    from hirm.io import OutputExistsError
+
+    # a resumed run (or another --table-only) replaces the table it wrote; never a directory it did not
+    again = ["--work", str(work), "--table-only", "--methods", "uce", "--concepts", "Pastel"]
+    attacks_benchmark.main([*again, "--out", str(out)])
+    assert "Not run yet" not in (out / "attacks.md").read_text()
+    foreign = tmp_path / "mine"
+    foreign.mkdir()
+    (foreign / "notes.txt").write_text("keep me")
+    with pytest.raises(OutputExistsError):
+        attacks_benchmark.main([*again, "--out", str(foreign)])
+    assert sorted(p.name for p in foreign.iterdir()) == ["notes.txt"]
+    attacks_benchmark.main(
+        ["--work", str(work), "--out", str(out), "--table-only", "--methods", "uce,hirm-r-rms",
+         "--concepts", "Pastel,Cats,Rust"]
+    )  # fmt: skip
+
     table = json.loads((out / "attacks.json").read_text())
     assert table["kind"] == "attack-table" and not table["complete"]
     assert set(table["rows"]) == {"uce|style", "uce|object"}
