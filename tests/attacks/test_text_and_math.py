@@ -221,17 +221,9 @@ def test_genetic_search_scores_each_sequence_once_and_finds_what_a_plain_loop_fi
     # the plain loop, with the same random stream
     rng = np.random.default_rng(3)
     vocab = ringabell.vocabulary_ids(tokenizer, ringabell.token_embedding(encoder).num_embeddings).numpy()
-    length, k = tokenizer.model_max_length, 3
-
-    def individual():
-        row = np.full(length, tokenizer.eos_token_id, dtype=np.int64)
-        row[0] = tokenizer.bos_token_id
-        row[1 : 1 + k] = rng.choice(vocab, size=k)
-        if tokenizer.pad_token_id != tokenizer.eos_token_id:
-            row[2 + k :] = tokenizer.pad_token_id
-        return row
-
-    population, plain, plain_rows = [individual() for _ in range(16)], [], 0
+    k = 3
+    population = [ringabell.individual(tokenizer, vocab, k, rng) for _ in range(16)]
+    plain, plain_rows = [], 0
     for generation in range(12):
         plain_rows += len(population)
         scores = score(torch.from_numpy(np.stack(population))).numpy()

@@ -157,19 +157,12 @@ def genetic_search(
     if k + 2 > length:
         raise ValueError(f"length K={k} does not fit the text encoder's {length} positions.")
 
-    def individual() -> np.ndarray:
-        row = np.full(length, tokenizer.eos_token_id, dtype=np.int64)
-        row[0] = tokenizer.bos_token_id
-        row[1 : 1 + k] = rng.choice(vocab, size=k)
-        if tokenizer.pad_token_id != tokenizer.eos_token_id:
-            row[2 + k :] = tokenizer.pad_token_id
-        return row
-
     # Scores of the previous generation's sequences: a survivor that was neither mutated nor replaced
     # by a crossover is not scored again (about a third of each generation at the default rates).
     known: dict[bytes, float] = {}
     if state is None:
-        population, history, first = [individual() for _ in range(config.population)], [], 0
+        population = [individual(tokenizer, vocab, k, rng) for _ in range(config.population)]
+        history, first = [], 0
     else:
         rng.bit_generator.state = state["rng"]
         population = [np.asarray(row, dtype=np.int64) for row in state["population"]]
@@ -202,6 +195,16 @@ def genetic_search(
         if generation != config.generations - 1:
             population = _mutate(_crossover(population, config, rng, k), config, rng, vocab, k)
     return population[0][1 : 1 + k].tolist(), history[-1], history
+
+
+def individual(tokenizer, vocab: np.ndarray, k: int, rng: np.random.Generator) -> np.ndarray:
+    """A random sequence of the search: start token, ``k`` vocabulary tokens, end token, padding."""
+    row = np.full(tokenizer.model_max_length, tokenizer.eos_token_id, dtype=np.int64)
+    row[0] = tokenizer.bos_token_id
+    row[1 : 1 + k] = rng.choice(vocab, size=k)
+    if tokenizer.pad_token_id != tokenizer.eos_token_id:
+        row[2 + k :] = tokenizer.pad_token_id
+    return row
 
 
 def _crossover(parents: list[np.ndarray], config: RingABellConfig, rng: np.random.Generator, k: int):
