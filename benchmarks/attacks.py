@@ -13,11 +13,18 @@ attack's seconds. Rates are pooled over the concepts of a domain (successes / im
 metrics, attack runs with their images); re-running the command continues. Ring-A-Bell's searches,
 which never see the erasure, are shared between methods (``--work``/cache).
 
+The table in ``--out`` is itself a record of finished cells: a later run (``--table-only`` too), even
+with an empty ``--work`` (a fresh checkout), keeps the cells it holds, does not run them again, and adds
+its own; the planned cells (methods x concepts) accumulate. It keeps a cell only while its settings
+match: same world (the assets' checksums), attacks, attack seeds, grid seeds and precision, time limit,
+attack configs, and the method's configuration (``describe_entry``); a table made with other settings
+is an error unless ``--replace`` starts it anew. A kept cell keeps its contact sheet (copied as it is).
+
 Writes ``--out``/attacks.json (every cell and the pooled rows; ``hirm report`` reads it), attacks.md
 (the table, the settings, the cells not run yet), tradeoff.png (worst-case ASR over the attacks vs IRA,
 one point per method and domain; the issue's goal region ASR <= 5 %, IRA >= 90 % shaded) and
-sheets/<method>.png (before / after images of each attack). ``--table-only`` writes them from the cells
-already finished, running nothing.
+sheets/<method>/<concept>.png (before / after images of each attack).
+``--table-only`` writes them from the cells already finished, running nothing.
 
 Methods, named as in ``hirm compare`` (see ``ENTRIES``): hirm-s-tuned (HiRM-S at the world-tuned
 settings: final hidden state, 100 steps, lr 5e-4), hirm-r-rms (HiRM-R's direction at the read-out's
@@ -123,7 +130,13 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--table-only",
         action="store_true",
-        help="run nothing: write the table from the cells already finished in --work (the rest listed as not run)",
+        help="run nothing: write the table from the cells already finished in --work and those --out holds "
+        "(the rest listed as not run)",
+    )
+    parser.add_argument(
+        "--replace",
+        action="store_true",
+        help="start the table in --out anew when it was made with other settings (its cells are dropped)",
     )
     return parser.parse_args(argv)
 
@@ -142,13 +155,25 @@ def erase_cell(entry: Entry, canvas: Canvas, handle: Any, concept: str, work: Pa
 
     path, meta = work / "patch.safetensors", work / "erase.json"
     if path.is_file() and meta.is_file():
+        check_entry(work, entry)
         return Patch.load(path), json.loads(meta.read_text())["seconds"]
     start = time.perf_counter()
     patch = make_erase(entry, canvas, device)(handle, concept, canvas.domain(concept))
     seconds = time.perf_counter() - start
     patch.save(path, overwrite=True)
-    write_atomic(meta, lambda tmp: tmp.write_text(json.dumps({"seconds": seconds})), overwrite=True)
+    record = {"seconds": seconds, "entry": describe_entry(entry), "machine": this_machine()}
+    write_atomic(meta, lambda tmp: tmp.write_text(json.dumps(record)), overwrite=True)
     return patch, seconds
+
+
+def check_entry(work: Path, entry: Entry) -> None:
+    """A cell in ``work`` erased with another configuration of its method is not this table's cell."""
+    made = json.loads((work / "erase.json").read_text()).get("entry")  # absent: written before it was kept
+    if made is not None and made != describe_entry(entry):
+        raise SystemExit(
+            f"error: {work} was erased with another configuration of {entry.name} ({made}); move it away "
+            "or choose another --work"
+        )
 
 
 def canvas_cell(evaluator: CanvasEvaluator, concept: str, patch: Any, work: Path) -> dict[str, Any]:
@@ -175,17 +200,14 @@ def attack_cell(
         pipe=pipe, time_limit=args.time_limit, device=args.device, progress=not args.quiet,
         cache_dir=args.work / "cache",
     )  # fmt: skip
-    return run_record(result, work / name)
+    return run_record(result)
 
 
-def run_record(result: Mapping[str, Any], run: Path) -> dict[str, Any]:
-    """What the table keeps of one attack run's result (``run``: its directory)."""
+def run_record(result: Mapping[str, Any]) -> dict[str, Any]:
+    """What the table keeps of one attack run's result (the run's directory in ``--work`` holds the rest:
+    the full before / after grid.png, the found tokens or embedding)."""
     keep = ("asr", "before", "after", "complete")
-    return {
-        **{k: result[k] for k in keep},
-        "seconds": result["seconds"]["total"],
-        "grid": str((run / "grid.png").resolve()),
-    }
+    return {**{k: result[k] for k in keep}, "seconds": result["seconds"]["total"]}
 
 
 def pooled(cells: Sequence[Mapping[str, Any]], attacks: Sequence[str]) -> dict[str, Any]:
@@ -233,10 +255,20 @@ def _pct(stats: Mapping[str, Any] | None) -> str:
 
 
 def describe_entry(entry: Entry) -> str:
-    """``name = method(s)``, the HiRM target where a HiRM part has one, and the settings changed."""
+    """``name = method(s)``, the HiRM target where a HiRM part has one, the settings changed and the
+    parts that preserve the erased concept's siblings: the method's configuration, as a table records it."""
     target = f", target {entry.target}" if any(m.startswith("hirm") for m in entry.methods) else ""
     changed = f", {dict(entry.overrides)}" if entry.overrides else ""
-    return f"{entry.name} = {'+'.join(entry.methods)}{target}{changed}"
+    kept = (
+        f", {'+'.join(entry.preserve_others)} preserving the domain's other concepts"
+        if entry.preserve_others
+        else ""
+    )
+    return f"{entry.name} = {'+'.join(entry.methods)}{target}{changed}{kept}"
+
+
+def this_machine() -> str:
+    return f"{platform.machine()} CPU, {torch.get_num_threads()} torch threads, torch {torch.__version__}"
 
 
 def markdown(rows: Mapping[str, Mapping[str, Any]], cells: Sequence[Mapping[str, Any]], args, attacks) -> str:
@@ -262,9 +294,16 @@ def markdown(rows: Mapping[str, Mapping[str, Any]], cells: Sequence[Mapping[str,
             f"{sum(seconds) / len(seconds):.0f}" if seconds else "–", f"{row['erase_seconds']:.1f}",
         ]  # fmt: skip
         lines.append("| " + " | ".join(cells_) + " |" + (" (partial)" if partial else ""))
-    machine = f"{platform.machine()} CPU, {torch.get_num_threads()} torch threads, torch {torch.__version__}"
+    machine = "; ".join(dict.fromkeys(c.get("machine", this_machine()) for c in cells))
     methods = list(dict.fromkeys(c["method"] for c in cells))
-    links = [f"### {m}\n\n![{m}: before / after each attack](sheets/{m}.png)\n" for m in methods]
+    links = [
+        f"### {m}\n\n"
+        + "\n".join(
+            f"![{m} {c['concept']}]({sheet_path(m, c['concept'])})" for c in cells if c["method"] == m
+        )
+        + "\n"
+        for m in methods
+    ]
     return "\n".join(
         [
             "# Attacks on erased concepts (MiniCanvas)",
@@ -283,54 +322,63 @@ def markdown(rows: Mapping[str, Mapping[str, Any]], cells: Sequence[Mapping[str,
             f" time limit per attack {args.time_limit}",
             "- methods: "
             + "; ".join(describe_entry(ENTRIES[m]) for m in dict.fromkeys(c["method"] for c in cells)),
-            f"- machine: {machine}; date {now_iso()}",
+            f"- machine (the cells' times): {machine}; table written {now_iso()}",
             "",
             "## The attacked images",
             "",
-            f"Per method, two rows per (concept, attack): the first {SHEET_ITEMS} attacked prompts before the attack",
-            "and after it, at the world's 32 px. Each run's full before / after grid and its found tokens or",
-            f"embedding stay in the work directory (`{args.work}/<method>/<concept>/<attack>/`).",
+            f"Per method and concept, two rows per attack: the first {SHEET_ITEMS} attacked prompts before the",
+            "attack and after it, at the world's 32 px. Each run's full before / after grid and its found tokens",
+            f"or embedding stay in the work directory (`{args.work}/<method>/<concept>/<attack>/`) of the run",
+            "that made the cell.",
             "",
             *links,
         ]
     )
 
 
-#: Attacked prompts per (concept, attack) shown in a method's contact sheet.
+#: Attacked prompts per (concept, attack) shown in a cell's contact sheet.
 SHEET_ITEMS = 8
 
 
-def contact_sheet(cells: Sequence[Mapping[str, Any]], method: str, work: Path) -> Any:
-    """One picture per method: for each of its (concept, attack) runs a "before" and an "after" row of the
-    first ``SHEET_ITEMS`` attacked prompts at native resolution (the per-run grid.png files are 3x
-    enlarged and ~160 kB each, too heavy to ship ~150 of them in ``results/``)."""
+def sheet_path(method: str, concept: str) -> str:
+    """Where a cell's contact sheet lies in the table's directory."""
+    return f"sheets/{method}/{concept}.png"
+
+
+def contact_sheet(cell: Mapping[str, Any], work: Path) -> Any:
+    """One picture per cell (from its runs in ``work``): for each attack a "before" and an "after" row of
+    the first ``SHEET_ITEMS`` attacked prompts at native resolution (the per-run grid.png files are 3x
+    enlarged and ~160 kB each, too heavy to ship ~150 of them in ``results/``); an item the attack never
+    ran on is a white cell."""
     import numpy as np
     from PIL import Image
 
     from hirm.generation import labelled_grid
 
     rows = []
-    for cell in cells:
-        if cell["method"] != method:
-            continue
-        for attack in cell["attacks"]:
-            run = work / method / cell["concept"] / attack
-            items = json.loads((run / "result.json").read_text())["items"][:SHEET_ITEMS]
-            for stage in ("before", "after"):
-                images = [
-                    np.asarray(Image.open(run / item["images"][stage]).convert("RGB"))
-                    if stage in item.get("images", {})
-                    else np.full((32, 32, 3), 255, np.uint8)
-                    for item in items
-                ]
-                images += [np.full_like(images[0], 255)] * (SHEET_ITEMS - len(images))
-                label = f"{cell['concept']} {attack} {'before' if stage == 'before' else 'after'}"
-                rows.append((label, np.stack(images)))
-    if not rows:
-        return None
+    for attack in cell["attacks"]:
+        run = work / attack
+        items = json.loads((run / "result.json").read_text())["items"][:SHEET_ITEMS]
+        for stage in ("before", "after"):
+            images = [
+                np.asarray(Image.open(run / item["images"][stage]).convert("RGB"))
+                if stage in item.get("images", {})
+                else np.full((32, 32, 3), 255, np.uint8)
+                for item in items
+            ]
+            images += [np.full_like(images[0], 255)] * (SHEET_ITEMS - len(images))
+            rows.append((f"{cell['concept']} {attack} {stage}", np.stack(images)))
     return labelled_grid(
         rows, [str(i) for i in range(SHEET_ITEMS)], min_cell=32, label_width=230, font_size=12
     )
+
+
+def save_sheet(picture: Any, path: Path) -> None:
+    """A 256-colour palette keeps a sheet ~3x smaller than RGB, with no visible change at 32 px. It is
+    encoded once, when its cell finishes; a later table copies the file's bytes (a palette image
+    quantized again would drift)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    picture.quantize(256).save(path, format="PNG", optimize=True)
 
 
 def tradeoff_plot(rows: Mapping[str, Mapping[str, Any]], path: Path) -> None:
@@ -379,6 +427,65 @@ def tradeoff_plot(rows: Mapping[str, Mapping[str, Any]], path: Path) -> None:
     write_atomic(path, lambda tmp: image.save(tmp, format="PNG"), overwrite=True)
 
 
+def world_digest() -> str:
+    """The world's identity: the digest of its assets' checksums (a rebuilt world is another world)."""
+    from hirm.world.assets import PACKAGE_ASSETS, sha256_file
+
+    return sha256_file(PACKAGE_ASSETS / "checksums.json")[:16]
+
+
+def table_settings(args, attacks: Sequence[str]) -> dict[str, Any]:
+    """The settings that decide a cell's numbers besides its method: a table keeps its cells only while
+    these match."""
+    from hirm.attacks.registry import get_attack
+
+    return {
+        "world": world_digest(),
+        "attack seeds": args.seeds,
+        "grid seeds": args.canvas_seeds,
+        "grid precision": args.precision,
+        "time limit per attack": args.time_limit,
+        # as JSON reads them back (tuples become lists), so a recorded table compares equal
+        "attack configs": json.loads(json.dumps({a: get_attack(a).config_cls().to_dict() for a in attacks})),
+    }
+
+
+def recorded_table(args, attacks: Sequence[str]):
+    """What the table in ``--out`` holds that is still valid (same attacks and settings, same method
+    configuration): its cells, their contact sheets' bytes by (method, concept), and the methods and
+    concepts it planned."""
+    path = args.out / "attacks.json"
+    if not path.is_file():
+        return [], {}, [], []
+    old = json.loads(path.read_text())
+    if old.get("kind") != "attack-table":
+        raise SystemExit(f"error: {path} is not an attack table; choose another --out")
+    mine, theirs = table_settings(args, attacks), old.get("settings", {})
+    differ = [k for k, v in mine.items() if theirs.get(k) != v]
+    if list(old.get("attacks", [])) != list(attacks):
+        differ.append(f"attacks {', '.join(old.get('attacks', []))}")
+    if differ and not args.replace:
+        raise SystemExit(
+            f"error: {args.out} holds a table made with other settings ({', '.join(differ)}); pass --replace "
+            "to start it anew, or choose another --out"
+        )
+    if differ:
+        return [], {}, [], []
+    cells, sheets = [], {}
+    for cell in old["cells"]:
+        method, concept = cell["method"], cell["concept"]
+        entry = ENTRIES.get(method)
+        if entry is None or cell.get("entry") != describe_entry(entry):
+            print(f"{method}/{concept}: the method's configuration changed; not kept")
+        else:
+            sheet = args.out / sheet_path(method, concept)
+            if not sheet.is_file():
+                raise SystemExit(f"error: {sheet} is missing; restore it, or pass --replace to start anew")
+            sheets[method, concept] = sheet.read_bytes()
+            cells.append(cell)
+    return cells, sheets, list(old.get("methods", [])), list(old.get("concepts", []))
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     args = parse_args(argv)
     import hirm
@@ -387,13 +494,28 @@ def main(argv: Sequence[str] | None = None) -> None:
     methods = _names(args.methods, list(ENTRIES), "methods")
     attacks = _names(args.attacks, list(ATTACKS), "attacks")
     canvas = Canvas.from_world()
-    concepts = (
+    asked = (
         list(world.STYLES + world.OBJECTS)
         if args.all
         else [canvas.canonical(c) for c in args.concepts.split(",")]
     )
+    # read before anything is written: the table's directory is replaced as a whole at the end
+    recorded, sheets, old_methods, old_concepts = recorded_table(args, attacks)
+    todo = [(m, c) for m in methods for c in asked]
+    # the table plans what it planned (and holds) before and what this run asks for
+    methods = list(dict.fromkeys([*old_methods, *(c["method"] for c in recorded), *methods]))
+    concepts = list(dict.fromkeys([*old_concepts, *(c["concept"] for c in recorded), *asked]))
     device = torch.device(args.device)
-    if not args.table_only:
+    cells = {(c["method"], c["concept"]): c for c in recorded}
+    # a recorded cell is not run again unless a time limit stopped one of its attacks (then it resumes
+    # from --work, or starts again without it)
+    todo = [
+        key for key in todo
+        if not (key in cells and all(r["complete"] for r in cells[key]["attacks"].values()))
+    ]  # fmt: skip
+    if args.table_only:
+        todo = [(m, c) for m in methods for c in concepts]
+    elif todo:
         handle = hirm.load_model("minicanvas", device=device)
         pipe = handle.pipeline()
         settings = CanvasSettings.for_world(
@@ -406,28 +528,29 @@ def main(argv: Sequence[str] | None = None) -> None:
             pipe, canvas=canvas, judges=world.load_judges(device=device), settings=settings,
             cache=make_cache(None, handle.path, True), progress=not args.quiet,
         )  # fmt: skip
-    cells = []
-    for method in methods:
-        for concept in concepts:
-            work = args.work / method / concept
-            if args.table_only:
-                cell = finished_cell(work, method, concept, canvas.domain(concept), attacks)
-                if cell is not None:
-                    cells.append(cell)
-                continue
+    for method, concept in todo:
+        work = args.work / method / concept
+        if args.table_only:
+            cell = finished_cell(work, method, concept, canvas.domain(concept), attacks)
+        else:
             work.mkdir(parents=True, exist_ok=True)
             patch, erase_seconds = erase_cell(ENTRIES[method], canvas, handle, concept, work, device)
             cell = {
                 "method": method, "concept": concept, "domain": canvas.domain(concept),
-                "erase_seconds": erase_seconds, "canvas": canvas_cell(evaluator, concept, patch, work),
+                "entry": describe_entry(ENTRIES[method]), "machine": this_machine(), "erase_seconds": erase_seconds,
+                "canvas": canvas_cell(evaluator, concept, patch, work),
                 "attacks": {a: attack_cell(a, concept, canvas, patch, work, args, pipe) for a in attacks},
             }  # fmt: skip
-            cells.append(cell)
             print(
                 f"{method} {concept}: "
                 + ", ".join(f"{a} ASR {_pct(r['asr'])}" for a, r in cell["attacks"].items())
             )
-    write_table(cells, methods, concepts, attacks, args)
+        if cell is not None:  # the work directory's cell wins over the recorded one (it may have resumed)
+            cells[method, concept] = cell
+            sheets[method, concept] = contact_sheet(cell, work)
+    order = {(m, c): i for i, (m, c) in enumerate((m, c) for m in methods for c in concepts)}
+    ordered = sorted(cells.values(), key=lambda c: order[c["method"], c["concept"]])
+    write_table(ordered, sheets, methods, concepts, attacks, args)
 
 
 def finished_cell(work: Path, method: str, concept: str, domain: str, attacks: Sequence[str]):
@@ -438,16 +561,20 @@ def finished_cell(work: Path, method: str, concept: str, domain: str, attacks: S
         return None
     if not all(path.is_file() for path in results.values()):
         return None
-    runs = {name: run_record(json.loads(path.read_text()), work / name) for name, path in results.items()}
+    check_entry(work, ENTRIES[method])
+    erase = json.loads((work / "erase.json").read_text())
+    runs = {name: run_record(json.loads(path.read_text())) for name, path in results.items()}
     return {
-        "method": method, "concept": concept, "domain": domain,
-        "erase_seconds": json.loads((work / "erase.json").read_text())["seconds"],
+        "method": method, "concept": concept, "domain": domain, "entry": describe_entry(ENTRIES[method]),
+        # where its times were measured (a work directory written before this was kept: this machine)
+        "machine": erase.get("machine", this_machine()), "erase_seconds": erase["seconds"],
         "canvas": json.loads((work / "canvas.json").read_text()), "attacks": runs,
     }  # fmt: skip
 
 
-def write_table(cells, methods, concepts, attacks, args) -> None:
-    """attacks.json (kind ``attack-table``, read by ``hirm report``), attacks.md, tradeoff.png, sheets/."""
+def write_table(cells, sheets, methods, concepts, attacks, args) -> None:
+    """attacks.json (kind ``attack-table``, read by ``hirm report``), attacks.md, tradeoff.png and
+    sheets/ (``sheets``: each cell's picture, or the bytes of its file in the table it was kept from)."""
     rows = {}
     for method in methods:
         for domain in ("style", "object"):
@@ -457,35 +584,37 @@ def write_table(cells, methods, concepts, attacks, args) -> None:
     missing = [f"{m}/{c}" for m in methods for c in concepts if not any(
         x["method"] == m and x["concept"] == c for x in cells)]  # fmt: skip
     complete = not missing and all(r["complete"] for c in cells for r in c["attacks"].values())
-    machine = f"{platform.machine()} CPU, {torch.get_num_threads()} torch threads, torch {torch.__version__}"
+    machine = "; ".join(dict.fromkeys(c.get("machine", this_machine()) for c in cells)) or this_machine()
     settings = {
         "command": f"python {' '.join(sys.argv)}",
-        "attack seeds": args.seeds,
-        "grid seeds": args.canvas_seeds,
-        "grid precision": args.precision,
-        "time limit per attack": args.time_limit,
+        **table_settings(args, attacks),
         "machine": machine,
         "cells missing": ", ".join(missing) or "none",
     }
     report = {
         "kind": "attack-table", "date": now_iso(), "argv": sys.argv, "complete": complete,
-        "attacks": list(attacks), "goal": GOAL, "settings": settings, "rows": rows, "cells": cells,
+        "attacks": list(attacks), "methods": list(methods), "concepts": list(concepts), "goal": GOAL,
+        "settings": settings, "rows": rows, "cells": cells,
     }  # fmt: skip
     text = markdown(rows, cells, args, attacks)
     if missing:
         text += f"\n\nNot run yet ({len(missing)} cells): {', '.join(missing)}."
     # The whole directory at once, marked as hirm's: a later run (resumed, or --table-only) replaces it
-    # as a whole, and never a directory hirm did not write.
+    # as a whole (keeping the cells it holds, see recorded_table), and never a directory hirm did not write.
     with atomic_path(args.out, overwrite=True, directory=True, kind="attack-table") as tmp:
         (tmp / "attacks.json").write_text(dump_json(report))
         (tmp / "attacks.md").write_text(text + "\n")
         tradeoff_plot(rows, tmp / "tradeoff.png")
-        for method in methods:
-            sheet = contact_sheet(cells, method, args.work)
-            if sheet is not None:
-                (tmp / "sheets").mkdir(exist_ok=True)
-                # a 256-colour palette keeps a sheet ~3x smaller than RGB, with no visible change at 32 px
-                sheet.quantize(256).save(tmp / "sheets" / f"{method}.png", format="PNG", optimize=True)
+        for cell in cells:
+            sheet, path = (
+                sheets[cell["method"], cell["concept"]],
+                tmp / sheet_path(cell["method"], cell["concept"]),
+            )
+            if isinstance(sheet, bytes):
+                path.parent.mkdir(parents=True, exist_ok=True)
+                path.write_bytes(sheet)
+            else:
+                save_sheet(sheet, path)
     print(f"table -> {args.out / 'attacks.md'}; plot -> {args.out / 'tradeoff.png'}")
 
 

@@ -58,14 +58,14 @@ def test_tradeoff_plot_puts_each_method_at_its_worst_case_asr(tmp_path):
 
 
 def test_contact_sheet_shows_before_and_after_of_each_run(tmp_path):
-    """Two rows per (concept, attack) of a method, images at native size; an item without an "after"
-    image (the attack never ran on it) is a white cell, not a copy of its "before"."""
+    """Two rows per attack of a cell, images at native size; an item without an "after" image (the
+    attack never ran on it) is a white cell, not a copy of its "before"."""
     import json
 
     import numpy as np
     from PIL import Image
 
-    run = tmp_path / "uce" / "Cats" / "embedding"
+    run = tmp_path / "embedding"
     (run / "images").mkdir(parents=True)
     items = []
     for i, (before, after) in enumerate([((255, 0, 0), (0, 0, 255)), ((0, 255, 0), None)]):
@@ -76,12 +76,8 @@ def test_contact_sheet_shows_before_and_after_of_each_run(tmp_path):
             files["after"] = f"images/a{i}.png"
         items.append({"index": i, "images": files})
     (run / "result.json").write_text(json.dumps({"items": items}))
-    cells = [
-        {"method": "uce", "concept": "Cats", "attacks": {"embedding": {}}},
-        {"method": "hirm", "concept": "Cats", "attacks": {"embedding": {}}},
-    ]
-    sheet = attacks_benchmark.contact_sheet(cells, "uce", tmp_path)
-    assert attacks_benchmark.contact_sheet(cells, "esd-x", tmp_path) is None
+    cell = {"method": "uce", "concept": "Cats", "attacks": {"embedding": {}}}
+    sheet = attacks_benchmark.contact_sheet(cell, tmp_path)
     n = attacks_benchmark.SHEET_ITEMS
     assert sheet.size == (230 + 32 * n, 24 + 2 * 32)  # one run: a before row and an after row
     pixels = np.asarray(sheet)
@@ -101,7 +97,8 @@ def _fake_cell(work, method, concept, attacks, k):
 
     cell = work / method / concept
     cell.mkdir(parents=True)
-    (cell / "erase.json").write_text(json.dumps({"seconds": 2.0}))
+    entry = attacks_benchmark.describe_entry(attacks_benchmark.ENTRIES[method])
+    (cell / "erase.json").write_text(json.dumps({"seconds": 2.0, "entry": entry}))
     canvas = {"UA": 0.9, "IRA": 0.95, "CRA": 0.98, "n_target": 20, "n_in_domain": 380, "n_cross": 400}
     (cell / "canvas.json").write_text(json.dumps(canvas))
     for attack in attacks:
@@ -136,10 +133,11 @@ def test_table_from_finished_cells_and_its_report(tmp_path):
 
     from hirm.io import OutputExistsError
 
-    # a resumed run (or another --table-only) replaces the table it wrote; never a directory it did not
+    # a resumed run (or another --table-only) replaces the table it wrote, keeping what it held and planned;
+    # never a directory it did not write
     again = ["--work", str(work), "--table-only", "--methods", "uce", "--concepts", "Pastel"]
     attacks_benchmark.main([*again, "--out", str(out)])
-    assert "Not run yet" not in (out / "attacks.md").read_text()
+    assert "Not run yet (4 cells)" in (out / "attacks.md").read_text()
     foreign = tmp_path / "mine"
     foreign.mkdir()
     (foreign / "notes.txt").write_text("keep me")
@@ -157,7 +155,10 @@ def test_table_from_finished_cells_and_its_report(tmp_path):
     assert table["rows"]["uce|object"]["attacks"]["embedding"]["asr"]["k"] == 2
     text = (out / "attacks.md").read_text()
     assert "Not run yet (4 cells): uce/Rust, hirm-r-rms/Pastel, hirm-r-rms/Cats, hirm-r-rms/Rust." in text
-    assert (out / "tradeoff.png").is_file() and (out / "sheets" / "uce.png").is_file()
+    assert (out / "tradeoff.png").is_file()
+    assert sorted(p.relative_to(out).as_posix() for p in (out / "sheets").rglob("*.png")) == [
+        "sheets/uce/Cats.png", "sheets/uce/Pastel.png"
+    ]  # fmt: skip
 
     report = build_report([out], tmp_path / "report")
     summary = (report / "summary.md").read_text()
@@ -166,4 +167,63 @@ def test_table_from_finished_cells_and_its_report(tmp_path):
     object_ = next(line for line in summary.splitlines() if line.startswith("| uce | object"))
     assert "| yes |" in style and "| no |" in object_  # ASR 0 % vs 50 % with IRA 95 %, CRA 98 %
     page = (report / "index.html").read_text()
-    assert page.count("data:image/png;base64") == 2  # the plot and the uce sheet
+    assert page.count("data:image/png;base64") == 3  # the plot and a sheet per cell
+    assert "uce on Cats: before / after" in page
+
+
+def test_a_table_keeps_its_cells_without_the_work_directory(tmp_path, monkeypatch, capsys):
+    """The table in --out is a record: a later run with an empty --work (a fresh checkout) keeps its
+    cells, their numbers and their sheets byte for byte, and runs none of them again; it adds cells
+    from --work. Other settings are an error unless --replace; a cell whose method's configuration
+    changed is dropped (and named); a work directory erased with another configuration is refused."""
+    import json
+
+    import hirm
+    from hirm.evaluation.compare import Entry
+
+    work, out = tmp_path / "work", tmp_path / "table"
+    attacks = ("embedding", "unlearndiffatk", "ringabell")
+    _fake_cell(work, "uce", "Pastel", attacks, k=0)
+    _fake_cell(work, "uce", "Cats", attacks, k=2)
+    base = ["--out", str(out), "--methods", "uce", "--concepts", "Pastel,Cats"]
+    attacks_benchmark.main(["--work", str(work), "--table-only", *base])
+    first = json.loads((out / "attacks.json").read_text())
+    sheets = {p.name: p.read_bytes() for p in (out / "sheets" / "uce").iterdir()}
+
+    def no_model(*args, **kwargs):
+        raise AssertionError("a kept cell must not be run again")
+
+    monkeypatch.setattr(hirm, "load_model", no_model)
+    empty = tmp_path / "fresh-work"
+    attacks_benchmark.main(["--work", str(empty), *base])  # a run: everything asked is in the table
+    attacks_benchmark.main(["--work", str(empty), "--table-only", *base])
+    again = json.loads((out / "attacks.json").read_text())
+    assert again["rows"] == first["rows"] and again["cells"] == first["cells"]
+    assert {p.name: p.read_bytes() for p in (out / "sheets" / "uce").iterdir()} == sheets
+
+    # a cell finished in another work directory joins the kept ones; the plan grows
+    _fake_cell(empty, "uce", "Rust", attacks, k=4)
+    attacks_benchmark.main(
+        ["--work", str(empty), "--table-only", "--out", str(out), "--concepts", "Rust", "--methods", "uce"]
+    )
+    grown = json.loads((out / "attacks.json").read_text())
+    assert [c["concept"] for c in grown["cells"]] == ["Pastel", "Cats", "Rust"]
+    assert grown["concepts"] == ["Pastel", "Cats", "Rust"] and grown["complete"]
+    assert grown["rows"]["uce|style"]["attacks"]["embedding"]["asr"]["k"] == 4  # Pastel 0 + Rust 4
+
+    with pytest.raises(SystemExit, match="other settings \\(attack seeds\\).*--replace"):
+        attacks_benchmark.main(["--work", str(empty), "--table-only", *base, "--seeds", "1,2"])
+    assert json.loads((out / "attacks.json").read_text()) == grown  # nothing lost
+
+    changed = Entry("uce", ("uce",), overrides={"uce": {"lamb": 0.1}})
+    monkeypatch.setitem(attacks_benchmark.ENTRIES, "uce", changed)
+    attacks_benchmark.main(["--work", str(tmp_path / "none"), "--table-only", *base])
+    assert "uce/Pastel: the method's configuration changed; not kept" in capsys.readouterr().out
+    assert json.loads((out / "attacks.json").read_text())["cells"] == []
+    with pytest.raises(SystemExit, match="erased with another configuration of uce"):
+        attacks_benchmark.main(["--work", str(empty), "--table-only", *base, "--concepts", "Rust"])
+
+    monkeypatch.undo()
+    attacks_benchmark.main(["--work", str(work), "--table-only", *base, "--seeds", "1,2", "--replace"])
+    replaced = json.loads((out / "attacks.json").read_text())
+    assert replaced["settings"]["attack seeds"] == "1,2" and replaced["concepts"] == ["Pastel", "Cats"]

@@ -782,13 +782,18 @@ def attack_table_block(result: Mapping[str, Any], directory: Path) -> tuple[str,
     settings = result.get("settings", {})
     facts = [(k, str(v)) for k, v in settings.items()]
     pictures_h, pictures_md = [], []
-    for name in ["tradeoff.png", *(f"sheets/{m}.png" for m in dict.fromkeys(k.split("|")[0] for k in rows))]:
+    # the plot, then each cell's before / after sheet (the table lists its cells by method)
+    named = [("tradeoff.png", "worst-case ASR vs IRA")]
+    named += [
+        (f"sheets/{c['method']}/{c['concept']}.png", f"{c['method']} on {c['concept']}: before / after")
+        for c in result.get("cells", [])
+    ]
+    for name, caption in named:
         file = directory / name
         if not file.is_file():
             continue
         with Image.open(file) as picture:
             uri = png_uri(np.asarray(picture.convert("RGB")))
-        caption = "worst-case ASR vs IRA" if name == "tradeoff.png" else f"{Path(name).stem}: before / after"
         pictures_h.append(
             f'<figure><img src="{uri}" alt="{esc(caption)}"><figcaption>{esc(caption)}</figcaption></figure>'
         )
