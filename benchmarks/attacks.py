@@ -30,7 +30,8 @@ Methods, named as in ``hirm compare`` (see ``ENTRIES``): hirm-s-tuned (HiRM-S at
 settings: final hidden state, 100 steps, lr 5e-4), hirm-r-rms (HiRM-R's direction at the read-out's
 RMS, same settings), uce (the authors' original script, siblings preserved), hirm-s-tuned+uce,
 diffquickfix (the authors' notebook), esd-x-100 (ESD-x at 100 of its 1000 steps), advunlearn-cpu
-(``AdvUnlearnConfig.cpu()``), hirm-adv (hardened HiRM: world-tuned HiRM-S per round, 4 rounds).
+(``AdvUnlearnConfig.cpu()``), hirm-adv (hardened HiRM: world-tuned HiRM-S per round, 4 rounds),
+hirm-adv-keep (the same, keeping the read-outs of the domain's other concepts, preserve weight 1).
 Attacks at their CPU-budget defaults: embedding (300 steps), unlearndiffatk (k 3, 5 timesteps x 20
 iterations), ringabell (64 x 60).
 """
@@ -88,6 +89,16 @@ ENTRIES: dict[str, Entry] = {
             ("hirm-adv",),
             target="super",
             overrides={"hirm-adv": {"hirm": WORLD_HIRM, "rounds": 4}},
+        ),
+        # hardened HiRM that keeps the read-outs of the domain's other concepts (preserve weight 1), as UCE
+        # keeps the other artists and AdvUnlearn a retain set: does the hardening still hold without
+        # wrecking the world (hirm-adv: IRA 21-31 %)?
+        Entry(
+            "hirm-adv-keep",
+            ("hirm-adv",),
+            target="super",
+            overrides={"hirm-adv": {"hirm": WORLD_HIRM, "rounds": 4}},
+            preserve_others=("hirm-adv",),
         ),
     )
 }

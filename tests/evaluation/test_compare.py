@@ -126,3 +126,35 @@ def test_merged_parts_give_the_table_of_one_run(sd_dir, canvas, judges, settings
     text = merge_compare([tmp_path / "d"], out=tmp_path / "subset", names=["uce", "hirm-r"]).read_text()
     assert "- style concepts: Van_Gogh, Crayon" in text
     assert "- hirm-r, style concepts: Van_Gogh (only these)" in text
+
+
+def test_preserve_others_reaches_each_methods_preserve_set(sd_dir, canvas):
+    """preserve_others gives the erased concept's domain siblings to UCE's preserve list, to HiRM's
+    preserve set with a weight (it has none by default; 0 would be refused), and to hardened HiRM's
+    nested HiRM config; a method without a preserve set is refused, not silently left alone."""
+    import pytest
+    import torch
+
+    import hirm
+    from hirm.core.config import HiRMConfig
+    from hirm.core.esd import ESDConfig
+    from hirm.core.uce import UCEConfig
+    from hirm.evaluation.compare import PRESERVE_WEIGHT, make_erase, preserving
+
+    keep = ("Dogs", "Horses")
+    assert preserving(UCEConfig(), keep).preserve == keep
+    hirm_config = preserving(HiRMConfig(), keep)
+    assert (hirm_config.preserve, hirm_config.preserve_weight) == (keep, PRESERVE_WEIGHT)
+    assert preserving(HiRMConfig(preserve=("x",), preserve_weight=0.3), keep).preserve_weight == 0.3
+    with pytest.raises(ValueError, match="has no preserve set"):
+        preserving(ESDConfig(), keep)
+
+    entry = Entry(
+        "hirm-adv-keep", ("hirm-adv",), target="super",
+        overrides={"hirm-adv": {"rounds": 1, "hirm": {"steps": 2}}}, preserve_others=("hirm-adv",),
+    )  # fmt: skip
+    name = canvas.objects[0]
+    patch = make_erase(entry, canvas, torch.device("cpu"))(hirm.load_model(sd_dir), name, "object")
+    nested = patch.metadata["config"]["hirm"]
+    siblings = [n.replace("_", " ") for n in canvas.objects if n != name]
+    assert list(nested["preserve"]) == siblings and nested["preserve_weight"] == PRESERVE_WEIGHT

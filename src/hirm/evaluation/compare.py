@@ -17,7 +17,7 @@ import csv
 import io
 import os
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -97,6 +97,24 @@ ENTRIES: dict[str, Entry] = {
 }
 
 
+#: ``preserve_weight`` given to a HiRM preserve set that has none (the unweighted sum of the two MSEs,
+#: as ``hirm.core.multi``'s ``preserved`` strategy).
+PRESERVE_WEIGHT = 1.0
+
+
+def preserving(config: Any, prompts: tuple[str, ...]) -> Any:
+    """``config`` with ``prompts`` as its preserve set: UCE's ``preserve``; HiRM's ``preserve`` with its
+    ``preserve_weight`` (:data:`PRESERVE_WEIGHT` when it has none); hardened HiRM's nested HiRM config."""
+    names = {f.name for f in fields(config)}
+    if "hirm" in names and "preserve" not in names:
+        return replace(config, hirm=preserving(config.hirm, prompts))
+    if "preserve" not in names:
+        raise ValueError(f"{type(config).__name__} has no preserve set; leave it out of preserve_others.")
+    if "preserve_weight" in names:
+        return replace(config, preserve=prompts, preserve_weight=config.preserve_weight or PRESERVE_WEIGHT)
+    return replace(config, preserve=prompts)
+
+
 def make_erase(entry: Entry, canvas: Canvas, device: torch.device) -> EraseFn:
     """``erase_fn(handle, name, domain)`` for :func:`run_sweep`: every method of ``entry``, merged."""
     from hirm.api import erase
@@ -122,7 +140,7 @@ def make_erase(entry: Entry, canvas: Canvas, device: torch.device) -> EraseFn:
         )
         patches = [
             erase(handle, [concept], method=m, device=device, progress=False,
-                  config=replace(configs[m], preserve=siblings) if m in entry.preserve_others else configs[m])
+                  config=preserving(configs[m], siblings) if m in entry.preserve_others else configs[m])
             for m in entry.methods
         ]  # fmt: skip
         return patches[0] if len(patches) == 1 else merge_patches(patches)
@@ -491,8 +509,8 @@ def _entry_text(entry: Entry) -> str:
         text += f"; target {entry.target}"
     if entry.overrides:
         text += "; changed from the defaults: " + "; ".join(
-            f"{method} " + ", ".join(f"{k}={v}" for k, v in fields.items())
-            for method, fields in entry.overrides.items()
+            f"{method} " + ", ".join(f"{k}={v}" for k, v in changes.items())
+            for method, changes in entry.overrides.items()
         )
     if entry.preserve_others:
         text += (
