@@ -20,13 +20,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import statistics
 import tempfile
 import time
 from pathlib import Path
 
 import torch
+
+from hirm.evaluation.common import machine_text
 
 
 def main() -> None:
@@ -76,7 +77,7 @@ def main() -> None:
         for a, b in zip(results["one-at-a-time"]["items"], results["batched"]["items"], strict=True)
     )
     median = {name: statistics.median(values) for name, values in seconds.items()}
-    machine = f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} torch threads, torch {torch.__version__}"
+    machine = machine_text()
     report = {
         "concept": concept,
         "prompts": args.limit,

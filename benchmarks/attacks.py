@@ -40,7 +40,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import sys
 import time
 from collections.abc import Mapping, Sequence
@@ -56,7 +55,7 @@ from hirm.core.advunlearn import AdvUnlearnConfig
 from hirm.core.hirm_hardened import WORLD_HIRM
 from hirm.evaluation.canvas import CanvasEvaluator, CanvasSettings, make_cache
 from hirm.evaluation.canvas_grid import Canvas
-from hirm.evaluation.common import dump_json, now_iso
+from hirm.evaluation.common import dump_json, machine_text, now_iso
 from hirm.evaluation.compare import ENTRIES as COMPARE_ENTRIES
 from hirm.evaluation.compare import WORLD_TUNED_HIRM, Entry, make_erase
 from hirm.io import atomic_path, write_atomic
@@ -135,7 +134,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "--precision",
         default="bf16",
         choices=("fp32", "bf16"),
-        help="sampling precision of the UA/IRA/CRA grid (bf16 autocast, as the comparison runs; attacks keep their own)",
+        help="sampling precision of the UA/IRA/CRA grid (bf16 autocast, as the comparison runs; attacks keep their "
+        "own). bf16 is emulated, ~12x slower than fp32, on CPUs without native bf16 (benchmarks/precision_speed.py)",
     )
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     parser.add_argument(
@@ -172,7 +172,7 @@ def erase_cell(entry: Entry, canvas: Canvas, handle: Any, concept: str, work: Pa
     patch = make_erase(entry, canvas, device)(handle, concept, canvas.domain(concept))
     seconds = time.perf_counter() - start
     patch.save(path, overwrite=True)
-    record = {"seconds": seconds, "entry": describe_entry(entry), "machine": this_machine()}
+    record = {"seconds": seconds, "entry": describe_entry(entry), "machine": machine_text()}
     write_atomic(meta, lambda tmp: tmp.write_text(json.dumps(record)), overwrite=True)
     return patch, seconds
 
@@ -278,10 +278,6 @@ def describe_entry(entry: Entry) -> str:
     return f"{entry.name} = {'+'.join(entry.methods)}{target}{changed}{kept}"
 
 
-def this_machine() -> str:
-    return f"{platform.machine()} CPU, {torch.get_num_threads()} torch threads, torch {torch.__version__}"
-
-
 def markdown(rows: Mapping[str, Mapping[str, Any]], cells: Sequence[Mapping[str, Any]], args, attacks) -> str:
     header = [
         "method",
@@ -305,7 +301,7 @@ def markdown(rows: Mapping[str, Mapping[str, Any]], cells: Sequence[Mapping[str,
             f"{sum(seconds) / len(seconds):.0f}" if seconds else "–", f"{row['erase_seconds']:.1f}",
         ]  # fmt: skip
         lines.append("| " + " | ".join(cells_) + " |" + (" (partial)" if partial else ""))
-    machine = "; ".join(dict.fromkeys(c.get("machine", this_machine()) for c in cells))
+    machine = "; ".join(dict.fromkeys(c.get("machine", machine_text()) for c in cells))
     methods = list(dict.fromkeys(c["method"] for c in cells))
     links = [
         f"### {m}\n\n"
@@ -548,7 +544,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             patch, erase_seconds = erase_cell(ENTRIES[method], canvas, handle, concept, work, device)
             cell = {
                 "method": method, "concept": concept, "domain": canvas.domain(concept),
-                "entry": describe_entry(ENTRIES[method]), "machine": this_machine(), "erase_seconds": erase_seconds,
+                "entry": describe_entry(ENTRIES[method]), "machine": machine_text(), "erase_seconds": erase_seconds,
                 "canvas": canvas_cell(evaluator, concept, patch, work),
                 "attacks": {a: attack_cell(a, concept, canvas, patch, work, args, pipe) for a in attacks},
             }  # fmt: skip
@@ -578,7 +574,7 @@ def finished_cell(work: Path, method: str, concept: str, domain: str, attacks: S
     return {
         "method": method, "concept": concept, "domain": domain, "entry": describe_entry(ENTRIES[method]),
         # where its times were measured (a work directory written before this was kept: this machine)
-        "machine": erase.get("machine", this_machine()), "erase_seconds": erase["seconds"],
+        "machine": erase.get("machine", machine_text()), "erase_seconds": erase["seconds"],
         "canvas": json.loads((work / "canvas.json").read_text()), "attacks": runs,
     }  # fmt: skip
 
@@ -595,7 +591,7 @@ def write_table(cells, sheets, methods, concepts, attacks, args) -> None:
     missing = [f"{m}/{c}" for m in methods for c in concepts if not any(
         x["method"] == m and x["concept"] == c for x in cells)]  # fmt: skip
     complete = not missing and all(r["complete"] for c in cells for r in c["attacks"].values())
-    machine = "; ".join(dict.fromkeys(c.get("machine", this_machine()) for c in cells)) or this_machine()
+    machine = "; ".join(dict.fromkeys(c.get("machine", machine_text()) for c in cells)) or machine_text()
     settings = {
         "command": f"python {' '.join(sys.argv)}",
         **table_settings(args, attacks),

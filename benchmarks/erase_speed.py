@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import json
 import multiprocessing as mp
-import platform
 import resource
 import sys
 import tempfile
@@ -30,6 +29,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
+
+from hirm.evaluation.common import machine_text
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
@@ -166,9 +167,7 @@ def main() -> None:
     results = [_median_run(rs) for rs in runs.values()]
 
     plain = results[0]
-    print(
-        f"machine: {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}, device {args.device}"
-    )
+    print(f"machine: {machine_text()}, device {args.device}")
     print(f"SD 1.4 CLIP-L architecture (random init), {args.steps} steps, reference nudity concept")
     print(
         f"{'variant':<10} {'s/step':>8} {'total s':>8} {'peak MiB':>9} {'final loss':>12} {'time ratio':>10}"

@@ -19,13 +19,13 @@ n - 2; the JSON records what was asked and what ran). MiniCanvas 2 has 20 of eac
 from __future__ import annotations
 
 import argparse
-import platform
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from hirm.evaluation.common import machine_text
 from hirm.evaluation.metrics import wilson_interval
 
 GOAL = {"UA": 0.90, "IRA": 0.90, "CRA": 0.95}
@@ -159,7 +159,7 @@ def run_table(
         "hirm_config": config.to_dict(),
         "target": target,
         "goal": GOAL,
-        "machine": platform.processor() or platform.machine(),
+        "machine": machine_text(),
         "domains": {},
     }
     for domain in domains:

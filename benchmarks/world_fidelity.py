@@ -21,13 +21,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from hirm.evaluation.common import machine_text
 from hirm.evaluation.fidelity import (
     ProbeSettings,
     generate_from_rows,
@@ -170,7 +170,7 @@ def main() -> None:
     judges = load_judges(root=a.assets)
     settings = ProbeSettings(precision=a.precision)
     card = {
-        "machine": {"cpu": platform.processor() or platform.machine(), "threads": torch.get_num_threads()},
+        "machine": machine_text(),
         "settings": {**settings.__dict__, "seeds": a.seeds, "prompt": CANVAS_TEMPLATE},
     }
     card["padding_and_swap"] = probe_padding_and_swap(pipe, judges, a.seeds, settings)

@@ -17,13 +17,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from hirm.evaluation.common import machine_text
 from hirm.evaluation.metrics import proportion
 from hirm.world import (
     CANVAS_TEMPLATE,
@@ -159,7 +159,7 @@ def main() -> None:
     report: dict = {
         "generation_defaults": GENERATION_DEFAULTS,
         "precision": a.precision,
-        "machine": platform.processor() or platform.machine(),
+        "machine": machine_text(),
         "torch_threads": torch.get_num_threads(),
     }
 

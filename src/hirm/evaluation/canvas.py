@@ -72,8 +72,10 @@ class CanvasSettings:
             report of a single evaluation (``None``: every concept; the target's own images, every seed and
             every held-out / super-category prompt are always kept). Sweeps keep the target's grid rows only.
         thumbnail: kept images larger than this (px, longest side) are downscaled for the report.
-        precision: ``"fp32"`` or ``"bf16"`` (bfloat16 autocast while sampling; about 2x faster on CPUs
-            with AMX/AVX-512-BF16; on MiniCanvas the judged accuracy was the same, see docs/world.md).
+        precision: ``"fp32"`` or ``"bf16"`` (bfloat16 autocast while sampling: faster only where the
+            hardware has native bf16, e.g. CPUs with AMX / AVX-512-BF16; emulated and about 12x slower on
+            an AVX2-only CPU, ``benchmarks/precision_speed.py``; on MiniCanvas the judged accuracy was the
+            same, see docs/world.md).
     """
 
     templates: tuple[str, ...] = (UNLEARNCANVAS_TEMPLATE,)
