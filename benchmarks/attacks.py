@@ -278,6 +278,12 @@ def describe_entry(entry: Entry) -> str:
     return f"{entry.name} = {'+'.join(entry.methods)}{target}{changed}{kept}"
 
 
+def cells_machines(cells: Sequence[Mapping[str, Any]]) -> str:
+    """The machines the cells' times come from (this one for a cell that does not say, or none)."""
+    here = machine_text()
+    return "; ".join(dict.fromkeys(c.get("machine", here) for c in cells)) or here
+
+
 def markdown(rows: Mapping[str, Mapping[str, Any]], cells: Sequence[Mapping[str, Any]], args, attacks) -> str:
     header = [
         "method",
@@ -301,7 +307,7 @@ def markdown(rows: Mapping[str, Mapping[str, Any]], cells: Sequence[Mapping[str,
             f"{sum(seconds) / len(seconds):.0f}" if seconds else "–", f"{row['erase_seconds']:.1f}",
         ]  # fmt: skip
         lines.append("| " + " | ".join(cells_) + " |" + (" (partial)" if partial else ""))
-    machine = "; ".join(dict.fromkeys(c.get("machine", machine_text()) for c in cells))
+    machine = cells_machines(cells)
     methods = list(dict.fromkeys(c["method"] for c in cells))
     links = [
         f"### {m}\n\n"
@@ -591,7 +597,7 @@ def write_table(cells, sheets, methods, concepts, attacks, args) -> None:
     missing = [f"{m}/{c}" for m in methods for c in concepts if not any(
         x["method"] == m and x["concept"] == c for x in cells)]  # fmt: skip
     complete = not missing and all(r["complete"] for c in cells for r in c["attacks"].values())
-    machine = "; ".join(dict.fromkeys(c.get("machine", machine_text()) for c in cells)) or machine_text()
+    machine = cells_machines(cells)
     settings = {
         "command": f"python {' '.join(sys.argv)}",
         **table_settings(args, attacks),
