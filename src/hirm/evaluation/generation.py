@@ -198,7 +198,7 @@ def generate_batch(pipe: Any, requests: Sequence[Request]) -> np.ndarray:
 def warn_emulated_bf16(device: torch.device) -> None:
     """bf16 autocast on a CPU without native bf16 (no AMX / AVX-512-BF16) is emulated: the world's
     pipeline sampled 16 images 12x slower than in fp32 on a 2-core AVX2 AMD EPYC (70.5 s vs 5.8 s).
-    Said once per process; ``precision="auto"`` (the CLI's ``--precision auto``) picks fp32 there."""
+    Python's default filter shows it once per calling place; ``precision="auto"`` picks fp32 there."""
     from hirm.checks import native_bf16
 
     if device.type == "cpu" and not native_bf16(device):
