@@ -116,8 +116,12 @@ def run_table(
     device: str = "cpu",
     cache_dir: str | None = None,
     progress: bool = True,
+    keep_other_domain: bool = False,
 ) -> dict[str, Any]:
-    """Every (domain, strategy) row; see the module docstring. Returns the JSON-ready result."""
+    """Every (domain, strategy) row; see the module docstring. Returns the JSON-ready result.
+
+    ``keep_other_domain``: ``preserved`` also keeps every concept of the other domain (its row is then
+    named ``preserved-both``), so its CRA, like its IRA, is measured on concepts it was told to keep."""
     import torch
 
     from hirm.adapters.loading import load_model
@@ -158,6 +162,7 @@ def run_table(
         ),
         "hirm_config": config.to_dict(),
         "target": target,
+        "keep_other_domain": keep_other_domain,
         "goal": GOAL,
         "machine": machine_text(),
         "domains": {},
@@ -167,15 +172,19 @@ def run_table(
         concepts = concepts_for(canvas, names, domain, target)
         rows = {"original": {**grid_metrics(original_rows, names, domain), "erase_s": 0.0}}
         kept = [n for n in canvas.names(domain) if n not in names]
+        other_domain = "style" if domain == "object" else "object"
+        other = list(canvas.names(other_domain)) if keep_other_domain else []
         for strategy in strategies:
-            # ``preserved`` keeps the domain's other concepts (the IRA ones), as UCE's script keeps the other artists
-            keep = [display_name(n) for n in kept] if strategy == "preserved" else []
+            # ``preserved`` keeps the domain's other concepts (the IRA ones), as UCE's script keeps the other
+            # artists; with keep_other_domain the other domain's concepts (the CRA ones) as well
+            keep = [display_name(n) for n in (*kept, *other)] if strategy == "preserved" else []
+            row = "preserved-both" if strategy == "preserved" and keep_other_domain else strategy
             start = time.perf_counter()
             patch = erase_many(handle, concepts, config, strategy=strategy, keep=keep, progress=False)
             erase_s = time.perf_counter() - start
             with patched(pipe, [patch]):
-                judged, _ = evaluator.judge_items(items, cache=None, desc=f"{domain}/{strategy}")
-            rows[strategy] = {**grid_metrics(judged, names, domain), "erase_s": erase_s}
+                judged, _ = evaluator.judge_items(items, cache=None, desc=f"{domain}/{row}")
+            rows[row] = {**grid_metrics(judged, names, domain), "erase_s": erase_s}
         result["domains"][domain] = {
             "erased": names,
             "kept": kept,
@@ -223,6 +232,11 @@ def to_markdown(result: Mapping[str, Any], command: str = "") -> str:
             "- `preserved` trains with the kept concepts of the domain as its preserve set (as UCE's original "
             "script keeps the other artists), so its IRA is measured on concepts it was told to keep."
         )
+    if any("preserved-both" in block["rows"] for block in result["domains"].values()):
+        lines.append(
+            "- `preserved-both` also keeps every concept of the other domain (`--keep-other-domain`), so its "
+            "CRA too is measured on concepts it was told to keep."
+        )
     return "\n".join(lines) + "\n"
 
 
@@ -234,6 +248,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--count", type=int, default=10, help="Concepts erased per domain (two always kept).")
     parser.add_argument("--strategies", default=None, help="Comma-separated (default: all).")
     parser.add_argument("--target", choices=("super", "random", "random-rms"), default="super")
+    parser.add_argument(
+        "--keep-other-domain",
+        action="store_true",
+        help="strategy preserved also keeps the other domain's concepts (row preserved-both)",
+    )
     parser.add_argument(
         "--steps", type=int, default=None, help="HiRM steps (default 100, the world-tuned value)."
     )
@@ -297,6 +316,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         settings=settings,
         device=args.device,
         cache_dir=args.cache_dir,
+        keep_other_domain=args.keep_other_domain,
     )
     command = " ".join(
         ["python benchmarks/multi_concept.py", *map(shlex.quote, sys.argv[1:] if argv is None else argv)]

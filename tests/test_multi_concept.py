@@ -174,6 +174,29 @@ def test_benchmark_writes_one_row_per_strategy_with_counts_and_intervals(bench, 
         bench.main(["--out", str(out), "--model", str(sd_dir), "--budget", "tiny"])
 
 
+def test_keep_other_domain_preserves_the_cra_concepts_too(bench, world, sd_dir, tmp_path, monkeypatch):
+    """``--keep-other-domain``: ``preserved`` is told to keep the other domain's concepts as well, and
+    its row says so by its name and its note."""
+    import hirm.core.multi as multi
+
+    kept_by_call, real = [], multi.erase_many
+
+    def spy(*args, keep=(), **kwargs):
+        kept_by_call.append(list(keep))
+        return real(*args, keep=keep, **kwargs)
+
+    monkeypatch.setattr(multi, "erase_many", spy)
+    out = tmp_path / "mc"
+    saved = bench.main(["--out", str(out), "--model", str(sd_dir), "--budget", "tiny", "--strategies",
+                        "preserved", "--keep-other-domain", "--cache-dir", str(tmp_path / "cache")])  # fmt: skip
+    assert kept_by_call == [["Trees", "Birds", "Van Gogh", "Crayon", "Pastel", "Rust"],
+                            ["Pastel", "Rust", "Cats", "Dogs", "Trees", "Birds"]]  # fmt: skip
+    assert list(saved["domains"]["object"]["rows"]) == ["original", "preserved-both"]
+    assert saved["keep_other_domain"] is True
+    table = (out / "multi_concept.md").read_text()
+    assert "| style | preserved-both |" in table and "its CRA too is measured on concepts" in table
+
+
 def test_benchmark_keeps_two_concepts_for_ira(bench, world):
     names, note = bench.erased_concepts(world, "object", 10)
     assert names == ["Cats", "Dogs"] and "10 requested, 2 erased" in note
