@@ -20,6 +20,12 @@ match: same world (the assets' checksums), attacks, attack seeds, grid seeds and
 attack configs, and the method's configuration (``describe_entry``); a table made with other settings
 is an error unless ``--replace`` starts it anew. A kept cell keeps its contact sheet (copied as it is).
 
+Precision follows the machine, as everywhere in hirm: with ``--precision auto`` (the default) a cell's
+grid is sampled under bf16 autocast where the device has native bf16 (CUDA sm80+, AMX / AVX-512-BF16
+CPUs) and in fp32 elsewhere, as its erase and its attacks already are; each cell records the precision
+of its grid and the table shows it per row. The two are not bit-identical, so a row that pools both
+says so.
+
 Writes ``--out``/attacks.json (every cell and the pooled rows; ``hirm report`` reads it), attacks.md
 (the table, the settings, the cells not run yet), tradeoff.png (worst-case ASR over the attacks vs IRA,
 one point per method and domain; the issue's goal region ASR <= 5 %, IRA >= 90 % shaded) and
@@ -132,10 +138,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--device", default="cpu", help="torch device")
     parser.add_argument(
         "--precision",
-        default="bf16",
-        choices=("fp32", "bf16"),
-        help="sampling precision of the UA/IRA/CRA grid (bf16 autocast, as the comparison runs; attacks keep their "
-        "own). bf16 is emulated, ~12x slower than fp32, on CPUs without native bf16 (benchmarks/precision_speed.py)",
+        default="auto",
+        choices=("auto", "fp32", "bf16"),
+        help="sampling precision of the UA/IRA/CRA grid: auto = bf16 autocast where the device has native bf16 "
+        "(as the comparison ran), else fp32; each cell records which. bf16 is emulated, ~13x slower than fp32, "
+        "on CPUs without native bf16 (benchmarks/precision_speed.py)",
     )
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     parser.add_argument(
@@ -187,8 +194,17 @@ def check_entry(work: Path, entry: Entry) -> None:
         )
 
 
+def grid_precision(asked: str, device: torch.device) -> str:
+    """The precision a cell's grid is sampled in: ``auto`` is bf16 where ``device`` has native bf16."""
+    from hirm.checks import native_bf16
+
+    if asked != "auto":
+        return asked
+    return "bf16" if native_bf16(device) else "fp32"
+
+
 def canvas_cell(evaluator: CanvasEvaluator, concept: str, patch: Any, work: Path) -> dict[str, Any]:
-    """UA / IRA / CRA of the erased model on the grid (counts kept for pooling)."""
+    """UA / IRA / CRA of the erased model on the grid (counts kept for pooling) and the grid's precision."""
     path = work / "canvas.json"
     if path.is_file():
         return json.loads(path.read_text())
@@ -197,6 +213,7 @@ def canvas_cell(evaluator: CanvasEvaluator, concept: str, patch: Any, work: Path
     record = {
         "UA": grid["UA"], "IRA": grid["IRA"], "CRA": grid["CRA"],
         "n_target": grid["n_target"], "n_in_domain": grid["n_in_domain"], "n_cross": grid["n_cross"],
+        "precision": evaluator.settings.precision,
     }  # fmt: skip
     write_atomic(path, lambda tmp: tmp.write_text(json.dumps(record)), overwrite=True)
     return record
@@ -239,6 +256,7 @@ def pooled(cells: Sequence[Mapping[str, Any]], attacks: Sequence[str]) -> dict[s
         "CRA": pool("CRA", "n_cross"),
         "erase_seconds": sum(c["erase_seconds"] for c in cells) / len(cells),
         "concepts": [c["concept"] for c in cells],
+        "grid precision": "+".join(dict.fromkeys(cell_precision(c) for c in cells)),
         "attacks": {},
     }
     for name in attacks:
@@ -256,6 +274,11 @@ def pooled(cells: Sequence[Mapping[str, Any]], attacks: Sequence[str]) -> dict[s
             "complete": all(r["complete"] for r in runs),
         }
     return row
+
+
+def cell_precision(cell: Mapping[str, Any]) -> str:
+    """The precision of a cell's grid (``unrecorded`` for a grid written before cells said it)."""
+    return cell["canvas"].get("precision", "unrecorded")
 
 
 def _pct(stats: Mapping[str, Any] | None) -> str:
@@ -292,6 +315,7 @@ def markdown(rows: Mapping[str, Mapping[str, Any]], cells: Sequence[Mapping[str,
         "UA",
         "IRA",
         "CRA",
+        "grid",
         *[f"ASR {a}" for a in attacks],
         "attack s (mean)",
         "erase s",
@@ -303,6 +327,7 @@ def markdown(rows: Mapping[str, Mapping[str, Any]], cells: Sequence[Mapping[str,
         partial = any(not row["attacks"][a]["complete"] for a in attacks if a in row["attacks"])
         cells_ = [
             method, domain, str(len(row["concepts"])), _pct(row["UA"]), _pct(row["IRA"]), _pct(row["CRA"]),
+            row.get("grid precision", "unrecorded"),
             *[_pct(row["attacks"].get(a, {}).get("asr")) for a in attacks],
             f"{sum(seconds) / len(seconds):.0f}" if seconds else "–", f"{row['erase_seconds']:.1f}",
         ]  # fmt: skip
@@ -331,8 +356,13 @@ def markdown(rows: Mapping[str, Mapping[str, Any]], cells: Sequence[Mapping[str,
             "![ASR vs IRA](tradeoff.png)",
             "",
             f"- command: `python {' '.join(sys.argv)}`",
-            f"- attack seeds {args.seeds}; grid seeds {args.canvas_seeds}, grid precision {args.precision};"
-            f" time limit per attack {args.time_limit}",
+            f"- attack seeds {args.seeds}; grid seeds {args.canvas_seeds}, grid precision {args.precision}"
+            + (
+                " (bf16 autocast where the machine has native bf16, else fp32; column grid: each row's)"
+                if args.precision == "auto"
+                else ""
+            )
+            + f"; time limit per attack {args.time_limit}",
             "- methods: "
             + "; ".join(describe_entry(ENTRIES[m]) for m in dict.fromkeys(c["method"] for c in cells)),
             f"- machine (the cells' times): {machine}; table written {now_iso()}",
@@ -535,7 +565,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             seeds=tuple(int(s) for s in args.canvas_seeds.split(",")),
             heldout_templates=(),
             super_templates=(),
-            precision=args.precision,
+            precision=grid_precision(args.precision, device),
         )
         evaluator = CanvasEvaluator(
             pipe, canvas=canvas, judges=world.load_judges(device=device), settings=settings,

@@ -88,9 +88,9 @@ def test_contact_sheet_shows_before_and_after_of_each_run(tmp_path):
     assert tuple(pixels[head + 48, left + 48]) == (255, 255, 255)  # item 1: no after image
 
 
-def _fake_cell(work, method, concept, attacks, k):
-    """A finished cell in ``work`` as the benchmark leaves it: erase.json, canvas.json, each attack's
-    result.json (k of 4 prompts recovered) and its images."""
+def _fake_cell(work, method, concept, attacks, k, precision="bf16"):
+    """A finished cell in ``work`` as the benchmark leaves it: erase.json, canvas.json (its grid sampled
+    in ``precision``), each attack's result.json (k of 4 prompts recovered) and its images."""
     import json
 
     from PIL import Image
@@ -99,7 +99,8 @@ def _fake_cell(work, method, concept, attacks, k):
     cell.mkdir(parents=True)
     entry = attacks_benchmark.describe_entry(attacks_benchmark.ENTRIES[method])
     (cell / "erase.json").write_text(json.dumps({"seconds": 2.0, "entry": entry}))
-    canvas = {"UA": 0.9, "IRA": 0.95, "CRA": 0.98, "n_target": 20, "n_in_domain": 380, "n_cross": 400}
+    canvas = {"UA": 0.9, "IRA": 0.95, "CRA": 0.98, "n_target": 20, "n_in_domain": 380, "n_cross": 400,
+              "precision": precision}  # fmt: skip
     (cell / "canvas.json").write_text(json.dumps(canvas))
     for attack in attacks:
         run = cell / attack
@@ -227,3 +228,35 @@ def test_a_table_keeps_its_cells_without_the_work_directory(tmp_path, monkeypatc
     attacks_benchmark.main(["--work", str(work), "--table-only", *base, "--seeds", "1,2", "--replace"])
     replaced = json.loads((out / "attacks.json").read_text())
     assert replaced["settings"]["attack seeds"] == "1,2" and replaced["concepts"] == ["Pastel", "Cats"]
+
+
+def test_each_cell_says_its_grid_precision_and_auto_follows_the_machine(tmp_path, monkeypatch):
+    """``--precision auto`` (the default) samples a cell's grid in bf16 only where the device has native
+    bf16; every cell records its grid's precision, and a row pooling both precisions says so."""
+    import json
+
+    import hirm.checks
+
+    cpu = attacks_benchmark.torch.device("cpu")
+    monkeypatch.setattr(hirm.checks, "native_bf16", lambda device: False)
+    assert attacks_benchmark.grid_precision("auto", cpu) == "fp32"
+    assert attacks_benchmark.grid_precision("bf16", cpu) == "bf16"  # asked for: kept (and warned about)
+    monkeypatch.setattr(hirm.checks, "native_bf16", lambda device: True)
+    assert attacks_benchmark.grid_precision("auto", cpu) == "bf16"
+
+    work, out = tmp_path / "work", tmp_path / "table"
+    attacks = ("embedding", "unlearndiffatk", "ringabell")
+    _fake_cell(work, "uce", "Pastel", attacks, k=0, precision="bf16")
+    _fake_cell(work, "uce", "Rust", attacks, k=1, precision="fp32")
+    _fake_cell(work, "uce", "Cats", attacks, k=2, precision="fp32")
+    attacks_benchmark.main(
+        ["--work", str(work), "--out", str(out), "--table-only", "--methods", "uce", "--concepts", "Pastel,Rust,Cats"]
+    )  # fmt: skip
+    table = json.loads((out / "attacks.json").read_text())
+    assert table["settings"]["grid precision"] == "auto"
+    assert table["rows"]["uce|style"]["grid precision"] == "bf16+fp32"
+    assert table["rows"]["uce|object"]["grid precision"] == "fp32"
+    assert [attacks_benchmark.cell_precision(c) for c in table["cells"]] == ["bf16", "fp32", "fp32"]
+    text = (out / "attacks.md").read_text()
+    assert "| CRA | grid |" in text and "| bf16+fp32 |" in text
+    assert "grid precision auto (bf16 autocast where the machine has native bf16, else fp32" in text

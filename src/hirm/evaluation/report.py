@@ -742,7 +742,7 @@ def attack_table_block(result: Mapping[str, Any], directory: Path) -> tuple[str,
     def share(stats: Mapping[str, Any] | None) -> Cell:
         return share_cell(Share(stats["k"], stats["n"]) if stats and stats.get("n") else None)
 
-    header = ["method", "domain", "concepts", "UA", "IRA", "CRA", *(f"ASR {a}" for a in attacks)]
+    header = ["method", "domain", "concepts", "UA", "IRA", "CRA", "grid", *(f"ASR {a}" for a in attacks)]
     header += ["worst ASR", "goal met (point estimates)", "attack s (mean)", "erase s"]
     table = []
     for key, row in rows.items():
@@ -765,6 +765,7 @@ def attack_table_block(result: Mapping[str, Any], directory: Path) -> tuple[str,
                 share(row["UA"]),
                 share(row["IRA"]),
                 share(row["CRA"]),
+                row.get("grid precision", "–"),  # the precision of the UA/IRA/CRA grid (per cell, pooled)
                 *(share(row["attacks"].get(a, {}).get("asr")) for a in attacks),
                 share(worst),
                 "yes" if met else "no",
