@@ -1,6 +1,6 @@
 """The MiniCanvas fidelity card: does the world read concepts where Stable Diffusion does?
 
-    python benchmarks/world_fidelity.py --json results/world_fidelity.json          # shipped world
+    python benchmarks/world_fidelity.py --precision bf16 --json results/world_fidelity.json   # shipped world, as recorded
     python benchmarks/world_fidelity.py --assets .world_build/assets --seeds 0      # a fresh build
 
 Probes (every style x object pair, prompt ``A {object} image in {style} style.``, one image per pair and
@@ -27,6 +27,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from hirm.checks import native_bf16
 from hirm.evaluation.common import machine_text
 from hirm.evaluation.fidelity import (
     ProbeSettings,
@@ -154,7 +155,13 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--assets", type=Path, default=None, help="world assets directory (default: shipped)")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1], help="seeds per style x object pair")
-    p.add_argument("--precision", choices=("fp32", "bf16"), default="bf16", help="sampling arithmetic")
+    p.add_argument(
+        "--precision",
+        choices=("auto", "fp32", "bf16"),
+        default="auto",
+        help="sampling arithmetic; auto = bf16 autocast where the CPU/GPU has native bf16 (emulated bf16 is "
+        "~13x slower than fp32: benchmarks/precision_speed.py), else fp32. The card records which ran",
+    )
     p.add_argument(
         "--trace",
         nargs="*",
@@ -168,7 +175,10 @@ def main() -> None:
     t0 = time.time()
     pipe = load_pipeline(root=a.assets)
     judges = load_judges(root=a.assets)
-    settings = ProbeSettings(precision=a.precision)
+    precision = a.precision
+    if precision == "auto":
+        precision = "bf16" if native_bf16(torch.device("cpu")) else "fp32"
+    settings = ProbeSettings(precision=precision)
     card = {
         "machine": machine_text(),
         "settings": {**settings.__dict__, "seeds": a.seeds, "prompt": CANVAS_TEMPLATE},

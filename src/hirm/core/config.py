@@ -403,6 +403,12 @@ def check_training(owner: str, config: Any) -> None:
     check_choice(owner, "precision", config.precision, get_args(Precision))
 
 
+#: ``preserve_weight`` for a preserve set added by a strategy that is given none (the unweighted sum of
+#: the misdirection and preservation MSEs): the multi-concept ``preserved`` / ``anchored`` strategies and
+#: ``preserve_others`` of the comparison and the attack table.
+DEFAULT_PRESERVE_WEIGHT = 1.0
+
+
 @dataclass(frozen=True)
 class HiRMConfig:
     """Everything HiRM needs besides the model and the concepts. ``None`` means "reference default".

@@ -37,7 +37,15 @@ from typing import Literal, get_args
 import torch
 from torch import Tensor
 
-from hirm.core.config import Concept, HiRMConfig, PromptTarget, check_choice, check_float, render
+from hirm.core.config import (
+    DEFAULT_PRESERVE_WEIGHT,
+    Concept,
+    HiRMConfig,
+    PromptTarget,
+    check_choice,
+    check_float,
+    render,
+)
 from hirm.core.hirm import erase as hirm_erase
 from hirm.core.patch import Patch, component_parameters, make_patch
 
@@ -155,7 +163,7 @@ def erase_many(
     config: HiRMConfig = HiRMConfig(),
     *,
     strategy: Strategy = "joint",
-    anchor_weight: float = 1.0,
+    anchor_weight: float = DEFAULT_PRESERVE_WEIGHT,
     keep: Sequence[str] = (),
     components: Sequence[str] | None = None,
     progress: bool = True,

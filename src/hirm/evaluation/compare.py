@@ -23,7 +23,7 @@ from typing import Any
 
 import torch
 
-from hirm.core.config import Concept, PromptTarget, RandomTarget, ReadingPoint
+from hirm.core.config import DEFAULT_PRESERVE_WEIGHT, Concept, PromptTarget, RandomTarget, ReadingPoint
 from hirm.evaluation.canvas import CanvasSettings
 from hirm.evaluation.canvas_grid import Canvas
 from hirm.evaluation.common import (
@@ -98,8 +98,8 @@ ENTRIES: dict[str, Entry] = {
 
 
 #: ``preserve_weight`` given to a HiRM preserve set that has none (the unweighted sum of the two MSEs,
-#: as ``hirm.core.multi``'s ``preserved`` strategy).
-PRESERVE_WEIGHT = 1.0
+#: as ``hirm.core.multi``'s ``preserved`` strategy: one constant for both).
+PRESERVE_WEIGHT = DEFAULT_PRESERVE_WEIGHT
 
 
 def preserving(config: Any, prompts: tuple[str, ...]) -> Any:
