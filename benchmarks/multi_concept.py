@@ -10,6 +10,8 @@ whether the goal (UA >= 90 %, IRA >= 90 %, CRA >= 95 %) is met. The original mod
 
     python benchmarks/multi_concept.py --out results/multi_concept                # the full table (heavy)
     python benchmarks/multi_concept.py --out /tmp/mc --budget tiny --overwrite    # smoke run (minutes)
+    python benchmarks/multi_concept.py --out DIR --strategies preserved --keep-other-domain --steps 200
+        # preserved-both: keep the domain's other concepts and every concept of the other domain
 
 At least two concepts of each domain are always kept for IRA (a domain of n concepts erases at most
 n - 2; the JSON records what was asked and what ran). MiniCanvas 2 has 20 of each: erase 10, keep 10. HiRM settings default to the world-tuned ones of ``hirm compare``
