@@ -195,12 +195,11 @@ def check_entry(work: Path, entry: Entry) -> None:
 
 
 def grid_precision(asked: str, device: torch.device) -> str:
-    """The precision a cell's grid is sampled in: ``auto`` is bf16 where ``device`` has native bf16."""
-    from hirm.checks import native_bf16
+    """The precision a cell's grid is sampled in: ``auto`` is bf16 where ``device`` has native bf16 (as
+    every command's ``--precision auto``)."""
+    from hirm.cli.common import sampling_precision
 
-    if asked != "auto":
-        return asked
-    return "bf16" if native_bf16(device) else "fp32"
+    return sampling_precision(asked, device)
 
 
 def canvas_cell(evaluator: CanvasEvaluator, concept: str, patch: Any, work: Path) -> dict[str, Any]:

@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from hirm.checks import native_bf16
+from hirm.cli.common import sampling_precision
 from hirm.evaluation.common import machine_text
 from hirm.evaluation.fidelity import (
     ProbeSettings,
@@ -175,10 +175,7 @@ def main() -> None:
     t0 = time.time()
     pipe = load_pipeline(root=a.assets)
     judges = load_judges(root=a.assets)
-    precision = a.precision
-    if precision == "auto":
-        precision = "bf16" if native_bf16(torch.device("cpu")) else "fp32"
-    settings = ProbeSettings(precision=precision)
+    settings = ProbeSettings(precision=sampling_precision(a.precision, "cpu"))
     card = {
         "machine": machine_text(),
         "settings": {**settings.__dict__, "seeds": a.seeds, "prompt": CANVAS_TEMPLATE},
