@@ -156,6 +156,15 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         action="store_true",
         help="start the table in --out anew when it was made with other settings (its cells are dropped)",
     )
+    parser.add_argument(
+        "--merge",
+        type=Path,
+        action="append",
+        default=[],
+        metavar="TABLE",
+        help="also keep the cells of another table directory (made elsewhere, e.g. on another machine, with "
+        "the same settings); a cell both hold keeps --out's. Repeatable",
+    )
     return parser.parse_args(argv)
 
 
@@ -494,9 +503,32 @@ def table_settings(args, attacks: Sequence[str]) -> dict[str, Any]:
 
 def recorded_table(args, attacks: Sequence[str]):
     """What the table in ``--out`` holds that is still valid (same attacks and settings, same method
-    configuration): its cells, their contact sheets' bytes by (method, concept), and the methods and
-    concepts it planned."""
-    path = args.out / "attacks.json"
+    configuration), and what each ``--merge`` table adds: its cells, their contact sheets' bytes by
+    (method, concept), and the methods and concepts it planned."""
+    cells, sheets, methods, concepts = read_table(args.out, args, attacks, replace=args.replace)
+    for other in args.merge:
+        if not (other / "attacks.json").is_file():
+            raise SystemExit(
+                f"error: --merge {other} holds no attacks.json; name a directory an attack run wrote"
+            )
+        more, more_sheets, more_methods, more_concepts = read_table(other, args, attacks, replace=False)
+        held = {(c["method"], c["concept"]) for c in cells}
+        for cell in more:
+            key = (cell["method"], cell["concept"])
+            if key in held:
+                print(f"{key[0]}/{key[1]}: in {args.out} and {other}; keeping {args.out}'s")
+                continue
+            cells.append(cell)
+            sheets[key] = more_sheets[key]
+        methods = list(dict.fromkeys([*methods, *more_methods]))
+        concepts = list(dict.fromkeys([*concepts, *more_concepts]))
+    return cells, sheets, methods, concepts
+
+
+def read_table(out: Path, args, attacks: Sequence[str], *, replace: bool):
+    """One table directory's valid cells, sheets' bytes, planned methods and concepts (see
+    :func:`recorded_table`); a table made with other settings is an error unless ``replace``."""
+    path = out / "attacks.json"
     if not path.is_file():
         return [], {}, [], []
     old = json.loads(path.read_text())
@@ -506,10 +538,10 @@ def recorded_table(args, attacks: Sequence[str]):
     differ = [k for k, v in mine.items() if theirs.get(k) != v]
     if list(old.get("attacks", [])) != list(attacks):
         differ.append(f"attacks {', '.join(old.get('attacks', []))}")
-    if differ and not args.replace:
+    if differ and not replace:
         raise SystemExit(
-            f"error: {args.out} holds a table made with other settings ({', '.join(differ)}); pass --replace "
-            "to start it anew, or choose another --out"
+            f"error: {out} holds a table made with other settings ({', '.join(differ)}); pass --replace "
+            "to start --out anew, or choose another directory"
         )
     if differ:
         return [], {}, [], []
@@ -520,7 +552,7 @@ def recorded_table(args, attacks: Sequence[str]):
         if entry is None or cell.get("entry") != describe_entry(entry):
             print(f"{method}/{concept}: the method's configuration changed; not kept")
         else:
-            sheet = args.out / sheet_path(method, concept)
+            sheet = out / sheet_path(method, concept)
             if not sheet.is_file():
                 raise SystemExit(f"error: {sheet} is missing; restore it, or pass --replace to start anew")
             sheets[method, concept] = sheet.read_bytes()
