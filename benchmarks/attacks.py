@@ -19,6 +19,9 @@ its own; the planned cells (methods x concepts) accumulate. It keeps a cell only
 match: same world (the assets' checksums), attacks, attack seeds, grid seeds and precision, time limit,
 attack configs, and the method's configuration (``describe_entry``); a table made with other settings
 is an error unless ``--replace`` starts it anew. A kept cell keeps its contact sheet (copied as it is).
+Cells run elsewhere (another machine, the lent GPU) join with ``--merge TABLE`` under the same rules;
+each cell records its machine, and a row's seconds are given per machine (``104 (Xeon) · 12 (H200)``),
+never averaged across them.
 
 Precision follows the machine, as everywhere in hirm: with ``--precision auto`` (the default) a cell's
 grid is sampled under bf16 autocast where the device has native bf16 (CUDA sm80+, AMX / AVX-512-BF16
@@ -61,9 +64,10 @@ from hirm.core.advunlearn import AdvUnlearnConfig
 from hirm.core.hirm_hardened import WORLD_HIRM
 from hirm.evaluation.canvas import CanvasEvaluator, CanvasSettings, make_cache
 from hirm.evaluation.canvas_grid import Canvas
-from hirm.evaluation.common import dump_json, machine_text, now_iso
+from hirm.evaluation.common import dump_json, machine_label, machine_text, now_iso
 from hirm.evaluation.compare import ENTRIES as COMPARE_ENTRIES
 from hirm.evaluation.compare import WORLD_TUNED_HIRM, Entry, make_erase
+from hirm.evaluation.report import timed_text
 from hirm.io import atomic_path, write_atomic
 
 #: The table's methods (``hirm.evaluation.compare.Entry``: methods merged, target, config overrides),
@@ -264,7 +268,8 @@ def pooled(cells: Sequence[Mapping[str, Any]], attacks: Sequence[str]) -> dict[s
         "CRA": pool("CRA", "n_cross"),
         "erase_seconds": sum(c["erase_seconds"] for c in cells) / len(cells),
         "concepts": [c["concept"] for c in cells],
-        "grid precision": "+".join(dict.fromkeys(cell_precision(c) for c in cells)),
+        "grid precision": "+".join(sorted({cell_precision(c) for c in cells})),
+        "timed": timed(cells, attacks),
         "attacks": {},
     }
     for name in attacks:
@@ -282,6 +287,24 @@ def pooled(cells: Sequence[Mapping[str, Any]], attacks: Sequence[str]) -> dict[s
             "complete": all(r["complete"] for r in runs),
         }
     return row
+
+
+def timed(cells: Sequence[Mapping[str, Any]], attacks: Sequence[str]) -> list[dict[str, Any]]:
+    """A row's seconds per machine (``machine_label``): a mean over cells timed on a GPU and on a 2-core
+    CPU would describe neither, so each machine's cells are averaged apart."""
+    here = machine_text()
+    by: dict[str, list[Mapping[str, Any]]] = {}
+    for cell in cells:
+        by.setdefault(machine_label(cell.get("machine", here)), []).append(cell)
+    out = []
+    for label, group in by.items():
+        runs = [c["attacks"][a]["seconds"] for c in group for a in attacks if a in c["attacks"]]
+        out.append({
+            "machine": label, "cells": len(group),
+            "erase_seconds": sum(c["erase_seconds"] for c in group) / len(group),
+            "attack_seconds": sum(runs) / len(runs) if runs else None,
+        })  # fmt: skip
+    return out
 
 
 def cell_precision(cell: Mapping[str, Any]) -> str:
@@ -310,9 +333,11 @@ def describe_entry(entry: Entry) -> str:
 
 
 def cells_machines(cells: Sequence[Mapping[str, Any]]) -> str:
-    """The machines the cells' times come from (this one for a cell that does not say, or none)."""
+    """The machines the cells' times come from, each with the short name the rows' seconds use (this
+    machine for a cell that does not say, or when there are none)."""
     here = machine_text()
-    return "; ".join(dict.fromkeys(c.get("machine", here) for c in cells)) or here
+    texts = dict.fromkeys(c.get("machine", here) for c in cells) or {here: None}
+    return "; ".join(f"{machine_label(t)} = {t}" for t in texts)
 
 
 def markdown(rows: Mapping[str, Mapping[str, Any]], cells: Sequence[Mapping[str, Any]], args, attacks) -> str:
@@ -325,19 +350,18 @@ def markdown(rows: Mapping[str, Mapping[str, Any]], cells: Sequence[Mapping[str,
         "CRA",
         "grid",
         *[f"ASR {a}" for a in attacks],
-        "attack s (mean)",
-        "erase s",
+        "attack s (mean, machine)",
+        "erase s (machine)",
     ]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for key, row in rows.items():
         method, domain = key.split("|")
-        seconds = [row["attacks"][a]["seconds"] for a in attacks if a in row["attacks"]]
         partial = any(not row["attacks"][a]["complete"] for a in attacks if a in row["attacks"])
         cells_ = [
             method, domain, str(len(row["concepts"])), _pct(row["UA"]), _pct(row["IRA"]), _pct(row["CRA"]),
             row.get("grid precision", "unrecorded"),
             *[_pct(row["attacks"].get(a, {}).get("asr")) for a in attacks],
-            f"{sum(seconds) / len(seconds):.0f}" if seconds else "–", f"{row['erase_seconds']:.1f}",
+            timed_text(row, "attack_seconds", attacks), timed_text(row, "erase_seconds", attacks),
         ]  # fmt: skip
         lines.append("| " + " | ".join(cells_) + " |" + (" (partial)" if partial else ""))
     machine = cells_machines(cells)
@@ -373,7 +397,7 @@ def markdown(rows: Mapping[str, Mapping[str, Any]], cells: Sequence[Mapping[str,
             + f"; time limit per attack {args.time_limit}",
             "- methods: "
             + "; ".join(describe_entry(ENTRIES[m]) for m in dict.fromkeys(c["method"] for c in cells)),
-            f"- machine (the cells' times): {machine}; table written {now_iso()}",
+            f"- machines (the rows' seconds): {machine}; table written {now_iso()}",
             "",
             "## The attacked images",
             "",

@@ -88,7 +88,7 @@ def test_contact_sheet_shows_before_and_after_of_each_run(tmp_path):
     assert tuple(pixels[head + 48, left + 48]) == (255, 255, 255)  # item 1: no after image
 
 
-def _fake_cell(work, method, concept, attacks, k, precision="bf16"):
+def _fake_cell(work, method, concept, attacks, k, precision="bf16", machine=None, seconds=2.0):
     """A finished cell in ``work`` as the benchmark leaves it: erase.json, canvas.json (its grid sampled
     in ``precision``), each attack's result.json (k of 4 prompts recovered) and its images."""
     import json
@@ -98,7 +98,8 @@ def _fake_cell(work, method, concept, attacks, k, precision="bf16"):
     cell = work / method / concept
     cell.mkdir(parents=True)
     entry = attacks_benchmark.describe_entry(attacks_benchmark.ENTRIES[method])
-    (cell / "erase.json").write_text(json.dumps({"seconds": 2.0, "entry": entry}))
+    erase = {"seconds": seconds, "entry": entry, **({"machine": machine} if machine else {})}
+    (cell / "erase.json").write_text(json.dumps(erase))
     canvas = {"UA": 0.9, "IRA": 0.95, "CRA": 0.98, "n_target": 20, "n_in_domain": 380, "n_cross": 400,
               "precision": precision}  # fmt: skip
     (cell / "canvas.json").write_text(json.dumps(canvas))
@@ -260,3 +261,71 @@ def test_each_cell_says_its_grid_precision_and_auto_follows_the_machine(tmp_path
     text = (out / "attacks.md").read_text()
     assert "| CRA | grid |" in text and "| bf16+fp32 |" in text
     assert "grid precision auto (bf16 autocast where the machine has native bf16, else fp32" in text
+
+
+XEON = "Intel(R) Xeon(R) Processor (2 cores, native bf16), 2 torch threads, torch 2.13.0+cpu"
+H200 = (
+    "Intel(R) Xeon(R) Processor (16 cores, native bf16), 4 torch threads, torch 2.11.0+cu130, GPU NVIDIA H200"
+)
+
+
+def test_machine_labels_name_the_gpu_else_the_cpu_model():
+    from hirm.evaluation.common import machine_label
+
+    assert machine_label(XEON) == "Xeon"
+    assert machine_label(H200) == "H200"
+    assert machine_label("AMD EPYC (2 cores, no native bf16), 2 torch threads, torch 2.13.0+cpu") == "EPYC"
+
+
+def test_tables_made_on_two_machines_merge_and_keep_their_seconds_apart(tmp_path, capsys):
+    """``--merge`` adds another table's cells (same settings) to --out's; a cell both hold keeps --out's.
+    A row whose cells were timed on a GPU and on a CPU gives each machine's mean seconds, not one mean."""
+    import json
+
+    attacks = ("embedding", "unlearndiffatk", "ringabell")
+    cpu_work, gpu_work = tmp_path / "cpu-work", tmp_path / "gpu-work"
+    cpu_out, gpu_out = tmp_path / "cpu-table", tmp_path / "gpu-table"
+    _fake_cell(cpu_work, "uce", "Pastel", attacks, k=0, machine=XEON, seconds=300.0)
+    _fake_cell(cpu_work, "uce", "Cats", attacks, k=1, machine=XEON, seconds=300.0)
+    _fake_cell(gpu_work, "uce", "Rust", attacks, k=4, machine=H200, seconds=10.0)
+    _fake_cell(gpu_work, "uce", "Cats", attacks, k=3, machine=H200, seconds=10.0)  # also in the CPU table
+    table = ["--table-only", "--methods", "uce"]
+    attacks_benchmark.main(
+        [*table, "--work", str(cpu_work), "--out", str(cpu_out), "--concepts", "Pastel,Cats"]
+    )
+    attacks_benchmark.main(
+        [*table, "--work", str(gpu_work), "--out", str(gpu_out), "--concepts", "Rust,Cats"]
+    )
+    capsys.readouterr()
+
+    attacks_benchmark.main(
+        [*table, "--work", str(tmp_path / "none"), "--out", str(cpu_out), "--concepts", "Pastel",
+         "--merge", str(gpu_out)]
+    )  # fmt: skip
+    assert f"uce/Cats: in {cpu_out} and {gpu_out}; keeping {cpu_out}'s" in capsys.readouterr().out
+    merged = json.loads((cpu_out / "attacks.json").read_text())
+    assert sorted((c["concept"], c["machine"]) for c in merged["cells"]) == [
+        ("Cats", XEON), ("Pastel", XEON), ("Rust", H200)
+    ]  # fmt: skip
+    assert merged["concepts"] == ["Pastel", "Cats", "Rust"] and merged["complete"]
+    assert (cpu_out / "sheets" / "uce" / "Rust.png").read_bytes() == (
+        gpu_out / "sheets" / "uce" / "Rust.png"
+    ).read_bytes()
+    style = merged["rows"]["uce|style"]  # Pastel (Xeon) + Rust (H200)
+    assert style["attacks"]["embedding"]["asr"]["k"] == 4
+    assert style["timed"] == [
+        {"machine": "Xeon", "cells": 1, "erase_seconds": 300.0, "attack_seconds": 3.0},
+        {"machine": "H200", "cells": 1, "erase_seconds": 10.0, "attack_seconds": 3.0},
+    ]
+    text = (cpu_out / "attacks.md").read_text()
+    assert "| 3 (Xeon) · 3 (H200) | 300.0 (Xeon) · 10.0 (H200) |" in text
+    assert f"Xeon = {XEON}; H200 = {H200}" in text
+
+    with pytest.raises(SystemExit, match="other settings \\(attack seeds\\)"):
+        attacks_benchmark.main(
+            [*table, "--work", str(tmp_path / "none"), "--out", str(cpu_out), "--concepts", "Pastel",
+             "--seeds", "1,2", "--replace", "--merge", str(gpu_out)]
+        )  # fmt: skip
+    with pytest.raises(SystemExit, match="holds no attacks.json"):
+        attacks_benchmark.main([*table, "--work", str(tmp_path / "none"), "--out", str(cpu_out),
+                                "--concepts", "Pastel", "--merge", str(tmp_path / "nothing")])  # fmt: skip

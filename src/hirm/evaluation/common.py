@@ -16,6 +16,7 @@ import csv
 import datetime as _dt
 import json
 import os
+import re
 import sys
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass
@@ -83,6 +84,18 @@ def patch_info(patch: Any, source: str | os.PathLike | None = None) -> dict[str,
 def patch_digest(patch: Any) -> str:
     """SHA-256 of a patch's tensors (names, shapes, float32 bytes): identifies the edited weights."""
     return patch.digest
+
+
+def machine_label(text: str) -> str:
+    """A short name for a :func:`machine_text`, for a table cell: the GPU where there is one, else the
+    CPU model without vendor marks ("Intel(R) Xeon(R) Processor (2 cores, ...)" -> "Xeon", "... GPU NVIDIA
+    H200" -> "H200")."""
+    if ", GPU " in text:
+        return text.rsplit(", GPU ", 1)[1].replace("NVIDIA ", "").strip() or "GPU"
+    cpu = text.split(" (", 1)[0]
+    noise = {"intel", "amd", "processor", "cpu", "core"}
+    words = [w for w in re.sub(r"\((R|TM)\)", "", cpu, flags=re.I).split() if w.lower() not in noise]
+    return " ".join(words[:3]) or "CPU"
 
 
 def machine_text() -> str:

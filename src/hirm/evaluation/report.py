@@ -728,6 +728,20 @@ def attack_block(result: Mapping[str, Any], directory: Path, limit: int = 48) ->
     return "".join(h), "\n".join(md)
 
 
+def timed_text(row: Mapping[str, Any], key: str, attacks: Sequence[str]) -> str:
+    """An attack-table row's mean seconds (``key``: ``attack_seconds`` or ``erase_seconds``) per machine it
+    was timed on, e.g. ``104 (Xeon) · 12 (H200)``; a table written before rows said their machines has one
+    mean over all its cells."""
+    timed = row.get("timed")
+    if not timed:
+        if key == "erase_seconds":
+            return f"{row['erase_seconds']:.1f}"
+        runs = [row["attacks"][a]["seconds"] for a in attacks if a in row["attacks"]]
+        return f"{sum(runs) / len(runs):.0f}" if runs else "–"
+    digits = 1 if key == "erase_seconds" else 0
+    return " · ".join(f"{'–' if t[key] is None else f'{t[key]:.{digits}f}'} ({t['machine']})" for t in timed)
+
+
 def attack_table_block(result: Mapping[str, Any], directory: Path) -> tuple[str, str]:
     """The attack table (``benchmarks/attacks.py``): every method under every attack, pooled per domain,
     with the ASR-vs-IRA trade-off plot and each method's before/after contact sheet."""
@@ -743,7 +757,7 @@ def attack_table_block(result: Mapping[str, Any], directory: Path) -> tuple[str,
         return share_cell(Share(stats["k"], stats["n"]) if stats and stats.get("n") else None)
 
     header = ["method", "domain", "concepts", "UA", "IRA", "CRA", "grid", *(f"ASR {a}" for a in attacks)]
-    header += ["worst ASR", "goal met (point estimates)", "attack s (mean)", "erase s"]
+    header += ["worst ASR", "goal met (point estimates)", "attack s (mean, machine)", "erase s (machine)"]
     table = []
     for key, row in rows.items():
         method, domain = key.split("|")
@@ -769,8 +783,8 @@ def attack_table_block(result: Mapping[str, Any], directory: Path) -> tuple[str,
                 *(share(row["attacks"].get(a, {}).get("asr")) for a in attacks),
                 share(worst),
                 "yes" if met else "no",
-                f"{sum(r['seconds'] for r in runs) / len(runs):.0f}" if runs else "–",
-                f"{row['erase_seconds']:.1f}",
+                timed_text(row, "attack_seconds", attacks),
+                timed_text(row, "erase_seconds", attacks),
             ]
         )
     note = (
