@@ -68,7 +68,7 @@ from hirm.evaluation.common import dump_json, machine_label, machine_text, now_i
 from hirm.evaluation.compare import ENTRIES as COMPARE_ENTRIES
 from hirm.evaluation.compare import WORLD_TUNED_HIRM, Entry, make_erase
 from hirm.evaluation.report import timed_text
-from hirm.io import atomic_path, write_atomic
+from hirm.io import OutputExistsError, atomic_path, check_writable, write_atomic
 
 #: The table's methods (``hirm.evaluation.compare.Entry``: methods merged, target, config overrides),
 #: named and configured as in ``hirm compare`` wherever the comparison has the entry, so that a row of
@@ -597,6 +597,12 @@ def main(argv: Sequence[str] | None = None) -> None:
         if args.all
         else [canvas.canonical(c) for c in args.concepts.split(",")]
     )
+    # an --out the run could not replace at the end fails now, before hours of cells (which --work
+    # would keep, but the table would not be written)
+    try:
+        check_writable(args.out, overwrite=True, directory=True)
+    except OutputExistsError as err:
+        raise SystemExit(f"error: {err}") from None
     # read before anything is written: the table's directory is replaced as a whole at the end
     recorded, sheets, old_methods, old_concepts = recorded_table(args, attacks)
     todo = [(m, c) for m in methods for c in asked]

@@ -117,9 +117,10 @@ def _fake_cell(work, method, concept, attacks, k, precision="bf16", machine=None
         (run / "result.json").write_text(json.dumps(result))
 
 
-def test_table_from_finished_cells_and_its_report(tmp_path):
+def test_table_from_finished_cells_and_its_report(tmp_path, monkeypatch):
     """``--table-only`` writes the table from the finished cells, lists the ones not run, and
     ``hirm report`` shows it: pooled rows, whether the goal is met, the trade-off plot, the sheets."""
+    import hirm
     from hirm.evaluation.report import build_report
 
     work, out = tmp_path / "work", tmp_path / "table"
@@ -133,8 +134,6 @@ def test_table_from_finished_cells_and_its_report(tmp_path):
     )  # fmt: skip
     import json
 
-    from hirm.io import OutputExistsError
-
     # a resumed run (or another --table-only) replaces the table it wrote, keeping what it held and planned;
     # never a directory it did not write
     again = ["--work", str(work), "--table-only", "--methods", "uce", "--concepts", "Pastel"]
@@ -143,8 +142,17 @@ def test_table_from_finished_cells_and_its_report(tmp_path):
     foreign = tmp_path / "mine"
     foreign.mkdir()
     (foreign / "notes.txt").write_text("keep me")
-    with pytest.raises(OutputExistsError):
+    with pytest.raises(SystemExit, match="hirm did not write"):
         attacks_benchmark.main([*again, "--out", str(foreign)])
+
+    def no_model(*args, **kwargs):
+        raise AssertionError("an --out the table cannot be written to must stop the run before any cell")
+
+    monkeypatch.setattr(hirm, "load_model", no_model)
+    with pytest.raises(SystemExit, match="hirm did not write"):
+        attacks_benchmark.main(["--work", str(tmp_path / "fresh"), "--methods", "uce", "--concepts", "Rust",
+                                "--out", str(foreign)])  # fmt: skip
+    monkeypatch.undo()
     assert sorted(p.name for p in foreign.iterdir()) == ["notes.txt"]
     attacks_benchmark.main(
         ["--work", str(work), "--out", str(out), "--table-only", "--methods", "uce,hirm-r-rms",
