@@ -297,7 +297,7 @@ def timed(cells: Sequence[Mapping[str, Any]], attacks: Sequence[str]) -> list[di
     for cell in cells:
         by.setdefault(machine_label(cell.get("machine", here)), []).append(cell)
     out = []
-    for label, group in by.items():
+    for label, group in sorted(by.items()):
         runs = [c["attacks"][a]["seconds"] for c in group for a in attacks if a in c["attacks"]]
         out.append({
             "machine": label, "cells": len(group),

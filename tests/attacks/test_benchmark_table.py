@@ -322,11 +322,11 @@ def test_tables_made_on_two_machines_merge_and_keep_their_seconds_apart(tmp_path
     style = merged["rows"]["uce|style"]  # Pastel (Xeon) + Rust (H200)
     assert style["attacks"]["embedding"]["asr"]["k"] == 4
     assert style["timed"] == [
-        {"machine": "Xeon", "cells": 1, "erase_seconds": 300.0, "attack_seconds": 3.0},
         {"machine": "H200", "cells": 1, "erase_seconds": 10.0, "attack_seconds": 3.0},
-    ]
+        {"machine": "Xeon", "cells": 1, "erase_seconds": 300.0, "attack_seconds": 3.0},
+    ]  # by name, whichever cell came first
     text = (cpu_out / "attacks.md").read_text()
-    assert "| 3 (Xeon) · 3 (H200) | 300.0 (Xeon) · 10.0 (H200) |" in text
+    assert "| 3 (H200) · 3 (Xeon) | 10.0 (H200) · 300.0 (Xeon) |" in text
     assert f"Xeon = {XEON}; H200 = {H200}" in text
 
     with pytest.raises(SystemExit, match="other settings \\(attack seeds\\)"):
