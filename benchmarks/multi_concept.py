@@ -12,6 +12,14 @@ whether the goal (UA >= 90 %, IRA >= 90 %, CRA >= 95 %) is met. The original mod
     python benchmarks/multi_concept.py --out /tmp/mc --budget tiny --overwrite    # smoke run (minutes)
     python benchmarks/multi_concept.py --out DIR --strategies preserved --keep-other-domain --steps 200
         # preserved-both: keep the domain's other concepts and every concept of the other domain
+    python benchmarks/multi_concept.py --out DIR --strategies none --aim
+        # only the original model and HiRM-S's aim (no erasure; minutes)
+
+``--aim`` adds the row HiRM-S aims at (``super-category prompt``): no model is edited; each erased concept's
+word in the grid prompts is replaced by its super-category (``A animal image in Pastel style.`` for Cats),
+which is what a perfect misdirection toward the super-category would make the text encoder say, and the
+images are judged against the original labels. Its UA is the most HiRM-S can reach on this world when the
+super-category itself renders as one of the erased concepts (a ceiling, not a method).
 
 At least two concepts of each domain are always kept for IRA (a domain of n concepts erases at most
 n - 2; the JSON records what was asked and what ran). MiniCanvas 2 has 20 of each: erase 10, keep 10. HiRM settings default to the world-tuned ones of ``hirm compare``
@@ -32,6 +40,8 @@ from hirm.evaluation.metrics import wilson_interval
 
 GOAL = {"UA": 0.90, "IRA": 0.90, "CRA": 0.95}
 METRICS = ("UA", "IRA", "CRA")
+#: The row of ``--aim``: each erased concept written as its super-category (no model is edited).
+AIM_ROW = "super-category prompt"
 #: Cheap settings for a smoke run: two concepts, two HiRM steps, one seed, two sampler steps.
 TINY = {"count": 2, "hirm_steps": 2, "seeds": (188,), "sampler_steps": 2}
 
@@ -104,6 +114,20 @@ def concepts_for(canvas, names: Sequence[str], domain: str, target: str):
     return out
 
 
+def aim_items(canvas, items: Sequence[Any], erased: Sequence[str], domain: str) -> list[Any]:
+    """``items`` with every erased concept of ``domain`` written as its super-category in the prompt (the
+    labels stay the concept's, so the judges score the images as prompts for the concept)."""
+    field = "{" + domain + "}"
+    out = []
+    for item in items:
+        if item.label(domain) in erased:
+            template = item.template.replace(field, "{" + domain + "_super}")
+            prompt = canvas.prompt(template, style=item.style, object=item.object)
+            item = replace(item, prompt=prompt)
+        out.append(item)
+    return out
+
+
 def run_table(
     model: str = "minicanvas",
     *,
@@ -119,11 +143,13 @@ def run_table(
     cache_dir: str | None = None,
     progress: bool = True,
     keep_other_domain: bool = False,
+    aim: bool = False,
 ) -> dict[str, Any]:
     """Every (domain, strategy) row; see the module docstring. Returns the JSON-ready result.
 
     ``keep_other_domain``: ``preserved`` also keeps every concept of the other domain (its row is then
-    named ``preserved-both``), so its CRA, like its IRA, is measured on concepts it was told to keep."""
+    named ``preserved-both``), so its CRA, like its IRA, is measured on concepts it was told to keep.
+    ``aim``: add the row of HiRM-S's aim (``super-category prompt``; see the module docstring)."""
     import torch
 
     from hirm.adapters.loading import load_model
@@ -141,7 +167,7 @@ def run_table(
     from hirm.evaluation.common import display_name, run_metadata
     from hirm.evaluation.compare import WORLD_TUNED_HIRM
 
-    strategies = list(strategies or STRATEGIES)
+    strategies = list(STRATEGIES if strategies is None else strategies)
     unknown = sorted(set(strategies) - set(STRATEGIES))
     if unknown:
         raise SystemExit(f"Unknown strategies {unknown}; choose from {list(STRATEGIES)}.")
@@ -173,6 +199,12 @@ def run_table(
         names, note = erased_concepts(canvas, domain, count)
         concepts = concepts_for(canvas, names, domain, target)
         rows = {"original": {**grid_metrics(original_rows, names, domain), "erase_s": 0.0}}
+        if aim:
+            # the unchanged prompts are the original's images (cache); only the rewritten ones are generated
+            judged, _ = evaluator.judge_items(
+                aim_items(canvas, items, names, domain), cache=evaluator.cache, desc=f"{domain}/aim"
+            )
+            rows[AIM_ROW] = {**grid_metrics(judged, names, domain), "erase_s": 0.0}
         kept = [n for n in canvas.names(domain) if n not in names]
         other_domain = "style" if domain == "object" else "object"
         other = list(canvas.names(other_domain)) if keep_other_domain else []
@@ -234,6 +266,12 @@ def to_markdown(result: Mapping[str, Any], command: str = "") -> str:
             "- `preserved` trains with the kept concepts of the domain as its preserve set (as UCE's original "
             "script keeps the other artists), so its IRA is measured on concepts it was told to keep."
         )
+    if any(AIM_ROW in block["rows"] for block in result["domains"].values()):
+        lines.append(
+            f"- `{AIM_ROW}` edits no model: each erased concept's word in the grid prompts is replaced by its "
+            "super-category (what HiRM-S misdirects toward), judged against the concept's label; its UA is a "
+            "ceiling for HiRM-S on this world."
+        )
     if any("preserved-both" in block["rows"] for block in result["domains"].values()):
         lines.append(
             "- `preserved-both` also keeps every concept of the other domain (`--keep-other-domain`), so its "
@@ -242,13 +280,28 @@ def to_markdown(result: Mapping[str, Any], command: str = "") -> str:
     return "\n".join(lines) + "\n"
 
 
+def _strategies(text: str | None) -> list[str] | None:
+    if text is None:
+        return None
+    if text.strip() == "none":
+        return []
+    return [s.strip() for s in text.split(",") if s.strip()]
+
+
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, required=True, help="Directory for multi_concept.json / .md.")
     parser.add_argument("--model", default="minicanvas", help="Only the embedded world ships its judges.")
     parser.add_argument("--domains", default="object,style", help="Comma-separated, in order.")
     parser.add_argument("--count", type=int, default=10, help="Concepts erased per domain (two always kept).")
-    parser.add_argument("--strategies", default=None, help="Comma-separated (default: all).")
+    parser.add_argument(
+        "--strategies", default=None, help="Comma-separated (default: all; none = only the reference rows)."
+    )
+    parser.add_argument(
+        "--aim",
+        action="store_true",
+        help="add the row HiRM-S aims at: erased concepts written as their super-category, no edit",
+    )
     parser.add_argument("--target", choices=("super", "random", "random-rms"), default="super")
     parser.add_argument(
         "--keep-other-domain",
@@ -312,13 +365,14 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         args.model,
         domains=args.domains.split(","),
         count=TINY["count"] if tiny else args.count,
-        strategies=args.strategies.split(",") if args.strategies else None,
+        strategies=_strategies(args.strategies),
         config=config,
         target=args.target,
         settings=settings,
         device=args.device,
         cache_dir=args.cache_dir,
         keep_other_domain=args.keep_other_domain,
+        aim=args.aim,
     )
     command = " ".join(
         ["python benchmarks/multi_concept.py", *map(shlex.quote, sys.argv[1:] if argv is None else argv)]

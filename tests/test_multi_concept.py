@@ -197,6 +197,35 @@ def test_keep_other_domain_preserves_the_cra_concepts_too(bench, world, sd_dir, 
     assert "| style | preserved-both |" in table and "its CRA too is measured on concepts" in table
 
 
+def test_aim_row_writes_erased_concepts_as_their_super_category(bench, world, sd_dir, tmp_path):
+    """``--aim``: the erased concepts' prompts name the super-category instead (labels unchanged), every
+    other prompt is the original's; ``--strategies none`` leaves only the reference rows."""
+    from hirm.evaluation.canvas_grid import build_items
+
+    items = build_items(world, templates=("A {object} image in {style} style.",), seeds=(1,))
+    rewritten = bench.aim_items(world, items, ["Cats", "Trees"], "object")
+    changed = {(a.prompt, b.prompt) for a, b in zip(items, rewritten, strict=True) if a != b}
+    assert ("A Cats image in Van Gogh style.", "A animal image in Van Gogh style.") in changed
+    assert ("A Trees image in Rust style.", "A plant image in Rust style.") in changed
+    assert len(changed) == 8 and all(
+        b.object in ("Cats", "Trees") for a, b in zip(items, rewritten) if a != b
+    )
+    styles = bench.aim_items(world, items, ["Crayon"], "style")
+    assert {b.prompt for a, b in zip(items, styles) if a != b} == {
+        f"A {o} image in drawing style." for o in ("Cats", "Dogs", "Trees", "Birds")
+    }
+    out = tmp_path / "aim"
+    saved = bench.main(["--out", str(out), "--model", str(sd_dir), "--budget", "tiny", "--strategies", "none",
+                        "--aim", "--cache-dir", str(tmp_path / "cache")])  # fmt: skip
+    for domain in ("object", "style"):
+        rows = saved["domains"][domain]["rows"]
+        assert list(rows) == ["original", bench.AIM_ROW]
+        assert (rows[bench.AIM_ROW]["UA"]["n"], rows[bench.AIM_ROW]["CRA"]["n"]) == (8, 16)
+        # the kept concepts' prompts are untouched
+        assert rows[bench.AIM_ROW]["IRA"] == rows["original"]["IRA"]
+    assert "edits no model" in (out / "multi_concept.md").read_text()
+
+
 def test_benchmark_keeps_two_concepts_for_ira(bench, world):
     names, note = bench.erased_concepts(world, "object", 10)
     assert names == ["Cats", "Dogs"] and "10 requested, 2 erased" in note
