@@ -14,6 +14,14 @@ whether the goal (UA >= 90 %, IRA >= 90 %, CRA >= 95 %) is met. The original mod
         # preserved-both: keep the domain's other concepts and every concept of the other domain
     python benchmarks/multi_concept.py --out DIR --strategies none --aim
         # only the original model and HiRM-S's aim (no erasure; minutes)
+    python benchmarks/multi_concept.py --out DIR --strategies preserved --keep-other-domain --steps 200 --uce
+        # also UCE erasing all ten at once (row uce-both) and HiRM + UCE (row preserved-both+uce)
+
+``--uce`` adds the peer UCE (``hirm.core.uce``, the original script's recipe, which erases many artists at
+once): one closed-form edit of the ten concepts toward the empty prompt, preserving the same concepts a
+``preserved`` row keeps (row ``uce``, or ``uce-both`` with ``--keep-other-domain``); and for every HiRM row
+``R`` the row ``R+uce``: that HiRM patch and the UCE patch, each made from the original model, applied
+together (they change disjoint tensors: the text encoder and the U-Net's cross-attention).
 
 ``--aim`` adds the row HiRM-S aims at (``super-category prompt``): no model is edited; each erased concept's
 word in the grid prompts is replaced by its super-category (``A animal image in Pastel style.`` for Cats),
@@ -144,17 +152,22 @@ def run_table(
     progress: bool = True,
     keep_other_domain: bool = False,
     aim: bool = False,
+    uce: bool = False,
 ) -> dict[str, Any]:
     """Every (domain, strategy) row; see the module docstring. Returns the JSON-ready result.
 
     ``keep_other_domain``: ``preserved`` also keeps every concept of the other domain (its row is then
     named ``preserved-both``), so its CRA, like its IRA, is measured on concepts it was told to keep.
-    ``aim``: add the row of HiRM-S's aim (``super-category prompt``; see the module docstring)."""
+    ``aim``: add the row of HiRM-S's aim (``super-category prompt``; see the module docstring).
+    ``uce``: add UCE on all the concepts at once and every HiRM row combined with it (module docstring)."""
     import torch
 
     from hirm.adapters.loading import load_model
+    from hirm.api import erase
     from hirm.core.config import HiRMConfig
     from hirm.core.multi import STRATEGIES, erase_many
+    from hirm.core.patch import merge_patches
+    from hirm.core.uce import UCEConfig
     from hirm.evaluation.canvas import (
         CanvasEvaluator,
         CanvasSettings,
@@ -184,6 +197,13 @@ def run_table(
     items = build_items(canvas, templates=settings.templates, seeds=settings.seeds)
     handle = load_model(model, device=dev)
     original_rows, _ = evaluator.judge_items(items, cache=evaluator.cache, desc="original")
+
+    def judge(row: str, patches: list, erase_s: float, names: list[str], domain: str) -> dict[str, Any]:
+        """The grid generated with ``patches`` applied, judged: one row of the table."""
+        with patched(pipe, patches):
+            judged, _ = evaluator.judge_items(items, cache=None, desc=f"{domain}/{row}")
+        return {**grid_metrics(judged, names, domain), "erase_s": erase_s}
+
     result: dict[str, Any] = {
         "meta": run_metadata(
             model=str(model), model_path=path, settings=settings.to_dict(), seeds=settings.seeds
@@ -208,17 +228,29 @@ def run_table(
         kept = [n for n in canvas.names(domain) if n not in names]
         other_domain = "style" if domain == "object" else "object"
         other = list(canvas.names(other_domain)) if keep_other_domain else []
+        # ``preserved`` (and UCE) keep the domain's other concepts (the IRA ones), as UCE's script keeps the
+        # other artists; with keep_other_domain the other domain's concepts (the CRA ones) as well
+        kept_texts = [display_name(n) for n in (*kept, *other)]
+
+        made = {}
         for strategy in strategies:
-            # ``preserved`` keeps the domain's other concepts (the IRA ones), as UCE's script keeps the other
-            # artists; with keep_other_domain the other domain's concepts (the CRA ones) as well
-            keep = [display_name(n) for n in (*kept, *other)] if strategy == "preserved" else []
+            keep = kept_texts if strategy == "preserved" else []
             row = "preserved-both" if strategy == "preserved" and keep_other_domain else strategy
             start = time.perf_counter()
             patch = erase_many(handle, concepts, config, strategy=strategy, keep=keep, progress=False)
-            erase_s = time.perf_counter() - start
-            with patched(pipe, [patch]):
-                judged, _ = evaluator.judge_items(items, cache=None, desc=f"{domain}/{row}")
-            rows[row] = {**grid_metrics(judged, names, domain), "erase_s": erase_s}
+            made[row] = (patch, time.perf_counter() - start)
+            rows[row] = judge(row, [patch], made[row][1], names, domain)
+        if uce:
+            row = "uce-both" if keep_other_domain else "uce"
+            start = time.perf_counter()
+            uce_patch = erase(
+                handle, concepts, method="uce", config=UCEConfig(preserve=tuple(kept_texts)), progress=False
+            )
+            uce_s = time.perf_counter() - start
+            rows[row] = judge(row, [uce_patch], uce_s, names, domain)
+            for name, (patch, erase_s) in made.items():
+                both = merge_patches([patch, uce_patch])
+                rows[f"{name}+uce"] = judge(f"{name}+uce", [both], erase_s + uce_s, names, domain)
         result["domains"][domain] = {
             "erased": names,
             "kept": kept,
@@ -266,6 +298,12 @@ def to_markdown(result: Mapping[str, Any], command: str = "") -> str:
             "- `preserved` trains with the kept concepts of the domain as its preserve set (as UCE's original "
             "script keeps the other artists), so its IRA is measured on concepts it was told to keep."
         )
+    if any(row.startswith("uce") for block in result["domains"].values() for row in block["rows"]):
+        lines.append(
+            "- `uce` / `uce-both`: UCE (the original script's recipe) erases the concepts at once toward the empty "
+            "prompt, preserving what the `preserved` / `preserved-both` row keeps; `R+uce`: HiRM row R's patch "
+            "and the UCE patch, each made from the original model, applied together."
+        )
     if any(AIM_ROW in block["rows"] for block in result["domains"].values()):
         lines.append(
             f"- `{AIM_ROW}` edits no model: each erased concept's word in the grid prompts is replaced by its "
@@ -296,6 +334,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--count", type=int, default=10, help="Concepts erased per domain (two always kept).")
     parser.add_argument(
         "--strategies", default=None, help="Comma-separated (default: all; none = only the reference rows)."
+    )
+    parser.add_argument(
+        "--uce",
+        action="store_true",
+        help="add UCE erasing all the concepts at once, and every HiRM row combined with it",
     )
     parser.add_argument(
         "--aim",
@@ -373,6 +416,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         cache_dir=args.cache_dir,
         keep_other_domain=args.keep_other_domain,
         aim=args.aim,
+        uce=args.uce,
     )
     command = " ".join(
         ["python benchmarks/multi_concept.py", *map(shlex.quote, sys.argv[1:] if argv is None else argv)]

@@ -226,6 +226,39 @@ def test_aim_row_writes_erased_concepts_as_their_super_category(bench, world, sd
     assert "edits no model" in (out / "multi_concept.md").read_text()
 
 
+def test_uce_rows_erase_all_at_once_and_combine_with_each_hirm_row(
+    bench, world, sd_dir, tmp_path, monkeypatch
+):
+    """``--uce``: UCE erases the concepts in one call preserving what ``preserved-both`` keeps, and each
+    HiRM row is also judged with the UCE patch applied on top (disjoint tensors, merged)."""
+    import hirm.api
+    import hirm.evaluation.canvas as canvas_module
+
+    calls, real_erase = [], hirm.api.erase
+
+    def spy(model, concepts, **kwargs):
+        calls.append(([c.text for c in concepts], kwargs["method"], kwargs["config"].preserve))
+        return real_erase(model, concepts, **kwargs)
+
+    applied, real_patched = [], canvas_module.patched
+
+    def spy_patched(pipe, patches):
+        applied.append(sorted({key.split("/")[0] for p in patches for key in p.tensors}))
+        return real_patched(pipe, patches)
+
+    monkeypatch.setattr(hirm.api, "erase", spy)
+    monkeypatch.setattr(canvas_module, "patched", spy_patched)
+    saved = bench.main(["--out", str(tmp_path / "u"), "--model", str(sd_dir), "--budget", "tiny", "--domains",
+                        "object", "--strategies", "preserved", "--keep-other-domain", "--uce", "--cache-dir",
+                        str(tmp_path / "cache")])  # fmt: skip
+    rows = saved["domains"]["object"]["rows"]
+    assert list(rows) == ["original", "preserved-both", "uce-both", "preserved-both+uce"]
+    assert calls == [(["Cats", "Dogs"], "uce", ("Trees", "Birds", "Van Gogh", "Crayon", "Pastel", "Rust"))]
+    assert applied == [["text_encoder"], ["unet"], ["text_encoder", "unet"]]
+    assert rows["preserved-both+uce"]["erase_s"] >= rows["uce-both"]["erase_s"]
+    assert rows["preserved-both+uce"]["UA"]["n"] == 8
+
+
 def test_benchmark_keeps_two_concepts_for_ira(bench, world):
     names, note = bench.erased_concepts(world, "object", 10)
     assert names == ["Cats", "Dogs"] and "10 requested, 2 erased" in note
