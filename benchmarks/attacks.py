@@ -266,7 +266,6 @@ def pooled(cells: Sequence[Mapping[str, Any]], attacks: Sequence[str]) -> dict[s
         "UA": pool("UA", "n_target"),
         "IRA": pool("IRA", "n_in_domain"),
         "CRA": pool("CRA", "n_cross"),
-        "erase_seconds": sum(c["erase_seconds"] for c in cells) / len(cells),
         "concepts": [c["concept"] for c in cells],
         "grid precision": "+".join(sorted({cell_precision(c) for c in cells})),
         "timed": timed(cells, attacks),
@@ -283,7 +282,6 @@ def pooled(cells: Sequence[Mapping[str, Any]], attacks: Sequence[str]) -> dict[s
         row["attacks"][name] = {
             "asr": rate(flags["asr"]),
             "after": rate(flags["after"]),
-            "seconds": sum(r["seconds"] for r in runs) / len(runs),
             "complete": all(r["complete"] for r in runs),
         }
     return row
