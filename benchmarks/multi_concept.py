@@ -22,6 +22,9 @@ once): one closed-form edit of the ten concepts toward the empty prompt, preserv
 ``preserved`` row keeps (row ``uce``, or ``uce-both`` with ``--keep-other-domain``); and for every HiRM row
 ``R`` the row ``R+uce``: that HiRM patch and the UCE patch, each made from the original model, applied
 together (they change disjoint tensors: the text encoder and the U-Net's cross-attention).
+``--uce-tokens last`` runs UCE as the rewritten script does instead (``trainscripts/uce_sd_erase.py``: the
+last token only, guide ``art`` for styles and ``''`` for objects, preserve scale 1); its rows are named
+``uce-last`` (``uce-last-both``, ``R+uce-last``).
 
 ``--aim`` adds the row HiRM-S aims at (``super-category prompt``): no model is edited; each erased concept's
 word in the grid prompts is replaced by its super-category (``A animal image in Pastel style.`` for Cats),
@@ -153,13 +156,15 @@ def run_table(
     keep_other_domain: bool = False,
     aim: bool = False,
     uce: bool = False,
+    uce_tokens: str = "paper",
 ) -> dict[str, Any]:
     """Every (domain, strategy) row; see the module docstring. Returns the JSON-ready result.
 
     ``keep_other_domain``: ``preserved`` also keeps every concept of the other domain (its row is then
     named ``preserved-both``), so its CRA, like its IRA, is measured on concepts it was told to keep.
     ``aim``: add the row of HiRM-S's aim (``super-category prompt``; see the module docstring).
-    ``uce``: add UCE on all the concepts at once and every HiRM row combined with it (module docstring)."""
+    ``uce``: add UCE on all the concepts at once and every HiRM row combined with it (module docstring);
+    ``uce_tokens``: its token mode (``paper`` = the original script, ``last`` = the rewritten one)."""
     import torch
 
     from hirm.adapters.loading import load_model
@@ -211,6 +216,7 @@ def run_table(
         "hirm_config": config.to_dict(),
         "target": target,
         "keep_other_domain": keep_other_domain,
+        "uce_tokens": uce_tokens if uce else None,
         "goal": GOAL,
         "machine": machine_text(),
         "domains": {},
@@ -241,16 +247,16 @@ def run_table(
             made[row] = (patch, time.perf_counter() - start)
             rows[row] = judge(row, [patch], made[row][1], names, domain)
         if uce:
-            row = "uce-both" if keep_other_domain else "uce"
+            peer = "uce" if uce_tokens == "paper" else f"uce-{uce_tokens}"
+            row = f"{peer}-both" if keep_other_domain else peer
+            uce_config = UCEConfig(tokens=uce_tokens, preserve=tuple(kept_texts))
             start = time.perf_counter()
-            uce_patch = erase(
-                handle, concepts, method="uce", config=UCEConfig(preserve=tuple(kept_texts)), progress=False
-            )
+            uce_patch = erase(handle, concepts, method="uce", config=uce_config, progress=False)
             uce_s = time.perf_counter() - start
             rows[row] = judge(row, [uce_patch], uce_s, names, domain)
             for name, (patch, erase_s) in made.items():
                 both = merge_patches([patch, uce_patch])
-                rows[f"{name}+uce"] = judge(f"{name}+uce", [both], erase_s + uce_s, names, domain)
+                rows[f"{name}+{peer}"] = judge(f"{name}+{peer}", [both], erase_s + uce_s, names, domain)
         result["domains"][domain] = {
             "erased": names,
             "kept": kept,
@@ -301,7 +307,8 @@ def to_markdown(result: Mapping[str, Any], command: str = "") -> str:
     if any(row.startswith("uce") for block in result["domains"].values() for row in block["rows"]):
         lines.append(
             "- `uce` / `uce-both`: UCE (the original script's recipe) erases the concepts at once toward the empty "
-            "prompt, preserving what the `preserved` / `preserved-both` row keeps; `R+uce`: HiRM row R's patch "
+            "prompt (`uce-last`: the rewritten script's last-token edit), preserving what the `preserved` / "
+            "`preserved-both` row keeps; `R+uce`: HiRM row R's patch "
             "and the UCE patch, each made from the original model, applied together."
         )
     if any(AIM_ROW in block["rows"] for block in result["domains"].values()):
@@ -339,6 +346,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "--uce",
         action="store_true",
         help="add UCE erasing all the concepts at once, and every HiRM row combined with it",
+    )
+    parser.add_argument(
+        "--uce-tokens",
+        choices=("paper", "last"),
+        default="paper",
+        help="UCE's rows: the original script (paper) or the rewritten one (last)",
     )
     parser.add_argument(
         "--aim",
@@ -417,6 +430,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         keep_other_domain=args.keep_other_domain,
         aim=args.aim,
         uce=args.uce,
+        uce_tokens=args.uce_tokens,
     )
     command = " ".join(
         ["python benchmarks/multi_concept.py", *map(shlex.quote, sys.argv[1:] if argv is None else argv)]

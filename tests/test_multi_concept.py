@@ -259,6 +259,25 @@ def test_uce_rows_erase_all_at_once_and_combine_with_each_hirm_row(
     assert rows["preserved-both+uce"]["UA"]["n"] == 8
 
 
+def test_uce_tokens_last_names_its_rows_and_runs_the_rewritten_script(
+    bench, world, sd_dir, tmp_path, monkeypatch
+):
+    import hirm.api
+
+    modes, real_erase = [], hirm.api.erase
+
+    def spy(model, concepts, **kwargs):
+        modes.append(kwargs["config"].tokens)
+        return real_erase(model, concepts, **kwargs)
+
+    monkeypatch.setattr(hirm.api, "erase", spy)
+    saved = bench.main(["--out", str(tmp_path / "u"), "--model", str(sd_dir), "--budget", "tiny", "--domains",
+                        "style", "--strategies", "joint", "--uce", "--uce-tokens", "last", "--cache-dir",
+                        str(tmp_path / "cache")])  # fmt: skip
+    assert list(saved["domains"]["style"]["rows"]) == ["original", "joint", "uce-last", "joint+uce-last"]
+    assert modes == ["last"] and saved["uce_tokens"] == "last"
+
+
 def test_benchmark_keeps_two_concepts_for_ira(bench, world):
     names, note = bench.erased_concepts(world, "object", 10)
     assert names == ["Cats", "Dogs"] and "10 requested, 2 erased" in note
