@@ -29,8 +29,8 @@ last token only, guide ``art`` for styles and ``''`` for objects, preserve scale
 ``--aim`` adds the row HiRM-S aims at (``super-category prompt``): no model is edited; each erased concept's
 word in the grid prompts is replaced by its super-category (``A animal image in Pastel style.`` for Cats),
 which is what a perfect misdirection toward the super-category would make the text encoder say, and the
-images are judged against the original labels. Its UA is the most HiRM-S can reach on this world when the
-super-category itself renders as one of the erased concepts (a ceiling, not a method).
+images are judged against the original labels. Its UA is about what a perfect HiRM-S edit would score on
+this world, where a super-category often renders as one of the erased concepts (a reference, not a method).
 
 At least two concepts of each domain are always kept for IRA (a domain of n concepts erases at most
 n - 2; the JSON records what was asked and what ran). MiniCanvas 2 has 20 of each: erase 10, keep 10. HiRM settings default to the world-tuned ones of ``hirm compare``
@@ -314,8 +314,8 @@ def to_markdown(result: Mapping[str, Any], command: str = "") -> str:
     if any(AIM_ROW in block["rows"] for block in result["domains"].values()):
         lines.append(
             f"- `{AIM_ROW}` edits no model: each erased concept's word in the grid prompts is replaced by its "
-            "super-category (what HiRM-S misdirects toward), judged against the concept's label; its UA is a "
-            "ceiling for HiRM-S on this world."
+            "super-category (what HiRM-S misdirects toward), judged against the concept's label; its UA is "
+            "about what a perfect HiRM-S edit would score on this world."
         )
     if any("preserved-both" in block["rows"] for block in result["domains"].values()):
         lines.append(
@@ -395,6 +395,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     from hirm.io import check_writable, write_atomic
 
     args = parse_args(argv)
+    if args.uce_tokens != "paper" and not args.uce:
+        raise SystemExit("--uce-tokens sets UCE's rows; add --uce.")
     json_path, md_path = args.out / "multi_concept.json", args.out / "multi_concept.md"
     for path in (json_path, md_path):
         check_writable(path, overwrite=args.overwrite)
