@@ -32,6 +32,9 @@ which is what a perfect misdirection toward the super-category would make the te
 images are judged against the original labels. Its UA is about what a perfect HiRM-S edit would score on
 this world, where a super-category often renders as one of the erased concepts (a reference, not a method).
 
+``--target empty`` misdirects each concept toward the empty prompt's read-out (``PromptTarget("")``), the
+guide UCE and ESD erase toward, instead of its super-category: not capped by how the super-category renders.
+
 At least two concepts of each domain are always kept for IRA (a domain of n concepts erases at most
 n - 2; the JSON records what was asked and what ran). MiniCanvas 2 has 20 of each: erase 10, keep 10. HiRM settings default to the world-tuned ones of ``hirm compare``
 (HiRM-S toward each concept's super-category, read at the final output, 100 steps, lr 5e-4).
@@ -53,6 +56,8 @@ GOAL = {"UA": 0.90, "IRA": 0.90, "CRA": 0.95}
 METRICS = ("UA", "IRA", "CRA")
 #: The row of ``--aim``: each erased concept written as its super-category (no model is edited).
 AIM_ROW = "super-category prompt"
+#: ``--aim``'s row per ``--target``: the prompt a perfect misdirection would make the text encoder read.
+AIM_ROWS = {"super": AIM_ROW, "empty": "concept word left out"}
 #: Cheap settings for a smoke run: two concepts, two HiRM steps, one seed, two sampler steps.
 TINY = {"count": 2, "hirm_steps": 2, "seeds": (188,), "sampler_steps": 2}
 
@@ -107,8 +112,9 @@ def erased_concepts(canvas, domain: str, count: int) -> tuple[list[str], str | N
 
 
 def concepts_for(canvas, names: Sequence[str], domain: str, target: str):
-    """``Concept`` objects: HiRM-S toward the super-category (``super``), or HiRM-R (``random`` at the
-    reference scale, ``random-rms`` at the read-out's RMS)."""
+    """``Concept`` objects: HiRM-S toward the super-category (``super``), toward the empty prompt's read-out
+    (``empty``: the guide UCE and ESD erase toward; ours), or HiRM-R (``random`` at the reference scale,
+    ``random-rms`` at the read-out's RMS)."""
     from hirm.core.config import Concept, PromptTarget, RandomTarget
     from hirm.evaluation.common import display_name
 
@@ -117,6 +123,8 @@ def concepts_for(canvas, names: Sequence[str], domain: str, target: str):
     for name in names:
         if target == "super":
             goal = PromptTarget(words[name])
+        elif target == "empty":
+            goal = PromptTarget("")
         elif target == "random-rms":
             goal = RandomTarget(scale="readout-rms")
         else:
@@ -125,14 +133,18 @@ def concepts_for(canvas, names: Sequence[str], domain: str, target: str):
     return out
 
 
-def aim_items(canvas, items: Sequence[Any], erased: Sequence[str], domain: str) -> list[Any]:
-    """``items`` with every erased concept of ``domain`` written as its super-category in the prompt (the
-    labels stay the concept's, so the judges score the images as prompts for the concept)."""
+def aim_items(
+    canvas, items: Sequence[Any], erased: Sequence[str], domain: str, target: str = "super"
+) -> list[Any]:
+    """``items`` with every erased concept of ``domain`` written as its super-category in the prompt
+    (``target="super"``) or left out of it (``"empty"``); the labels stay the concept's, so the judges
+    score the images as prompts for the concept."""
     field = "{" + domain + "}"
+    written = "{" + domain + "_super}" if target == "super" else ""
     out = []
     for item in items:
         if item.label(domain) in erased:
-            template = item.template.replace(field, "{" + domain + "_super}")
+            template = item.template.replace(field, written)
             prompt = canvas.prompt(template, style=item.style, object=item.object)
             item = replace(item, prompt=prompt)
         out.append(item)
@@ -189,6 +201,10 @@ def run_table(
     unknown = sorted(set(strategies) - set(STRATEGIES))
     if unknown:
         raise SystemExit(f"Unknown strategies {unknown}; choose from {list(STRATEGIES)}.")
+    if aim and target not in AIM_ROWS:
+        raise SystemExit(
+            f"--aim needs --target super or empty (a random direction has no prompt), not {target}."
+        )
     dev = torch.device(device)
     canvas, judges = default_canvas_and_judges(model, canvas, judges, dev)
     if settings is None:
@@ -228,9 +244,9 @@ def run_table(
         if aim:
             # the unchanged prompts are the original's images (cache); only the rewritten ones are generated
             judged, _ = evaluator.judge_items(
-                aim_items(canvas, items, names, domain), cache=evaluator.cache, desc=f"{domain}/aim"
+                aim_items(canvas, items, names, domain, target), cache=evaluator.cache, desc=f"{domain}/aim"
             )
-            rows[AIM_ROW] = {**grid_metrics(judged, names, domain), "erase_s": 0.0}
+            rows[AIM_ROWS[target]] = {**grid_metrics(judged, names, domain), "erase_s": 0.0}
         kept = [n for n in canvas.names(domain) if n not in names]
         other_domain = "style" if domain == "object" else "object"
         other = list(canvas.names(other_domain)) if keep_other_domain else []
@@ -311,6 +327,11 @@ def to_markdown(result: Mapping[str, Any], command: str = "") -> str:
             "`preserved-both` row keeps; `R+uce`: HiRM row R's patch "
             "and the UCE patch, each made from the original model, applied together."
         )
+    if any(AIM_ROWS["empty"] in block["rows"] for block in result["domains"].values()):
+        lines.append(
+            f"- `{AIM_ROWS['empty']}` edits no model: each erased concept's word is left out of the grid prompts "
+            "(what `--target empty` misdirects toward), judged against the concept's label."
+        )
     if any(AIM_ROW in block["rows"] for block in result["domains"].values()):
         lines.append(
             f"- `{AIM_ROW}` edits no model: each erased concept's word in the grid prompts is replaced by its "
@@ -358,7 +379,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         action="store_true",
         help="add the row HiRM-S aims at: erased concepts written as their super-category, no edit",
     )
-    parser.add_argument("--target", choices=("super", "random", "random-rms"), default="super")
+    parser.add_argument(
+        "--target",
+        choices=("super", "empty", "random", "random-rms"),
+        default="super",
+        help="super-category (HiRM-S), the empty prompt's read-out (ours), or a random direction (HiRM-R)",
+    )
     parser.add_argument(
         "--keep-other-domain",
         action="store_true",

@@ -226,6 +226,22 @@ def test_aim_row_writes_erased_concepts_as_their_super_category(bench, world, sd
     assert "edits no model" in (out / "multi_concept.md").read_text()
 
 
+def test_empty_target_misdirects_toward_the_empty_prompt_and_its_aim_leaves_the_word_out(bench, world):
+    """``--target empty``: every concept's target is the empty prompt's read-out; its ``--aim`` row leaves
+    the erased concept's word out of the prompt; a random target has no aim (one-line error)."""
+    from hirm.evaluation.canvas_grid import build_items
+
+    concepts = bench.concepts_for(world, ["Cats", "Trees"], "object", "empty")
+    assert [(c.text, c.target) for c in concepts] == [("Cats", PromptTarget("")), ("Trees", PromptTarget(""))]
+    items = build_items(world, templates=("A {object} image in {style} style.",), seeds=(1,))
+    rewritten = bench.aim_items(world, items, ["Cats"], "object", "empty")
+    changed = {(a.prompt, b.prompt) for a, b in zip(items, rewritten, strict=True) if a != b}
+    assert ("A Cats image in Van Gogh style.", "A  image in Van Gogh style.") in changed
+    assert all(b.label("object") == "Cats" for a, b in zip(items, rewritten) if a != b)
+    with pytest.raises(SystemExit, match="--aim needs --target super or empty"):
+        bench.run_table("unused", aim=True, target="random")
+
+
 def test_uce_rows_erase_all_at_once_and_combine_with_each_hirm_row(
     bench, world, sd_dir, tmp_path, monkeypatch
 ):
