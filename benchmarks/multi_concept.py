@@ -16,6 +16,8 @@ whether the goal (UA >= 90 %, IRA >= 90 %, CRA >= 95 %) is met. The original mod
         # only the original model and HiRM-S's aim (no erasure; minutes)
     python benchmarks/multi_concept.py --out DIR --strategies preserved --keep-other-domain --steps 200 --uce
         # also UCE erasing all ten at once (row uce-both) and HiRM + UCE (row preserved-both+uce)
+    python benchmarks/multi_concept.py --out DIR --merge DIR_A DIR_B
+        # pool runs of one command on disjoint --seeds (e.g. parallel processes on a GPU); generates nothing
 
 ``--uce`` adds the peer UCE (``hirm.core.uce``, the original script's recipe, which erases many artists at
 once): one closed-form edit of the ten concepts toward the empty prompt, preserving the same concepts a
@@ -43,6 +45,7 @@ n - 2; the JSON records what was asked and what ran). MiniCanvas 2 has 20 of eac
 from __future__ import annotations
 
 import argparse
+import json
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
@@ -283,11 +286,96 @@ def run_table(
     return result
 
 
+#: What every table pooled by :func:`merge_tables` must share (everything but the sampling seeds).
+SAME_FOR_MERGE = ("hirm_config", "target", "keep_other_domain", "uce_tokens", "goal")
+
+
+def merge_tables(tables: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """Pool tables of the same rows run on disjoint sampling seeds (e.g. in parallel processes): per row
+    and metric the hits and n are added, intervals recomputed; per-concept UA weighted by its images.
+
+    Refuses (one-line ``SystemExit``) tables that differ in anything but the seeds and the machine, that
+    share a seed, or whose domains erase other concepts or have other rows."""
+    if len(tables) < 2:
+        raise SystemExit("--merge needs at least two result directories.")
+    first = tables[0]
+    for table in tables[1:]:
+        for key in SAME_FOR_MERGE:
+            if table.get(key) != first.get(key):
+                raise SystemExit(f"Cannot merge: the tables differ in {key}; merge only runs of one command.")
+        settings = [{k: v for k, v in t["meta"]["settings"].items() if k != "seeds"} for t in (first, table)]
+        if settings[0] != settings[1]:
+            raise SystemExit("Cannot merge: the tables were sampled with different settings.")
+    domains: dict[str, list[Mapping[str, Any]]] = {}
+    domain_seeds: dict[str, list[int]] = {}
+    for table in tables:
+        for domain, block in table["domains"].items():
+            domains.setdefault(domain, []).append(block)
+            domain_seeds.setdefault(domain, []).extend(table["meta"]["seeds"])
+    for domain, seeds in domain_seeds.items():
+        if len(set(seeds)) != len(seeds):
+            raise SystemExit(
+                f"Cannot merge: a seed appears in two {domain} tables ({seeds}); the images would count twice."
+            )
+    merged_domains = {}
+    for domain, blocks in domains.items():
+        for block in blocks[1:]:
+            if (block["erased"], block.get("kept"), list(block["rows"])) != (
+                blocks[0]["erased"], blocks[0].get("kept"), list(blocks[0]["rows"])
+            ):  # fmt: skip
+                raise SystemExit(
+                    f"Cannot merge: the {domain} tables erase other concepts or have other rows."
+                )
+        rows = {
+            name: _pool([b["rows"][name] for b in blocks], blocks[0]["erased"]) for name in blocks[0]["rows"]
+        }
+        merged_domains[domain] = {**blocks[0], "rows": rows, "seeds": domain_seeds[domain]}
+    return {
+        **{key: first.get(key) for key in SAME_FOR_MERGE},
+        "meta": {
+            **first["meta"],
+            "seeds": sorted({seed for seeds in domain_seeds.values() for seed in seeds}),
+            "merged": [t["meta"] for t in tables],
+        },
+        "machine": sorted({t["machine"] for t in tables}),
+        "domains": merged_domains,
+    }
+
+
+def _pool(rows: Sequence[Mapping[str, Any]], erased: Sequence[str]) -> dict[str, Any]:
+    """One row pooled over runs on disjoint seeds (see :func:`merge_tables`)."""
+    out: dict[str, Any] = {}
+    for metric in METRICS:
+        n = sum(row[metric]["n"] for row in rows)
+        hits = sum(round(row[metric]["value"] * row[metric]["n"]) for row in rows if row[metric]["n"])
+        out[metric] = {"value": hits / n if n else None, "n": n, "ci95": wilson_interval(hits, n)}
+    # every erased concept has the same number of grid images in a run: UA's n split evenly
+    sizes = [row["UA"]["n"] // len(erased) for row in rows]
+    out["UA_per_concept"] = {
+        name: sum(row["UA_per_concept"][name] * size for row, size in zip(rows, sizes, strict=True))
+        / sum(sizes)
+        for name in erased
+    }
+    out["meets_goal"] = all(out[m]["value"] is not None and out[m]["value"] >= GOAL[m] for m in METRICS)
+    out["erase_s"] = sum(row["erase_s"] for row in rows) / len(rows)  # mean over runs (machines may differ)
+    return out
+
+
 def _cell(metric: Mapping[str, Any]) -> str:
     if metric["value"] is None:
         return "–"
     lo, hi = metric["ci95"]
     return f"{100 * metric['value']:.1f} [{100 * lo:.1f}, {100 * hi:.1f}] (n={metric['n']})"
+
+
+def _provenance(result: Mapping[str, Any]) -> str:
+    """Seeds and machine(s) of a table; for a merged one, how many runs it pools."""
+    machines = result.get("machine")
+    machines = ", ".join(machines) if isinstance(machines, list) else machines
+    seeds = ", ".join(map(str, result["meta"]["seeds"]))
+    runs = result["meta"].get("merged")
+    pooled = f" Pooled from {len(runs)} runs (`--merge`) on disjoint seeds." if runs else ""
+    return f"Sampling seeds {seeds}; machine: {machines}.{pooled}"
 
 
 def to_markdown(result: Mapping[str, Any], command: str = "") -> str:
@@ -298,6 +386,8 @@ def to_markdown(result: Mapping[str, Any], command: str = "") -> str:
     lines += [
         f"HiRM settings: {result['hirm_config']}; target: {result['target']}. Goal: UA >= 90 %, IRA >= 90 %, "
         "CRA >= 95 %. Values in %, [95 % Wilson interval], n images.",
+        "",
+        _provenance(result),
         "",
         "| domain | strategy | UA (mean over erased) | IRA (rest of domain) | CRA (other domain) | erase s | goal |",
         "|---|---|---|---|---|---|---|",
@@ -407,6 +497,14 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--cache-dir", default=None, help="Image cache of the original model's grid.")
     parser.add_argument("--overwrite", action="store_true", help="Replace existing outputs.")
+    parser.add_argument(
+        "--merge",
+        nargs="+",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="pool these result directories (same command on disjoint --seeds) into --out; generates nothing",
+    )
     return parser.parse_args(argv)
 
 
@@ -414,18 +512,55 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     import shlex
     import sys
 
-    from hirm.core.config import HiRMConfig
-    from hirm.evaluation.canvas import CanvasSettings
     from hirm.evaluation.common import dump_json
-    from hirm.evaluation.compare import WORLD_TUNED_HIRM
-    from hirm.io import check_writable, write_atomic
+    from hirm.io import OutputExistsError, check_writable, read_marker, write_atomic, write_marker
 
     args = parse_args(argv)
     if args.uce_tokens != "paper" and not args.uce:
         raise SystemExit("--uce-tokens sets UCE's rows; add --uce.")
     json_path, md_path = args.out / "multi_concept.json", args.out / "multi_concept.md"
-    for path in (json_path, md_path):
-        check_writable(path, overwrite=args.overwrite)
+    try:
+        for path in (json_path, md_path):
+            check_writable(path, overwrite=args.overwrite)
+    except OutputExistsError as err:
+        raise SystemExit(f"error: {err}") from None
+    if args.merge:
+        tables = []
+        for directory in args.merge:
+            path = directory / "multi_concept.json"
+            if not path.is_file():
+                raise SystemExit(f"No {path}; give directories written by this script.")
+            tables.append(json.loads(path.read_text(encoding="utf-8")))
+        result = merge_tables(tables)
+    else:
+        result = _run(args)
+    command = " ".join(
+        ["python benchmarks/multi_concept.py", *map(shlex.quote, sys.argv[1:] if argv is None else argv)]
+    )
+    result["command"] = command
+    args.out.mkdir(parents=True, exist_ok=True)
+    write_atomic(
+        json_path, lambda tmp: tmp.write_text(dump_json(result), encoding="utf-8"), overwrite=args.overwrite
+    )
+    write_atomic(
+        md_path,
+        lambda tmp: tmp.write_text(to_markdown(result, command), encoding="utf-8"),
+        overwrite=args.overwrite,
+    )
+    # record the two files as this script's, so that --overwrite may replace them (and nothing else)
+    marker = read_marker(args.out)
+    listed = set(marker["files"]) if marker else set()
+    write_marker(args.out, "multi-concept", files=sorted(listed | {json_path.name, md_path.name}))
+    print(to_markdown(result, command))
+    return result
+
+
+def _run(args: argparse.Namespace) -> dict[str, Any]:
+    """The table ``args`` asks for, generated and judged (see :func:`run_table`)."""
+    from hirm.core.config import HiRMConfig
+    from hirm.evaluation.canvas import CanvasSettings
+    from hirm.evaluation.compare import WORLD_TUNED_HIRM
+
     tiny = args.budget == "tiny"
     overrides = {k: v for k, v in (("steps", args.steps), ("lr", args.lr)) if v is not None}
     if tiny:
@@ -445,7 +580,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
             if v is not None
         },
     )
-    result = run_table(
+    return run_table(
         args.model,
         domains=args.domains.split(","),
         count=TINY["count"] if tiny else args.count,
@@ -460,21 +595,6 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         uce=args.uce,
         uce_tokens=args.uce_tokens,
     )
-    command = " ".join(
-        ["python benchmarks/multi_concept.py", *map(shlex.quote, sys.argv[1:] if argv is None else argv)]
-    )
-    result["command"] = command
-    args.out.mkdir(parents=True, exist_ok=True)
-    write_atomic(
-        json_path, lambda tmp: tmp.write_text(dump_json(result), encoding="utf-8"), overwrite=args.overwrite
-    )
-    write_atomic(
-        md_path,
-        lambda tmp: tmp.write_text(to_markdown(result, command), encoding="utf-8"),
-        overwrite=args.overwrite,
-    )
-    print(to_markdown(result, command))
-    return result
 
 
 if __name__ == "__main__":

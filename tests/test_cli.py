@@ -141,3 +141,16 @@ def test_existing_outputs_are_never_overwritten_silently(sd_dir, tmp_path):
 
 def test_env_prints_versions():
     assert "diffusers" in _run("env")
+
+
+def test_target_empty_is_the_empty_prompt_and_other_texts_are_refused():
+    """``-t empty``: misdirect toward the empty prompt's read-out (``PromptTarget("")``); ``prompt:`` with
+    no text and near-misses are one-line errors rather than a silent empty target."""
+    from hirm.cli.erase import parse_target
+    from hirm.core.config import PromptTarget
+
+    assert parse_target("empty") == PromptTarget("")
+    assert parse_target("prompt:animal") == PromptTarget("animal")
+    for text in ("prompt:", "empty:x", "Empty"):
+        with pytest.raises(ValueError, match="Cannot read target"):
+            parse_target(text)

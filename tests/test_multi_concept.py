@@ -242,6 +242,68 @@ def test_empty_target_misdirects_toward_the_empty_prompt_and_its_aim_leaves_the_
         bench.run_table("unused", aim=True, target="random")
 
 
+def _table(seeds, ua_hits, per_concept, erased=("Cats", "Dogs"), target="super"):
+    """A ``multi_concept.json`` as ``run_table`` writes it: one object row, 20 UA images per seed."""
+    n = 20 * len(seeds)
+    row = {
+        "UA": {"value": ua_hits / n, "n": n, "ci95": [0, 1]},
+        "IRA": {"value": 1.0, "n": n, "ci95": [0, 1]},
+        "CRA": {"value": 0.5, "n": 2 * n, "ci95": [0, 1]},
+        "UA_per_concept": dict(zip(erased, per_concept, strict=True)),
+        "meets_goal": False,
+        "erase_s": 2.0,
+    }
+    return {
+        "hirm_config": {"steps": 200}, "target": target, "keep_other_domain": True, "uce_tokens": "paper",
+        "goal": {"UA": 0.9}, "machine": f"m{seeds[0]}",
+        "meta": {"seeds": list(seeds), "settings": {"seeds": list(seeds), "num_inference_steps": 25}},
+        "domains": {"object": {"erased": list(erased), "kept": ["Trees"], "note": None, "rows": {"preserved-both": row}}},
+    }  # fmt: skip
+
+
+def test_merge_pools_hits_over_disjoint_seeds_and_refuses_what_would_double_count(bench, tmp_path):
+    """``--merge``: hits and n add up, per-concept UA is weighted by its images, intervals recomputed;
+    the same seed twice, another target or other erased concepts are refused."""
+    from hirm.evaluation.metrics import wilson_interval
+
+    merged = bench.merge_tables([_table([1], 18, [1.0, 0.8]), _table([2, 3], 30, [0.9, 0.6])])
+    row = merged["domains"]["object"]["rows"]["preserved-both"]
+    assert (row["UA"]["n"], row["UA"]["value"]) == (60, 48 / 60)
+    assert row["UA"]["ci95"] == pytest.approx(wilson_interval(48, 60))
+    assert (row["CRA"]["n"], row["CRA"]["value"]) == (120, 0.5)
+    # Cats: 10 images at 1.0 and 20 at 0.9
+    assert row["UA_per_concept"]["Cats"] == pytest.approx((10 * 1.0 + 20 * 0.9) / 30)
+    assert merged["meta"]["seeds"] == [1, 2, 3] and merged["domains"]["object"]["seeds"] == [1, 2, 3]
+    assert merged["machine"] == ["m1", "m2"]
+    refusals = [
+        ([_table([1], 18, [1, 0.8]), _table([1, 2], 30, [1, 0.5])], "a seed appears in two object tables"),
+        ([_table([1], 18, [1, 0.8]), _table([2], 18, [1, 0.8], target="empty")], "differ in target"),
+        ([_table([1], 18, [1, 0.8]), _table([2], 18, [1, 0.8], erased=("Cats", "Birds"))], "erase other"),
+        ([_table([1], 18, [1, 0.8])], "at least two"),
+    ]
+    for tables, message in refusals:
+        with pytest.raises(SystemExit, match=message):
+            bench.merge_tables(tables)
+    # from the command line: result directories in, one table out
+    dirs = []
+    for i, table in enumerate([_table([1], 18, [1.0, 0.8]), _table([2, 3], 30, [0.9, 0.6])]):
+        dirs.append(tmp_path / f"part{i}")
+        dirs[-1].mkdir()
+        (dirs[-1] / "multi_concept.json").write_text(json.dumps(table))
+    saved = bench.main(["--out", str(tmp_path / "all"), "--merge", *map(str, dirs)])
+    assert saved["domains"]["object"]["rows"]["preserved-both"]["UA"]["n"] == 60
+    assert "| object | preserved-both | 80.0 [" in (tmp_path / "all" / "multi_concept.md").read_text()
+    with pytest.raises(SystemExit, match="No .*multi_concept.json"):
+        bench.main(["--out", str(tmp_path / "x"), "--merge", str(dirs[0]), str(tmp_path)])
+    # its own outputs are replaced only with --overwrite; a file it did not write never is (one-line errors)
+    again = ["--out", str(tmp_path / "all"), "--merge", *map(str, dirs)]
+    with pytest.raises(SystemExit, match="already exists"):
+        bench.main(again)
+    assert bench.main([*again, "--overwrite"])["domains"]["object"]["rows"]["preserved-both"]["UA"]["n"] == 60
+    with pytest.raises(SystemExit, match="not written by hirm"):
+        bench.main(["--out", str(dirs[0]), "--merge", *map(str, dirs), "--overwrite"])
+
+
 def test_uce_rows_erase_all_at_once_and_combine_with_each_hirm_row(
     bench, world, sd_dir, tmp_path, monkeypatch
 ):

@@ -37,8 +37,8 @@ from hirm.io import check_writable
 
 TARGET_HELP = (
     "Target per concept, in the order of --concept (one value applies to all): 'random' (HiRM-R), "
-    "'random:SEED', 'super:WORD' or 'prompt:TEXT' (HiRM-S: the read-out of that prompt), 'file:PATH[:KEY]' "
-    "(a safetensors vector)."
+    "'random:SEED', 'super:WORD' or 'prompt:TEXT' (HiRM-S: the read-out of that prompt), 'empty' (the empty "
+    "prompt's read-out), 'file:PATH[:KEY]' (a safetensors vector)."
 )
 
 
@@ -51,6 +51,8 @@ def parse_target(text: str) -> Target:
             raise ValueError(f"--target random:SEED takes an integer seed, got {value!r}.") from None
     if kind in ("super", "prompt") and value:
         return PromptTarget(value)
+    if text == "empty":  # the guide UCE and ESD erase toward (README, "Many concepts at once")
+        return PromptTarget("")
     if kind == "file" and value:
         path, _, key = value.partition(":")
         return VectorTarget(path, key or "target")
