@@ -388,6 +388,27 @@ def test_preserved_keeps_the_given_concepts_in_the_templates(model):
         erase_many(model, CONCEPTS, CONFIG, strategy="joint", keep=["Horses"], progress=False)
 
 
+def test_cli_with_preserve_prompts_is_the_preserved_strategy_toward_the_empty_prompt(model, sd_dir, tmp_path):
+    """The README's command line for ``preserved-both --target empty`` (``hirm erase -c .. -t empty
+    --preserve .. --preserve-weight 1``) writes the patch ``erase_many(strategy="preserved")`` makes."""
+    from safetensors.torch import load_file
+    from typer.testing import CliRunner
+
+    from hirm.cli.main import app
+
+    config = HiRMConfig(steps=2, lr=1e-2, precision="fp32")
+    erased = [Concept("Cats", target=PromptTarget("")), Concept("Dogs", target=PromptTarget(""))]
+    patch = erase_many(model, erased, config, strategy="preserved", keep=["Horses", "Birds"], progress=False)
+    out = tmp_path / "cli.safetensors"
+    args = ["erase", "--model", str(sd_dir), "-c", "Cats", "-c", "Dogs", "-t", "empty", "--preserve", "Horses",
+            "--preserve", "Birds", "--preserve-weight", "1", "--steps", "2", "--lr", "1e-2", "--precision",
+            "fp32", "--quiet", "-o", str(out)]  # fmt: skip
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    cli = load_file(out)
+    assert set(cli) == set(patch.tensors) and all(torch.equal(cli[k], patch.tensors[k]) for k in cli)
+
+
 @pytest.fixture(scope="module")
 def drift():
     return _benchmark("multi_concept_drift")
