@@ -3,7 +3,7 @@
 Prints the time split (erase / generate / judge, plus the one-off generation of the original model's
 grid) and the mean ± std of UA, IRA, CRA, AA over concepts.
 
-    python benchmarks/sweep_speed.py                       # the full benchmark (22 concepts, 3 seeds)
+    python benchmarks/sweep_speed.py                       # the full benchmark (every concept of the world, 3 seeds)
     python benchmarks/sweep_speed.py --limit 2 --seeds 188 # smoke run
     accelerate launch --num_processes 2 benchmarks/sweep_speed.py        # several GPUs
     torchrun --standalone --nproc_per_node 2 benchmarks/sweep_speed.py   # several CPU processes

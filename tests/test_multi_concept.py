@@ -461,3 +461,25 @@ def test_context_templates_share_no_word_with_the_world_and_are_none_of_its_temp
         for slot in ("object", "style"):
             frames.add(template.replace("{" + slot + "}", "{concept}").lower())
     assert not {t.lower() for t in CONTEXT_TEMPLATES if t != "{concept}"} & frames
+
+
+def test_parallel_script_runs_seed_groups_and_pools_them(tmp_path):
+    """``scripts/multi_concept_parallel.sh``: one process per seed group on the embedded world (smoke
+    budget), pooled into one table; a second call runs no finished group again."""
+    import os
+    import subprocess
+
+    script = Path(__file__).parents[1] / "scripts" / "multi_concept_parallel.sh"
+    out = tmp_path / "mc"
+    args = ["bash", str(script), str(out), "188 288", "--budget", "tiny", "--strategies", "none",
+            "--domains", "object"]  # fmt: skip
+    env = {**os.environ, "DEVICE": "cpu", "OMP_NUM_THREADS": "1"}
+    first = subprocess.run(args, env=env, capture_output=True, text=True, timeout=600)
+    assert first.returncode == 0, first.stderr
+    pooled = json.loads((out / "multi_concept.json").read_text())
+    assert pooled["meta"]["seeds"] == [188, 288] and len(pooled["meta"]["merged"]) == 2
+    parts = [json.loads((out / f"seeds_{s}" / "multi_concept.json").read_text()) for s in (188, 288)]
+    rows = [p["domains"]["object"]["rows"]["original"]["UA"]["n"] for p in parts]
+    assert pooled["domains"]["object"]["rows"]["original"]["UA"]["n"] == sum(rows) > 0
+    again = subprocess.run(args, env=env, capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0 and again.stdout.count("done before") == 2, again.stdout + again.stderr
