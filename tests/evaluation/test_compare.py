@@ -64,6 +64,26 @@ def test_random_rms_entry_scales_the_target_to_the_read_out(sd_dir, canvas):
         Entry("x", ("hirm",), target="randm")
 
 
+def test_empty_keep_entry_misdirects_toward_the_empty_prompt_keeping_the_siblings(sd_dir, canvas):
+    """``hirm-empty-keep``: world-tuned HiRM toward ``PromptTarget("")`` whose preserve set is the erased
+    concept's domain siblings (weight 1)."""
+    import torch
+
+    import hirm
+    from hirm.evaluation.common import display_name
+    from hirm.evaluation.compare import make_erase
+
+    erased = canvas.objects[0]
+    patch = make_erase(ENTRIES["hirm-empty-keep"], canvas, torch.device("cpu"))(
+        hirm.load_model(sd_dir), erased, "object"
+    )
+    (concept,) = patch.metadata["concepts"]
+    config = patch.metadata["config"]
+    assert concept["target"] == {"kind": "prompt", "prompt": "", "coeff": 1.0}
+    assert config["preserve"] == [display_name(x) for x in canvas.objects if x != erased]
+    assert config["preserve_weight"] == 1.0 and config["read"]["site"] == "final" and config["steps"] == 100
+
+
 def test_merged_parts_give_the_table_of_one_run(sd_dir, canvas, judges, settings, tmp_path):
     """Concept groups run apart (as parallel processes on one GPU would) and merged give the same
     per-concept figures and table rows as one run over every concept; bad merges are refused."""

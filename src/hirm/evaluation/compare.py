@@ -49,9 +49,9 @@ class Entry:
         name: the label in the table and the sub-directory name.
         methods: registered method names; several = their patches merged (e.g. HiRM + UCE).
         target: ``random`` (HiRM-R at the paper's scale), ``random-rms`` (the same direction scaled to
-            the concept read-out's RMS, ``RandomTarget(scale="readout-rms")``) or ``super`` (HiRM-S:
-            toward the concept's super-category) for methods whose concepts carry a target; ignored by
-            the others.
+            the concept read-out's RMS, ``RandomTarget(scale="readout-rms")``), ``super`` (HiRM-S:
+            toward the concept's super-category) or ``empty`` (toward the empty prompt's read-out,
+            ``PromptTarget("")``; ours) for methods whose concepts carry a target; ignored by the others.
         overrides: config fields per method, e.g. ``{"esd-x": {"steps": 200}}``.
         preserve_others: methods (of ``methods``) whose ``preserve`` list gets the erased concept's domain
             siblings, as UCE's original script preserves the other artists when it erases one.
@@ -68,7 +68,7 @@ class Entry:
             raise ValueError(f"Entry {self.name!r}: target must be one of {TARGETS}, not {self.target!r}.")
 
 
-TARGETS = ("random", "random-rms", "super")
+TARGETS = ("random", "random-rms", "super", "empty")
 #: Methods that misdirect each concept toward its target (the others ignore ``Entry.target``).
 TARGETED = ("hirm", "hirm-adv")
 
@@ -87,6 +87,15 @@ ENTRIES: dict[str, Entry] = {
         Entry("hirm-s-tuned", ("hirm",), target="super", overrides={"hirm": WORLD_TUNED_HIRM}),
         # The target-scale option: HiRM-R's direction at the read-out's own RMS, world-tuned settings.
         Entry("hirm-r-rms", ("hirm",), target="random-rms", overrides={"hirm": WORLD_TUNED_HIRM}),
+        # Ours: world-tuned HiRM toward the empty prompt (the guide UCE and ESD erase toward), keeping the
+        # read-outs of the domain's other concepts (as UCE's original script keeps the other artists).
+        Entry(
+            "hirm-empty-keep",
+            ("hirm",),
+            target="empty",
+            overrides={"hirm": WORLD_TUNED_HIRM},
+            preserve_others=("hirm",),
+        ),
         Entry("naive", ("naive",)),
         Entry("diffquickfix", ("diffquickfix",)),
         Entry("uce", ("uce",), preserve_others=("uce",)),
@@ -130,6 +139,8 @@ def make_erase(entry: Entry, canvas: Canvas, device: torch.device) -> EraseFn:
         if entry.target == "super":
             words = canvas.style_super if domain == "style" else canvas.object_super
             target = PromptTarget(words[name])
+        elif entry.target == "empty":
+            target = PromptTarget("")
         elif entry.target == "random-rms":
             target = RandomTarget(scale="readout-rms")
         else:
