@@ -81,6 +81,8 @@ ENTRIES: dict[str, Entry] = {
     for e in (
         COMPARE_ENTRIES["hirm-s-tuned"],
         COMPARE_ENTRIES["hirm-r-rms"],
+        # ours: toward the empty prompt, keeping the domain's other concepts (the comparison's best HiRM row)
+        COMPARE_ENTRIES["hirm-empty-keep"],
         COMPARE_ENTRIES["uce"],
         Entry(
             "hirm-s-tuned+uce",
