@@ -170,7 +170,7 @@ def test_benchmark_writes_one_row_per_strategy_with_counts_and_intervals(bench, 
     assert "its IRA is measured on concepts it was told to keep" in table
     assert table.count("| domain | strategy |") == 1  # one table, both domains
     assert "- objects erased (2): Cats, Dogs; kept (2): Trees, Birds" in table
-    with pytest.raises(Exception, match="exists"):
+    with pytest.raises(SystemExit, match="already exists"):  # a one-line error, not a traceback
         bench.main(["--out", str(out), "--model", str(sd_dir), "--budget", "tiny"])
 
 
