@@ -117,23 +117,15 @@ def erased_concepts(canvas, domain: str, count: int) -> tuple[list[str], str | N
 def concepts_for(canvas, names: Sequence[str], domain: str, target: str):
     """``Concept`` objects: HiRM-S toward the super-category (``super``), toward the empty prompt's read-out
     (``empty``: the guide UCE and ESD erase toward; ours), or HiRM-R (``random`` at the reference scale,
-    ``random-rms`` at the read-out's RMS)."""
-    from hirm.core.config import Concept, PromptTarget, RandomTarget
+    ``random-rms`` at the read-out's RMS); as the comparison's entries
+    (:func:`hirm.evaluation.compare.world_target`)."""
+    from hirm.core.config import Concept
     from hirm.evaluation.common import display_name
+    from hirm.evaluation.compare import world_target
 
-    words = canvas.style_super if domain == "style" else canvas.object_super
-    out = []
-    for name in names:
-        if target == "super":
-            goal = PromptTarget(words[name])
-        elif target == "empty":
-            goal = PromptTarget("")
-        elif target == "random-rms":
-            goal = RandomTarget(scale="readout-rms")
-        else:
-            goal = RandomTarget()
-        out.append(Concept(display_name(name), kind=domain, target=goal))
-    return out
+    return [
+        Concept(display_name(n), kind=domain, target=world_target(canvas, n, domain, target)) for n in names
+    ]
 
 
 def aim_items(

@@ -23,7 +23,14 @@ from typing import Any
 
 import torch
 
-from hirm.core.config import DEFAULT_PRESERVE_WEIGHT, Concept, PromptTarget, RandomTarget, ReadingPoint
+from hirm.core.config import (
+    DEFAULT_PRESERVE_WEIGHT,
+    Concept,
+    PromptTarget,
+    RandomTarget,
+    ReadingPoint,
+    Target,
+)
 from hirm.evaluation.canvas import CanvasSettings
 from hirm.evaluation.canvas_grid import Canvas
 from hirm.evaluation.common import (
@@ -124,6 +131,20 @@ def preserving(config: Any, prompts: tuple[str, ...]) -> Any:
     return replace(config, preserve=prompts)
 
 
+def world_target(canvas: Canvas, name: str, domain: str, kind: str) -> Target:
+    """The misdirection target ``kind`` (one of :data:`TARGETS`) names for the world concept ``name``."""
+    if kind == "super":
+        words = canvas.style_super if domain == "style" else canvas.object_super
+        return PromptTarget(words[name])
+    if kind == "empty":
+        return PromptTarget("")
+    if kind == "random-rms":
+        return RandomTarget(scale="readout-rms")
+    if kind == "random":
+        return RandomTarget()
+    raise ValueError(f"target must be one of {TARGETS}, not {kind!r}.")
+
+
 def make_erase(entry: Entry, canvas: Canvas, device: torch.device) -> EraseFn:
     """``erase_fn(handle, name, domain)`` for :func:`run_sweep`: every method of ``entry``, merged."""
     from hirm.api import erase
@@ -136,16 +157,9 @@ def make_erase(entry: Entry, canvas: Canvas, device: torch.device) -> EraseFn:
         configs[method] = replace(spec.config_cls(), **dict(entry.overrides.get(method, {})))
 
     def run(handle: Any, name: str, domain: str):
-        if entry.target == "super":
-            words = canvas.style_super if domain == "style" else canvas.object_super
-            target = PromptTarget(words[name])
-        elif entry.target == "empty":
-            target = PromptTarget("")
-        elif entry.target == "random-rms":
-            target = RandomTarget(scale="readout-rms")
-        else:
-            target = RandomTarget()
-        concept = Concept(text=display_name(name), kind=domain, target=target)
+        concept = Concept(
+            text=display_name(name), kind=domain, target=world_target(canvas, name, domain, entry.target)
+        )
         siblings = tuple(
             display_name(x) for x in (canvas.styles if domain == "style" else canvas.objects) if x != name
         )
