@@ -45,7 +45,6 @@ n - 2; the JSON records what was asked and what ran). MiniCanvas 2 has 20 of eac
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
@@ -505,7 +504,14 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     import sys
 
     from hirm.evaluation.common import dump_json
-    from hirm.io import OutputExistsError, check_writable, read_marker, write_atomic, write_marker
+    from hirm.io import (
+        OutputExistsError,
+        check_writable,
+        read_json,
+        read_marker,
+        write_atomic,
+        write_marker,
+    )
 
     args = parse_args(argv)
     if args.uce_tokens != "paper" and not args.uce:
@@ -522,7 +528,10 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
             path = directory / "multi_concept.json"
             if not path.is_file():
                 raise SystemExit(f"No {path}; give directories written by this script.")
-            tables.append(json.loads(path.read_text(encoding="utf-8")))
+            try:
+                tables.append(read_json(path, "a multi_concept table"))
+            except ValueError as err:
+                raise SystemExit(f"error: {err}") from None
         result = merge_tables(tables)
     else:
         result = _run(args)
