@@ -37,7 +37,9 @@ sheets/<method>/<concept>.png (before / after images of each attack).
 
 Methods, named as in ``hirm compare`` (see ``ENTRIES``): hirm-s-tuned (HiRM-S at the world-tuned
 settings: final hidden state, 100 steps, lr 5e-4), hirm-r-rms (HiRM-R's direction at the read-out's
-RMS, same settings), uce (the authors' original script, siblings preserved), hirm-s-tuned+uce,
+RMS, same settings), hirm-empty-keep (ours: the same settings toward the empty prompt, keeping the
+domain's other concepts), uce (the authors' original script, siblings preserved), hirm-s-tuned+uce,
+hirm-empty-keep+uce,
 diffquickfix (the authors' notebook), esd-x-100 (ESD-x at 100 of its 1000 steps), advunlearn-cpu
 (``AdvUnlearnConfig.cpu()``), hirm-adv (hardened HiRM: world-tuned HiRM-S per round, 4 rounds),
 hirm-adv-keep (the same, keeping the read-outs of the domain's other concepts, preserve weight 1).
@@ -90,6 +92,15 @@ ENTRIES: dict[str, Entry] = {
             target="super",
             overrides={"hirm": WORLD_TUNED_HIRM},
             preserve_others=("uce",),
+        ),
+        # ours + UCE: the paper's synergy claim with the comparison's best HiRM row (the same HiRM patch as
+        # hirm-empty-keep, merged with UCE's; each keeps the domain's other concepts)
+        Entry(
+            "hirm-empty-keep+uce",
+            ("hirm", "uce"),
+            target="empty",
+            overrides={"hirm": WORLD_TUNED_HIRM},
+            preserve_others=("hirm", "uce"),
         ),
         COMPARE_ENTRIES["diffquickfix"],
         # ESD at a tenth of its published 1000 steps (12-16 min per concept on the 2-core CPU otherwise)

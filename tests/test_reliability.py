@@ -451,3 +451,8 @@ def test_compare_merge_of_nothing_is_one_line_and_writes_nothing(tmp_path):
     (tmp_path / "empty").mkdir()
     line = _error(_run("compare", "--merge", tmp_path / "empty", "--out", tmp_path / "m"))
     assert "hirm compare" in line and not (tmp_path / "m").exists()
+
+
+def test_compare_negative_esd_batch_is_one_line_and_writes_nothing(tmp_path):
+    line = _error(_run("compare", "--esd-batch", "-1", "--method", "esd-x", "--out", tmp_path / "c"))
+    assert "--esd-batch" in line and not (tmp_path / "c").exists()

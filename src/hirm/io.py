@@ -29,6 +29,8 @@ MARKER = ".hirm-output"
 LOCK = ".hirm-lock"
 #: ``kind`` values of hirm's result JSON files (see :mod:`hirm.evaluation.common`).
 RESULT_KINDS = ("canvas", "nudity", "utility", "sweep")
+#: ``format`` metadata of the safetensors files hirm writes: patches and ESD's batched-run checkpoints.
+OWNED_FORMATS = ("hirm-patch/", "hirm-esd-batched/")
 
 
 class OutputExistsError(FileExistsError):
@@ -141,7 +143,7 @@ def owned_file(path: Path) -> bool:
             from safetensors import safe_open
 
             with safe_open(str(path), framework="pt") as handle:
-                return str((handle.metadata() or {}).get("format", "")).startswith("hirm-patch/")
+                return str((handle.metadata() or {}).get("format", "")).startswith(OWNED_FORMATS)
         except Exception:  # not a safetensors file at all
             return False
     if path.suffix == ".json":

@@ -178,3 +178,50 @@ def test_preserve_others_reaches_each_methods_preserve_set(sd_dir, canvas):
     nested = patch.metadata["config"]["hirm"]
     siblings = [n.replace("_", " ") for n in canvas.objects if n != name]
     assert list(nested["preserve"]) == siblings and nested["preserve_weight"] == PRESERVE_WEIGHT
+
+
+def test_esd_batch_erases_the_pending_concepts_in_one_run_each_as_its_own_esd(
+    sd_dir, canvas, judges, settings, tmp_path, monkeypatch
+):
+    """``esd_batch``: the sweep's pending concepts go through one batched ESD run (each concept's patch
+    its own sequential run's, up to floating point), their patches are cached so a resumed sweep does not
+    train them again, and each record's erase seconds is its share of the batch."""
+    import json
+
+    import torch
+
+    import hirm
+    from hirm.core import esd_batched
+    from hirm.evaluation.compare import BatchedESD, make_erase
+
+    entry = Entry("esd-x", ("esd-x",), overrides={"esd-x": {"steps": 2, "ddim_steps": 3, "lr": 1e-3}})
+    calls = []
+    real = esd_batched.erase_each
+    monkeypatch.setattr(
+        esd_batched, "erase_each", lambda model, concepts, *a, **k: calls.append([c.text for c in concepts]) or real(model, concepts, *a, **k)
+    )  # fmt: skip
+    out, cache = tmp_path / "cmp", tmp_path / "cache"
+    run_compare(sd_dir, out=out, entries=[entry], settings=settings, canvas=canvas, judges=judges, domain="object",
+                cache_dir=cache, progress=False, esd_batch=5)  # fmt: skip
+    assert calls == [["Cats", "Dogs"]]  # one run for both pending concepts
+    records = [json.loads(line) for line in (out / "esd-x" / "results.jsonl").read_text().splitlines()]
+    seconds = [r["times"]["erase"] for r in records]
+    assert len(seconds) == 2 and seconds[0] == seconds[1] > 0  # each its share, not 'all, then nothing'
+    assert not list((cache / "esd-batched").glob("run-*"))  # the finished batch's checkpoint is gone
+
+    handle = hirm.load_model(sd_dir)
+    batched = BatchedESD(entry, canvas, torch.device("cpu"), batch=5, cache_dir=cache, progress=False)
+    batched.prepare([("Cats", "object"), ("Dogs", "object")])
+    cached = batched(handle, "Dogs", "object")
+    assert calls == [["Cats", "Dogs"]]  # read from the cache, not trained again
+    alone = make_erase(entry, canvas, torch.device("cpu"))(handle, "Dogs", "object")
+    assert cached.metadata["concepts"] == alone.metadata["concepts"]
+    originals = {
+        f"unet/{n}": p.detach()
+        for n, p in hirm.core.patch.component_parameters(handle.component("unet")).items()
+    }
+    for key, value in alone.tensors.items():
+        mine = value - originals[key]
+        assert (cached.tensors[key] - originals[key] - mine).norm() <= 2e-2 * mine.norm() + 1e-12, key
+    # without a batch size the entry runs one concept at a time, as before
+    assert make_erase(entry, canvas, torch.device("cpu"), esd_batch=None).__class__ is not BatchedESD

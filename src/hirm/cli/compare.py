@@ -44,6 +44,11 @@ def compare_command(
     esd_steps: int | None = typer.Option(
         None, help="Override ESD's 1000 optimizer steps (the table states it)."
     ),
+    esd_batch: int = typer.Option(
+        0,
+        help="ESD entries: erase up to N concepts at once in one batched run (each still its own ESD, the "
+        "same patches up to floating point; several times faster). 0: one at a time.",
+    ),
     sampler_steps: SamplerSteps = None,
     no_heldout: NoHeldout = False,
     no_super: NoSuper = False,
@@ -64,6 +69,10 @@ def compare_command(
     from hirm.evaluation.canvas import CanvasSettings
     from hirm.evaluation.compare import ENTRIES, merge_compare, run_compare
 
+    if esd_batch < 0:
+        raise ValueError(
+            f"--esd-batch must be 0 (one concept at a time) or a number of concepts, not {esd_batch}."
+        )
     unknown = [m for m in method if m not in ENTRIES]
     if unknown:
         raise ValueError(f"Unknown entries {unknown}; choose from {list(ENTRIES)}.")
@@ -104,6 +113,7 @@ def compare_command(
         cache_dir=cache_dir,
         command=command,
         progress=not quiet,
+        esd_batch=esd_batch or None,
     )
     console.print(table.read_text())
 

@@ -168,6 +168,49 @@ def _check_model(model, components: Sequence[str] | None, unet: nn.Module) -> No
         raise ValueError(f"ESD trains in float32; load the model with dtype=torch.float32 (it is {dtype}).")
 
 
+@dataclass
+class _Setup:
+    """What every ESD run needs from the model: the frozen U-Net, the prompts' embeddings, the schedule."""
+
+    unet: nn.Module
+    device: torch.device
+    concepts: list[Concept]
+    emb_0: Tensor  # (1, L, D): the empty prompt
+    emb_concepts: Tensor  # (N, L, D)
+    scheduler: Any
+    channels: int
+    size: tuple[int, int]
+    names: list[str]
+
+
+def _setup(model, concepts: Sequence[Concept], config: ESDConfig, components: Sequence[str] | None) -> _Setup:
+    from diffusers import DDIMScheduler
+
+    unet = model.component("unet")
+    _check_model(model, components, unet)
+    concepts = list(concepts)
+    if not concepts:
+        raise ValueError("Give at least one concept to erase.")
+    device = next(unet.parameters()).device
+    hidden, _ = prompt_embeddings(
+        model.text_encoder("text_encoder"), model.tokenizer("text_encoder"), ["", *[c.text for c in concepts]]
+    )
+    scheduler = DDIMScheduler.from_config(model.component("scheduler").config)
+    scheduler.set_timesteps(config.ddim_steps, device=device)
+    size = unet.config.sample_size
+    return _Setup(
+        unet=unet,
+        device=device,
+        concepts=concepts,
+        emb_0=hidden[:1].to(device),
+        emb_concepts=hidden[1:].to(device),
+        scheduler=scheduler,
+        channels=unet.config.in_channels,
+        size=(size, size) if isinstance(size, int) else tuple(size),
+        names=trainable_names(unet, config.variant),
+    )
+
+
 def erase(
     model,
     concepts: Sequence[Concept],
@@ -181,26 +224,11 @@ def erase(
     A copy of the U-Net is trained; the caller's U-Net serves as the frozen ``theta*`` and is never
     modified (gradients are not even enabled on it).
     """
-    from diffusers import DDIMScheduler
-
     start = time.perf_counter()
-    unet = model.component("unet")
-    _check_model(model, components, unet)
-    concepts = list(concepts)
-    if not concepts:
-        raise ValueError("Give at least one concept to erase.")
-    device = next(unet.parameters()).device
-    hidden, _ = prompt_embeddings(
-        model.text_encoder("text_encoder"), model.tokenizer("text_encoder"), ["", *[c.text for c in concepts]]
-    )
-    emb_0, emb_concepts = hidden[:1].to(device), hidden[1:].to(device)  # (1, L, D), (N, L, D)
-
-    scheduler = DDIMScheduler.from_config(model.component("scheduler").config)
-    scheduler.set_timesteps(config.ddim_steps, device=device)
-    channels, size = unet.config.in_channels, unet.config.sample_size
-    size = (size, size) if isinstance(size, int) else tuple(size)
-
-    names = trainable_names(unet, config.variant)
+    setup = _setup(model, concepts, config, components)
+    unet, device, emb_0, emb_concepts = setup.unet, setup.device, setup.emb_0, setup.emb_concepts
+    scheduler, channels, size, names = setup.scheduler, setup.channels, setup.size, setup.names
+    concepts = setup.concepts
     trained = copy.deepcopy(unet).eval().requires_grad_(False)
     params = component_parameters(trained)
     for name in names:

@@ -145,21 +145,50 @@ def world_target(canvas: Canvas, name: str, domain: str, kind: str) -> Target:
     raise ValueError(f"target must be one of {TARGETS}, not {kind!r}.")
 
 
-def make_erase(entry: Entry, canvas: Canvas, device: torch.device) -> EraseFn:
-    """``erase_fn(handle, name, domain)`` for :func:`run_sweep`: every method of ``entry``, merged."""
-    from hirm.api import erase
-    from hirm.core.patch import merge_patches
+#: Methods :class:`BatchedESD` can run many concepts of at once.
+ESD_METHODS = ("esd-x", "esd-u")
+
+
+def _configs(entry: Entry) -> dict[str, Any]:
     from hirm.core.registry import get_method
 
-    configs = {}
-    for method in entry.methods:
-        spec = get_method(method)
-        configs[method] = replace(spec.config_cls(), **dict(entry.overrides.get(method, {})))
+    return {m: replace(get_method(m).config_cls(), **dict(entry.overrides.get(m, {}))) for m in entry.methods}
+
+
+def _world_concept(canvas: Canvas, name: str, domain: str, entry: Entry) -> Concept:
+    return Concept(
+        text=display_name(name), kind=domain, target=world_target(canvas, name, domain, entry.target)
+    )
+
+
+def make_erase(
+    entry: Entry,
+    canvas: Canvas,
+    device: torch.device,
+    *,
+    esd_batch: int | None = None,
+    cache_dir: str | os.PathLike | None = None,
+    progress: bool = True,
+) -> EraseFn:
+    """``erase_fn(handle, name, domain)`` for :func:`run_sweep`: every method of ``entry``, merged.
+
+    ``esd_batch``: for an entry that is one ESD method, erase up to that many of the sweep's pending
+    concepts in one batched run (:class:`BatchedESD`); each is still its own ESD run.
+    """
+    if (
+        esd_batch
+        and len(entry.methods) == 1
+        and entry.methods[0] in ESD_METHODS
+        and not entry.preserve_others
+    ):
+        return BatchedESD(entry, canvas, device, batch=esd_batch, cache_dir=cache_dir, progress=progress)
+    from hirm.api import erase
+    from hirm.core.patch import merge_patches
+
+    configs = _configs(entry)
 
     def run(handle: Any, name: str, domain: str):
-        concept = Concept(
-            text=display_name(name), kind=domain, target=world_target(canvas, name, domain, entry.target)
-        )
+        concept = _world_concept(canvas, name, domain, entry)
         siblings = tuple(
             display_name(x) for x in (canvas.styles if domain == "style" else canvas.objects) if x != name
         )
@@ -171,6 +200,87 @@ def make_erase(entry: Entry, canvas: Canvas, device: torch.device) -> EraseFn:
         return patches[0] if len(patches) == 1 else merge_patches(patches)
 
     return run
+
+
+class BatchedESD:
+    """``erase_fn`` of an ESD entry that erases the sweep's pending concepts ``batch`` at a time in one
+    batched run (:func:`hirm.core.esd_batched.erase_each`): each concept's patch is its own ESD run's,
+    up to floating point, at a fraction of the time; each patch's ``seconds`` is its share of the batch.
+
+    The sweep calls :meth:`prepare` with the concepts it has still to run, then this object once per
+    concept. A finished batch leaves each concept's patch in ``<cache>/esd-batched/`` (keyed by the
+    model, the config and the concept), so an interrupted sweep does not train them again; a batch
+    interrupted while training resumes from its checkpoint there.
+    """
+
+    def __init__(
+        self,
+        entry: Entry,
+        canvas: Canvas,
+        device: torch.device,
+        *,
+        batch: int,
+        cache_dir: str | os.PathLike | None = None,
+        progress: bool = True,
+    ) -> None:
+        from hirm.evaluation.generation import default_cache_dir
+
+        if not isinstance(batch, int) or batch < 1:
+            raise EvaluationInputError(f"The ESD batch must be a positive number of concepts, not {batch!r}.")
+        (self.method,) = entry.methods
+        self.entry, self.canvas, self.device, self.batch = entry, canvas, device, batch
+        self.config = _configs(entry)[self.method]
+        self.root = Path(cache_dir or default_cache_dir()) / "esd-batched"
+        self.progress = progress
+        self.pending: list[tuple[str, str]] = []
+        self._model: tuple[Any, list[str]] | None = None
+
+    def prepare(self, names: Sequence[tuple[str, str]]) -> None:
+        """The (concept, domain) pairs the sweep has still to run, in its order."""
+        self.pending = list(names)
+
+    def _key(self, handle: Any, texts: Sequence[str]) -> str:
+        """Names a patch or a batch's checkpoint by what it depends on: model, method, config, concepts."""
+        import hashlib
+        import json
+
+        from hirm.core.patch import fingerprint
+
+        if self._model is None or self._model[0] is not handle:
+            unet, encoder = handle.component("unet"), handle.text_encoder("text_encoder")
+            self._model = (
+                handle,
+                [fingerprint(dict(m.named_parameters())) for m in (unet, encoder)],
+            )
+        payload = {
+            "method": self.method,
+            "config": self.config.to_dict(),
+            "concepts": list(texts),
+            "model": self._model[1],
+        }
+        return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:24]
+
+    def __call__(self, handle: Any, name: str, domain: str):
+        from hirm.core.esd_batched import erase_each
+        from hirm.core.patch import Patch
+
+        cached = self.root / f"{self._key(handle, [display_name(name)])}.safetensors"
+        if cached.is_file():
+            return Patch.load(cached)
+        queue = [(name, domain)] + [(n, d) for n, d in self.pending if n != name]
+        chunk = [
+            (n, d)
+            for n, d in queue
+            if n == name or not (self.root / f"{self._key(handle, [display_name(n)])}.safetensors").is_file()
+        ][: self.batch]
+        concepts = [_world_concept(self.canvas, n, d, self.entry) for n, d in chunk]
+        self.root.mkdir(parents=True, exist_ok=True)
+        checkpoint = self.root / f"run-{self._key(handle, [c.text for c in concepts])}.safetensors"
+        patches = erase_each(handle, concepts, self.config, checkpoint=checkpoint, progress=self.progress)
+        for concept, patch in zip(concepts, patches):
+            patch.save(self.root / f"{self._key(handle, [concept.text])}.safetensors", overwrite=True)
+        checkpoint.unlink(missing_ok=True)  # hirm's own file; the patches are kept instead
+        return patches[0]
 
 
 def run_compare(
@@ -188,10 +298,12 @@ def run_compare(
     cache_dir: str | os.PathLike | None = None,
     command: str = "",
     progress: bool = True,
+    esd_batch: int | None = None,
 ) -> Path:
     """Run (or resume) one sweep per entry and write ``compare.md`` and ``compare.csv``.
 
     ``canvas`` and ``judges`` default to the miniature world's; give both for another pipeline.
+    ``esd_batch``: ESD entries erase up to that many concepts at once (:class:`BatchedESD`).
     """
     from hirm.evaluation.canvas import default_canvas_and_judges
 
@@ -215,6 +327,7 @@ def run_compare(
             device,
             cache_dir,
             progress,
+            esd_batch,
         )
         rows = table_rows(out, [e.name for e in entries])
         write_tables(out, rows, command=command, settings=settings, entries=entries)
@@ -294,7 +407,19 @@ def _is_compare_table(path: Path) -> bool:
 
 
 def _run_entries(
-    model, out, entries, domain, concepts, limit, settings, canvas, judges, device, cache_dir, progress
+    model,
+    out,
+    entries,
+    domain,
+    concepts,
+    limit,
+    settings,
+    canvas,
+    judges,
+    device,
+    cache_dir,
+    progress,
+    esd_batch,
 ) -> None:
     """One sweep per entry in ``out/<entry name>`` (each resumes on its own)."""
     for entry in entries:
@@ -311,7 +436,9 @@ def _run_entries(
             judges=judges,
             device=device,
             cache_dir=cache_dir,
-            erase_fn=make_erase(entry, canvas, device),
+            erase_fn=make_erase(
+                entry, canvas, device, esd_batch=esd_batch, cache_dir=cache_dir, progress=progress
+            ),
             progress=progress,
         )
 

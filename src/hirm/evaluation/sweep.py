@@ -72,7 +72,8 @@ MANIFEST, LINES, TABLE = "sweep.json", "results.jsonl", "results.csv"
 TARGETS = ("random", "super")
 logger = logging.getLogger(__name__)
 
-#: erase_fn(handle, concept_name, domain) -> Patch
+#: erase_fn(handle, concept_name, domain) -> Patch. One that erases several concepts at once may also
+#: have ``prepare(pending)``: it is called first with the (concept, domain) pairs still to run, in order.
 EraseFn = Callable[[Any, str, str], Any]
 
 
@@ -342,6 +343,9 @@ def run_sweep(
         evaluator.baseline()
         baseline_s = time.perf_counter() - start
         erase = erase_fn or default_erase(method, dev, target=target, canvas=canvas)
+        pending = [(n, canvas.domain(n)) for n in names if n not in done]
+        if pending and hasattr(erase, "prepare"):  # an erase_fn that erases several concepts at once
+            erase.prepare(pending)
         handle = None
         for name in names:
             if name in done:
@@ -399,6 +403,9 @@ def _one_concept(
 
         patch = broadcast_object_list([patch])[0]
     erase_s = time.perf_counter() - start
+    batched = getattr(patch, "metadata", {}).get("batched")
+    if batched:  # erased with others in one run: its share of that run, not this call's wall time
+        erase_s = float(patch.metadata["seconds"])
     result, images = evaluator.evaluate(name, patches=[patch], baseline=True)
     after = asdict(evaluator.timing)
     return {
