@@ -314,21 +314,25 @@ def run_compare(
     out = Path(out)
     with directory_lock(out, "hirm compare"):
         prepare_compare_out(out)
-        _run_entries(
-            model,
-            out,
-            entries,
-            domain,
-            concepts,
-            limit,
-            settings,
-            canvas,
-            judges,
-            device,
-            cache_dir,
-            progress,
-            esd_batch,
-        )
+        for entry in entries:  # one sweep per entry in out/<entry name>, each resuming on its own
+            run_sweep(
+                model,
+                out=out / entry.name,
+                domain=domain,
+                method="+".join(entry.methods),
+                target=entry.target,
+                concepts=concepts,
+                limit=limit,
+                settings=settings,
+                canvas=canvas,
+                judges=judges,
+                device=device,
+                cache_dir=cache_dir,
+                erase_fn=make_erase(
+                    entry, canvas, device, esd_batch=esd_batch, cache_dir=cache_dir, progress=progress
+                ),
+                progress=progress,
+            )
         rows = table_rows(out, [e.name for e in entries])
         write_tables(out, rows, command=command, settings=settings, entries=entries)
     return out / "compare.md"
@@ -404,43 +408,6 @@ def prepare_compare_out(out: Path) -> None:
 def _is_compare_table(path: Path) -> bool:
     first = path.read_text(encoding="utf-8", errors="replace").split("\n", 1)[0]
     return first.startswith(("# Method comparison", "method,domain,"))
-
-
-def _run_entries(
-    model,
-    out,
-    entries,
-    domain,
-    concepts,
-    limit,
-    settings,
-    canvas,
-    judges,
-    device,
-    cache_dir,
-    progress,
-    esd_batch,
-) -> None:
-    """One sweep per entry in ``out/<entry name>`` (each resumes on its own)."""
-    for entry in entries:
-        run_sweep(
-            model,
-            out=out / entry.name,
-            domain=domain,
-            method="+".join(entry.methods),
-            target=entry.target,
-            concepts=concepts,
-            limit=limit,
-            settings=settings,
-            canvas=canvas,
-            judges=judges,
-            device=device,
-            cache_dir=cache_dir,
-            erase_fn=make_erase(
-                entry, canvas, device, esd_batch=esd_batch, cache_dir=cache_dir, progress=progress
-            ),
-            progress=progress,
-        )
 
 
 # Where each metric's image count sits in a concept's result.json (``metrics.erased``): (split, count).
