@@ -24,6 +24,10 @@ and the time embedding's linears); we follow the script behind the paper.
 Conventions: ``negative_guidance`` is the paper's eta (the target above); ``esd_sd.py`` writes the
 target as ``eps(c) - eta' (eps(c) - eps())``, i.e. eta' = eta + 1 (its default 2 = our 1). With a
 v-prediction scheduler the same linear target is formed in v space.
+
+:func:`erase` with several concepts trains one U-Net on all of them (a random concept per step). To
+erase each concept *separately* (one patch per concept), many at a time in one batched run, see
+:func:`hirm.core.esd_batched.erase_each`.
 """
 
 from __future__ import annotations
