@@ -40,7 +40,9 @@ settings: final hidden state, 100 steps, lr 5e-4), hirm-r-rms (HiRM-R's directio
 RMS, same settings), hirm-empty-keep (ours: the same settings toward the empty prompt, keeping the
 domain's other concepts), uce (the authors' original script, siblings preserved), hirm-s-tuned+uce,
 hirm-empty-keep+uce,
-diffquickfix (the authors' notebook), esd-x-100 (ESD-x at 100 of its 1000 steps), advunlearn-cpu
+diffquickfix (the authors' notebook), esd-x-100 (ESD-x at 100 of its 1000 steps), esd-x (its published
+1000 steps; ``--esd-batch N`` trains the run's concepts side by side and reuses the patches ``hirm
+compare --esd-batch`` cached, ``--esd-cache``), hirm-empty-keep+esd-x (ours + that ESD-x), advunlearn-cpu
 (``AdvUnlearnConfig.cpu()``), hirm-adv (hardened HiRM: world-tuned HiRM-S per round, 4 rounds),
 hirm-adv-keep (the same, keeping the read-outs of the domain's other concepts, preserve weight 1).
 Attacks at their CPU-budget defaults: embedding (300 steps), unlearndiffatk (k 3, 5 timesteps x 20
@@ -70,6 +72,7 @@ from hirm.evaluation.common import dump_json, machine_label, machine_text, now_i
 from hirm.evaluation.compare import ENTRIES as COMPARE_ENTRIES
 from hirm.evaluation.compare import WORLD_TUNED_HIRM, Entry, make_erase
 from hirm.evaluation.report import timed_text
+from hirm.evaluation.sweep import erase_seconds
 from hirm.io import OutputExistsError, atomic_path, check_writable, write_atomic
 
 #: The table's methods (``hirm.evaluation.compare.Entry``: methods merged, target, config overrides),
@@ -105,6 +108,17 @@ ENTRIES: dict[str, Entry] = {
         COMPARE_ENTRIES["diffquickfix"],
         # ESD at a tenth of its published 1000 steps (12-16 min per concept on the 2-core CPU otherwise)
         Entry("esd-x-100", ("esd-x",), overrides={"esd-x": {"steps": 100}}),
+        # ESD-x at its published 1000 steps (with --esd-batch, the patches `hirm compare --esd-batch` made
+        # for the same concepts are reused from the cache), and ours + ESD-x: the synergy claim with the
+        # other denoiser-side eraser the paper names
+        COMPARE_ENTRIES["esd-x"],
+        Entry(
+            "hirm-empty-keep+esd-x",
+            ("hirm", "esd-x"),
+            target="empty",
+            overrides={"hirm": WORLD_TUNED_HIRM},
+            preserve_others=("hirm",),
+        ),
         Entry("advunlearn-cpu", ("advunlearn",), overrides={"advunlearn": asdict(AdvUnlearnConfig.cpu())}),
         Entry(
             "hirm-adv",
@@ -154,6 +168,20 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--out", type=Path, default=Path("results/attacks"), help="where the table goes")
     parser.add_argument("--device", default="cpu", help="torch device")
     parser.add_argument(
+        "--esd-batch",
+        type=int,
+        default=0,
+        help="ESD methods: train up to N of the run's concepts at once in one batched run (each still its own "
+        "ESD; hirm.core.esd_batched) and keep each patch in --esd-cache; 0 (default): one at a time",
+    )
+    parser.add_argument(
+        "--esd-cache",
+        type=Path,
+        default=None,
+        help="where batched ESD keeps its patches (default: the image cache's, as `hirm compare --esd-batch`), "
+        "so a concept ESD-x erased there is not trained again",
+    )
+    parser.add_argument(
         "--precision",
         default="auto",
         choices=("auto", "fp32", "bf16"),
@@ -193,8 +221,20 @@ def _names(text: str, known: Sequence[str], what: str) -> list[str]:
     return names
 
 
-def erase_cell(entry: Entry, canvas: Canvas, handle: Any, concept: str, work: Path, device: torch.device):
-    """The cell's patch (made once, kept in ``work``) and the erase seconds."""
+def erase_cell(
+    entry: Entry,
+    canvas: Canvas,
+    handle: Any,
+    concept: str,
+    work: Path,
+    device: torch.device,
+    *,
+    esd_batch: int = 0,
+    esd_cache: Path | None = None,
+    pending: Sequence[str] = (),
+):
+    """The cell's patch (made once, kept in ``work``) and the erase seconds. With ``esd_batch`` an ESD
+    method trains ``pending`` (the run's concepts for this method) in batched runs, caching each patch."""
     from hirm.core.patch import Patch
 
     path, meta = work / "patch.safetensors", work / "erase.json"
@@ -202,8 +242,11 @@ def erase_cell(entry: Entry, canvas: Canvas, handle: Any, concept: str, work: Pa
         check_entry(work, entry)
         return Patch.load(path), json.loads(meta.read_text())["seconds"]
     start = time.perf_counter()
-    patch = make_erase(entry, canvas, device)(handle, concept, canvas.domain(concept))
-    seconds = time.perf_counter() - start
+    erase = make_erase(entry, canvas, device, esd_batch=esd_batch or None, cache_dir=esd_cache)
+    if hasattr(erase, "prepare"):
+        erase.prepare([(c, canvas.domain(c)) for c in pending])
+    patch = erase(handle, concept, canvas.domain(concept))
+    seconds = erase_seconds(patch, time.perf_counter() - start)
     patch.save(path, overwrite=True)
     record = {"seconds": seconds, "entry": describe_entry(entry), "machine": machine_text()}
     write_atomic(meta, lambda tmp: tmp.write_text(json.dumps(record)), overwrite=True)
@@ -649,10 +692,13 @@ def main(argv: Sequence[str] | None = None) -> None:
             cell = finished_cell(work, method, concept, canvas.domain(concept), attacks)
         else:
             work.mkdir(parents=True, exist_ok=True)
-            patch, erase_seconds = erase_cell(ENTRIES[method], canvas, handle, concept, work, device)
+            patch, erased_in = erase_cell(
+                ENTRIES[method], canvas, handle, concept, work, device, esd_batch=args.esd_batch,
+                esd_cache=args.esd_cache, pending=[c for m, c in todo if m == method],
+            )  # fmt: skip
             cell = {
                 "method": method, "concept": concept, "domain": canvas.domain(concept),
-                "entry": describe_entry(ENTRIES[method]), "machine": machine_text(), "erase_seconds": erase_seconds,
+                "entry": describe_entry(ENTRIES[method]), "machine": machine_text(), "erase_seconds": erased_in,
                 "canvas": canvas_cell(evaluator, concept, patch, work),
                 "attacks": {a: attack_cell(a, concept, canvas, patch, work, args, pipe) for a in attacks},
             }  # fmt: skip

@@ -339,3 +339,39 @@ def test_tables_made_on_two_machines_merge_and_keep_their_seconds_apart(tmp_path
     with pytest.raises(SystemExit, match="holds no attacks.json"):
         attacks_benchmark.main([*table, "--work", str(tmp_path / "none"), "--out", str(cpu_out),
                                 "--concepts", "Pastel", "--merge", str(tmp_path / "nothing")])  # fmt: skip
+
+
+def test_erase_cell_trains_the_runs_esd_concepts_together_and_records_each_share(
+    sd_dir, tmp_path, monkeypatch
+):
+    """``--esd-batch``: a cell's ESD erase trains the run's concepts for that method in one batched run;
+    the next cell's patch comes from the cache; each cell's erase seconds is its share of the batch."""
+    import torch
+
+    import hirm
+    from hirm.core import esd_batched
+    from hirm.evaluation.canvas_grid import Canvas
+    from hirm.evaluation.compare import Entry
+
+    canvas = Canvas(
+        ("Van_Gogh", "Crayon"), ("Cats", "Dogs"), {"Van_Gogh": "painting", "Crayon": "drawing"},
+        {"Cats": "animal", "Dogs": "animal"},
+    )  # fmt: skip
+    entry = Entry("esd-x", ("esd-x",), overrides={"esd-x": {"steps": 2, "ddim_steps": 3, "lr": 1e-3}})
+    calls = []
+    real = esd_batched.erase_each
+    monkeypatch.setattr(
+        esd_batched, "erase_each", lambda model, concepts, *a, **k: calls.append([c.text for c in concepts]) or real(model, concepts, *a, **k)
+    )  # fmt: skip
+    handle = hirm.load_model(sd_dir)
+    options = {"esd_batch": 4, "esd_cache": tmp_path / "cache", "pending": ["Cats", "Dogs"]}
+    cells = []
+    for concept in ("Cats", "Dogs"):
+        work = tmp_path / "work" / concept
+        work.mkdir(parents=True)
+        cells.append(
+            attacks_benchmark.erase_cell(entry, canvas, handle, concept, work, torch.device("cpu"), **options)
+        )
+    assert calls == [["Cats", "Dogs"]]  # one run for both; Dogs' cell read its patch from the cache
+    for patch, seconds in cells:
+        assert seconds == patch.metadata["seconds"] == patch.metadata["batched"]["seconds"] / 2 > 0

@@ -225,3 +225,42 @@ def test_esd_batch_erases_the_pending_concepts_in_one_run_each_as_its_own_esd(
         assert (cached.tensors[key] - originals[key] - mine).norm() <= 2e-2 * mine.norm() + 1e-12, key
     # without a batch size the entry runs one concept at a time, as before
     assert make_erase(entry, canvas, torch.device("cpu"), esd_batch=None).__class__ is not BatchedESD
+
+
+def test_an_entry_that_merges_esd_reuses_the_esd_entrys_cached_patch(sd_dir, canvas, tmp_path, monkeypatch):
+    """With ``esd_batch``, the ESD part of a merged entry (ours + ESD-x) is the patch the plain ESD entry
+    cached for the same concept, not a new run; its erase seconds add that patch's share to the rest."""
+    import torch
+
+    import hirm
+    from hirm.core import esd_batched
+    from hirm.evaluation.compare import make_erase
+
+    cpu, cache = torch.device("cpu"), tmp_path / "cache"
+    esd = {"esd-x": {"steps": 2, "ddim_steps": 3, "lr": 1e-3}}
+    plain = Entry("esd-x", ("esd-x",), overrides=esd)
+    both = Entry(
+        "hirm+esd-x", ("hirm", "esd-x"), target="empty", overrides={**esd, "hirm": {"steps": 2}},
+        preserve_others=("hirm",),
+    )  # fmt: skip
+    handle = hirm.load_model(sd_dir)
+    alone = make_erase(plain, canvas, cpu, esd_batch=4, cache_dir=cache, progress=False)(
+        handle, "Cats", "object"
+    )
+
+    calls = []
+    real = esd_batched.erase_each
+    monkeypatch.setattr(esd_batched, "erase_each", lambda *a, **k: calls.append(a) or real(*a, **k))
+    erase = make_erase(both, canvas, cpu, esd_batch=4, cache_dir=cache, progress=False)
+    erase.prepare([("Cats", "object"), ("Dogs", "object")])
+    merged = erase(handle, "Cats", "object")
+    assert calls == []  # read from the cache
+    assert set(merged.tensors) > set(alone.tensors)  # ESD-x's U-Net tensors and HiRM's encoder tensors
+    for key, value in alone.tensors.items():
+        assert torch.equal(merged.tensors[key], value), key
+    assert merged.metadata["method"] == "hirm+esd-x"
+    assert merged.metadata["batched"] == {"esd-x": alone.metadata["batched"]}
+    assert merged.metadata["seconds"] > alone.metadata["seconds"]  # plus HiRM's own erase time
+    # Dogs is not cached: the merged entry's ESD part trains the pending concepts together
+    erase(handle, "Dogs", "object")
+    assert [[c.text for c in a[1]] for a in calls] == [["Dogs"]]

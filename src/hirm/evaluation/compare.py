@@ -16,6 +16,7 @@ from __future__ import annotations
 import csv
 import io
 import os
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
@@ -42,7 +43,7 @@ from hirm.evaluation.common import (
     now_iso,
     resolve_device,
 )
-from hirm.evaluation.sweep import EraseFn, plan_merge, read_sweep, run_sweep, write_merge
+from hirm.evaluation.sweep import EraseFn, erase_seconds, plan_merge, read_sweep, run_sweep, write_merge
 from hirm.io import LOCK, directory_lock, read_json, read_marker, write_atomic, write_marker
 
 METRICS = ("UA", "IRA", "CRA", "AA", "UA_heldout")
@@ -172,16 +173,21 @@ def make_erase(
 ) -> EraseFn:
     """``erase_fn(handle, name, domain)`` for :func:`run_sweep`: every method of ``entry``, merged.
 
-    ``esd_batch``: for an entry that is one ESD method, erase up to that many of the sweep's pending
-    concepts in one batched run (:class:`BatchedESD`); each is still its own ESD run.
+    ``esd_batch``: each ESD method of ``entry`` (one that keeps no preserve set) erases up to that many of
+    the sweep's pending concepts in one batched run (:class:`BatchedESD`); each is still its own ESD run,
+    and its patch is kept in ``cache_dir``, so an entry that merges ESD with another method (e.g. HiRM +
+    ESD-x) reuses the patch the ESD entry made for the same concept.
     """
-    if (
-        esd_batch
-        and len(entry.methods) == 1
-        and entry.methods[0] in ESD_METHODS
-        and not entry.preserve_others
-    ):
-        return BatchedESD(entry, canvas, device, batch=esd_batch, cache_dir=cache_dir, progress=progress)
+    batched = {
+        m: BatchedESD(
+            replace(entry, methods=(m,), preserve_others=()),
+            canvas, device, batch=esd_batch, cache_dir=cache_dir, progress=progress,
+        )
+        for m in entry.methods
+        if esd_batch and m in ESD_METHODS and m not in entry.preserve_others
+    }  # fmt: skip
+    if len(entry.methods) == 1 and batched:
+        return batched[entry.methods[0]]
     from hirm.api import erase
     from hirm.core.patch import merge_patches
 
@@ -192,13 +198,33 @@ def make_erase(
         siblings = tuple(
             display_name(x) for x in (canvas.styles if domain == "style" else canvas.objects) if x != name
         )
-        patches = [
-            erase(handle, [concept], method=m, device=device, progress=False,
-                  config=preserving(configs[m], siblings) if m in entry.preserve_others else configs[m])
-            for m in entry.methods
-        ]  # fmt: skip
-        return patches[0] if len(patches) == 1 else merge_patches(patches)
+        patches, seconds = [], 0.0
+        for m in entry.methods:
+            start = time.perf_counter()
+            if m in batched:
+                patch = batched[m](handle, name, domain)
+            else:
+                config = preserving(configs[m], siblings) if m in entry.preserve_others else configs[m]
+                patch = erase(handle, [concept], method=m, device=device, progress=False, config=config)
+            patches.append(patch)
+            seconds += erase_seconds(patch, time.perf_counter() - start)
+        if len(patches) == 1:
+            return patches[0]
+        merged = merge_patches(patches)
+        if batched:  # what the merged erase cost: each batched part's share, the others' wall time
+            merged.metadata["seconds"] = seconds
+            merged.metadata["batched"] = {
+                m: patch.metadata["batched"] for m, patch in zip(entry.methods, patches) if m in batched
+            }
+        return merged
 
+    if batched:
+
+        def prepare(names: Sequence[tuple[str, str]]) -> None:
+            for each in batched.values():
+                each.prepare(names)
+
+        run.prepare = prepare  # type: ignore[attr-defined]  # the sweep's hook (see BatchedESD)
     return run
 
 

@@ -176,6 +176,13 @@ def read_finished(out: Path, key: str) -> dict[str, dict[str, Any]]:
 SWEEP_FILES = (MANIFEST, LINES, TABLE)
 
 
+def erase_seconds(patch: Any, wall_s: float) -> float:
+    """What erasing ``patch`` cost: the wall time of the call that returned it, unless it was erased with
+    other concepts in one batched run (``metadata["batched"]``), then its recorded share of that run."""
+    metadata = getattr(patch, "metadata", {})
+    return float(metadata["seconds"]) if metadata.get("batched") else wall_s
+
+
 def prepare_out(out: Path, key: str, *, overwrite: bool) -> dict[str, dict[str, Any]]:
     """Clean (``overwrite``) or check ``out`` (the caller holds its lock); return the finished concepts.
 
@@ -402,10 +409,7 @@ def _one_concept(
         from accelerate.utils import broadcast_object_list
 
         patch = broadcast_object_list([patch])[0]
-    erase_s = time.perf_counter() - start
-    batched = getattr(patch, "metadata", {}).get("batched")
-    if batched:  # erased with others in one run: its share of that run, not this call's wall time
-        erase_s = float(patch.metadata["seconds"])
+    erase_s = erase_seconds(patch, time.perf_counter() - start)
     result, images = evaluator.evaluate(name, patches=[patch], baseline=True)
     after = asdict(evaluator.timing)
     return {
