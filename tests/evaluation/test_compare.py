@@ -260,6 +260,7 @@ def test_an_entry_that_merges_esd_reuses_the_esd_entrys_cached_patch(sd_dir, can
         assert torch.equal(merged.tensors[key], value), key
     assert merged.metadata["method"] == "hirm+esd-x"
     assert merged.metadata["batched"] == {"esd-x": alone.metadata["batched"]}
+    assert merged.metadata["parts"][1] == alone.metadata  # the ESD entry's own patch, metadata included
     assert merged.metadata["seconds"] > alone.metadata["seconds"]  # plus HiRM's own erase time
     # Dogs is not cached: the merged entry's ESD part trains the pending concepts together
     erase(handle, "Dogs", "object")

@@ -180,7 +180,8 @@ def make_erase(
     """
     batched = {
         m: BatchedESD(
-            replace(entry, methods=(m,), preserve_others=()),
+            # the plain ESD entry (ESD has no target), so the patch is the one that entry makes and caches
+            Entry(m, (m,), overrides={m: entry.overrides[m]} if m in entry.overrides else {}),
             canvas, device, batch=esd_batch, cache_dir=cache_dir, progress=progress,
         )
         for m in entry.methods
