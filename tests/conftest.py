@@ -54,3 +54,19 @@ def sd3_dir(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def flux_dir(tmp_path_factory) -> Path:
     return tiny.flux_pipeline_dir(tmp_path_factory.mktemp("models") / "flux")
+
+
+@pytest.fixture
+def esd_runs(monkeypatch) -> list[list[str]]:
+    """Spy on batched ESD: each call of ``hirm.core.esd_batched.erase_each`` appends its concepts' texts."""
+    from hirm.core import esd_batched
+
+    runs: list[list[str]] = []
+    real = esd_batched.erase_each
+
+    def spy(model, concepts, *args, **kwargs):
+        runs.append([c.text for c in concepts])
+        return real(model, concepts, *args, **kwargs)
+
+    monkeypatch.setattr(esd_batched, "erase_each", spy)
+    return runs

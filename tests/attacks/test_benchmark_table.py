@@ -341,15 +341,12 @@ def test_tables_made_on_two_machines_merge_and_keep_their_seconds_apart(tmp_path
                                 "--concepts", "Pastel", "--merge", str(tmp_path / "nothing")])  # fmt: skip
 
 
-def test_erase_cell_trains_the_runs_esd_concepts_together_and_records_each_share(
-    sd_dir, tmp_path, monkeypatch
-):
+def test_erase_cell_trains_the_runs_esd_concepts_together_and_records_each_share(sd_dir, tmp_path, esd_runs):
     """``--esd-batch``: a cell's ESD erase trains the run's concepts for that method in one batched run;
     the next cell's patch comes from the cache; each cell's erase seconds is its share of the batch."""
     import torch
 
     import hirm
-    from hirm.core import esd_batched
     from hirm.evaluation.canvas_grid import Canvas
     from hirm.evaluation.compare import Entry
 
@@ -358,11 +355,7 @@ def test_erase_cell_trains_the_runs_esd_concepts_together_and_records_each_share
         {"Cats": "animal", "Dogs": "animal"},
     )  # fmt: skip
     entry = Entry("esd-x", ("esd-x",), overrides={"esd-x": {"steps": 2, "ddim_steps": 3, "lr": 1e-3}})
-    calls = []
-    real = esd_batched.erase_each
-    monkeypatch.setattr(
-        esd_batched, "erase_each", lambda model, concepts, *a, **k: calls.append([c.text for c in concepts]) or real(model, concepts, *a, **k)
-    )  # fmt: skip
+    calls = esd_runs
     handle = hirm.load_model(sd_dir)
     options = {"esd_batch": 4, "esd_cache": tmp_path / "cache", "pending": ["Cats", "Dogs"]}
     cells = []

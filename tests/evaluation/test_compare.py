@@ -181,7 +181,7 @@ def test_preserve_others_reaches_each_methods_preserve_set(sd_dir, canvas):
 
 
 def test_esd_batch_erases_the_pending_concepts_in_one_run_each_as_its_own_esd(
-    sd_dir, canvas, judges, settings, tmp_path, monkeypatch
+    sd_dir, canvas, judges, settings, tmp_path, esd_runs
 ):
     """``esd_batch``: the sweep's pending concepts go through one batched ESD run (each concept's patch
     its own sequential run's, up to floating point), their patches are cached so a resumed sweep does not
@@ -191,15 +191,10 @@ def test_esd_batch_erases_the_pending_concepts_in_one_run_each_as_its_own_esd(
     import torch
 
     import hirm
-    from hirm.core import esd_batched
     from hirm.evaluation.compare import BatchedESD, make_erase
 
     entry = Entry("esd-x", ("esd-x",), overrides={"esd-x": {"steps": 2, "ddim_steps": 3, "lr": 1e-3}})
-    calls = []
-    real = esd_batched.erase_each
-    monkeypatch.setattr(
-        esd_batched, "erase_each", lambda model, concepts, *a, **k: calls.append([c.text for c in concepts]) or real(model, concepts, *a, **k)
-    )  # fmt: skip
+    calls = esd_runs
     out, cache = tmp_path / "cmp", tmp_path / "cache"
     run_compare(sd_dir, out=out, entries=[entry], settings=settings, canvas=canvas, judges=judges, domain="object",
                 cache_dir=cache, progress=False, esd_batch=5)  # fmt: skip
@@ -227,13 +222,12 @@ def test_esd_batch_erases_the_pending_concepts_in_one_run_each_as_its_own_esd(
     assert make_erase(entry, canvas, torch.device("cpu"), esd_batch=None).__class__ is not BatchedESD
 
 
-def test_an_entry_that_merges_esd_reuses_the_esd_entrys_cached_patch(sd_dir, canvas, tmp_path, monkeypatch):
+def test_an_entry_that_merges_esd_reuses_the_esd_entrys_cached_patch(sd_dir, canvas, tmp_path, esd_runs):
     """With ``esd_batch``, the ESD part of a merged entry (ours + ESD-x) is the patch the plain ESD entry
     cached for the same concept, not a new run; its erase seconds add that patch's share to the rest."""
     import torch
 
     import hirm
-    from hirm.core import esd_batched
     from hirm.evaluation.compare import make_erase
 
     cpu, cache = torch.device("cpu"), tmp_path / "cache"
@@ -247,10 +241,10 @@ def test_an_entry_that_merges_esd_reuses_the_esd_entrys_cached_patch(sd_dir, can
     alone = make_erase(plain, canvas, cpu, esd_batch=4, cache_dir=cache, progress=False)(
         handle, "Cats", "object"
     )
+    assert esd_runs == [["Cats"]]
 
-    calls = []
-    real = esd_batched.erase_each
-    monkeypatch.setattr(esd_batched, "erase_each", lambda *a, **k: calls.append(a) or real(*a, **k))
+    calls = esd_runs
+    calls.clear()  # the merged entry's runs from here on
     erase = make_erase(both, canvas, cpu, esd_batch=4, cache_dir=cache, progress=False)
     erase.prepare([("Cats", "object"), ("Dogs", "object")])
     merged = erase(handle, "Cats", "object")
@@ -264,4 +258,4 @@ def test_an_entry_that_merges_esd_reuses_the_esd_entrys_cached_patch(sd_dir, can
     assert merged.metadata["seconds"] > alone.metadata["seconds"]  # plus HiRM's own erase time
     # Dogs is not cached: the merged entry's ESD part trains the pending concepts together
     erase(handle, "Dogs", "object")
-    assert [[c.text for c in a[1]] for a in calls] == [["Dogs"]]
+    assert calls == [["Dogs"]]
