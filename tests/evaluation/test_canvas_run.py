@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -12,7 +13,14 @@ import hirm
 from hirm.core.patch import Patch
 from hirm.evaluation.canvas import CanvasEvaluator, evaluate_canvas, patched
 from hirm.evaluation.canvas_grid import UnknownConceptError
-from hirm.evaluation.generation import ImageCache, Request, generate_batch, make_chunks, run_generation
+from hirm.evaluation.generation import (
+    ImageCache,
+    Request,
+    generate_batch,
+    make_chunks,
+    model_fingerprint,
+    run_generation,
+)
 from hirm.evaluation.judges import JudgeMismatchError, to_float_images
 from hirm.io import OutputExistsError
 
@@ -84,6 +92,30 @@ def test_original_images_are_cached_and_reused(sd_dir, canvas, judges, settings,
     assert second["rows"]["original"][0]["pred_style"] == first["rows"]["original"][0]["pred_style"]
     pngs = list((tmp_path / "cache").rglob("*.png"))
     assert len(pngs) == first["timing"]["generated"]
+
+
+def test_a_copy_of_the_model_shares_the_cache_and_a_changed_file_does_not(
+    sd_dir, canvas, judges, settings, tmp_path
+):
+    """The cache is keyed by the model's content: a fresh clone (new path, new mtimes) hits it."""
+    first = run(sd_dir, canvas, judges, settings, tmp_path, target="Cats")
+    copy = tmp_path / "clone"
+    shutil.copytree(sd_dir, copy)  # new path and modification times, same bytes
+    again = evaluate_canvas(
+        str(copy),
+        canvas=canvas,
+        judges=judges,
+        settings=settings,
+        device="cpu",
+        progress=False,
+        target="Cats",
+        cache_dir=tmp_path / "cache",
+    )
+    assert again["timing"]["generated"] == 0 and again["timing"]["cached"] == first["timing"]["generated"]
+    assert model_fingerprint(copy) == model_fingerprint(sd_dir)
+    config = copy / "scheduler" / "scheduler_config.json"
+    config.write_text(config.read_text().replace("{", '{"_note": "edited",', 1))
+    assert model_fingerprint(copy) != model_fingerprint(sd_dir)
 
 
 def test_patch_changes_images_and_is_restored(sd_dir, canvas, judges, settings, tiny_patch):

@@ -90,13 +90,40 @@ class Request:
 
 
 def model_fingerprint(path: str | os.PathLike) -> str:
-    """Cheap identity of a model directory: every file's relative path, size and modification time."""
+    """Identity of a model directory by content: every file's relative path and content digest.
+
+    Two copies of one model (a fresh clone, another checkout, a copied directory) share the image cache
+    and resume each other's sweeps; a file changed in place changes it. A file of the hub cache is a link
+    to a blob named by its sha256, and that name is its digest (nothing is read); other files are hashed,
+    once per process for an unchanged file (path, size and modification time).
+    """
     root = Path(path)
-    digest = hashlib.sha256(str(root.resolve()).encode())
+    digest = hashlib.sha256()
     for file in sorted(p for p in root.rglob("*") if p.is_file()):
-        stat = file.stat()
-        digest.update(f"{file.relative_to(root)}:{stat.st_size}:{stat.st_mtime_ns}".encode())
+        digest.update(f"{file.relative_to(root).as_posix()}:{_content_digest(file)}\n".encode())
     return digest.hexdigest()[:32]
+
+
+_DIGESTS: dict[tuple[str, int, int], str] = {}
+
+
+def _content_digest(file: Path) -> str:
+    real = file.resolve()
+    if (
+        len(real.name) == 64
+        and real.parent.name == "blobs"
+        and all(c in "0123456789abcdef" for c in real.name)
+    ):
+        return real.name  # huggingface_hub stores LFS files as blobs/<sha256>
+    stat = real.stat()
+    key = (str(real), stat.st_size, stat.st_mtime_ns)
+    if key not in _DIGESTS:
+        content = hashlib.sha256()
+        with open(real, "rb") as handle:  # hashlib.file_digest is Python >= 3.11; we support 3.10
+            while chunk := handle.read(1 << 24):
+                content.update(chunk)
+        _DIGESTS[key] = content.hexdigest()
+    return _DIGESTS[key]
 
 
 def scheduler_signature(pipe: Any) -> dict[str, Any]:
