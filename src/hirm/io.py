@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import errno
+import hashlib
 import json
 import os
 import shutil
@@ -301,6 +302,15 @@ def append_line(path: Path, line: str) -> None:
         handle.write(fresh + line.rstrip("\n").encode("utf-8") + b"\n")
         handle.flush()
         os.fsync(handle.fileno())
+
+
+def sha256_file(path: str | os.PathLike) -> str:
+    """Hex sha256 of a file's bytes, read in 1 MiB chunks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:  # hashlib.file_digest is Python >= 3.11; we support 3.10
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 def read_json(path: Path, what: str = "") -> Any:

@@ -31,6 +31,8 @@ import numpy as np
 import torch
 from PIL import Image
 
+from hirm.io import sha256_file
+
 ScoreFn = Callable[[np.ndarray], list[Any]]
 
 
@@ -118,11 +120,7 @@ def _content_digest(file: Path) -> str:
     stat = real.stat()
     key = (str(real), stat.st_size, stat.st_mtime_ns)
     if key not in _DIGESTS:
-        content = hashlib.sha256()
-        with open(real, "rb") as handle:  # hashlib.file_digest is Python >= 3.11; we support 3.10
-            while chunk := handle.read(1 << 24):
-                content.update(chunk)
-        _DIGESTS[key] = content.hexdigest()
+        _DIGESTS[key] = sha256_file(real)
     return _DIGESTS[key]
 
 

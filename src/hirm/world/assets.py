@@ -13,11 +13,12 @@ Layout of ``src/hirm/world/assets/``::
 
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 
 import torch
+
+from hirm.io import sha256_file
 
 PACKAGE_ASSETS = Path(__file__).resolve().parent / "assets"
 REBUILD_HINT = (
@@ -29,14 +30,6 @@ _verified: set[Path] = set()
 
 class AssetError(RuntimeError):
     """A shipped MiniCanvas asset is missing or corrupted."""
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def write_checksums(root: Path) -> dict[str, str]:
