@@ -101,16 +101,7 @@ def test_a_copy_of_the_model_shares_the_cache_and_a_changed_file_does_not(
     first = run(sd_dir, canvas, judges, settings, tmp_path, target="Cats")
     copy = tmp_path / "clone"
     shutil.copytree(sd_dir, copy)  # new path and modification times, same bytes
-    again = evaluate_canvas(
-        str(copy),
-        canvas=canvas,
-        judges=judges,
-        settings=settings,
-        device="cpu",
-        progress=False,
-        target="Cats",
-        cache_dir=tmp_path / "cache",
-    )
+    again = run(copy, canvas, judges, settings, tmp_path, target="Cats")  # the same cache_dir
     assert again["timing"]["generated"] == 0 and again["timing"]["cached"] == first["timing"]["generated"]
     assert model_fingerprint(copy) == model_fingerprint(sd_dir)
     config = copy / "scheduler" / "scheduler_config.json"
