@@ -20,6 +20,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import time
 import warnings
 from collections.abc import Callable, Mapping, Sequence
@@ -111,11 +112,7 @@ _DIGESTS: dict[tuple[str, int, int], str] = {}
 
 def _content_digest(file: Path) -> str:
     real = file.resolve()
-    if (
-        len(real.name) == 64
-        and real.parent.name == "blobs"
-        and all(c in "0123456789abcdef" for c in real.name)
-    ):
+    if real.parent.name == "blobs" and re.fullmatch(r"[0-9a-f]{64}", real.name):
         return real.name  # huggingface_hub stores LFS files as blobs/<sha256>
     stat = real.stat()
     key = (str(real), stat.st_size, stat.st_mtime_ns)
