@@ -22,6 +22,7 @@ from hirm.core.encoder import read_representation, tokenize
 from hirm.core.esd import ESDConfig, ESDUConfig, ESDXConfig, esd_target
 from hirm.core.esd import trainable_names as esd_names
 from hirm.core.hirm import trainable_names as hirm_names
+from hirm.core.kv_proj import KVProjConfig
 from hirm.core.naive import NaiveConfig
 from hirm.core.patch import Patch, apply_patches, component_parameters
 from hirm.core.uce import UCEConfig, prompt_embeddings
@@ -37,6 +38,7 @@ FAST = {
     "esd-u": ESDUConfig(steps=2, ddim_steps=4),
     "diffquickfix": DiffQuickFixConfig(templates=("a photo of {concept}", "{concept}")),
     "naive": NaiveConfig(steps=3, lr=1e-3),
+    "kv-proj": KVProjConfig(rank=4, preserve=("dog",)),
 }
 
 

@@ -59,6 +59,7 @@ BUILTIN = (
     "hirm.core.naive",
     "hirm.core.advunlearn",
     "hirm.core.hirm_hardened",
+    "hirm.core.kv_proj",
 )
 
 

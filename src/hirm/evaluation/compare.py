@@ -63,6 +63,10 @@ class Entry:
         overrides: config fields per method, e.g. ``{"esd-x": {"steps": 200}}``.
         preserve_others: methods (of ``methods``) whose ``preserve`` list gets the erased concept's domain
             siblings, as UCE's original script preserves the other artists when it erases one.
+        world_templates: methods (of ``methods``) whose ``templates`` are the world's training templates
+            for the erased concept's domain (:func:`world_templates`: never the grid's template).
+        contrast_others: methods (of ``methods``) whose ``contrast`` words are the erased concept's domain
+            siblings (KV-Proj: the concept's directions are where it differs from them).
     """
 
     name: str
@@ -70,6 +74,8 @@ class Entry:
     target: str = "random"
     overrides: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     preserve_others: tuple[str, ...] = ()
+    world_templates: tuple[str, ...] = ()
+    contrast_others: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if self.target not in TARGETS:
@@ -130,6 +136,29 @@ def preserving(config: Any, prompts: tuple[str, ...]) -> Any:
     if "preserve_weight" in names:
         return replace(config, preserve=prompts, preserve_weight=config.preserve_weight or PRESERVE_WEIGHT)
     return replace(config, preserve=prompts)
+
+
+def world_templates(domain: str) -> tuple[str, ...]:
+    """The world's training templates that name a concept of ``domain``, as ``{concept}`` templates with
+    every concept of the other domain filled in (one template per other-domain concept where the template
+    names one). The grid's template (``CANVAS_TEMPLATE``: the evaluation's and the attacks' prompts) and
+    the templates with super-category words are left out."""
+    from hirm.world.concepts import CANVAS_TEMPLATE, OBJECTS, STYLES, TRAIN_TEMPLATES
+
+    if domain not in ("style", "object"):
+        raise ValueError(f"domain must be 'style' or 'object', not {domain!r}.")
+    mine, other = ("{style}", "{object}") if domain == "style" else ("{object}", "{style}")
+    partners = OBJECTS if domain == "style" else STYLES
+    out: list[str] = []
+    for template in TRAIN_TEMPLATES:
+        if template == CANVAS_TEMPLATE or mine not in template or "_super}" in template:
+            continue
+        named = template.replace(mine, "{concept}")
+        if other in named:
+            out.extend(named.replace(other, display_name(p)) for p in partners)
+        else:
+            out.append(named)
+    return tuple(dict.fromkeys(out))
 
 
 def world_target(canvas: Canvas, name: str, domain: str, kind: str) -> Target:
@@ -206,6 +235,10 @@ def make_erase(
                 patch = batched[m](handle, name, domain)
             else:
                 config = preserving(configs[m], siblings) if m in entry.preserve_others else configs[m]
+                if m in entry.world_templates:
+                    config = replace(config, templates=world_templates(domain))
+                if m in entry.contrast_others:
+                    config = replace(config, contrast=siblings)
                 patch = erase(handle, [concept], method=m, device=device, progress=False, config=config)
             patches.append(patch)
             seconds += erase_seconds(patch, time.perf_counter() - start)
