@@ -44,7 +44,10 @@ diffquickfix (the authors' notebook), esd-x-100 (ESD-x at 100 of its 1000 steps)
 1000 steps; ``--esd-batch N`` trains the run's concepts side by side and reuses the patches ``hirm
 compare --esd-batch`` cached, ``--esd-cache``), hirm-empty-keep+esd-x (ours + that ESD-x), advunlearn-cpu
 (``AdvUnlearnConfig.cpu()``), hirm-adv (hardened HiRM: world-tuned HiRM-S per round, 4 rounds),
-hirm-adv-keep (the same, keeping the read-outs of the domain's other concepts, preserve weight 1).
+hirm-adv-keep (the same, keeping the read-outs of the domain's other concepts, preserve weight 1),
+kv-proj-4 (ours, ``hirm.core.kv_proj`` at rank 4: the directions where the concept differs from its
+domain's other concepts, from the world's training templates, projected out of every cross-attention k/v
+input), hirm-empty-keep+kv-proj-4 / -8 / hirm-empty-keep+kv-proj (ours + HiRM, ranks 4, 8, 16).
 Attacks at their CPU-budget defaults: embedding (300 steps), unlearndiffatk (k 3, 5 timesteps x 20
 iterations), ringabell (64 x 60).
 """
@@ -564,11 +567,13 @@ def tradeoff_plot(rows: Mapping[str, Mapping[str, Any]], path: Path) -> None:
 
     Drawn with PIL (already a dependency) rather than matplotlib, which the package does not otherwise
     need: a scatter of a dozen labelled points on a 640 x 480 canvas, the goal region shaded."""
-    from PIL import Image, ImageDraw
+    from PIL import Image, ImageDraw, ImageFont
 
     width, height, margin = 640, 480, 60
     image = Image.new("RGB", (width, height), "white")
     draw = ImageDraw.Draw(image)
+    # Pillow's bundled font at 12 px: its smaller default size squeezes the spaces between words
+    font = ImageFont.load_default(size=12)
 
     def xy(ira: float, asr: float) -> tuple[float, float]:
         return margin + ira * (width - 2 * margin), height - margin - asr * (height - 2 * margin)
@@ -579,10 +584,10 @@ def tradeoff_plot(rows: Mapping[str, Mapping[str, Any]], path: Path) -> None:
     for v in (0.0, 0.25, 0.5, 0.75, 1.0):
         x, _ = xy(v, 0)
         _, y = xy(0, v)
-        draw.text((x - 8, height - margin + 6), f"{100 * v:.0f}", fill="black")
-        draw.text((margin - 28, y - 6), f"{100 * v:.0f}", fill="black")
-    draw.text((width / 2 - 60, height - 25), "IRA (%)  (goal >= 90)", fill="black")
-    draw.text((8, 20), "worst-case ASR (%) over the attacks  (goal <= 5)", fill="black")
+        draw.text((x - 8, height - margin + 6), f"{100 * v:.0f}", fill="black", font=font)
+        draw.text((margin - 28, y - 6), f"{100 * v:.0f}", fill="black", font=font)
+    draw.text((width / 2 - 60, height - 25), "IRA (%)  (goal >= 90)", fill="black", font=font)
+    draw.text((8, 20), "worst-case ASR (%) over the attacks  (goal <= 5)", fill="black", font=font)
     colors = {"style": (78, 121, 167), "object": (225, 87, 89)}
     taken: list[tuple[float, float, float, float]] = []  # label boxes already drawn
     for key, row in rows.items():
@@ -594,13 +599,13 @@ def tradeoff_plot(rows: Mapping[str, Mapping[str, Any]], path: Path) -> None:
         color = colors.get(domain, (0, 0, 0))
         draw.ellipse([x - 4, y - 4, x + 4, y + 4], fill=color)
         label = f"{method} ({domain[0]})"
-        w = draw.textlength(label)
+        w = draw.textlength(label, font=font)
         # right of the point, or left of it near the right edge; moved down past labels already drawn
         lx, ly = (x + 6, y - 6) if x + 6 + w < width - 4 else (x - 6 - w, y - 6)
-        while any(lx < b[2] and b[0] < lx + w and ly < b[3] and b[1] < ly + 12 for b in taken):
-            ly += 12
-        taken.append((lx, ly, lx + w, ly + 12))
-        draw.text((lx, ly), label, fill=color)
+        while any(lx < b[2] and b[0] < lx + w and ly < b[3] and b[1] < ly + 14 for b in taken):
+            ly += 14
+        taken.append((lx, ly, lx + w, ly + 14))
+        draw.text((lx, ly), label, fill=color, font=font)
     path.parent.mkdir(parents=True, exist_ok=True)
     write_atomic(path, lambda tmp: image.save(tmp, format="PNG"), overwrite=True)
 

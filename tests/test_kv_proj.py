@@ -183,3 +183,11 @@ def test_world_templates_never_hold_the_grid_template():
         assert len(templates) > 20 and all(t.count("{concept}") == 1 for t in templates)
         assert not [t for t in templates if re.fullmatch(grid, t)]
         assert not [t for t in templates if "_super" in t]
+
+
+def test_a_world_entry_names_only_its_own_methods_in_its_per_method_fields():
+    from hirm.evaluation.compare import Entry
+
+    for name in ("preserve_others", "world_templates", "contrast_others"):
+        with pytest.raises(ValueError, match=f"{name} names \\['uce'\\]"):
+            Entry("x", ("kv-proj",), **{name: ("uce",)})

@@ -585,5 +585,7 @@ def test_text_encoder_methods_edit_both_sdxl_encoders_and_unet_methods_refuse_sd
     for name in ("uce", "esd-x"):
         with pytest.raises(ValueError, match="Stable Diffusion 1.x/2.x"):
             _erase(sdxl, name)
+    with pytest.raises(ValueError, match="KV-Proj is implemented for Stable Diffusion 1.x/2.x"):
+        _erase(sdxl, "kv-proj")
     with pytest.raises(ValueError, match="only the 'unet'"):
         hirm.get_method("uce").erase(model, CAT, UCEConfig(), components=["text_encoder"])

@@ -63,7 +63,7 @@ from hirm.core.config import (
 )
 from hirm.core.patch import Patch, component_parameters, make_patch
 from hirm.core.registry import MethodSpec, register
-from hirm.core.uce import EXPAND_TEMPLATES, _check_model, cross_attention_names, prompt_embeddings
+from hirm.core.uce import EXPAND_TEMPLATES, check_unet_model, cross_attention_names, prompt_embeddings
 
 logger = logging.getLogger(__name__)
 
@@ -203,7 +203,7 @@ def erase(
     Nothing is modified in place. ``progress`` is accepted for the common interface (one SVD and solve).
     """
     start = time.perf_counter()
-    _check_model(model, components)
+    check_unet_model(model, components, "KV-Proj")
     concepts = list(concepts)
     if not concepts:
         raise ValueError("Give at least one concept to erase.")

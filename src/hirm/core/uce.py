@@ -269,14 +269,15 @@ def cross_attention_names(unet: nn.Module, *, edit_keys: bool = True) -> list[st
     return names
 
 
-def _check_model(model, components: Sequence[str] | None) -> None:
+def check_unet_model(model, components: Sequence[str] | None, method: str = "UCE") -> None:
+    """``model`` is SD 1.x/2.x (one CLIP text encoder + U-Net) and ``components`` names only the U-Net."""
     if model.family.name != "sd" or model.family.denoiser != "unet":
         raise ValueError(
-            f"UCE is implemented for Stable Diffusion 1.x/2.x (one CLIP text encoder + U-Net); "
+            f"{method} is implemented for Stable Diffusion 1.x/2.x (one CLIP text encoder + U-Net); "
             f"{model.source} is a {model.family.name!r} model."
         )
     if components is not None and list(components) != ["unet"]:
-        raise ValueError(f"UCE edits only the 'unet' component; got components={list(components)}.")
+        raise ValueError(f"{method} edits only the 'unet' component; got components={list(components)}.")
 
 
 def erase(
@@ -293,7 +294,7 @@ def erase(
     accepted for the common interface (the edit is one linear solve).
     """
     start = time.perf_counter()
-    _check_model(model, components)
+    check_unet_model(model, components)
     concepts = list(concepts)
     if not concepts:
         raise ValueError("Give at least one concept to erase.")

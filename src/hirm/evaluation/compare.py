@@ -80,6 +80,12 @@ class Entry:
     def __post_init__(self) -> None:
         if self.target not in TARGETS:
             raise ValueError(f"Entry {self.name!r}: target must be one of {TARGETS}, not {self.target!r}.")
+        for name in ("preserve_others", "world_templates", "contrast_others"):
+            stray = [m for m in getattr(self, name) if m not in self.methods]
+            if stray:
+                raise ValueError(
+                    f"Entry {self.name!r}: {name} names {stray}, which are not among its methods."
+                )
 
 
 TARGETS = ("random", "random-rms", "super", "empty")
