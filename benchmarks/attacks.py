@@ -78,6 +78,24 @@ from hirm.evaluation.report import timed_text
 from hirm.evaluation.sweep import erase_seconds
 from hirm.io import OutputExistsError, atomic_path, check_writable, write_atomic
 
+
+def _hirm_kv_proj(rank: int | None) -> Entry:
+    """Ours + KV-Proj: ``hirm-empty-keep``'s HiRM merged with KV-Proj at ``rank`` (``None``: the method's
+    default, 16), from the world's training templates and contrasting with the domain's other concepts."""
+    overrides: dict[str, Any] = {"hirm": WORLD_TUNED_HIRM}
+    if rank is not None:
+        overrides["kv-proj"] = {"rank": rank}
+    return Entry(
+        "hirm-empty-keep+kv-proj" + (f"-{rank}" if rank is not None else ""),
+        ("hirm", "kv-proj"),
+        target="empty",
+        overrides=overrides,
+        preserve_others=("hirm",),
+        world_templates=("kv-proj",),
+        contrast_others=("kv-proj",),
+    )
+
+
 #: The table's methods (``hirm.evaluation.compare.Entry``: methods merged, target, config overrides),
 #: named and configured as in ``hirm compare`` wherever the comparison has the entry, so that a row of
 #: this table and a row of results/compare describe the same erasure. HiRM runs at the world-tuned
@@ -134,33 +152,7 @@ ENTRIES: dict[str, Entry] = {
             world_templates=("kv-proj",),
             contrast_others=("kv-proj",),
         ),
-        Entry(
-            "hirm-empty-keep+kv-proj-4",
-            ("hirm", "kv-proj"),
-            target="empty",
-            overrides={"hirm": WORLD_TUNED_HIRM, "kv-proj": {"rank": 4}},
-            preserve_others=("hirm",),
-            world_templates=("kv-proj",),
-            contrast_others=("kv-proj",),
-        ),
-        Entry(
-            "hirm-empty-keep+kv-proj-8",
-            ("hirm", "kv-proj"),
-            target="empty",
-            overrides={"hirm": WORLD_TUNED_HIRM, "kv-proj": {"rank": 8}},
-            preserve_others=("hirm",),
-            world_templates=("kv-proj",),
-            contrast_others=("kv-proj",),
-        ),
-        Entry(
-            "hirm-empty-keep+kv-proj",
-            ("hirm", "kv-proj"),
-            target="empty",
-            overrides={"hirm": WORLD_TUNED_HIRM},
-            preserve_others=("hirm",),
-            world_templates=("kv-proj",),
-            contrast_others=("kv-proj",),
-        ),
+        *(_hirm_kv_proj(rank) for rank in (4, 8, None)),
         Entry("advunlearn-cpu", ("advunlearn",), overrides={"advunlearn": asdict(AdvUnlearnConfig.cpu())}),
         Entry(
             "hirm-adv",

@@ -61,9 +61,9 @@ from hirm.core.config import (
     check_templates,
     render,
 )
-from hirm.core.patch import Patch, component_parameters, make_patch
+from hirm.core.patch import Patch, make_patch
 from hirm.core.registry import MethodSpec, register
-from hirm.core.uce import EXPAND_TEMPLATES, check_unet_model, cross_attention_names, prompt_embeddings
+from hirm.core.uce import EXPAND_TEMPLATES, check_unet_model, prompt_embeddings, transform_cross_attention
 
 logger = logging.getLogger(__name__)
 
@@ -217,16 +217,8 @@ def erase(
     u = subspace(encoder, tokenizer, concepts, config, keep)
     transform = torch.eye(u.shape[0], dtype=torch.float64, device=u.device) - u @ u.T
 
-    names = cross_attention_names(unet, edit_keys=config.edit_keys)
-    params = component_parameters(unet)
-    bad = [name for name in names if params[name].shape[1] != transform.shape[0]]
-    if bad:
-        raise ValueError(
-            f"{bad[0]} takes inputs of width {params[bad[0]].shape[1]}, the text encoder gives {transform.shape[0]}."
-        )
-    originals = {f"unet/{name}": params[name].detach().clone() for name in names}
-    edited = {key: (w.to(torch.float64) @ transform.to(w.device)).float() for key, w in originals.items()}
-    logger.info("KV-Proj removed %d directions from %d cross-attention weights", u.shape[1], len(names))
+    originals, edited = transform_cross_attention(unet, transform, edit_keys=config.edit_keys)
+    logger.info("KV-Proj removed %d directions from %d cross-attention weights", u.shape[1], len(edited))
     return make_patch(
         method="kv-proj",
         originals=originals,
@@ -236,7 +228,7 @@ def erase(
         base=model.base_info(),
         extra={
             "seconds": time.perf_counter() - start,
-            "num_edited": len(names),
+            "num_edited": len(edited),
             "removed_directions": int(u.shape[1]),
             "preserved_rows": 0 if keep is None else int(keep.shape[0]),
         },

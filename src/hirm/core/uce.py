@@ -269,6 +269,24 @@ def cross_attention_names(unet: nn.Module, *, edit_keys: bool = True) -> list[st
     return names
 
 
+def transform_cross_attention(
+    unet: nn.Module, transform: Tensor, *, edit_keys: bool = True
+) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
+    """``(originals, edited)`` of every cross-attention k/v weight (``unet/<name>`` keys): ``W`` and
+    ``W T`` for the d_in x d_in ``transform`` (computed in float64), the caller's U-Net untouched."""
+    names = cross_attention_names(unet, edit_keys=edit_keys)
+    params = component_parameters(unet)
+    width = transform.shape[0]
+    bad = [name for name in names if params[name].shape[1] != width]
+    if bad:
+        raise ValueError(
+            f"{bad[0]} takes inputs of width {params[bad[0]].shape[1]}, the text encoder gives {width}."
+        )
+    originals = {f"unet/{name}": params[name].detach().clone() for name in names}
+    edited = {key: (w.to(torch.float64) @ transform.to(w.device)).float() for key, w in originals.items()}
+    return originals, edited
+
+
 def check_unet_model(model, components: Sequence[str] | None, method: str = "UCE") -> None:
     """``model`` is SD 1.x/2.x (one CLIP text encoder + U-Net) and ``components`` names only the U-Net."""
     if model.family.name != "sd" or model.family.denoiser != "unet":
@@ -302,15 +320,6 @@ def erase(
     unet = model.component("unet")
 
     c_erase, c_guide, c_keep = uce_embeddings(encoder, tokenizer, concepts, config)
-    width = c_erase.shape[-1]
-
-    names = cross_attention_names(unet, edit_keys=config.edit_keys)
-    params = component_parameters(unet)
-    bad = [name for name in names if params[name].shape[1] != width]
-    if bad:
-        raise ValueError(
-            f"{bad[0]} takes inputs of width {params[bad[0]].shape[1]}, the text encoder gives {width}."
-        )
     transform = uce_transform(
         c_erase,
         c_guide,
@@ -319,11 +328,10 @@ def erase(
         preserve_scale=config.resolved_preserve_scale(),
         lamb=config.lamb,
     )
-    originals = {f"unet/{name}": params[name].detach().clone() for name in names}
-    edited = {key: (w.to(torch.float64) @ transform.to(w.device)).float() for key, w in originals.items()}
+    originals, edited = transform_cross_attention(unet, transform, edit_keys=config.edit_keys)
     if not all(torch.isfinite(v).all() for v in edited.values()):
         raise FloatingPointError("UCE produced non-finite weights; raise lamb. Nothing was saved.")
-    logger.info("UCE edited %d cross-attention weights: %s", len(names), names)
+    logger.info("UCE edited %d cross-attention weights: %s", len(edited), sorted(edited))
 
     return make_patch(
         method="uce",
@@ -335,7 +343,7 @@ def erase(
         extra={
             "seconds": time.perf_counter() - start,
             "guides": [config.guide_for(c) for c in concepts],
-            "num_edited": len(names),
+            "num_edited": len(edited),
             "rows": {"erase": int(c_erase.shape[0]), "preserve": int(c_keep.shape[0])},
             "preserve_scale": config.resolved_preserve_scale(),
         },
