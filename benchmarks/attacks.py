@@ -45,9 +45,9 @@ diffquickfix (the authors' notebook), esd-x-100 (ESD-x at 100 of its 1000 steps)
 compare --esd-batch`` cached, ``--esd-cache``), hirm-empty-keep+esd-x (ours + that ESD-x), advunlearn-cpu
 (``AdvUnlearnConfig.cpu()``), hirm-adv (hardened HiRM: world-tuned HiRM-S per round, 4 rounds),
 hirm-adv-keep (the same, keeping the read-outs of the domain's other concepts, preserve weight 1),
-kv-proj-4 (ours, ``hirm.core.kv_proj`` at rank 4: the directions where the concept differs from its
-domain's other concepts, from the world's training templates, projected out of every cross-attention k/v
-input), hirm-empty-keep+kv-proj-4 / -8 / hirm-empty-keep+kv-proj (ours + HiRM, ranks 4, 8, 16).
+kv-proj-4 / -8 / -16 (ours, ``hirm.core.kv_proj`` at rank 4, 8, 16: the directions where the concept
+differs from its domain's other concepts, from the world's training templates, projected out of every
+cross-attention k/v input), hirm-empty-keep+kv-proj-4 / -8 / hirm-empty-keep+kv-proj (ours + HiRM, ranks 4, 8, 16).
 Attacks at their CPU-budget defaults: embedding (300 steps), unlearndiffatk (k 3, 5 timesteps x 20
 iterations), ringabell (64 x 60).
 """
@@ -77,6 +77,18 @@ from hirm.evaluation.compare import WORLD_TUNED_HIRM, Entry, make_erase
 from hirm.evaluation.report import timed_text
 from hirm.evaluation.sweep import erase_seconds
 from hirm.io import OutputExistsError, atomic_path, check_writable, write_atomic
+
+
+def _kv_proj(rank: int) -> Entry:
+    """KV-Proj alone at ``rank``, from the world's training templates and contrasting with the domain's
+    other concepts."""
+    return Entry(
+        f"kv-proj-{rank}",
+        ("kv-proj",),
+        overrides={"kv-proj": {"rank": rank}},
+        world_templates=("kv-proj",),
+        contrast_others=("kv-proj",),
+    )
 
 
 def _hirm_kv_proj(rank: int | None) -> Entry:
@@ -142,16 +154,10 @@ ENTRIES: dict[str, Entry] = {
         ),
         # ours: KV-Proj (hirm.core.kv_proj), the concept's directions projected out of every cross-attention
         # k/v input, found from the world's training templates (never the grid's) as where the concept differs
-        # from the domain's other concepts; rank 4 alone and with our HiRM (the synergy claim with a
-        # denoiser-side eraser of our own), and HiRM + ranks 8 and 16 (the method's default): the rank trades
-        # what a learned embedding can recover against CRA
-        Entry(
-            "kv-proj-4",
-            ("kv-proj",),
-            overrides={"kv-proj": {"rank": 4}},
-            world_templates=("kv-proj",),
-            contrast_others=("kv-proj",),
-        ),
+        # from the domain's other concepts; alone and with our HiRM (the synergy claim with a denoiser-side
+        # eraser of our own) at ranks 4, 8 and 16 (the method's default): the rank trades what an attack can
+        # recover against CRA
+        *(_kv_proj(rank) for rank in (4, 8, 16)),
         *(_hirm_kv_proj(rank) for rank in (4, 8, None)),
         Entry("advunlearn-cpu", ("advunlearn",), overrides={"advunlearn": asdict(AdvUnlearnConfig.cpu())}),
         Entry(
