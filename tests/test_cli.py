@@ -8,6 +8,7 @@ import pytest
 from typer.testing import CliRunner
 
 from hirm.cli.main import app
+from hirm.core.patch import Patch
 
 runner = CliRunner()
 
@@ -74,6 +75,9 @@ def test_erase_other_methods_and_settings(sd_dir, tmp_path):
         "-o",
         tmp_path / "u.safetensors",
     )
+    # UCE has no misdirection target: its patch records none and `hirm info` shows none
+    assert "target" not in Patch.load(tmp_path / "u.safetensors").metadata["concepts"][0]
+    assert "cat (object)" in _run("info", tmp_path / "u.safetensors")
     _run(
         "erase",
         "--model",
@@ -114,6 +118,7 @@ def test_erase_other_methods_and_settings(sd_dir, tmp_path):
         (["-c", "a", "-c", "b", "-t", "random", "-t", "random", "-t", "random"], "one per concept"),
         (["-c", "cat", "-t", "bogus"], "Cannot read target"),
         (["-c", "cat", "--method", "nope"], "Unknown method"),
+        (["-c", "cat", "--method", "uce", "-t", "random:3"], "uce has none"),
     ],
 )
 def test_erase_bad_input_is_a_clear_error_and_writes_nothing(sd_dir, tmp_path, args, message):

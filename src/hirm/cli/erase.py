@@ -161,6 +161,11 @@ def erase_command(
         check_template(text, allowed={"concept"}, required={"concept"}, what="--template")
     concepts = build_concepts(concept, kind, target)
     spec = get_method(method)
+    if target and not spec.uses_target:
+        raise ValueError(
+            f"--target is HiRM's misdirection target; {method} has none (its options: `--set`, see "
+            "`hirm info --methods`). Leave --target out."
+        )
     read = None
     if read_layer is not None or read_site is not None:
         read = make_config(

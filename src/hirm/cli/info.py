@@ -79,7 +79,9 @@ def info_command(
     table.add_row(
         "concepts",
         ", ".join(
-            f"{c.get('text')} ({c.get('kind')}, {(c.get('target') or {}).get('kind')})"
+            # methods without misdirection targets (UCE, ESD, ...) record none
+            f"{c.get('text')} ({c.get('kind')}"
+            + (f", {c['target'].get('kind')})" if isinstance(c.get("target"), dict) else ")")
             for c in meta.get("concepts", [])
         ),
     )

@@ -433,7 +433,7 @@ def erase(
         originals={f"text_encoder/{n}": originals[n].detach() for n in names},
         edited={f"text_encoder/{n}": params[n].detach() for n in names},
         config=config.to_dict(),
-        concepts=[asdict(c) for c in concepts],
+        concepts=[c.record(target=False) for c in concepts],
         base=model.base_info(),
         extra={
             "seconds": time.perf_counter() - start,

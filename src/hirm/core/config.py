@@ -317,6 +317,14 @@ class Concept:
                 "Concept", "target", self.target, "a RandomTarget, PromptTarget or VectorTarget", TypeError
             )
 
+    def record(self, *, target: bool = True) -> dict[str, Any]:
+        """The concept as a patch records it; ``target=False`` for a method that ignores targets (UCE,
+        ESD, ...), so that no patch claims a misdirection it never had."""
+        out = asdict(self)
+        if not target:
+            del out["target"]
+        return out
+
 
 @dataclass(frozen=True)
 class ReadingPoint:

@@ -226,7 +226,7 @@ def erase_encoder(
         originals={f"{component}/{name}": weight.detach().clone()},
         edited={f"{component}/{name}": edited},
         config=config.to_dict(),
-        concepts=[asdict(c) for c in concepts],
+        concepts=[c.record(target=False) for c in concepts],
         base={"component": component, **base},
         extra={"seconds": time.perf_counter() - start, "num_pairs": int(keys.shape[0])},
     )

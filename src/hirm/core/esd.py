@@ -279,7 +279,7 @@ def erase(
         originals={f"unet/{n}": originals[n].detach() for n in names},
         edited={f"unet/{n}": params[n].detach() for n in names},
         config=config.to_dict(),
-        concepts=[asdict(c) for c in concepts],
+        concepts=[c.record(target=False) for c in concepts],
         base=model.base_info(),
         extra={
             "seconds": time.perf_counter() - start,

@@ -134,7 +134,7 @@ class _Batch:
         self.identity = {
             "format": CHECKPOINT_FORMAT,
             "config": config.to_dict(),
-            "concepts": [asdict(c) for c in self.concepts],
+            "concepts": [asdict(c) for c in self.concepts],  # as checkpoints have always recorded them
             "base": model.base_info(),
             "unet": fingerprint({n: params[n] for n in self.own_names}),
         }
@@ -257,7 +257,7 @@ class _Batch:
                     originals={f"unet/{n}": originals[n].detach() for n in self.setup.names},
                     edited={f"unet/{n}": v for n, v in edited.items()},
                     config=self.config.to_dict(),
-                    concepts=[asdict(concept)],
+                    concepts=[concept.record(target=False)],
                     base=self.model.base_info(),
                     extra={
                         "seconds": seconds / len(self.concepts),

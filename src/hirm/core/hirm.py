@@ -393,5 +393,6 @@ register(
         edits="CLIP text encoder, early blocks (block 0 attention + MLP by default)",
         description="HiRM: High-Level Representation Misdirection (Kim, Hwang, Lee, 2026, arXiv 2602.19631)",
         follows="the HiRM authors' train.py / utils.py (first-attn, last block out_proj, seed 42 x 5000)",
+        uses_target=True,
     )
 )

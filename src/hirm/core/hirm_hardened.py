@@ -343,5 +343,6 @@ register(
         edits="CLIP text encoder, early blocks (as HiRM), misdirection trained against an embedding/prompt attacker",
         description="Attack-hardened HiRM: HiRM alternated with an attacker recovering the concept's read-out",
         follows="ours: HiRM (authors' train.py) alternated with a read-out-recovering attacker",
+        uses_target=True,
     )
 )

@@ -30,6 +30,8 @@ class MethodSpec:
         edits: what it changes, for humans (e.g. "text encoder block 0", "U-Net cross-attention k/v").
         description: one line with the paper.
         follows: the authors' code its defaults reproduce (script or notebook), or what it is.
+        uses_target: whether the concepts' misdirection targets (``Concept.target``, ``--target``) mean
+            anything to it (HiRM's); the others ignore them, and their patches' concepts record none.
     """
 
     name: str
@@ -38,6 +40,7 @@ class MethodSpec:
     edits: str
     description: str
     follows: str = ""
+    uses_target: bool = False
 
 
 _METHODS: dict[str, MethodSpec] = {}

@@ -338,7 +338,7 @@ def erase(
         originals=originals,
         edited=edited,
         config=config.to_dict(),
-        concepts=[asdict(c) for c in concepts],
+        concepts=[c.record(target=False) for c in concepts],
         base=model.base_info(),
         extra={
             "seconds": time.perf_counter() - start,
