@@ -71,7 +71,7 @@ from hirm.core.advunlearn import AdvUnlearnConfig
 from hirm.core.hirm_hardened import WORLD_HIRM
 from hirm.evaluation.canvas import CanvasEvaluator, CanvasSettings, make_cache
 from hirm.evaluation.canvas_grid import Canvas
-from hirm.evaluation.common import dump_json, machine_label, machine_text, now_iso
+from hirm.evaluation.common import dump_json, machine_labels, machine_text, now_iso
 from hirm.evaluation.compare import ENTRIES as COMPARE_ENTRIES
 from hirm.evaluation.compare import WORLD_TUNED_HIRM, Entry, make_erase
 from hirm.evaluation.report import timed_text
@@ -346,8 +346,11 @@ def run_record(result: Mapping[str, Any]) -> dict[str, Any]:
     return {**{k: result[k] for k in keep}, "seconds": result["seconds"]["total"]}
 
 
-def pooled(cells: Sequence[Mapping[str, Any]], attacks: Sequence[str]) -> dict[str, Any]:
-    """Rates pooled over the concepts of one (method, domain): successes / images, Wilson 95 %."""
+def pooled(
+    cells: Sequence[Mapping[str, Any]], attacks: Sequence[str], labels: Mapping[str, str] | None = None
+) -> dict[str, Any]:
+    """Rates pooled over the concepts of one (method, domain): successes / images, Wilson 95 %
+    (``labels``: the table's machine names, :func:`table_labels`)."""
 
     def pool(metric: str, n_key: str) -> dict[str, Any]:
         k = n = 0
@@ -364,7 +367,7 @@ def pooled(cells: Sequence[Mapping[str, Any]], attacks: Sequence[str]) -> dict[s
         "CRA": pool("CRA", "n_cross"),
         "concepts": [c["concept"] for c in cells],
         "grid precision": "+".join(sorted({cell_precision(c) for c in cells})),
-        "timed": timed(cells, attacks),
+        "timed": timed(cells, attacks, labels),
         "attacks": {},
     }
     for name in attacks:
@@ -383,13 +386,24 @@ def pooled(cells: Sequence[Mapping[str, Any]], attacks: Sequence[str]) -> dict[s
     return row
 
 
-def timed(cells: Sequence[Mapping[str, Any]], attacks: Sequence[str]) -> list[dict[str, Any]]:
-    """A row's seconds per machine (``machine_label``): a mean over cells timed on a GPU and on a 2-core
-    CPU would describe neither, so each machine's cells are averaged apart."""
+def table_labels(cells: Sequence[Mapping[str, Any]]) -> dict[str, str]:
+    """Each machine's short name in a table (its cells' machines; this one for a cell that does not say,
+    or when there are none): distinct names for distinct machines (``machine_labels``)."""
     here = machine_text()
+    return machine_labels([c.get("machine", here) for c in cells] or [here])
+
+
+def timed(
+    cells: Sequence[Mapping[str, Any]], attacks: Sequence[str], labels: Mapping[str, str] | None = None
+) -> list[dict[str, Any]]:
+    """A row's seconds per machine (``labels``, by default :func:`table_labels` of ``cells``): a mean over
+    cells timed on a GPU and on a 2-core CPU would describe neither, so each machine's cells are averaged
+    apart."""
+    here = machine_text()
+    labels = labels or table_labels(cells)
     by: dict[str, list[Mapping[str, Any]]] = {}
     for cell in cells:
-        by.setdefault(machine_label(cell.get("machine", here)), []).append(cell)
+        by.setdefault(labels[cell.get("machine", here)], []).append(cell)
     out = []
     for label, group in sorted(by.items()):
         runs = [c["attacks"][a]["seconds"] for c in group for a in attacks if a in c["attacks"]]
@@ -437,11 +451,8 @@ def describe_entry(entry: Entry) -> str:
 
 
 def cells_machines(cells: Sequence[Mapping[str, Any]]) -> str:
-    """The machines the cells' times come from, each with the short name the rows' seconds use (this
-    machine for a cell that does not say, or when there are none)."""
-    here = machine_text()
-    texts = dict.fromkeys(c.get("machine", here) for c in cells) or {here: None}
-    return "; ".join(f"{machine_label(t)} = {t}" for t in texts)
+    """The machines the cells' times come from, each with the short name the rows' seconds use."""
+    return "; ".join(f"{label} = {t}" for t, label in table_labels(cells).items())
 
 
 def markdown(rows: Mapping[str, Mapping[str, Any]], cells: Sequence[Mapping[str, Any]], args, attacks) -> str:
@@ -789,11 +800,12 @@ def write_table(cells, sheets, methods, concepts, attacks, args) -> None:
     """attacks.json (kind ``attack-table``, read by ``hirm report``), attacks.md, tradeoff.png and
     sheets/ (``sheets``: each cell's picture, or the bytes of its file in the table it was kept from)."""
     rows = {}
+    labels = table_labels(cells)
     for method in methods:
         for domain in ("style", "object"):
             chosen = [c for c in cells if c["method"] == method and c["domain"] == domain]
             if chosen:
-                rows[f"{method}|{domain}"] = pooled(chosen, attacks)
+                rows[f"{method}|{domain}"] = pooled(chosen, attacks, labels)
     missing = [f"{m}/{c}" for m in methods for c in concepts if not any(
         x["method"] == m and x["concept"] == c for x in cells)]  # fmt: skip
     complete = not missing and all(r["complete"] for c in cells for r in c["attacks"].values())

@@ -287,6 +287,35 @@ def test_machine_labels_name_the_gpu_else_the_cpu_model():
     assert machine_label("AMD EPYC (2 cores, no native bf16), 2 torch threads, torch 2.13.0+cpu") == "EPYC"
 
 
+def test_two_machines_with_one_short_name_are_told_apart_and_never_pooled():
+    """Two AMD EPYCs, one with native bf16: distinct names in the table, seconds averaged apart."""
+    from hirm.evaluation.common import machine_labels
+
+    plain = "AMD EPYC (2 cores, no native bf16), 2 torch threads, torch 2.13.0+cpu"
+    bf16 = "AMD EPYC (2 cores, native bf16), 2 torch threads, torch 2.13.0+cpu"
+    assert machine_labels([XEON, H200]) == {XEON: "Xeon", H200: "H200"}  # unique names stay as they were
+    assert machine_labels([plain, bf16, plain]) == {plain: "EPYC no-bf16", bf16: "EPYC bf16"}
+    other = bf16.replace("torch 2.13.0", "torch 2.12.0")
+    assert sorted(machine_labels([bf16, other]).values()) == ["EPYC bf16 #1", "EPYC bf16 #2"]
+
+    canvas = {"UA": 1.0, "n_target": 10, "IRA": 1.0, "n_in_domain": 90, "CRA": 1.0, "n_cross": 100}
+    cells = [
+        {"concept": "Cats", "erase_seconds": 2.0, "attacks": {"embedding": _run(0, 10, 100.0)},
+         "canvas": canvas, "machine": plain},
+        {"concept": "Trees", "erase_seconds": 4.0, "attacks": {"embedding": _run(0, 10, 50.0)},
+         "canvas": canvas, "machine": bf16},
+    ]  # fmt: skip
+    row = attacks_benchmark.pooled(cells, ["embedding"], attacks_benchmark.table_labels(cells))
+    assert [(t["machine"], t["attack_seconds"]) for t in row["timed"]] == [
+        ("EPYC bf16", 50.0),
+        ("EPYC no-bf16", 100.0),
+    ]
+    # a row whose cells ran on one of them still names it as the table's machines line does
+    alone = attacks_benchmark.pooled(cells[:1], ["embedding"], attacks_benchmark.table_labels(cells))
+    assert [t["machine"] for t in alone["timed"]] == ["EPYC no-bf16"]
+    assert "EPYC no-bf16 = " + plain in attacks_benchmark.cells_machines(cells)
+
+
 def test_tables_made_on_two_machines_merge_and_keep_their_seconds_apart(tmp_path, capsys):
     """``--merge`` adds another table's cells (same settings) to --out's; a cell both hold keeps --out's.
     A row whose cells were timed on a GPU and on a CPU gives each machine's mean seconds, not one mean."""

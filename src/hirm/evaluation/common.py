@@ -98,6 +98,23 @@ def machine_label(text: str) -> str:
     return " ".join(words[:3]) or "CPU"
 
 
+def machine_labels(texts: Iterable[str]) -> dict[str, str]:
+    """A distinct short name for each distinct :func:`machine_text`: :func:`machine_label`, told apart
+    where two machines would share one (two AMD EPYCs, one with native bf16: "EPYC bf16" and "EPYC
+    no-bf16"; still equal: numbered), so that no figure pools two machines under one name."""
+    texts = list(dict.fromkeys(texts))
+    labels = {t: machine_label(t) for t in texts}
+    for base in set(labels.values()):
+        same = [t for t in texts if labels[t] == base]
+        if len(same) < 2:
+            continue
+        for t in same:
+            labels[t] = f"{base} {'no-bf16' if 'no native bf16' in t else 'bf16'}"
+        for i, t in enumerate([t for t in same if list(labels.values()).count(labels[t]) > 1]):
+            labels[t] = f"{labels[t]} #{i + 1}"
+    return labels
+
+
 def machine_text() -> str:
     """The machine in words, for any figure with a time: CPU model and cores, torch threads, torch
     version, and the first GPU when CUDA is present (e.g. "Intel(R) Xeon(R) ... (2 cores, native bf16),
