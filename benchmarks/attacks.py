@@ -79,13 +79,16 @@ from hirm.evaluation.sweep import erase_seconds
 from hirm.io import OutputExistsError, atomic_path, check_writable, write_atomic
 
 
-def _kv_proj(rank: int) -> Entry:
+def _kv_proj(rank: int, harden: int = 0) -> Entry:
     """KV-Proj alone at ``rank``, from the world's training templates and contrasting with the domain's
-    other concepts."""
+    other concepts; ``harden``: one hardening round adding that many directions (``-hard``)."""
+    settings: dict[str, Any] = {"rank": rank}
+    if harden:
+        settings.update(harden_rounds=1, harden_rank=harden)
     return Entry(
-        f"kv-proj-{rank}",
+        f"kv-proj-{rank}" + ("-hard" if harden else ""),
         ("kv-proj",),
-        overrides={"kv-proj": {"rank": rank}},
+        overrides={"kv-proj": settings},
         world_templates=("kv-proj",),
         contrast_others=("kv-proj",),
     )
@@ -158,6 +161,8 @@ ENTRIES: dict[str, Entry] = {
         # eraser of our own) at ranks 4, 8 and 16 (the method's default): the rank trades what an attack can
         # recover against CRA
         *(_kv_proj(rank) for rank in (4, 8, 16)),
+        # hardened: rank 4 + one round of 4 directions against a learned embedding (8 in all, as kv-proj-8)
+        _kv_proj(4, harden=4),
         *(_hirm_kv_proj(rank) for rank in (4, 8, None)),
         Entry("advunlearn-cpu", ("advunlearn",), overrides={"advunlearn": asdict(AdvUnlearnConfig.cpu())}),
         Entry(

@@ -157,6 +157,9 @@ def test_several_concepts_remove_the_union_of_their_directions(model):
         (lambda: KVProjConfig(contrast=()), "KVProjConfig.contrast"),
         (lambda: KVProjConfig(preserve=("",)), "KVProjConfig.preserve"),
         (lambda: KVProjConfig(ridge=0), "KVProjConfig.ridge"),
+        (lambda: KVProjConfig(harden_rounds=-1), "KVProjConfig.harden_rounds"),
+        (lambda: KVProjConfig(harden_rank=0), "KVProjConfig.harden_rank"),
+        (lambda: KVProjConfig(harden_lr=0.0), "KVProjConfig.harden_lr"),
     ],
 )
 def test_bad_configs_fail_early_naming_the_field(make, field):
@@ -191,3 +194,56 @@ def test_a_world_entry_names_only_its_own_methods_in_its_per_method_fields():
     for name in ("preserve_others", "world_templates", "contrast_others"):
         with pytest.raises(ValueError, match=f"{name} names \\['uce'\\]"):
             Entry("x", ("kv-proj",), **{name: ("uce",)})
+
+
+HARD = KVProjConfig(
+    rank=2,
+    templates=("{concept}", "a photo of {concept}"),
+    contrast=("", "dog"),
+    harden_rounds=1,
+    harden_rank=2,
+    harden_steps=8,
+    harden_lr=1e-3,
+    harden_samples=3,
+    ddim_steps=4,
+)
+
+
+def test_hardening_adds_the_top_directions_of_what_a_learned_embedding_carries(model):
+    """One round: the learned embedding fits the original predictions better than where it started, and the
+    subspace grows by the top singular vectors of ``T (e_v - m)`` (recomputed here from that embedding),
+    keeping the first directions; the edit is ``W (I - Q Q^T)`` for the grown ``Q``; same seed, same patch."""
+    from hirm.attacks.text import as_batch, encode, slot_id, with_slots
+    from hirm.core import kv_proj
+
+    encoder, tokenizer = model.text_encoder("text_encoder"), model.tokenizer("text_encoder")
+    u = _basis(model, "cat", HARD.templates, HARD.contrast, HARD.rank)
+    t = torch.eye(u.shape[0], dtype=torch.float64) - u @ u.T
+    pool = kv_proj._pool(model, model.component("unet"), encoder, tokenizer, CAT[0], HARD)
+    vector, losses = kv_proj.learned_embedding(
+        model.component("unet"), encoder, tokenizer, CAT[0], HARD, pool, t
+    )
+    assert losses[-1] < losses[0]
+    slotted = [x.replace("{concept}", "\x00") for x in HARD.templates]
+    rows = [with_slots(tokenizer, x, "\x00", 1, slot_id(tokenizer)) for x in slotted]
+    ids, mask = as_batch([r[0] for r in rows]), torch.tensor([r[1] for r in rows])
+    with torch.no_grad():
+        found = encode(encoder, ids, mask, vector.expand(2, 1, -1)).double()
+    ref = sum(_rows(model, [x.replace("{concept}", w) for x in HARD.templates]) for w in HARD.contrast) / 2
+    carried = ((found - ref) @ t).reshape(-1, u.shape[0])
+    _, vecs = torch.linalg.eigh(carried.T @ carried)
+    new = vecs[:, -HARD.harden_rank :]
+    grown = torch.cat([u, new], dim=1)
+    expected, _ = torch.linalg.qr(grown)
+
+    patch = hirm.get_method("kv-proj").erase(model, CAT, HARD, progress=False)
+    assert patch.metadata["removed_directions"] == 4
+    (record,) = patch.metadata["hardening"]
+    assert record["concept"] == "cat" and record["loss_last"] < record["loss_first"]
+    t_grown = torch.eye(u.shape[0], dtype=torch.float64) - expected @ expected.T
+    for name, w in _kv(model).items():
+        torch.testing.assert_close(
+            patch.tensors[f"unet/{name}"].double(), w.double() @ t_grown, atol=1e-5, rtol=1e-4
+        )
+    again = hirm.get_method("kv-proj").erase(model, CAT, HARD, progress=False)
+    assert all(torch.equal(again.tensors[k], v) for k, v in patch.tensors.items())

@@ -20,6 +20,16 @@ its place (default: the concept left out, ``''``):
 
 Several concepts: each its own ``rank`` directions, joined (an orthonormal basis of their union).
 
+**Hardening** (``harden_rounds``; ours): what the first directions miss is what an attacker finds. Each
+round learns, per concept, the one word embedding ``v`` that in the concept's place in ``templates`` best
+brings back the *original* U-Net's noise predictions for the concept through the edit so far (textual
+inversion against the edited model, without images: ESD's partial guided sampling of the concept's
+prompts by the original model gives the noised latents, and the original prediction there is the
+target; the edited U-Net reading ``e`` is the original reading ``e T``). The ``harden_rank`` top right
+singular vectors of what ``v`` still puts through, ``T (e_v - m)`` over every row of the templates (``m``
+the contrast rows, as above), join ``S``. The templates are the method's own (on the world: its training
+templates, never the grid's), so an attack on the grid prompts is not what the rounds trained against.
+
 Measured on the world's Pastel (2-core CPU, fp32 grid; ``results/attacks_kv_proj_rank/``, made with
 ``benchmarks/attacks.py``: world training templates, the other styles as ``contrast``): the rank trades
 what textual inversion recovers against CRA. Rank 4 alone: UA 95 %, IRA 95.3 %, CRA 95.5 %, textual
@@ -90,6 +100,16 @@ class KVProjConfig:
             least (the generalized eigenproblem above); ``()`` = plain SVD directions.
         ridge: ``Sigma``'s ridge relative to its mean eigenvalue (with ``preserve``); must be > 0.
         edit_keys: also edit ``to_k``; ``False`` edits only ``to_v``.
+        harden_rounds: rounds of hardening against a learned embedding (0: none; see :func:`harden`):
+            each round learns the word embedding that, in the concept's place in ``templates``, best
+            brings back the original U-Net's noise predictions for the concept through the edit so far,
+            and adds ``harden_rank`` directions of what it found to the subspace.
+        harden_rank: directions added per concept and round.
+        harden_steps, harden_lr: the learned embedding's Adam steps and learning rate.
+        harden_samples: noised latents the embedding is fitted on (per concept; ESD's way: partial
+            guided sampling of the concept's prompts by the original model, ``ddim_steps``, ``guidance``).
+        ddim_steps, guidance: that sampling's DDIM steps and guidance scale (ESD's defaults, 50 and 3).
+        seed: the sampling's and the rounds' random seed.
     """
 
     rank: int = 16
@@ -98,10 +118,24 @@ class KVProjConfig:
     preserve: tuple[str, ...] = ()
     ridge: float = 1e-3
     edit_keys: bool = True
+    harden_rounds: int = 0
+    harden_rank: int = 4
+    harden_steps: int = 100
+    harden_lr: float = 5e-3
+    harden_samples: int = 16
+    ddim_steps: int = 50
+    guidance: float = 3.0
+    seed: int = 0
 
     def __post_init__(self) -> None:
         owner = "KVProjConfig"
         check_int(owner, "rank", self.rank, minimum=1)
+        check_int(owner, "harden_rounds", self.harden_rounds, minimum=0)
+        for name in ("harden_rank", "harden_steps", "harden_samples", "ddim_steps"):
+            check_int(owner, name, getattr(self, name), minimum=1)
+        check_float(owner, "harden_lr", self.harden_lr, positive=True)
+        check_float(owner, "guidance", self.guidance, positive=True)
+        check_int(owner, "seed", self.seed, minimum=0)
         check_templates(owner, "templates", self.templates)
         check_prompts(owner, "contrast", self.contrast, empty=True)
         if not self.contrast:
@@ -190,6 +224,162 @@ def subspace(
     return q[:, r.diagonal().abs() > 1e-9 * r.diagonal().abs().max()]
 
 
+def projector(q: Tensor) -> Tensor:
+    """``T = I - Q Q^T`` (float64) for an orthonormal ``q`` (D, r)."""
+    return torch.eye(q.shape[0], dtype=torch.float64, device=q.device) - q @ q.T
+
+
+def join(q: Tensor, new: Tensor) -> Tensor:
+    """An orthonormal basis of ``span(q) + span(new)`` whose first columns span ``q``."""
+    joined, r = torch.linalg.qr(torch.cat([q, new], dim=1))
+    keep = r.diagonal().abs() > 1e-9 * r.diagonal().abs().max()
+    keep[: q.shape[1]] = True
+    return joined[:, keep]
+
+
+@dataclass
+class _Pool:
+    """What a learned embedding is fitted on, for one concept: noised latents ``x`` (N, C, h, w) at
+    timesteps ``t`` (N,), the original U-Net's noise predictions ``target`` for the concept's prompt,
+    and each sample's template index."""
+
+    x: Tensor
+    t: Tensor
+    target: Tensor
+    template: list[int]
+
+
+@torch.no_grad()
+def _pool(
+    model, unet: nn.Module, encoder: nn.Module, tokenizer, concept: Concept, config: KVProjConfig
+) -> _Pool:
+    """ESD's way to get the concept's noised latents without images: ``t_enc`` guided DDIM steps of the
+    original model from noise (``hirm.core.esd.sample_until``), then the original prediction there."""
+    from diffusers import DDIMScheduler
+
+    from hirm.core.esd import sample_until
+
+    templates = config.templates_for(concept)
+    device = next(unet.parameters()).device
+    scheduler = DDIMScheduler.from_config(model.component("scheduler").config)
+    scheduler.set_timesteps(config.ddim_steps, device=device)
+    size = unet.config.sample_size
+    h, w = (size, size) if isinstance(size, int) else tuple(size)
+    generator = torch.Generator(device="cpu").manual_seed(config.seed)
+    emb_0 = prompt_embeddings(encoder, tokenizer, [""])[0].to(device)
+    xs, ts, targets, which = [], [], [], []
+    for _ in range(config.harden_samples):
+        index = int(torch.randint(len(templates), (1,), generator=generator))
+        emb_c = prompt_embeddings(encoder, tokenizer, [render(templates[index], concept.text)])[0].to(device)
+        noise = torch.randn((1, unet.config.in_channels, h, w), generator=generator).to(device)
+        t_enc = int(torch.randint(config.ddim_steps, (1,), generator=generator))
+        x = sample_until(
+            unet, scheduler, noise * scheduler.init_noise_sigma, emb_c, emb_0, t_enc, config.guidance
+        )
+        t = scheduler.timesteps[t_enc]
+        xs.append(x)
+        ts.append(t)
+        targets.append(unet(x, t, encoder_hidden_states=emb_c).sample.float())
+        which.append(index)
+    return _Pool(torch.cat(xs), torch.stack(ts), torch.cat(targets), which)
+
+
+def _slotted(tokenizer, templates: Sequence[str], device: torch.device) -> tuple[Tensor, Tensor]:
+    """Ids (N, L) of ``templates`` with one slot in the concept's place, and the slot mask (N, L)."""
+    from hirm.attacks.text import as_batch, slot_id, with_slots
+
+    slotted = [with_slots(tokenizer, render(t, "\x00"), "\x00", 1, slot_id(tokenizer)) for t in templates]
+    return as_batch([r[0] for r in slotted], device), torch.tensor([r[1] for r in slotted], device=device)
+
+
+def learned_embedding(
+    unet: nn.Module,
+    encoder: nn.Module,
+    tokenizer,
+    concept: Concept,
+    config: KVProjConfig,
+    pool: _Pool,
+    t_proj: Tensor,
+) -> tuple[Tensor, list[float]]:
+    """The word embedding (D_tok,) that, in the concept's place, best brings back the original U-Net's
+    predictions ``pool.target`` through the edit ``T`` (the U-Net reading ``e T``, which is what ``W T``
+    computes): Adam from the concept's own word embeddings (their mean), each sample in its own template.
+    Returns the embedding and the loss per step."""
+    from hirm.attacks.text import encode, token_embedding, word_ids
+
+    templates = config.templates_for(concept)
+    device = next(unet.parameters()).device
+    ids, mask = _slotted(tokenizer, [templates[i] for i in pool.template], device)
+    table = token_embedding(encoder).weight.detach().float()
+    vector = table[word_ids(tokenizer, concept.text)].mean(0).clone().requires_grad_(True)
+    optimizer = torch.optim.Adam([vector], lr=config.harden_lr)
+    transform = t_proj.to(device, torch.float32)
+    losses = []
+    for _ in range(config.harden_steps):
+        optimizer.zero_grad(set_to_none=True)
+        cond = encode(encoder, ids, mask, vector.expand(len(ids), 1, -1)).float() @ transform
+        pred = unet(pool.x, pool.t, encoder_hidden_states=cond).sample.float()
+        loss = nn.functional.mse_loss(pred, pool.target)
+        (grad,) = torch.autograd.grad(loss, [vector])
+        vector.grad = grad
+        optimizer.step()
+        losses.append(loss.item())
+    return vector.detach(), losses
+
+
+def harden(
+    model, encoder: nn.Module, tokenizer, concepts: Sequence[Concept], config: KVProjConfig, q: Tensor
+) -> tuple[Tensor, list[dict[str, Any]]]:
+    """``config.harden_rounds`` rounds: for each concept, :func:`learned_embedding` against the edit so
+    far, then the top ``harden_rank`` right singular vectors of what it puts through the edit, ``T (e_v -
+    m)`` over all rows of the templates (``e_v``: the rows with the embedding in the concept's place,
+    ``m``: the mean rows of the ``contrast`` words there, as for the first directions), joined to ``q``.
+    Returns the grown basis and a record per round and concept (the fit's first and last loss)."""
+    from hirm.attacks.text import encode
+
+    unet = model.component("unet")
+    if next(unet.parameters()).dtype != torch.float32:
+        raise ValueError(
+            "KV-Proj hardening runs the U-Net in float32; load the model with dtype=torch.float32."
+        )
+    flags = {n: p.requires_grad for n, p in [*unet.named_parameters(), *encoder.named_parameters()]}
+    unet.requires_grad_(False)
+    encoder.requires_grad_(False)
+    history: list[dict[str, Any]] = []
+    try:
+        pools = [_pool(model, unet, encoder, tokenizer, c, config) for c in concepts]
+        for round_ in range(config.harden_rounds):
+            for concept, pool in zip(concepts, pools, strict=True):
+                t_proj = projector(q)
+                vector, losses = learned_embedding(unet, encoder, tokenizer, concept, config, pool, t_proj)
+                templates = config.templates_for(concept)
+                ids, mask = _slotted(tokenizer, templates, next(unet.parameters()).device)
+                with torch.no_grad():
+                    found = encode(encoder, ids, mask, vector.expand(len(templates), 1, -1)).to(torch.float64)
+                reference = torch.stack(
+                    [
+                        rows(encoder, tokenizer, [render(t, word) for t in templates])
+                        for word in config.contrast
+                    ]
+                ).mean(0)
+                carried = ((found - reference.to(found.device)) @ t_proj.to(found.device)).reshape(
+                    -1, q.shape[0]
+                )
+                q = join(q, top_directions(carried, config.harden_rank).to(q.device))
+                history.append(
+                    {
+                        "round": round_,
+                        "concept": concept.text,
+                        "loss_first": losses[0],
+                        "loss_last": losses[-1],
+                    }
+                )
+    finally:
+        for name, p in [*unet.named_parameters(), *encoder.named_parameters()]:
+            p.requires_grad_(flags[name])
+    return q, history
+
+
 def erase(
     model,
     concepts: Sequence[Concept],
@@ -215,7 +405,12 @@ def erase(
         kept = rows(encoder, tokenizer, [render(t, p) for p in config.preserve for t in templates])
         keep = kept.reshape(-1, kept.shape[-1])
     u = subspace(encoder, tokenizer, concepts, config, keep)
-    transform = torch.eye(u.shape[0], dtype=torch.float64, device=u.device) - u @ u.T
+    hardening: list[dict[str, Any]] = []
+    if config.harden_rounds:
+        u, hardening = harden(model, encoder, tokenizer, concepts, config, u)
+        if u.shape[1] >= u.shape[0]:
+            raise ValueError("KV-Proj hardening grew the subspace to the encoder's width; lower harden_rank.")
+    transform = projector(u)
 
     originals, edited = transform_cross_attention(unet, transform, edit_keys=config.edit_keys)
     logger.info("KV-Proj removed %d directions from %d cross-attention weights", u.shape[1], len(edited))
@@ -231,6 +426,7 @@ def erase(
             "num_edited": len(edited),
             "removed_directions": int(u.shape[1]),
             "preserved_rows": 0 if keep is None else int(keep.shape[0]),
+            **({"hardening": hardening} if hardening else {}),
         },
     )
 
