@@ -49,9 +49,10 @@ def test_each_concept_gets_the_patch_of_its_own_sequential_run(model, variant):
         assert patch.metadata["concepts"] == alone.metadata["concepts"]
         assert patch.metadata["method"] == variant
         assert patch.metadata["batched"]["concepts"] == len(CONCEPTS)
+        # batched kernels sum in another order: 2.2e-4 relative on a 2-core AMD EPYC with native bf16
         torch.testing.assert_close(
             torch.tensor(patch.metadata["losses"]["unet"]), torch.tensor(alone.metadata["losses"]["unet"]),
-            rtol=1e-4, atol=1e-7,
+            rtol=1e-3, atol=1e-7,
         )  # fmt: skip
         # the edit in norm: Adam's first updates are lr * sign(g), so an element whose gradient is ~0
         # can flip on float noise (batched kernels sum in another order); the edit must still be its own
