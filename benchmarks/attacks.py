@@ -47,7 +47,8 @@ compare --esd-batch`` cached, ``--esd-cache``), hirm-empty-keep+esd-x (ours + th
 hirm-adv-keep (the same, keeping the read-outs of the domain's other concepts, preserve weight 1),
 kv-proj-4 / -8 / -16 (ours, ``hirm.core.kv_proj`` at rank 4, 8, 16: the directions where the concept
 differs from its domain's other concepts, from the world's training templates, projected out of every
-cross-attention k/v input), hirm-empty-keep+kv-proj-4 / -8 / hirm-empty-keep+kv-proj (ours + HiRM, ranks 4, 8, 16).
+cross-attention k/v input), kv-proj-4-hard (rank 4 + one hardening round of 4 directions against a
+learned embedding), hirm-empty-keep+kv-proj-4 / -8 / hirm-empty-keep+kv-proj (ours + HiRM, ranks 4, 8, 16).
 Attacks at their CPU-budget defaults: embedding (300 steps), unlearndiffatk (k 3, 5 timesteps x 20
 iterations), ringabell (64 x 60).
 """
