@@ -66,6 +66,7 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
+from tqdm.auto import trange
 
 from hirm.core.config import (
     Concept,
@@ -305,6 +306,8 @@ def learned_embedding(
     config: KVProjConfig,
     pool: _Pool,
     t_proj: Tensor,
+    *,
+    progress: bool = False,
 ) -> tuple[Tensor, list[float]]:
     """The word embedding (D_tok,) that, in the concept's place, best brings back the original U-Net's
     predictions ``pool.target`` through the edit ``T`` (the U-Net reading ``e T``, which is what ``W T``
@@ -320,7 +323,9 @@ def learned_embedding(
     optimizer = torch.optim.Adam([vector], lr=config.harden_lr)
     transform = t_proj.to(device, torch.float32)
     losses = []
-    for _ in range(config.harden_steps):
+    for _ in trange(
+        config.harden_steps, desc=f"kv-proj hardening [{concept.text}]", disable=not progress, leave=False
+    ):
         optimizer.zero_grad(set_to_none=True)
         cond = encode(encoder, ids, mask, vector.expand(len(ids), 1, -1)).float() @ transform
         pred = unet(pool.x, pool.t, encoder_hidden_states=cond).sample.float()
@@ -333,7 +338,14 @@ def learned_embedding(
 
 
 def harden(
-    model, encoder: nn.Module, tokenizer, concepts: Sequence[Concept], config: KVProjConfig, q: Tensor
+    model,
+    encoder: nn.Module,
+    tokenizer,
+    concepts: Sequence[Concept],
+    config: KVProjConfig,
+    q: Tensor,
+    *,
+    progress: bool = False,
 ) -> tuple[Tensor, list[dict[str, Any]]]:
     """``config.harden_rounds`` rounds: for each concept, :func:`learned_embedding` against the edit so
     far, then the top ``harden_rank`` right singular vectors of what it puts through the edit, ``T (e_v -
@@ -356,7 +368,9 @@ def harden(
         for round_ in range(config.harden_rounds):
             for concept, pool in zip(concepts, pools, strict=True):
                 t_proj = projector(q)
-                vector, losses = learned_embedding(unet, encoder, tokenizer, concept, config, pool, t_proj)
+                vector, losses = learned_embedding(
+                    unet, encoder, tokenizer, concept, config, pool, t_proj, progress=progress
+                )
                 templates = config.templates_for(concept)
                 ids, mask = _slotted(tokenizer, templates, next(unet.parameters()).device)
                 with torch.no_grad():
@@ -395,7 +409,8 @@ def erase(
 ) -> Patch:
     """KV-Proj on the U-Net of ``model`` (a ``ModelHandle``); returns a patch of the ``attn2`` k/v weights.
 
-    Nothing is modified in place. ``progress`` is accepted for the common interface (one SVD and solve).
+    Nothing is modified in place. ``progress``: a bar over the hardening's steps (without hardening the
+    edit is one SVD or solve).
     """
     start = time.perf_counter()
     check_unet_model(model, components, "KV-Proj")
@@ -412,7 +427,7 @@ def erase(
     u = subspace(encoder, tokenizer, concepts, config, keep)
     hardening: list[dict[str, Any]] = []
     if config.harden_rounds:
-        u, hardening = harden(model, encoder, tokenizer, concepts, config, u)
+        u, hardening = harden(model, encoder, tokenizer, concepts, config, u, progress=progress)
         if u.shape[1] >= u.shape[0]:
             raise ValueError("KV-Proj hardening grew the subspace to the encoder's width; lower harden_rank.")
     transform = projector(u)
