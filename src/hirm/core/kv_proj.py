@@ -171,10 +171,14 @@ def concept_differences(
 ) -> Tensor:
     """``D``: (len(templates) * L, D) rows, the concept's rows minus the mean of the contrast words' rows."""
     named = rows(encoder, tokenizer, [render(t, concept) for t in templates])
-    reference = torch.stack(
+    return (named - contrast_rows(encoder, tokenizer, templates, contrast)).reshape(-1, named.shape[-1])
+
+
+def contrast_rows(encoder: nn.Module, tokenizer, templates: Sequence[str], contrast: Sequence[str]) -> Tensor:
+    """``m``: (len(templates), L, D), the mean rows of the ``contrast`` words put in each template."""
+    return torch.stack(
         [rows(encoder, tokenizer, [render(t, word) for t in templates]) for word in contrast]
     ).mean(0)
-    return (named - reference).reshape(-1, named.shape[-1])
 
 
 def top_directions(diff: Tensor, rank: int, keep: Tensor | None = None, *, ridge: float = 1e-3) -> Tensor:
@@ -365,8 +369,12 @@ def harden(
     history: list[dict[str, Any]] = []
     try:
         pools = [_pool(model, unet, encoder, tokenizer, c, config) for c in concepts]
+        # the same every round: computed once per concept
+        references = [
+            contrast_rows(encoder, tokenizer, config.templates_for(c), config.contrast) for c in concepts
+        ]
         for round_ in range(config.harden_rounds):
-            for concept, pool in zip(concepts, pools, strict=True):
+            for concept, pool, reference in zip(concepts, pools, references, strict=True):
                 t_proj = projector(q)
                 vector, losses = learned_embedding(
                     unet, encoder, tokenizer, concept, config, pool, t_proj, progress=progress
@@ -375,12 +383,6 @@ def harden(
                 ids, mask = _slotted(tokenizer, templates, next(unet.parameters()).device)
                 with torch.no_grad():
                     found = encode(encoder, ids, mask, vector.expand(len(templates), 1, -1)).to(torch.float64)
-                reference = torch.stack(
-                    [
-                        rows(encoder, tokenizer, [render(t, word) for t in templates])
-                        for word in config.contrast
-                    ]
-                ).mean(0)
                 carried = ((found - reference.to(found.device)) @ t_proj.to(found.device)).reshape(
                     -1, q.shape[0]
                 )
