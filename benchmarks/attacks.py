@@ -48,7 +48,9 @@ hirm-adv-keep (the same, keeping the read-outs of the domain's other concepts, p
 kv-proj-4 / -8 / -16 (ours, ``hirm.core.kv_proj`` at rank 4, 8, 16: the directions where the concept
 differs from its domain's other concepts, from the world's training templates, projected out of every
 cross-attention k/v input), kv-proj-4-hard (rank 4 + one hardening round of 4 directions against a
-learned embedding), hirm-empty-keep+kv-proj-4 / -8 / hirm-empty-keep+kv-proj (ours + HiRM, ranks 4, 8, 16).
+learned embedding), hirm-empty-keep+kv-proj-4 / -8 / hirm-empty-keep+kv-proj (ours + HiRM, ranks 4, 8, 16),
+kv-proj-4-spare / hirm-empty-keep+kv-proj-4-spare (rank 4, directions that spare what tells the other
+domain's concepts apart: ``KVProjConfig.spare``, ridge ``SPARE_RIDGE``).
 Attacks at their CPU-budget defaults: embedding (300 steps), unlearndiffatk (k 3, 5 timesteps x 20
 iterations), ringabell (64 x 60).
 """
@@ -79,36 +81,50 @@ from hirm.evaluation.report import timed_text
 from hirm.evaluation.sweep import erase_seconds
 from hirm.io import OutputExistsError, atomic_path, check_writable, write_atomic
 
+#: KV-Proj's ridge when it spares the other domain (``-spare``), fixed from a text-encoder probe on Pastel
+#: (no image, no judge): rank 4 then keeps 66 % of the plain directions' concept energy (84 %) and moves
+#: 2.2 % of what tells the objects apart in the grid's rows (plain: 11.4 %).
+SPARE_RIDGE = 3.0
 
-def _kv_proj(rank: int, harden: int = 0) -> Entry:
+
+def _kv_proj(rank: int, harden: int = 0, spare: bool = False) -> Entry:
     """KV-Proj alone at ``rank``, from the world's training templates and contrasting with the domain's
-    other concepts; ``harden``: one hardening round adding that many directions (``-hard``)."""
+    other concepts; ``harden``: one hardening round adding that many directions (``-hard``); ``spare``:
+    directions that spare what tells the other domain's concepts apart (``-spare``)."""
     settings: dict[str, Any] = {"rank": rank}
     if harden:
         settings.update(harden_rounds=1, harden_rank=harden)
+    if spare:
+        settings.update(ridge=SPARE_RIDGE)
     return Entry(
-        f"kv-proj-{rank}" + ("-hard" if harden else ""),
+        f"kv-proj-{rank}" + ("-hard" if harden else "") + ("-spare" if spare else ""),
         ("kv-proj",),
         overrides={"kv-proj": settings},
         world_templates=("kv-proj",),
         contrast_others=("kv-proj",),
+        spare_others=("kv-proj",) if spare else (),
     )
 
 
-def _hirm_kv_proj(rank: int | None) -> Entry:
+def _hirm_kv_proj(rank: int | None, spare: bool = False) -> Entry:
     """Ours + KV-Proj: ``hirm-empty-keep``'s HiRM merged with KV-Proj at ``rank`` (``None``: the method's
-    default, 16), from the world's training templates and contrasting with the domain's other concepts."""
+    default, 16), from the world's training templates and contrasting with the domain's other concepts;
+    ``spare`` as for :func:`_kv_proj`."""
     overrides: dict[str, Any] = {"hirm": WORLD_TUNED_HIRM}
-    if rank is not None:
-        overrides["kv-proj"] = {"rank": rank}
+    kv: dict[str, Any] = {} if rank is None else {"rank": rank}
+    if spare:
+        kv.update(ridge=SPARE_RIDGE)
+    if kv:
+        overrides["kv-proj"] = kv
     return Entry(
-        "hirm-empty-keep+kv-proj" + (f"-{rank}" if rank is not None else ""),
+        "hirm-empty-keep+kv-proj" + (f"-{rank}" if rank is not None else "") + ("-spare" if spare else ""),
         ("hirm", "kv-proj"),
         target="empty",
         overrides=overrides,
         preserve_others=("hirm",),
         world_templates=("kv-proj",),
         contrast_others=("kv-proj",),
+        spare_others=("kv-proj",) if spare else (),
     )
 
 
@@ -165,6 +181,9 @@ ENTRIES: dict[str, Entry] = {
         # hardened: rank 4 + one round of 4 directions against a learned embedding (8 in all, as kv-proj-8)
         _kv_proj(4, harden=4),
         *(_hirm_kv_proj(rank) for rank in (4, 8, None)),
+        # sparing the other domain's distinctions (CRA): rank 4, alone and with HiRM
+        _kv_proj(4, spare=True),
+        _hirm_kv_proj(4, spare=True),
         Entry("advunlearn-cpu", ("advunlearn",), overrides={"advunlearn": asdict(AdvUnlearnConfig.cpu())}),
         Entry(
             "hirm-adv",
@@ -453,7 +472,10 @@ def describe_entry(entry: Entry) -> str:
         if entry.contrast_others
         else ""
     )
-    return f"{entry.name} = {'+'.join(entry.methods)}{target}{changed}{kept}{templated}{contrasted}"
+    spared = (
+        f", {'+'.join(entry.spare_others)} sparing the other domain's concepts" if entry.spare_others else ""
+    )
+    return f"{entry.name} = {'+'.join(entry.methods)}{target}{changed}{kept}{templated}{contrasted}{spared}"
 
 
 def cells_machines(cells: Sequence[Mapping[str, Any]]) -> str:

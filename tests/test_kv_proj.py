@@ -116,6 +116,39 @@ def test_with_preserve_the_directions_are_the_generalized_eigenvectors_and_touch
     assert lost(t) < lost(t_plain)
 
 
+def test_with_spare_the_directions_leave_what_tells_the_spared_words_apart(model):
+    """``spare``: the generalized eigenvectors against the second moment of the spared words' rows minus
+    their mean in each template (what tells them apart), recomputed here; they move those differences
+    less than the plain directions do."""
+    templates = ("{concept}", "a photo of {concept}")
+    spare_t = ("a {concept} on a table", "{concept}", "a drawing of {concept}")
+    words = ("dog", "a house", "tree")
+    config = KVProjConfig(rank=2, templates=templates, spare=words, spare_templates=spare_t, ridge=0.5)
+    patch = hirm.get_method("kv-proj").erase(model, CAT, config, progress=False)
+    assert patch.metadata["preserved_rows"] == len(words) * len(spare_t) * 77
+    kv = _kv(model)
+    ws = torch.cat([v.double() for v in kv.values()])
+    t = torch.linalg.lstsq(ws, torch.cat([patch.tensors[f"unet/{k}"].double() for k in kv])).solution
+    named = _rows(model, [tp.replace("{concept}", "cat") for tp in templates])
+    empty = _rows(model, [tp.replace("{concept}", "") for tp in templates])
+    diff = (named - empty).reshape(-1, named.shape[-1])
+    per_word = torch.stack([_rows(model, [tp.replace("{concept}", w) for tp in spare_t]) for w in words])
+    apart = (per_word - per_word.mean(0)).reshape(-1, per_word.shape[-1])
+    sigma = apart.T @ apart / apart.shape[0]
+    b = sigma + 0.5 * sigma.trace() / sigma.shape[0] * torch.eye(sigma.shape[0], dtype=torch.float64)
+    w_half = _sym_power(b, -0.5)
+    _, vecs = torch.linalg.eigh(w_half @ (diff.T @ diff / diff.shape[0]) @ w_half)
+    q, _ = torch.linalg.qr(w_half @ vecs[:, -2:])
+    _span_equal(torch.eye(q.shape[0], dtype=torch.float64) - t, q @ q.T)
+    plain = hirm.get_method("kv-proj").erase(
+        model, CAT, KVProjConfig(rank=2, templates=templates), progress=False
+    )
+    t_plain = torch.linalg.lstsq(ws, torch.cat([plain.tensors[f"unet/{k}"].double() for k in kv])).solution
+    eye = torch.eye(t.shape[0], dtype=torch.float64)
+    lost = lambda m: float(((apart @ (eye - m)) ** 2).sum())  # noqa: E731
+    assert lost(t) < lost(t_plain)
+
+
 def test_the_edited_unet_ignores_every_text_embeddings_component_in_the_subspace(model):
     """What stops a learned embedding: the cross-attention inputs along the subspace no longer matter."""
     config = KVProjConfig(rank=4)
@@ -156,6 +189,13 @@ def test_several_concepts_remove_the_union_of_their_directions(model):
         (lambda: KVProjConfig(templates="{concept}"), "KVProjConfig.templates"),
         (lambda: KVProjConfig(contrast=()), "KVProjConfig.contrast"),
         (lambda: KVProjConfig(preserve=("",)), "KVProjConfig.preserve"),
+        (lambda: KVProjConfig(spare=("dog",)), "KVProjConfig.spare"),
+        (lambda: KVProjConfig(spare=("dog", "cat"), preserve=("tree",)), "preserve or spare"),
+        (lambda: KVProjConfig(spare_templates=("{concept}",)), "KVProjConfig.spare_templates"),
+        (
+            lambda: KVProjConfig(spare=("a", "b"), spare_templates=("none",)),
+            "KVProjConfig.spare_templates[0]",
+        ),
         (lambda: KVProjConfig(ridge=0), "KVProjConfig.ridge"),
         (lambda: KVProjConfig(harden_rounds=-1), "KVProjConfig.harden_rounds"),
         (lambda: KVProjConfig(harden_rank=0), "KVProjConfig.harden_rank"),
@@ -188,10 +228,21 @@ def test_world_templates_never_hold_the_grid_template():
         assert not [t for t in templates if "_super" in t]
 
 
+def test_spare_templates_are_the_other_domains_and_never_name_the_concept_or_hold_the_grid():
+    from hirm.evaluation.compare import spare_templates, world_templates
+
+    for concept, domain, other in (("Rust", "style", "object"), ("Cats", "object", "style")):
+        templates = spare_templates(concept, domain)
+        assert templates and set(templates) < set(world_templates(other))
+        assert not [t for t in templates if re.search(rf"\b{concept}\b", t)]
+        dropped = set(world_templates(other)) - set(templates)
+        assert dropped and all(concept in t for t in dropped)
+
+
 def test_a_world_entry_names_only_its_own_methods_in_its_per_method_fields():
     from hirm.evaluation.compare import Entry
 
-    for name in ("preserve_others", "world_templates", "contrast_others"):
+    for name in ("preserve_others", "world_templates", "contrast_others", "spare_others"):
         with pytest.raises(ValueError, match=f"{name} names \\['uce'\\]"):
             Entry("x", ("kv-proj",), **{name: ("uce",)})
 

@@ -17,6 +17,11 @@ its place (default: the concept left out, ``''``):
   preserved rows: the directions where the concept differs most *relative to* how much the preserved
   prompts use them (a Rayleigh quotient, as in Fisher's discriminant), so removing them moves the
   preserved rows little; orthonormalized, they span ``S``. A large ``ridge`` returns to the first case.
+* with ``spare`` (words, e.g. the other domain's concepts, in ``spare_templates``): the same generalized
+  eigenvectors with ``Sigma`` the second moment of what tells the spared words *apart*: each word's rows
+  minus the mean over the words in the same template. Raw rows (``preserve``) are dominated by what all
+  prompts share (the start token, the padding); their differences are what a classifier of the other
+  domain reads, i.e. what CRA measures.
 
 Several concepts: each its own ``rank`` directions, joined (an orthonormal basis of their union).
 
@@ -104,7 +109,13 @@ class KVProjConfig:
             mean over them); default the concept left out, ``''``.
         preserve: concepts (put in the same templates) whose rows the removed directions should touch
             least (the generalized eigenproblem above); ``()`` = plain SVD directions.
-        ridge: ``Sigma``'s ridge relative to its mean eigenvalue (with ``preserve``); must be > 0.
+        spare: words (at least two; e.g. the other domain's concepts) whose differences from one another
+            the removed directions should touch least (``Sigma`` of their centred rows; not with
+            ``preserve``).
+        spare_templates: ``{concept}`` templates the ``spare`` words are put in; ``()`` = the concept's
+            ``templates``.
+        ridge: ``Sigma``'s ridge relative to its mean eigenvalue (with ``preserve`` or ``spare``); must
+            be > 0. Larger keeps more of the plain directions' concept energy, and spares less.
         edit_keys: also edit ``to_k``; ``False`` edits only ``to_v``.
         harden_rounds: rounds of hardening against a learned embedding (0: none; see :func:`harden`):
             each round learns the word embedding that, in the concept's place in ``templates``, best
@@ -122,6 +133,8 @@ class KVProjConfig:
     templates: tuple[str, ...] = ()
     contrast: tuple[str, ...] = ("",)
     preserve: tuple[str, ...] = ()
+    spare: tuple[str, ...] = ()
+    spare_templates: tuple[str, ...] = ()
     ridge: float = 1e-3
     edit_keys: bool = True
     harden_rounds: int = 0
@@ -147,6 +160,14 @@ class KVProjConfig:
         if not self.contrast:
             raise ValueError("KVProjConfig.contrast must name at least one word ('' = the concept left out).")
         check_prompts(owner, "preserve", self.preserve)
+        check_prompts(owner, "spare", self.spare)
+        check_templates(owner, "spare_templates", self.spare_templates)
+        if self.spare and len(self.spare) < 2:
+            raise ValueError("KVProjConfig.spare needs at least two words (their differences are spared).")
+        if self.spare and self.preserve:
+            raise ValueError("KVProjConfig: give preserve or spare, not both.")
+        if self.spare_templates and not self.spare:
+            raise ValueError("KVProjConfig.spare_templates is given without spare words; add spare.")
         check_float(owner, "ridge", self.ridge, positive=True)
         check_bool(owner, "edit_keys", self.edit_keys)
 
@@ -181,22 +202,22 @@ def contrast_rows(encoder: nn.Module, tokenizer, templates: Sequence[str], contr
     ).mean(0)
 
 
-def top_directions(diff: Tensor, rank: int, keep: Tensor | None = None, *, ridge: float = 1e-3) -> Tensor:
-    """(D, rank) directions: the top right singular vectors of ``diff`` (``keep`` None or empty), else the
-    top generalized eigenvectors of ``(diff^T diff / n, Sigma + ridge * mean_eig I)`` with ``Sigma = keep^T
-    keep / m`` (``keep``: (m, D) preserved rows), by a Cholesky reduction to a symmetric eigenproblem."""
+def top_directions(diff: Tensor, rank: int, sigma: Tensor | None = None, *, ridge: float = 1e-3) -> Tensor:
+    """(D, rank) directions: the top right singular vectors of ``diff`` (``sigma`` None), else the top
+    generalized eigenvectors of ``(diff^T diff / n, sigma + ridge * mean_eig I)`` (``sigma``: (D, D), the
+    second moment of the rows to keep, :func:`second_moment` / :func:`spared_moment`), by a Cholesky
+    reduction to a symmetric eigenproblem."""
     diff = diff.to(torch.float64)
     if rank > min(diff.shape):
         raise ValueError(
             f"KV-Proj rank {rank} exceeds what {diff.shape[0]} difference rows of width {diff.shape[1]} can "
             "span; lower rank or add templates."
         )
-    if keep is None or keep.shape[0] == 0:
+    if sigma is None:
         _, _, vh = torch.linalg.svd(diff, full_matrices=False)
         return vh[:rank].T
-    keep = keep.to(torch.float64)
+    sigma = sigma.to(torch.float64)
     eye = torch.eye(diff.shape[1], dtype=torch.float64, device=diff.device)
-    sigma = keep.T @ keep / keep.shape[0]
     b = sigma + ridge * sigma.trace() / sigma.shape[0] * eye
     a = diff.T @ diff / diff.shape[0]
     lower = torch.linalg.cholesky(b)  # b = L L^T; with y = L^T u: L^-1 a L^-T y = mu y
@@ -208,19 +229,41 @@ def top_directions(diff: Tensor, rank: int, keep: Tensor | None = None, *, ridge
     return torch.linalg.solve_triangular(lower.T, y, upper=True)
 
 
+def second_moment(keep: Tensor) -> Tensor:
+    """``keep^T keep / m`` of (m, D) rows, float64."""
+    keep = keep.to(torch.float64)
+    return keep.T @ keep / keep.shape[0]
+
+
+def spared_moment(
+    encoder: nn.Module, tokenizer, words: Sequence[str], templates: Sequence[str], *, chunk: int = 8
+) -> tuple[Tensor, int]:
+    """The second moment (D, D) of what tells ``words`` apart: each word's rows in each template minus the
+    mean over the words in that template, accumulated ``chunk`` templates at a time; and the row count."""
+    total, count = None, 0
+    for i in range(0, len(templates), chunk):
+        part = templates[i : i + chunk]
+        named = torch.stack([rows(encoder, tokenizer, [render(t, w) for t in part]) for w in words])
+        centred = (named - named.mean(0, keepdim=True)).reshape(-1, named.shape[-1])
+        total = centred.T @ centred if total is None else total + centred.T @ centred
+        count += centred.shape[0]
+    assert total is not None
+    return total / count, count
+
+
 def subspace(
     encoder: nn.Module,
     tokenizer,
     concepts: Sequence[Concept],
     config: KVProjConfig,
-    keep: Tensor | None = None,
+    sigma: Tensor | None = None,
 ) -> Tensor:
     """The removed subspace's orthonormal basis ``Q`` (D, r_total): every concept's directions, joined."""
     parts = [
         top_directions(
             concept_differences(encoder, tokenizer, c.text, config.templates_for(c), config.contrast),
             config.rank,
-            keep,
+            sigma,
             ridge=config.ridge,
         )
         for c in concepts
@@ -421,12 +464,14 @@ def erase(
         raise ValueError("Give at least one concept to erase.")
     encoder, tokenizer = model.text_encoder("text_encoder"), model.tokenizer("text_encoder")
     unet = model.component("unet")
-    keep = None
+    sigma, kept = None, 0
+    templates = tuple(dict.fromkeys(t for c in concepts for t in config.templates_for(c)))
     if config.preserve:
-        templates = tuple(dict.fromkeys(t for c in concepts for t in config.templates_for(c)))
-        kept = rows(encoder, tokenizer, [render(t, p) for p in config.preserve for t in templates])
-        keep = kept.reshape(-1, kept.shape[-1])
-    u = subspace(encoder, tokenizer, concepts, config, keep)
+        keep = rows(encoder, tokenizer, [render(t, p) for p in config.preserve for t in templates])
+        sigma, kept = second_moment(keep.reshape(-1, keep.shape[-1])), keep.shape[0] * keep.shape[1]
+    elif config.spare:
+        sigma, kept = spared_moment(encoder, tokenizer, config.spare, config.spare_templates or templates)
+    u = subspace(encoder, tokenizer, concepts, config, sigma)
     hardening: list[dict[str, Any]] = []
     if config.harden_rounds:
         u, hardening = harden(model, encoder, tokenizer, concepts, config, u, progress=progress)
@@ -447,7 +492,7 @@ def erase(
             "seconds": time.perf_counter() - start,
             "num_edited": len(edited),
             "removed_directions": int(u.shape[1]),
-            "preserved_rows": 0 if keep is None else int(keep.shape[0]),
+            "preserved_rows": int(kept),
             **({"hardening": hardening} if hardening else {}),
         },
     )

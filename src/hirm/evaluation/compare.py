@@ -16,6 +16,7 @@ from __future__ import annotations
 import csv
 import io
 import os
+import re
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, fields, replace
@@ -67,6 +68,9 @@ class Entry:
             for the erased concept's domain (:func:`world_templates`: never the grid's template).
         contrast_others: methods (of ``methods``) whose ``contrast`` words are the erased concept's domain
             siblings (KV-Proj: the concept's directions are where it differs from them).
+        spare_others: methods (of ``methods``) whose ``spare`` words are the other domain's concepts, in
+            :func:`spare_templates` (KV-Proj: directions that leave what tells them apart, which CRA
+            measures).
     """
 
     name: str
@@ -76,11 +80,12 @@ class Entry:
     preserve_others: tuple[str, ...] = ()
     world_templates: tuple[str, ...] = ()
     contrast_others: tuple[str, ...] = ()
+    spare_others: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if self.target not in TARGETS:
             raise ValueError(f"Entry {self.name!r}: target must be one of {TARGETS}, not {self.target!r}.")
-        for name in ("preserve_others", "world_templates", "contrast_others"):
+        for name in ("preserve_others", "world_templates", "contrast_others", "spare_others"):
             stray = [m for m in getattr(self, name) if m not in self.methods]
             if stray:
                 raise ValueError(
@@ -167,6 +172,15 @@ def world_templates(domain: str) -> tuple[str, ...]:
     return tuple(dict.fromkeys(out))
 
 
+def spare_templates(concept: str, domain: str) -> tuple[str, ...]:
+    """The templates a concept of ``domain`` spares the other domain's concepts in: the other domain's
+    :func:`world_templates` (never the grid's) that do not name ``concept`` (a display name)."""
+    named = re.compile(rf"(?<!\w){re.escape(concept)}(?!\w)")
+    return tuple(
+        t for t in world_templates("object" if domain == "style" else "style") if not named.search(t)
+    )
+
+
 def world_target(canvas: Canvas, name: str, domain: str, kind: str) -> Target:
     """The misdirection target ``kind`` (one of :data:`TARGETS`) names for the world concept ``name``."""
     if kind == "super":
@@ -245,6 +259,13 @@ def make_erase(
                     config = replace(config, templates=world_templates(domain))
                 if m in entry.contrast_others:
                     config = replace(config, contrast=siblings)
+                if m in entry.spare_others:
+                    others = canvas.objects if domain == "style" else canvas.styles
+                    config = replace(
+                        config,
+                        spare=tuple(display_name(x) for x in others),
+                        spare_templates=spare_templates(display_name(name), domain),
+                    )
                 patch = erase(handle, [concept], method=m, device=device, progress=False, config=config)
             patches.append(patch)
             seconds += erase_seconds(patch, time.perf_counter() - start)
