@@ -111,7 +111,7 @@ class KVProjConfig:
             least (the generalized eigenproblem above); ``()`` = plain SVD directions.
         spare: words (at least two; e.g. the other domain's concepts) whose differences from one another
             the removed directions should touch least (``Sigma`` of their centred rows; not with
-            ``preserve``).
+            ``preserve``). The first ``rank`` directions only: hardening's are plain.
         spare_templates: ``{concept}`` templates the ``spare`` words are put in; ``()`` = the concept's
             ``templates``.
         ridge: ``Sigma``'s ridge relative to its mean eigenvalue (with ``preserve`` or ``spare``); must
