@@ -50,7 +50,9 @@ differs from its domain's other concepts, from the world's training templates, p
 cross-attention k/v input), kv-proj-4-hard (rank 4 + one hardening round of 4 directions against a
 learned embedding), hirm-empty-keep+kv-proj-4 / -8 / hirm-empty-keep+kv-proj (ours + HiRM, ranks 4, 8, 16),
 kv-proj-4-spare / hirm-empty-keep+kv-proj-4-spare (rank 4, directions that spare what tells the other
-domain's concepts apart: ``KVProjConfig.spare``, ridge ``SPARE_RIDGE``).
+domain's concepts apart: ``KVProjConfig.spare``, ridge ``SPARE_RIDGE``), kv-proj-4-k1 /
+hirm-empty-keep+kv-proj-4-k1 (rank 4, the keys blind only to the one direction the U-Net needs most:
+``KVProjConfig.key_rank`` = 1).
 Attacks at their CPU-budget defaults: embedding (300 steps), unlearndiffatk (k 3, 5 timesteps x 20
 iterations), ringabell (64 x 60).
 """
@@ -87,17 +89,23 @@ from hirm.io import OutputExistsError, atomic_path, check_writable, write_atomic
 SPARE_RIDGE = 3.0
 
 
-def _kv_proj(rank: int, harden: int = 0, spare: bool = False) -> Entry:
+def _kv_proj(rank: int, harden: int = 0, spare: bool = False, key_rank: int | None = None) -> Entry:
     """KV-Proj alone at ``rank``, from the world's training templates and contrasting with the domain's
     other concepts; ``harden``: one hardening round adding that many directions (``-hard``); ``spare``:
-    directions that spare what tells the other domain's concepts apart (``-spare``)."""
+    directions that spare what tells the other domain's concepts apart (``-spare``); ``key_rank``: the
+    keys blind only to that many of the directions (``-k<key_rank>``)."""
     settings: dict[str, Any] = {"rank": rank}
     if harden:
         settings.update(harden_rounds=1, harden_rank=harden)
     if spare:
         settings.update(ridge=SPARE_RIDGE)
+    if key_rank is not None:
+        settings.update(key_rank=key_rank)
     return Entry(
-        f"kv-proj-{rank}" + ("-hard" if harden else "") + ("-spare" if spare else ""),
+        f"kv-proj-{rank}"
+        + ("-hard" if harden else "")
+        + ("-spare" if spare else "")
+        + (f"-k{key_rank}" if key_rank is not None else ""),
         ("kv-proj",),
         overrides={"kv-proj": settings},
         world_templates=("kv-proj",),
@@ -106,18 +114,23 @@ def _kv_proj(rank: int, harden: int = 0, spare: bool = False) -> Entry:
     )
 
 
-def _hirm_kv_proj(rank: int | None, spare: bool = False) -> Entry:
+def _hirm_kv_proj(rank: int | None, spare: bool = False, key_rank: int | None = None) -> Entry:
     """Ours + KV-Proj: ``hirm-empty-keep``'s HiRM merged with KV-Proj at ``rank`` (``None``: the method's
     default, 16), from the world's training templates and contrasting with the domain's other concepts;
-    ``spare`` as for :func:`_kv_proj`."""
+    ``spare`` and ``key_rank`` as for :func:`_kv_proj`."""
     overrides: dict[str, Any] = {"hirm": WORLD_TUNED_HIRM}
     kv: dict[str, Any] = {} if rank is None else {"rank": rank}
     if spare:
         kv.update(ridge=SPARE_RIDGE)
+    if key_rank is not None:
+        kv.update(key_rank=key_rank)
     if kv:
         overrides["kv-proj"] = kv
     return Entry(
-        "hirm-empty-keep+kv-proj" + (f"-{rank}" if rank is not None else "") + ("-spare" if spare else ""),
+        "hirm-empty-keep+kv-proj"
+        + (f"-{rank}" if rank is not None else "")
+        + ("-spare" if spare else "")
+        + (f"-k{key_rank}" if key_rank is not None else ""),
         ("hirm", "kv-proj"),
         target="empty",
         overrides=overrides,
@@ -184,6 +197,10 @@ ENTRIES: dict[str, Entry] = {
         # sparing the other domain's distinctions (CRA): rank 4, alone and with HiRM
         _kv_proj(4, spare=True),
         _hirm_kv_proj(4, spare=True),
+        # the keys blind only to the one direction the U-Net needs most (KVProjConfig.key_rank; the rule
+        # and the 1 came from Neon Lines' grid, where four blind keys took Cats and Statues away)
+        _kv_proj(4, key_rank=1),
+        _hirm_kv_proj(4, key_rank=1),
         Entry("advunlearn-cpu", ("advunlearn",), overrides={"advunlearn": asdict(AdvUnlearnConfig.cpu())}),
         Entry(
             "hirm-adv",

@@ -200,6 +200,10 @@ def test_several_concepts_remove_the_union_of_their_directions(model):
         (lambda: KVProjConfig(harden_rounds=-1), "KVProjConfig.harden_rounds"),
         (lambda: KVProjConfig(harden_rank=0), "KVProjConfig.harden_rank"),
         (lambda: KVProjConfig(harden_lr=0.0), "KVProjConfig.harden_lr"),
+        (lambda: KVProjConfig(key_rank=0), "KVProjConfig.key_rank"),
+        (lambda: KVProjConfig(rank=2, key_rank=3), "KVProjConfig.key_rank"),
+        (lambda: KVProjConfig(key_rank=1, edit_keys=False), "KVProjConfig.key_rank"),
+        (lambda: KVProjConfig(key_rank=1, harden_rounds=1), "KVProjConfig.key_rank"),
     ],
 )
 def test_bad_configs_fail_early_naming_the_field(make, field):
@@ -297,4 +301,52 @@ def test_hardening_adds_the_top_directions_of_what_a_learned_embedding_carries(m
             patch.tensors[f"unet/{name}"].double(), w.double() @ t_grown, atol=1e-5, rtol=1e-4
         )
     again = hirm.get_method("kv-proj").erase(model, CAT, HARD, progress=False)
+    assert all(torch.equal(again.tensors[k], v) for k, v in patch.tensors.items())
+
+
+KEYS = KVProjConfig(
+    rank=3,
+    key_rank=1,
+    templates=("{concept}", "a photo of {concept}"),
+    contrast=("", "dog"),
+    harden_samples=3,
+    ddim_steps=4,
+)
+
+
+def test_key_rank_blinds_the_values_to_every_direction_and_the_keys_to_the_one_the_unet_needs_most(model):
+    """The values get ``W (I - Q Q^T)``; the keys ``W (I - q q^T)`` for the column ``q`` of ``Q`` whose removal
+    alone brings the original U-Net's prediction for the concept closest to the contrast words' on the
+    hardening's pool (``toward``, recomputed here); the record names it; same seed, same patch."""
+    from hirm.core import kv_proj
+
+    encoder, tokenizer = model.text_encoder("text_encoder"), model.tokenizer("text_encoder")
+    unet = model.component("unet")
+    u, _ = torch.linalg.qr(_basis(model, "cat", KEYS.templates, KEYS.contrast, KEYS.rank).flip(1))
+    pool = kv_proj._pool(model, unet, encoder, tokenizer, CAT[0], KEYS)
+    chosen = [KEYS.templates[i] for i in pool.template]
+    named = _rows(model, [t.replace("{concept}", "cat") for t in chosen])
+    ref = sum(_rows(model, [t.replace("{concept}", w) for t in chosen]) for w in KEYS.contrast) / 2
+    with torch.no_grad():
+        eps_m = unet(pool.x, pool.t, encoder_hidden_states=ref.float()).sample
+        gap = (pool.target - eps_m).pow(2).mean()
+        toward = []
+        for j in range(KEYS.rank):
+            q = u[:, j : j + 1]
+            pred = unet(pool.x, pool.t, encoder_hidden_states=(named - named @ q @ q.T).float()).sample
+            toward.append(float(1 - (pred - eps_m).pow(2).mean() / gap))
+    best = max(range(KEYS.rank), key=toward.__getitem__)
+
+    patch = hirm.get_method("kv-proj").erase(model, CAT, KEYS, progress=False)
+    (record,) = patch.metadata["keys"]
+    assert record["keys"] == [best]
+    assert record["toward"] == pytest.approx(toward, abs=1e-3)
+    assert patch.metadata["removed_directions"] == 3 and patch.metadata["key_directions"] == 1
+    t_values = torch.eye(u.shape[0], dtype=torch.float64) - u @ u.T
+    q = u[:, best : best + 1]
+    t_keys = torch.eye(u.shape[0], dtype=torch.float64) - q @ q.T
+    for name, w in _kv(model).items():
+        expected = w.double() @ (t_keys if name.endswith("to_k.weight") else t_values)
+        torch.testing.assert_close(patch.tensors[f"unet/{name}"].double(), expected, atol=1e-5, rtol=1e-4)
+    again = hirm.get_method("kv-proj").erase(model, CAT, KEYS, progress=False)
     assert all(torch.equal(again.tensors[k], v) for k, v in patch.tensors.items())
