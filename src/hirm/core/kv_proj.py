@@ -35,7 +35,13 @@ method's templates, never the grid's). Measured on the world's Neon Lines (grid,
 Statues from every style (6 and 8 of 20 left; CRA 87.8 %); one of the four directions alone, on keys and
 values, erases as much (UA 100 %, CRA 95.2 %), the other three alone nothing (UA 0 %); values blind to all
 four erase 20 %, keys and values blind to all four but keys to the one direction 90 % (CRA 96.0 %), to
-another one 20 %. Its ``toward`` score was 0.32 against -0.07 to 0.00 for the other three (32 latents).
+another one 20 %. Its ``toward`` score is 0.22 against -0.07 to 0.02 for the other three (the default 16
+latents). With ``key_rank`` = 1 on Rust and Pastel (``results/attacks_kv_proj_key_rank/``): UA 92.5 %, IRA
+100 %, CRA 96.4 %, attacks 7.5 / 7.5 / 5.0 % (textual inversion / UnlearnDiffAtk / Ring-A-Bell; rank 4 on
+both: 3.8 / 2.5 / 2.5 %, CRA 95.0 %).
+What it gives up: the values still ignore every component in ``S`` whatever the input, the keys only the
+``key_rank`` directions, so attention can still be drawn to a token along the others (what it then
+reads is blind to ``S``).
 
 **Hardening** (``harden_rounds``; ours): what the first directions miss is what an attacker finds. Each
 round learns, per concept, the one word embedding ``v`` that in the concept's place in ``templates`` best
