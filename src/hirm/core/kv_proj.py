@@ -30,12 +30,12 @@ only to the ``key_rank`` directions of each concept (of its orthonormalized ``ra
 the U-Net: removed alone from the concept's prompts (``e T_j``, ``T_j = I - q_j q_j^T``), they bring the
 original U-Net's noise prediction closest to the contrast words' prediction, ``toward_j = 1 - |eps(e T_j)
 - eps(m)|^2 / |eps(e) - eps(m)|^2`` on the concept's noised latents (the hardening's pool, below: the
-method's templates, never the grid's). Measured on the world's Neon Lines (grid, one seed, n = 20 / 360 /
+method's templates, never the grid's). Measured on the world's Neon Lines (grid, one seed, n = 20 / 380 /
 400 images; 2-core AMD EPYC, bf16 grid): rank 4 on keys and values erases it (UA 95 %) but takes Cats and
 Statues from every style (6 and 8 of 20 left; CRA 87.8 %); one of the four directions alone, on keys and
 values, erases as much (UA 100 %, CRA 95.2 %), the other three alone nothing (UA 0 %); values blind to all
 four erase 20 %, keys and values blind to all four but keys to the one direction 90 % (CRA 96.0 %), to
-another one 20 %. Its ``toward`` score is 0.22 against -0.07 to 0.02 for the other three (the default 16
+any other one 15-35 % (``benchmarks/kv_proj_directions.py``, ``results/kv_proj_directions/``). Its ``toward`` score is 0.22 against -0.07 to 0.02 for the other three (the default 16
 latents). With ``key_rank`` = 1 on Rust and Pastel (``results/attacks_kv_proj_key_rank/``): UA 92.5 %, IRA
 100 %, CRA 96.4 %, attacks 7.5 / 7.5 / 5.0 % (textual inversion / UnlearnDiffAtk / Ring-A-Bell; rank 4 on
 both: 3.8 / 2.5 / 2.5 %, CRA 95.0 %).
