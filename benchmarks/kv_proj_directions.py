@@ -31,9 +31,8 @@ import torch
 
 import hirm
 from hirm.core.config import Concept
-from hirm.core.kv_proj import KVProjConfig, concept_directions, key_directions, projector
+from hirm.core.kv_proj import KVProjConfig, blind, concept_directions, key_directions
 from hirm.core.patch import make_patch
-from hirm.core.uce import transform_cross_attention
 from hirm.evaluation.canvas import CanvasEvaluator, CanvasSettings, make_cache
 from hirm.evaluation.canvas_grid import Canvas
 from hirm.evaluation.common import dump_json, machine_text, now_iso
@@ -41,19 +40,6 @@ from hirm.evaluation.compare import world_templates
 from hirm.evaluation.metrics import wilson_interval
 from hirm.world import assets as world
 from hirm.world.concepts import display_name
-
-
-def edit(unet: torch.nn.Module, keys: torch.Tensor | None, values: torch.Tensor | None) -> tuple[dict, dict]:
-    """``(originals, edited)``: the keys blind to ``keys``' span, the values to ``values``' (None: untouched)."""
-    originals, edited = {}, {}
-    for q, proj in ((values, "to_v"), (keys, "to_k")):
-        if q is None:
-            continue
-        o, e = transform_cross_attention(unet, projector(q))
-        names = [n for n in o if n.endswith(f".{proj}.weight")]
-        originals.update({n: o[n] for n in names})
-        edited.update({n: e[n] for n in names})
-    return originals, edited
 
 
 def judged(result: dict[str, Any], concept: str) -> dict[str, Any]:
@@ -126,7 +112,7 @@ def main(argv: list[str] | None = None) -> int:
     )  # fmt: skip
     figures = {}
     for label, (keys, values) in variants.items():
-        originals, edited = edit(unet, keys, values)
+        originals, edited = blind(unet, keys=keys, values=values)
         patch = make_patch(
             method="kv-proj", originals=originals, edited=edited, config=config.to_dict(),
             concepts=[concept.record(target=False)], base=handle.base_info(), extra={"variant": label},

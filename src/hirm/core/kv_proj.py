@@ -335,6 +335,23 @@ def projector(q: Tensor) -> Tensor:
     return torch.eye(q.shape[0], dtype=torch.float64, device=q.device) - q @ q.T
 
 
+def blind(
+    unet: nn.Module, *, keys: Tensor | None, values: Tensor | None
+) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
+    """``(originals, edited)``: every cross-attention ``to_k`` blind to ``span(keys)`` and ``to_v`` to
+    ``span(values)`` (orthonormal bases; ``None`` leaves that projection untouched)."""
+    if keys is not None and values is not None and keys is values:
+        return transform_cross_attention(unet, projector(values))
+    originals: dict[str, Tensor] = {}
+    edited: dict[str, Tensor] = {}
+    for q, suffix in ((values, ".to_v.weight"), (keys, ".to_k.weight")):
+        if q is not None:
+            o, e = transform_cross_attention(unet, projector(q), edit_keys=suffix == ".to_k.weight")
+            originals.update({n: w for n, w in o.items() if n.endswith(suffix)})
+            edited.update({n: w for n, w in e.items() if n.endswith(suffix)})
+    return originals, edited
+
+
 def join(q: Tensor, new: Tensor) -> Tensor:
     """An orthonormal basis of ``span(q) + span(new)`` whose first columns span ``q``."""
     joined, r = torch.linalg.qr(torch.cat([q, new], dim=1))
@@ -585,12 +602,9 @@ def erase(
         u, hardening = harden(model, encoder, tokenizer, concepts, config, u, progress=progress)
         if u.shape[1] >= u.shape[0]:
             raise ValueError("KV-Proj hardening grew the subspace to the encoder's width; lower harden_rank.")
-    transform = projector(u)
-
-    originals, edited = transform_cross_attention(unet, transform, edit_keys=config.edit_keys)
-    if keys is not None:  # the keys blind to their own (smaller) subspace
-        _, with_keys = transform_cross_attention(unet, projector(keys))
-        edited.update({name: w for name, w in with_keys.items() if name.endswith(".to_k.weight")})
+    # the keys: their own basis with key_rank, else the values'; untouched without edit_keys
+    key_basis = (u if keys is None else keys) if config.edit_keys else None
+    originals, edited = blind(unet, keys=key_basis, values=u)
     logger.info("KV-Proj removed %d directions from %d cross-attention weights", u.shape[1], len(edited))
     return make_patch(
         method="kv-proj",
