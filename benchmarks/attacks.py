@@ -52,7 +52,8 @@ learned embedding), hirm-empty-keep+kv-proj-4 / -8 / hirm-empty-keep+kv-proj (ou
 kv-proj-4-spare / hirm-empty-keep+kv-proj-4-spare (rank 4, directions that spare what tells the other
 domain's concepts apart: ``KVProjConfig.spare``, ridge ``SPARE_RIDGE``), kv-proj-4-k1 /
 hirm-empty-keep+kv-proj-4-k1 (rank 4, the keys blind only to the one direction the U-Net needs most:
-``KVProjConfig.key_rank`` = 1).
+``KVProjConfig.key_rank`` = 1), kv-proj-4-k2 (the keys blind to two of the four), kv-proj-8-k1 (the values
+blind to 8 directions, the keys to one).
 Attacks at their CPU-budget defaults: embedding (300 steps), unlearndiffatk (k 3, 5 timesteps x 20
 iterations), ringabell (64 x 60).
 """
@@ -201,6 +202,10 @@ ENTRIES: dict[str, Entry] = {
         # and the 1 came from Neon Lines' grid, where four blind keys took Cats and Statues away)
         _kv_proj(4, key_rank=1),
         _hirm_kv_proj(4, key_rank=1),
+        # between the two: keys blind to two of the four (Pastel's first two toward scores were 0.093 and
+        # 0.086), and values blind to twice as many directions with the keys to one
+        _kv_proj(4, key_rank=2),
+        _kv_proj(8, key_rank=1),
         Entry("advunlearn-cpu", ("advunlearn",), overrides={"advunlearn": asdict(AdvUnlearnConfig.cpu())}),
         Entry(
             "hirm-adv",
@@ -616,8 +621,15 @@ def save_sheet(picture: Any, path: Path) -> None:
     picture.quantize(256).save(path, format="PNG", optimize=True)
 
 
-def tradeoff_plot(rows: Mapping[str, Mapping[str, Any]], path: Path) -> None:
-    """Worst-case ASR over the attacks (y) vs IRA (x), one point per (method, domain).
+def tradeoff_plot(
+    rows: Mapping[str, Mapping[str, Any]],
+    path: Path,
+    *,
+    x_metric: str = "IRA",
+    labels: Mapping[str, str] | None = None,
+) -> None:
+    """Worst-case ASR over the attacks (y) vs IRA (x; or ``x_metric``, e.g. CRA), one point per (method,
+    domain) labelled ``labels[key]`` (default: the method and the domain's initial).
 
     Drawn with PIL (already a dependency) rather than matplotlib, which the package does not otherwise
     need: a scatter of a dozen labelled points on a 640 x 480 canvas, the goal region shaded."""
@@ -632,7 +644,7 @@ def tradeoff_plot(rows: Mapping[str, Mapping[str, Any]], path: Path) -> None:
     def xy(ira: float, asr: float) -> tuple[float, float]:
         return margin + ira * (width - 2 * margin), height - margin - asr * (height - 2 * margin)
 
-    (gx0, gy0), (gx1, gy1) = xy(0.9, 0.05), xy(1.0, 0.0)
+    (gx0, gy0), (gx1, gy1) = xy(GOAL[x_metric], GOAL["ASR"]), xy(1.0, 0.0)
     draw.rectangle([gx0, gy0, gx1, gy1], fill=(220, 245, 220))
     draw.rectangle([margin, margin, width - margin, height - margin], outline="black")
     for v in (0.0, 0.25, 0.5, 0.75, 1.0):
@@ -640,19 +652,20 @@ def tradeoff_plot(rows: Mapping[str, Mapping[str, Any]], path: Path) -> None:
         _, y = xy(0, v)
         draw.text((x - 8, height - margin + 6), f"{100 * v:.0f}", fill="black", font=font)
         draw.text((margin - 28, y - 6), f"{100 * v:.0f}", fill="black", font=font)
-    draw.text((width / 2 - 60, height - 25), "IRA (%)  (goal >= 90)", fill="black", font=font)
-    draw.text((8, 20), "worst-case ASR (%) over the attacks  (goal <= 5)", fill="black", font=font)
+    goal_x, goal_asr = f"{100 * GOAL[x_metric]:.0f}", f"{100 * GOAL['ASR']:.0f}"
+    draw.text((width / 2 - 60, height - 25), f"{x_metric} (%)  (goal >= {goal_x})", fill="black", font=font)
+    draw.text((8, 20), f"worst-case ASR (%) over the attacks  (goal <= {goal_asr})", fill="black", font=font)
     colors = {"style": (78, 121, 167), "object": (225, 87, 89)}
     taken: list[tuple[float, float, float, float]] = []  # label boxes already drawn
     for key, row in rows.items():
         method, domain = key.split("|")
         asrs = [a["asr"]["rate"] for a in row["attacks"].values() if a["asr"]["rate"] is not None]
-        if row["IRA"]["rate"] is None or not asrs:
+        if row[x_metric]["rate"] is None or not asrs:
             continue
-        x, y = xy(row["IRA"]["rate"], max(asrs))
+        x, y = xy(row[x_metric]["rate"], max(asrs))
         color = colors.get(domain, (0, 0, 0))
         draw.ellipse([x - 4, y - 4, x + 4, y + 4], fill=color)
-        label = f"{method} ({domain[0]})"
+        label = labels[key] if labels is not None else f"{method} ({domain[0]})"
         w = draw.textlength(label, font=font)
         # right of the point, or left of it near the right edge; moved down past labels already drawn
         lx, ly = (x + 6, y - 6) if x + 6 + w < width - 4 else (x - 6 - w, y - 6)
