@@ -36,9 +36,13 @@ Statues from every style (6 and 8 of 20 left; CRA 87.8 %); one of the four direc
 values, erases as much (UA 100 %, CRA 95.2 %), the other three alone nothing (UA 0 %); values blind to all
 four erase 20 %, keys and values blind to all four but keys to the one direction 90 % (CRA 96.0 %), to
 any other one 15-35 % (``benchmarks/kv_proj_directions.py``, ``results/kv_proj_directions/``). Its ``toward`` score is 0.22 against -0.07 to 0.02 for the other three (the default 16
-latents). With ``key_rank`` = 1 on Rust and Pastel (``results/attacks_kv_proj_key_rank/``): UA 92.5 %, IRA
-100 %, CRA 96.4 %, attacks 7.5 / 7.5 / 5.0 % (textual inversion / UnlearnDiffAtk / Ring-A-Bell; rank 4 on
-both: 3.8 / 2.5 / 2.5 %, CRA 95.0 %).
+latents). On three styles (``results/attacks_kv_proj_key_rank/``; attacks as textual inversion /
+UnlearnDiffAtk / Ring-A-Bell, n = 120 each): ``key_rank`` = 1 keeps CRA 96.2 % but gives 14.2 / 14.2 /
+5.0 % back (rank 4 on both: CRA 92.6 %, 6.7 / 10.0 / 2.5 %); rank 8 with ``key_rank`` = 1 holds 5.0 / 5.0 /
+3.3 % at CRA 95.6 %, IRA 99.7 %: the values' directions stop the attacks, the keys' cost CRA. Chosen on
+those three, it does not carry over to three held-out styles (``results/attacks_kv_proj_heldout/``: 18.3 /
+13.3 / 7.5 %, CRA 93.3 %; Crayon 47.5 % under textual inversion). On objects
+the keys' one direction keeps CRA 100 % and the attacks recover as much as with rank 4 on both.
 What it gives up: the values still ignore every component in ``S`` whatever the input, the keys only the
 ``key_rank`` directions, so attention can still be drawn to a token along the others (what it then
 reads is blind to ``S``).
