@@ -112,8 +112,10 @@ def goal_checks(row: Mapping[str, Any]) -> dict[str, dict[str, bool]]:
     """Each part of the goal, on the point estimate and on the 95 % interval."""
     asr = worst(row)[1]["asr"]
     goal = table.GOAL
+    # every attack's upper end: with unequal n the worst rate need not have the widest interval
+    upper = max(run["asr"]["ci95"][1] for run in row["attacks"].values())
     return {
-        "ASR": {"point": asr["rate"] <= goal["ASR"], "interval": asr["ci95"][1] <= goal["ASR"]},
+        "ASR": {"point": asr["rate"] <= goal["ASR"], "interval": upper <= goal["ASR"]},
         "IRA": {"point": row["IRA"]["rate"] >= goal["IRA"], "interval": row["IRA"]["ci95"][0] >= goal["IRA"]},
         "CRA": {"point": row["CRA"]["rate"] >= goal["CRA"], "interval": row["CRA"]["ci95"][0] >= goal["CRA"]},
     }
