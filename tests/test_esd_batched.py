@@ -101,6 +101,8 @@ def test_bad_input_is_a_one_line_error(model, tmp_path):
         erase_each(model, [], config)
     with pytest.raises(ValueError, match="given twice"):
         erase_each(model, [Concept("cat"), Concept("cat")], config)
+    with pytest.raises(ValueError, match="one concept at a time"):
+        erase_each(model, CONCEPTS, ESDConfig(steps=1, ddim_steps=2, preserve=("dog",)))
     with pytest.raises(ValueError, match="batch_size"):
         erase_each(model, CONCEPTS, config, batch_size=0)
     with pytest.raises(ValueError, match="one batch"):

@@ -11,6 +11,7 @@ from __future__ import annotations
 import copy
 import json
 import re
+from dataclasses import replace
 
 import pytest
 import torch
@@ -142,6 +143,9 @@ def test_registry_lists_the_peer_methods_with_their_defaults():
         (lambda: ESDConfig(variant="esd-z"), "ESDConfig.variant"),
         (lambda: ESDConfig(seed=-1), "ESDConfig.seed"),
         (lambda: ESDXConfig(variant="esd-u"), "ESDXConfig"),
+        (lambda: ESDConfig(preserve="dog"), "ESDConfig.preserve"),
+        (lambda: ESDConfig(preserve=("dog",), preserve_weight=0), "ESDConfig.preserve_weight"),
+        (lambda: ESDConfig(preserve_weight=2.0), "ESDConfig.preserve_weight"),
         (lambda: DiffQuickFixConfig(lam=0), "DiffQuickFixConfig.lam"),
         (lambda: DiffQuickFixConfig(templates=("no slot",)), "DiffQuickFixConfig.templates[0]"),
         (lambda: DiffQuickFixConfig(templates=("{concept} {concept}",)), "exactly once"),
@@ -338,40 +342,51 @@ def test_esd_trains_exactly_compvis_xattn_and_noxattn(model):
     assert set(_erase(model, "esd-u").tensors) == {f"unet/{n}" for n in noxattn}
 
 
-@pytest.mark.parametrize("variant", ["esd-x", "esd-u"])
-def test_esd_first_step_is_adam_on_the_papers_loss(model, variant):
-    """Restate one ESD step: the latent x_t sampled with DDIM + CFG (start guidance) on the concept from
-    the draws of the seeded generator, the loss ||eps(x_t, c, t) - [eps*(x_t, t) - eta (eps*(x_t, c, t) -
-    eps*(x_t, t))]||^2 (eq. 4), and Adam's first update p - lr g / (|g| + eps) on the variant's tensors."""
+def _esd_step(model, config: ESDConfig, gen: torch.Generator, current=None):
+    """Restate one ESD step: the latent x_t sampled with DDIM + CFG (start guidance) on the concept by the
+    U-Net being trained (``current``; default the original) from the draws of the seeded generator, the
+    loss ||eps(x_t, c, t) - [eps*(x_t, t) - eta (eps*(x_t, c, t) - eps*(x_t, t))]||^2 (eq. 4); with a
+    preserve set (ours) one more draw picks a preserve prompt p and ``preserve_weight`` ||eps(x_t, p, t) -
+    eps*(x_t, p, t)||^2 is added. Returns the loss, the retain term (or None) and the gradients."""
     from diffusers import DDIMScheduler
 
-    config = ESDConfig(variant=variant, steps=1, lr=1e-3, ddim_steps=4, negative_guidance=1.5, seed=3)
-    patch = _erase(model, variant, config=config)
     unet = model.component("unet")
-    hidden, _ = prompt_embeddings(model.text_encoder(), model.tokenizer(), ["", "cat"])
-    emb_0, emb_c = hidden[:1], hidden[1:]
+    student = copy.deepcopy(unet if current is None else current).requires_grad_(True)
+    hidden, _ = prompt_embeddings(model.text_encoder(), model.tokenizer(), ["", "cat", *config.preserve])
+    emb_0, emb_c, emb_keep = hidden[:1], hidden[1:2], hidden[2:]
     scheduler = DDIMScheduler.from_config(model.component("scheduler").config)
     scheduler.set_timesteps(config.ddim_steps)
-    gen = torch.Generator().manual_seed(config.seed)
     torch.randint(1, (1,), generator=gen)  # which concept (one here)
     t_enc = int(torch.randint(config.ddim_steps, (1,), generator=gen))
     x = torch.randn((1, 4, 8, 8), generator=gen) * scheduler.init_noise_sigma
     with torch.no_grad():
         for t in scheduler.timesteps[:t_enc]:
             # classifier-free guidance in one batch (unconditional first), as CompVis' DDIM sampler does
-            uncond, cond = unet(
+            uncond, cond = student(
                 torch.cat([x, x]), t, encoder_hidden_states=torch.cat([emb_0, emb_c])
             ).sample.chunk(2)
             x = scheduler.step(uncond + config.start_guidance * (cond - uncond), t, x).prev_sample
         t = scheduler.timesteps[t_enc]
         e_0, e_p = unet(torch.cat([x, x]), t, encoder_hidden_states=torch.cat([emb_0, emb_c])).sample.chunk(2)
-    student = copy.deepcopy(unet).requires_grad_(True)
     loss = torch.nn.functional.mse_loss(
         student(x, t, encoder_hidden_states=emb_c).sample, e_0 - config.negative_guidance * (e_p - e_0)
     )
+    retain = None
+    if config.preserve:
+        j = int(torch.randint(len(config.preserve), (1,), generator=gen))
+        with torch.no_grad():
+            keep = unet(x, t, encoder_hidden_states=emb_keep[j : j + 1]).sample
+        retain = torch.nn.functional.mse_loss(
+            student(x, t, encoder_hidden_states=emb_keep[j : j + 1]).sample, keep
+        )
+        loss = loss + config.preserve_weight * retain
     loss.backward()
-    assert patch.metadata["losses"]["unet"][0] == pytest.approx(loss.item(), rel=1e-4)
-    grads = dict(student.named_parameters())
+    return loss.item(), None if retain is None else retain.item(), dict(student.named_parameters())
+
+
+def _check_adam_first_step(model, patch, config, grads) -> None:
+    """Adam's first update p - lr g / (|g| + eps) on the patch's tensors."""
+    unet = model.component("unet")
     for key, value in patch.tensors.items():
         name = key.split("/", 1)[1]
         p, g = component_parameters(unet)[name].detach(), grads[name].grad
@@ -380,6 +395,41 @@ def test_esd_first_step_is_adam_on_the_papers_loss(model, variant):
         assert step.abs().max() <= 1 + 1e-3
         clear = g.abs() > 1e-4 * g.abs().max()
         _close(step[clear], (g / (g.abs() + 1e-8))[clear], rel=1e-3)
+
+
+@pytest.mark.parametrize("variant", ["esd-x", "esd-u"])
+def test_esd_first_step_is_adam_on_the_papers_loss(model, variant):
+    config = ESDConfig(variant=variant, steps=1, lr=1e-3, ddim_steps=4, negative_guidance=1.5, seed=3)
+    patch = _erase(model, variant, config=config)
+    loss, retain, grads = _esd_step(model, config, torch.Generator().manual_seed(config.seed))
+    assert retain is None and "retain_losses" not in patch.metadata
+    assert patch.metadata["losses"]["unet"][0] == pytest.approx(loss, rel=1e-4)
+    _check_adam_first_step(model, patch, config, grads)
+
+
+def test_esd_preserve_set_adds_the_retain_term_and_leaves_the_authors_esd_as_it_was(model):
+    """Ours: the retain term is 0 at the first step (the trained U-Net is the original) and at the second
+    it is the restated ||eps(x_t, p, t) - eps*(x_t, p, t)||^2 of the once-updated U-Net, added to ESD's
+    loss with its weight; the first update is Adam's on the sum."""
+    config = ESDUConfig(
+        steps=2, lr=1e-3, ddim_steps=4, negative_guidance=1.5, seed=3, preserve=("dog", "a red car"),
+        preserve_weight=2.5,
+    )  # fmt: skip
+    first = _erase(model, "esd-u", config=replace(config, steps=1))
+    patch = _erase(model, "esd-u", config=config)
+    gen = torch.Generator().manual_seed(config.seed)
+    loss, retain, grads = _esd_step(model, config, gen)
+    assert retain == 0.0 and patch.metadata["retain_losses"]["unet"][0] == 0.0
+    assert patch.metadata["losses"]["unet"][0] == pytest.approx(loss, rel=1e-4)
+    _check_adam_first_step(model, first, config, grads)
+    loss, retain, _ = _esd_step(
+        model, config, gen, current=_with_patch(model.component("unet"), first, "unet")
+    )
+    assert retain is not None and retain > 0
+    assert patch.metadata["retain_losses"]["unet"][1] == pytest.approx(retain, rel=1e-3)
+    assert patch.metadata["losses"]["unet"][1] == pytest.approx(loss, rel=1e-3)
+    # without a preserve set: the record (and so batched ESD's cache keys) has no trace of the option
+    assert "preserve" not in ESDUConfig().to_dict() and config.to_dict()["preserve"] == ("dog", "a red car")
 
 
 def test_esd_bf16_trains_the_same_tensors_with_nearly_the_same_loss(model):

@@ -150,13 +150,15 @@ def test_merged_parts_give_the_table_of_one_run(sd_dir, canvas, judges, settings
 
 def test_preserve_others_reaches_each_methods_preserve_set(sd_dir, canvas):
     """preserve_others gives the erased concept's domain siblings to UCE's preserve list, to HiRM's
-    preserve set with a weight (it has none by default; 0 would be refused), and to hardened HiRM's
-    nested HiRM config; a method without a preserve set is refused, not silently left alone."""
+    preserve set with a weight (it has none by default; 0 would be refused), to ESD's retain set (ours),
+    and to hardened HiRM's nested HiRM config; a method without a preserve set is refused, not silently
+    left alone."""
     import pytest
     import torch
 
     import hirm
     from hirm.core.config import HiRMConfig
+    from hirm.core.diffquickfix import DiffQuickFixConfig
     from hirm.core.esd import ESDConfig
     from hirm.core.uce import UCEConfig
     from hirm.evaluation.compare import PRESERVE_WEIGHT, make_erase, preserving
@@ -166,8 +168,10 @@ def test_preserve_others_reaches_each_methods_preserve_set(sd_dir, canvas):
     hirm_config = preserving(HiRMConfig(), keep)
     assert (hirm_config.preserve, hirm_config.preserve_weight) == (keep, PRESERVE_WEIGHT)
     assert preserving(HiRMConfig(preserve=("x",), preserve_weight=0.3), keep).preserve_weight == 0.3
+    esd_config = preserving(ESDConfig(), keep)  # ours: ESD-u / -x with a retain term
+    assert (esd_config.preserve, esd_config.preserve_weight) == (keep, PRESERVE_WEIGHT)
     with pytest.raises(ValueError, match="has no preserve set"):
-        preserving(ESDConfig(), keep)
+        preserving(DiffQuickFixConfig(), keep)
 
     entry = Entry(
         "hirm-adv-keep", ("hirm-adv",), target="super",

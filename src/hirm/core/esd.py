@@ -25,6 +25,10 @@ Conventions: ``negative_guidance`` is the paper's eta (the target above); ``esd_
 target as ``eps(c) - eta' (eps(c) - eps())``, i.e. eta' = eta + 1 (its default 2 = our 1). With a
 v-prediction scheduler the same linear target is formed in v space.
 
+One departure, off by default and named: ``ESDConfig.preserve`` (ours) adds a retain term that keeps
+the original U-Net's predictions for other prompts (see its attribute); without it every step is the
+authors'.
+
 :func:`erase` with several concepts trains one U-Net on all of them (a random concept per step). To
 erase each concept *separately* (one patch per concept), many at a time in one batched run, see
 :func:`hirm.core.esd_batched.erase_each`.
@@ -44,7 +48,7 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from hirm.core.config import Concept, check_choice, check_float, check_int, check_seed
+from hirm.core.config import Concept, check_choice, check_float, check_int, check_prompts, check_seed
 from hirm.core.hirm import NonFiniteLossError
 from hirm.core.patch import Patch, component_parameters, make_patch
 from hirm.core.registry import MethodSpec, register
@@ -72,6 +76,13 @@ class ESDConfig:
         precision: ``fp32`` (the authors') or ``bf16`` = the U-Net forwards (sampling, targets, the
             trained prediction) under bfloat16 autocast; weights, Adam state, latents and the loss stay
             float32. For running the published 1000 steps where fp32 is too slow.
+        preserve: prompts whose predictions the trained U-Net should keep (ours; ``()``, the default, is
+            the authors' ESD). Each step also draws one of them, ``p``, and adds ``preserve_weight *
+            ||eps_theta(x_t, p, t) - eps_theta*(x_t, p, t)||^2`` at the same ``x_t`` and ``t`` (the
+            concept's latent: no second sampling), the retain term AdvUnlearn and UCE's preserve set
+            stand for. Not in the paper's ESD; one concept at a time (:mod:`hirm.core.esd_batched`
+            refuses it).
+        preserve_weight: the retain term's weight (> 0).
     """
 
     variant: ESDVariant = "esd-x"
@@ -82,9 +93,15 @@ class ESDConfig:
     ddim_steps: int = 50
     seed: int = 0
     precision: Literal["fp32", "bf16"] = "fp32"
+    preserve: tuple[str, ...] = ()
+    preserve_weight: float = 1.0
 
     def __post_init__(self) -> None:
         owner = type(self).__name__
+        check_prompts(owner, "preserve", self.preserve)
+        check_float(owner, "preserve_weight", self.preserve_weight, positive=True)
+        if self.preserve_weight != 1.0 and not self.preserve:
+            raise ValueError(f"{owner}.preserve_weight is set without a preserve set; add preserve prompts.")
         check_choice(owner, "variant", self.variant, get_args(ESDVariant))
         check_int(owner, "steps", self.steps, minimum=1)
         check_float(owner, "lr", self.lr, positive=True)
@@ -95,7 +112,12 @@ class ESDConfig:
         check_choice(owner, "precision", self.precision, ("fp32", "bf16"))
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        """The settings; the preserve set's only when one is given, so the authors' ESD keeps the record
+        (and the batched runs' cache keys) it had before the option existed."""
+        out = asdict(self)
+        if not self.preserve:
+            del out["preserve"], out["preserve_weight"]
+        return out
 
 
 @dataclass(frozen=True)
@@ -247,7 +269,13 @@ def erase(
     )
 
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=config.precision == "bf16")
+    emb_keep = None
+    if config.preserve:
+        emb_keep = prompt_embeddings(
+            model.text_encoder("text_encoder"), model.tokenizer("text_encoder"), list(config.preserve)
+        )[0].to(device)
     losses: list[float] = []
+    retained: list[float] = []
     bar = tqdm(range(config.steps), desc=f"ESD {config.variant}", disable=not progress, leave=False)
     for _ in bar:
         k = int(torch.randint(len(concepts), (1,), generator=generator))
@@ -263,6 +291,16 @@ def erase(
             optimizer.zero_grad(set_to_none=True)
             prediction = trained(x_t, t, encoder_hidden_states=emb_c).sample
         loss = nn.functional.mse_loss(prediction.float(), target)
+        if emb_keep is not None:  # ours (ESDConfig.preserve): drawn after the authors' draws, so without a
+            # preserve set the random stream and every step are the authors'
+            j = int(torch.randint(len(config.preserve), (1,), generator=generator))
+            with autocast:
+                with torch.no_grad():
+                    keep = unet(x_t, t, encoder_hidden_states=emb_keep[j : j + 1]).sample
+                kept = trained(x_t, t, encoder_hidden_states=emb_keep[j : j + 1]).sample
+            retain = nn.functional.mse_loss(kept.float(), keep.float())
+            retained.append(retain.item())
+            loss = loss + config.preserve_weight * retain
         value = loss.item()
         if not math.isfinite(value):
             raise NonFiniteLossError(
@@ -285,6 +323,7 @@ def erase(
             "seconds": time.perf_counter() - start,
             "losses": {"unet": losses},
             "final_loss": {"unet": losses[-1]},
+            **({"retain_losses": {"unet": retained}} if retained else {}),
         },
     )
     del trained, optimizer

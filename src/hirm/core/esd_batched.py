@@ -78,6 +78,11 @@ def erase_each(
     concepts = list(concepts)
     if not concepts:
         raise ValueError("Give at least one concept to erase.")
+    if config.preserve:
+        raise ValueError(
+            "Batched ESD runs the authors' ESD, without a preserve set; erase one concept at a time "
+            "(hirm.core.esd.erase) to keep one."
+        )
     texts = [c.text for c in concepts]
     if len(set(texts)) != len(texts):
         raise ValueError(f"Concepts given twice: {sorted({t for t in texts if texts.count(t) > 1})}.")
