@@ -42,7 +42,10 @@ domain's other concepts), uce (the authors' original script, siblings preserved)
 hirm-empty-keep+uce,
 diffquickfix (the authors' notebook), esd-x-100 (ESD-x at 100 of its 1000 steps), esd-x (its published
 1000 steps; ``--esd-batch N`` trains the run's concepts side by side and reuses the patches ``hirm
-compare --esd-batch`` cached, ``--esd-cache``), hirm-empty-keep+esd-x (ours + that ESD-x), advunlearn-cpu
+compare --esd-batch`` cached, ``--esd-cache``), hirm-empty-keep+esd-x (ours + that ESD-x), esd-u /
+hirm-empty-keep+esd-u (ESD-u at its published 1000 steps, the ESD paper's pairing for objects),
+esd-u-keep / hirm-empty-keep+esd-u-keep (ours: the same ESD-u with a retain term keeping the domain's
+other concepts, ``ESDConfig.preserve``, weight 1; not batched), advunlearn-cpu
 (``AdvUnlearnConfig.cpu()``), hirm-adv (hardened HiRM: world-tuned HiRM-S per round, 4 rounds),
 hirm-adv-keep (the same, keeping the read-outs of the domain's other concepts, preserve weight 1),
 kv-proj-4 / -8 / -16 (ours, ``hirm.core.kv_proj`` at rank 4, 8, 16: the directions where the concept
@@ -185,6 +188,28 @@ ENTRIES: dict[str, Entry] = {
             target="empty",
             overrides={"hirm": WORLD_TUNED_HIRM},
             preserve_others=("hirm",),
+        ),
+        # ESD-u at its published 1000 steps, the ESD paper's pairing for objects (every weight but the
+        # cross-attention: what a learned token cannot route around by reading other directions?), alone
+        # and with ours, as ESD-x above
+        COMPARE_ENTRIES["esd-u"],
+        Entry(
+            "hirm-empty-keep+esd-u",
+            ("hirm", "esd-u"),
+            target="empty",
+            overrides={"hirm": WORLD_TUNED_HIRM},
+            preserve_others=("hirm",),
+        ),
+        # ESD-u with a retain term (ours: ESDConfig.preserve, the domain's other concepts, weight 1, one
+        # concept at a time): does keeping the other objects' predictions win back the IRA ESD-u loses
+        # while it still resists the attacks? Alone and with ours
+        Entry("esd-u-keep", ("esd-u",), preserve_others=("esd-u",)),
+        Entry(
+            "hirm-empty-keep+esd-u-keep",
+            ("hirm", "esd-u"),
+            target="empty",
+            overrides={"hirm": WORLD_TUNED_HIRM},
+            preserve_others=("hirm", "esd-u"),
         ),
         # ours: KV-Proj (hirm.core.kv_proj), the concept's directions projected out of every cross-attention
         # k/v input, found from the world's training templates (never the grid's) as where the concept differs
