@@ -428,6 +428,8 @@ def test_esd_preserve_set_adds_the_retain_term_and_leaves_the_authors_esd_as_it_
     assert retain is not None and retain > 0
     assert patch.metadata["retain_losses"]["unet"][1] == pytest.approx(retain, rel=1e-3)
     assert patch.metadata["losses"]["unet"][1] == pytest.approx(loss, rel=1e-3)
+    with pytest.raises(ValueError, match="both erased and preserved"):
+        _erase(model, "esd-u", config=replace(config, preserve=("cat", "dog")))
     # without a preserve set: the record (and so batched ESD's cache keys) has no trace of the option
     assert "preserve" not in ESDUConfig().to_dict() and config.to_dict()["preserve"] == ("dog", "a red car")
 

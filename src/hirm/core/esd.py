@@ -80,8 +80,9 @@ class ESDConfig:
             the authors' ESD). Each step also draws one of them, ``p``, and adds ``preserve_weight *
             ||eps_theta(x_t, p, t) - eps_theta*(x_t, p, t)||^2`` at the same ``x_t`` and ``t`` (the
             concept's latent: no second sampling), the retain term AdvUnlearn and UCE's preserve set
-            stand for. Not in the paper's ESD; one concept at a time (:mod:`hirm.core.esd_batched`
-            refuses it).
+            stand for. The patch's ``losses`` are then the sum, ``retain_losses`` the term alone. Not
+            in the paper's ESD; one concept at a time (:mod:`hirm.core.esd_batched` refuses it); a
+            prompt that is also an erased concept is refused.
         preserve_weight: the retain term's weight (> 0).
     """
 
@@ -270,6 +271,9 @@ def erase(
 
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=config.precision == "bf16")
     emb_keep = None
+    both = sorted({c.text for c in concepts} & set(config.preserve))
+    if both:
+        raise ValueError(f"ESD: {both} are both erased and preserved; remove them from preserve.")
     if config.preserve:
         emb_keep = prompt_embeddings(
             model.text_encoder("text_encoder"), model.tokenizer("text_encoder"), list(config.preserve)
