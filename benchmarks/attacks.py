@@ -93,6 +93,19 @@ from hirm.io import OutputExistsError, atomic_path, check_writable, write_atomic
 SPARE_RIDGE = 3.0
 
 
+def _with_hirm(partner: str, method: str, *, partner_keeps: bool = False) -> Entry:
+    """Ours + a denoiser-side eraser: ``hirm-empty-keep``'s HiRM (world-tuned, toward the empty prompt,
+    keeping the domain's other concepts) merged with ``method``'s patch, named
+    ``hirm-empty-keep+<partner>``; ``partner_keeps``: the partner keeps the other concepts too."""
+    return Entry(
+        f"hirm-empty-keep+{partner}",
+        ("hirm", method),
+        target="empty",
+        overrides={"hirm": WORLD_TUNED_HIRM},
+        preserve_others=("hirm", method) if partner_keeps else ("hirm",),
+    )
+
+
 def _kv_proj(rank: int, harden: int = 0, spare: bool = False, key_rank: int | None = None) -> Entry:
     """KV-Proj alone at ``rank``, from the world's training templates and contrasting with the domain's
     other concepts; ``harden``: one hardening round adding that many directions (``-hard``); ``spare``:
@@ -168,13 +181,7 @@ ENTRIES: dict[str, Entry] = {
         ),
         # ours + UCE: the paper's synergy claim with the comparison's best HiRM row (the same HiRM patch as
         # hirm-empty-keep, merged with UCE's; each keeps the domain's other concepts)
-        Entry(
-            "hirm-empty-keep+uce",
-            ("hirm", "uce"),
-            target="empty",
-            overrides={"hirm": WORLD_TUNED_HIRM},
-            preserve_others=("hirm", "uce"),
-        ),
+        _with_hirm("uce", "uce", partner_keeps=True),
         COMPARE_ENTRIES["diffquickfix"],
         # ESD at a tenth of its published 1000 steps (12-16 min per concept on the 2-core CPU otherwise)
         Entry("esd-x-100", ("esd-x",), overrides={"esd-x": {"steps": 100}}),
@@ -182,35 +189,17 @@ ENTRIES: dict[str, Entry] = {
         # for the same concepts are reused from the cache), and ours + ESD-x: the synergy claim with the
         # other denoiser-side eraser the paper names
         COMPARE_ENTRIES["esd-x"],
-        Entry(
-            "hirm-empty-keep+esd-x",
-            ("hirm", "esd-x"),
-            target="empty",
-            overrides={"hirm": WORLD_TUNED_HIRM},
-            preserve_others=("hirm",),
-        ),
+        _with_hirm("esd-x", "esd-x"),
         # ESD-u at its published 1000 steps, the ESD paper's pairing for objects (every weight but the
         # cross-attention: what a learned token cannot route around by reading other directions?), alone
         # and with ours, as ESD-x above
         COMPARE_ENTRIES["esd-u"],
-        Entry(
-            "hirm-empty-keep+esd-u",
-            ("hirm", "esd-u"),
-            target="empty",
-            overrides={"hirm": WORLD_TUNED_HIRM},
-            preserve_others=("hirm",),
-        ),
+        _with_hirm("esd-u", "esd-u"),
         # ESD-u with a retain term (ours: ESDConfig.preserve, the domain's other concepts, weight 1, one
         # concept at a time): does keeping the other objects' predictions win back the IRA ESD-u loses
         # while it still resists the attacks? Alone and with ours
         Entry("esd-u-keep", ("esd-u",), preserve_others=("esd-u",)),
-        Entry(
-            "hirm-empty-keep+esd-u-keep",
-            ("hirm", "esd-u"),
-            target="empty",
-            overrides={"hirm": WORLD_TUNED_HIRM},
-            preserve_others=("hirm", "esd-u"),
-        ),
+        _with_hirm("esd-u-keep", "esd-u", partner_keeps=True),
         # ours: KV-Proj (hirm.core.kv_proj), the concept's directions projected out of every cross-attention
         # k/v input, found from the world's training templates (never the grid's) as where the concept differs
         # from the domain's other concepts; alone and with our HiRM (the synergy claim with a denoiser-side
