@@ -132,6 +132,41 @@ def test_per_image_seeds_do_not_depend_on_neighbours(sd_dir):
     assert np.abs(alone.astype(int) - with_other.astype(int)).max() <= 1
 
 
+def test_distinct_prompts_encoded_once_give_the_pipelines_images(sd_dir):
+    """generate_batch encodes each distinct prompt once (SD 1.x/2.x); every image must be the one the
+    pipeline makes from the prompt strings, in the requests' order, with or without a negative prompt."""
+    pipe = hirm.load_pipeline(str(sd_dir))
+    encoded: list[int] = []  # the number of texts of each encoding
+    encode = pipe.encode_prompt
+
+    def counting(prompts, *args, **kwargs):
+        if kwargs.get("prompt_embeds") is None:
+            encoded.append(len(prompts))
+        return encode(prompts, *args, **kwargs)
+
+    pipe.encode_prompt = counting
+    prompts = ["a cat", "a dog in the snow", "a cat", "a cat", "a dog in the snow"]
+    for negative in (None, "blurry"):
+        reqs = [Request(p, 10 + i, 3.0, 2, negative_prompt=negative) for i, p in enumerate(prompts)]
+        encoded.clear()
+        ours = generate_batch(pipe, reqs)
+        assert encoded == [2, 1]  # two distinct prompts, one negative
+        theirs = pipe(
+            prompt=prompts,
+            negative_prompt=[negative or ""] * len(prompts),
+            generator=[torch.Generator().manual_seed(r.seed) for r in reqs],
+            guidance_scale=3.0,
+            num_inference_steps=2,
+            output_type="np",
+        ).images
+        theirs = np.clip(np.round(theirs * 255), 0, 255).astype(np.uint8)
+        assert np.abs(ours.astype(int) - theirs.astype(int)).max() <= 1
+    no_guidance = [Request(p, 10 + i, 1.0, 2) for i, p in enumerate(prompts)]
+    encoded.clear()
+    generate_batch(pipe, no_guidance)
+    assert encoded == [2]  # no classifier-free guidance: no negative prompt to encode
+
+
 def test_bf16_sampling_is_autocast_and_a_separate_group(sd_dir, tmp_path):
     pipe = hirm.load_pipeline(str(sd_dir))
     fp32 = Request("a cat", 7, 3.0, 2)
