@@ -124,6 +124,11 @@ def main() -> None:
     for phase in ("erase", "generate", "judge"):
         print(f"{phase:<28}{times[phase]:>10.2f}{times[phase] / max(n, 1):>16.3f}")
     print(f"{'wall clock (incl. loading)':<28}{wall:>10.2f}")
+    if state.num_processes > 1:
+        print(
+            f"(generate and judge: seconds summed over the {state.num_processes} processes; "
+            "the original grid and erase: wall clock)"
+        )
     print(f"images generated and judged: {images['original']} original + {images['erased']} erased")
     if args.limit is None and len(seeds) >= 2:
         verdict = "met" if wall <= 45 * 60 else "missed"
