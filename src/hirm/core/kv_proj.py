@@ -40,8 +40,9 @@ latents). On three styles (``results/attacks_kv_proj_key_rank/``; attacks as tex
 UnlearnDiffAtk / Ring-A-Bell, n = 120 each): ``key_rank`` = 1 keeps CRA 96.2 % but gives 14.2 / 14.2 /
 5.0 % back (rank 4 on both: CRA 92.6 %, 6.7 / 10.0 / 2.5 %); rank 8 with ``key_rank`` = 1 holds 5.0 / 5.0 /
 3.3 % at CRA 95.6 %, IRA 99.7 %: the values' directions stop the attacks, the keys' cost CRA. Chosen on
-those three, it does not carry over to four held-out styles (``results/attacks_kv_proj_heldout/``: 26.2 /
-10.6 / 6.9 %, n = 160 each, CRA 92.4 %; Crayon 47.5 % and Pop_Art 50.0 % under textual inversion). On objects
+those three, it does not carry over to six held-out styles (``results/attacks_kv_proj_heldout/``: 20.8 /
+14.2 / 8.8 %, n = 240 each, CRA 92.9 %; Crayon 47.5 % and Pop_Art 50.0 % under textual inversion,
+Watercolor 42.5 % under UnlearnDiffAtk). On objects
 the keys' one direction keeps CRA 100 % and the attacks recover as much as with rank 4 on both.
 What it gives up: the values still ignore every component in ``S`` whatever the input, the keys only the
 ``key_rank`` directions, so attention can still be drawn to a token along the others (what it then
