@@ -40,7 +40,7 @@ def main() -> None:
 
     import hirm
     import hirm.evaluation.generation as generation
-    from hirm.checks import native_bf16
+    from hirm.cli.common import sampling_precision
     from hirm.evaluation.common import machine_text, now_iso
     from hirm.evaluation.generation import Request, generate_batch
     from hirm.io import OutputExistsError, check_writable, write_atomic
@@ -53,9 +53,7 @@ def main() -> None:
         except OutputExistsError as err:
             raise SystemExit(f"error: {err}") from None
     device = torch.device(args.device)
-    precision = args.precision
-    if precision == "auto":  # bf16 autocast where the hardware has it, as the CLI's --precision auto
-        precision = "bf16" if native_bf16(device) else "fp32"
+    precision = sampling_precision(args.precision, device)  # what the CLI's --precision does
     pipe = hirm.load_model("minicanvas", device=device).pipeline()
     pipe.set_progress_bar_config(disable=True)
     seeds = [int(s) for s in args.seeds.split(",")]
