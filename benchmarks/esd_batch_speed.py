@@ -41,7 +41,7 @@ def main() -> None:
     from hirm.core.esd_batched import erase_each
     from hirm.core.patch import component_parameters
     from hirm.evaluation.common import machine_text, now_iso
-    from hirm.io import OutputExistsError, check_writable, write_atomic
+    from hirm.io import check_writable_or_exit, write_atomic
     from hirm.world import STYLES, display_name
 
     args = parse_args()
@@ -52,10 +52,7 @@ def main() -> None:
     if not 1 <= args.concepts <= len(STYLES) or args.steps < 1 or args.rounds < 1:
         raise SystemExit(f"error: give 1-{len(STYLES)} concepts and at least one step and round.")
     if args.json:  # before the minutes of timing, not after them
-        try:
-            check_writable(args.json, overwrite=True)
-        except OutputExistsError as err:
-            raise SystemExit(f"error: {err}") from None
+        check_writable_or_exit(args.json, overwrite=True)
     device = torch.device(args.device)
     handle = hirm.load_model("minicanvas", device=device, dtype=torch.float32)
     concepts = [Concept(display_name(s), kind="style") for s in STYLES[: args.concepts]]

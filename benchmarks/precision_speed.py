@@ -35,15 +35,12 @@ def main() -> None:
     from hirm.checks import native_bf16
     from hirm.evaluation.common import machine_text, now_iso
     from hirm.evaluation.generation import Request, generate_batch
-    from hirm.io import OutputExistsError, check_writable, write_atomic
+    from hirm.io import check_writable_or_exit, write_atomic
     from hirm.world import GENERATION_DEFAULTS, OBJECTS, STYLES
 
     args = parse_args()
     if args.json:  # before the minutes of timing, not after them
-        try:
-            check_writable(args.json, overwrite=True)
-        except OutputExistsError as err:
-            raise SystemExit(f"error: {err}") from None
+        check_writable_or_exit(args.json, overwrite=True)
     device = torch.device(args.device)
     pipe = hirm.load_model("minicanvas", device=device).pipeline()
     pipe.set_progress_bar_config(disable=True)

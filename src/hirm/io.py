@@ -214,6 +214,15 @@ def check_writable(path: str | os.PathLike, *, overwrite: bool = False, director
     return path
 
 
+def check_writable_or_exit(path: str | os.PathLike, *, overwrite: bool = False) -> Path:
+    """For scripts (the benchmarks): :func:`check_writable`, its refusal of an existing output as a
+    one-line ``error: ...`` exit instead of a traceback."""
+    try:
+        return check_writable(path, overwrite=overwrite)
+    except OutputExistsError as err:
+        raise SystemExit(f"error: {err}") from None
+
+
 def _disk_full(err: BaseException) -> bool:
     """ENOSPC / EDQUOT, also when a library wraps it (safetensors: ``IoError(Os { code: 28 ...``)."""
     codes = {errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)}
