@@ -163,6 +163,7 @@ def run_table(
     aim: bool = False,
     uce: bool = False,
     uce_tokens: str = "paper",
+    preserve_weight: float | None = None,
 ) -> dict[str, Any]:
     """Every (domain, strategy) row; see the module docstring. Returns the JSON-ready result.
 
@@ -170,12 +171,14 @@ def run_table(
     named ``preserved-both``), so its CRA, like its IRA, is measured on concepts it was told to keep.
     ``aim``: add the row of HiRM-S's aim (``super-category prompt``; see the module docstring).
     ``uce``: add UCE on all the concepts at once and every HiRM row combined with it (module docstring);
-    ``uce_tokens``: its token mode (``paper`` = the original script, ``last`` = the rewritten one)."""
+    ``uce_tokens``: its token mode (``paper`` = the original script, ``last`` = the rewritten one).
+    ``preserve_weight``: weight of the preserve term the preserved / anchored strategies add (default:
+    ``hirm.core.config.DEFAULT_PRESERVE_WEIGHT``, 1)."""
     import torch
 
     from hirm.adapters.loading import load_model
     from hirm.api import erase
-    from hirm.core.config import HiRMConfig
+    from hirm.core.config import DEFAULT_PRESERVE_WEIGHT, HiRMConfig
     from hirm.core.multi import STRATEGIES, erase_many
     from hirm.core.patch import merge_patches
     from hirm.core.uce import UCEConfig
@@ -199,6 +202,9 @@ def run_table(
         raise SystemExit(
             f"--aim needs --target super or empty (a random direction has no prompt), not {target}."
         )
+    anchor = DEFAULT_PRESERVE_WEIGHT if preserve_weight is None else preserve_weight
+    if not anchor > 0:
+        raise SystemExit(f"--preserve-weight must be > 0 (default {DEFAULT_PRESERVE_WEIGHT}), not {anchor}.")
     dev = torch.device(device)
     canvas, judges = default_canvas_and_judges(model, canvas, judges, dev)
     if settings is None:
@@ -226,6 +232,7 @@ def run_table(
         "hirm_config": config.to_dict(),
         "target": target,
         "keep_other_domain": keep_other_domain,
+        "preserve_weight": anchor,
         "uce_tokens": uce_tokens if uce else None,
         "goal": GOAL,
         "machine": machine_text(),
@@ -253,7 +260,9 @@ def run_table(
             keep = kept_texts if strategy == "preserved" else []
             row = "preserved-both" if strategy == "preserved" and keep_other_domain else strategy
             start = time.perf_counter()
-            patch = erase_many(handle, concepts, config, strategy=strategy, keep=keep, progress=False)
+            patch = erase_many(
+                handle, concepts, config, strategy=strategy, keep=keep, anchor_weight=anchor, progress=False
+            )
             made[row] = (patch, time.perf_counter() - start)
             rows[row] = judge(row, [patch], made[row][1], names, domain)
         if uce:
@@ -278,7 +287,7 @@ def run_table(
 
 
 #: What every table pooled by :func:`merge_tables` must share (everything but the sampling seeds).
-SAME_FOR_MERGE = ("hirm_config", "target", "keep_other_domain", "uce_tokens", "goal")
+SAME_FOR_MERGE = ("hirm_config", "target", "keep_other_domain", "preserve_weight", "uce_tokens", "goal")
 
 
 def merge_tables(tables: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
@@ -375,7 +384,8 @@ def to_markdown(result: Mapping[str, Any], command: str = "") -> str:
     if command:
         lines += [f"`{command}`", ""]
     lines += [
-        f"HiRM settings: {result['hirm_config']}; target: {result['target']}. Goal: UA >= 90 %, IRA >= 90 %, "
+        f"HiRM settings: {result['hirm_config']}; target: {result['target']}; weight of the strategies' "
+        f"preserve term: {result.get('preserve_weight', 1.0)}. Goal: UA >= 90 %, IRA >= 90 %, "
         "CRA >= 95 %. Values in %, [95 % Wilson interval], n images.",
         "",
         _provenance(result),
@@ -480,6 +490,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         choices=("none", "context"),
         default="none",
         help="train each concept bare (none) or in hirm.core.multi.CONTEXT_TEMPLATES (context)",
+    )
+    parser.add_argument(
+        "--preserve-weight",
+        type=float,
+        default=None,
+        help="weight of the preserve term of the preserved / anchored strategies (default 1)",
     )
     parser.add_argument(
         "--seeds", default=None, help="Comma-separated sampling seeds (default: the world's)."
@@ -595,6 +611,7 @@ def _run(args: argparse.Namespace) -> dict[str, Any]:
         aim=args.aim,
         uce=args.uce,
         uce_tokens=args.uce_tokens,
+        preserve_weight=args.preserve_weight,
     )
 
 

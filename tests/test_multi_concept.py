@@ -197,6 +197,34 @@ def test_keep_other_domain_preserves_the_cra_concepts_too(bench, world, sd_dir, 
     assert "| style | preserved-both |" in table and "its CRA too is measured on concepts" in table
 
 
+def test_preserve_weight_reaches_the_preserved_strategy_and_is_recorded(
+    bench, world, sd_dir, tmp_path, monkeypatch
+):
+    """``--preserve-weight W``: the preserved strategy trains its preserve term with weight W (the patch's
+    config says so), the JSON and the table record it, and a weight <= 0 is refused in one line."""
+    import hirm.core.multi as multi
+
+    weights, real = [], multi.erase_many
+
+    def spy(*args, **kwargs):
+        patch = real(*args, **kwargs)
+        weights.append((kwargs["anchor_weight"], patch.metadata["config"]["preserve_weight"]))
+        return patch
+
+    monkeypatch.setattr(multi, "erase_many", spy)
+    out = tmp_path / "mc"
+    saved = bench.main(["--out", str(out), "--model", str(sd_dir), "--budget", "tiny", "--domains", "object",
+                        "--strategies", "preserved", "--preserve-weight", "2.5",
+                        "--cache-dir", str(tmp_path / "cache")])  # fmt: skip
+    assert weights == [(2.5, 2.5)]
+    assert saved["preserve_weight"] == 2.5
+    assert "preserve term: 2.5." in (out / "multi_concept.md").read_text()
+    with pytest.raises(SystemExit, match="--preserve-weight must be > 0"):
+        bench.main(["--out", str(tmp_path / "bad"), "--model", str(sd_dir), "--budget", "tiny",
+                    "--preserve-weight", "0"])  # fmt: skip
+    assert not (tmp_path / "bad").exists()
+
+
 def test_aim_row_writes_erased_concepts_as_their_super_category(bench, world, sd_dir, tmp_path):
     """``--aim``: the erased concepts' prompts name the super-category instead (labels unchanged), every
     other prompt is the original's; ``--strategies none`` leaves only the reference rows."""
