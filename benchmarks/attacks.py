@@ -57,6 +57,10 @@ domain's concepts apart: ``KVProjConfig.spare``, ridge ``SPARE_RIDGE``), kv-proj
 hirm-empty-keep+kv-proj-4-k1 (rank 4, the keys blind only to the one direction the U-Net needs most:
 ``KVProjConfig.key_rank`` = 1), kv-proj-4-k2 (the keys blind to two of the four), kv-proj-8-k1 (the values
 blind to 8 directions, the keys to one).
+A merged method's part that another cell of the work directory already made alone for the concept (the
+same method, config, concept and base weights, as its patch file records them; e.g. ``esd-u-keep``'s
+patch inside ``hirm-empty-keep+esd-u-keep``) is read, not trained again: the cell's ``erase.json`` names
+it under ``reused``, and its erase seconds count that part's recorded cost.
 Attacks at their CPU-budget defaults: embedding (300 steps), unlearndiffatk (k 3, 5 timesteps x 20
 iterations), ringabell (64 x 60).
 """
@@ -322,6 +326,36 @@ def _names(text: str, known: Sequence[str], what: str) -> list[str]:
     return names
 
 
+def made_cells(root: Path, concept: str, skip: Path):
+    """``reuse`` for :func:`hirm.evaluation.compare.make_erase`: a part of a merged method already made
+    alone by another cell of the work directory ``root`` for ``concept`` (e.g. ``esd-u-keep``'s patch for
+    ``hirm-empty-keep+esd-u-keep``): the patch file's metadata names the same method, config and concept
+    (:func:`made_alone`) and its base fingerprints are the model's. Its cost is that cell's erase seconds.
+    Only each file's header is read until one matches."""
+    from safetensors import safe_open
+
+    from hirm.core.multi import base_tensors
+    from hirm.core.patch import Patch, component_fingerprints
+    from hirm.evaluation.compare import made_alone
+
+    def find(method: str, config: Any, concept_obj: Any, handle: Any):
+        for record in sorted(root.glob(f"*/{concept}/erase.json")):
+            path = record.parent / "patch.safetensors"
+            if record.parent == skip or not path.is_file():
+                continue
+            with safe_open(str(path), framework="pt") as f:
+                metadata = json.loads((f.metadata() or {}).get("hirm", "{}"))
+            if not made_alone(metadata, method, config, concept_obj):
+                continue
+            patch = Patch.load(path)
+            if component_fingerprints(base_tensors(handle, list(patch.tensors))) != patch.fingerprints:
+                continue
+            return patch, float(json.loads(record.read_text())["seconds"]), str(record.parent)
+        return None
+
+    return find
+
+
 def erase_cell(
     entry: Entry,
     canvas: Canvas,
@@ -343,13 +377,18 @@ def erase_cell(
         check_entry(work, entry)
         return Patch.load(path), json.loads(meta.read_text())["seconds"]
     start = time.perf_counter()
-    erase = make_erase(entry, canvas, device, esd_batch=esd_batch or None, cache_dir=esd_cache)
+    erase = make_erase(
+        entry, canvas, device, esd_batch=esd_batch or None, cache_dir=esd_cache,
+        reuse=made_cells(work.parent.parent, concept, skip=work),
+    )  # fmt: skip
     if hasattr(erase, "prepare"):
         erase.prepare([(c, canvas.domain(c)) for c in pending])
     patch = erase(handle, concept, canvas.domain(concept))
     seconds = erase_seconds(patch, time.perf_counter() - start)
     patch.save(path, overwrite=True)
     record = {"seconds": seconds, "entry": describe_entry(entry), "machine": machine_text()}
+    if patch.metadata.get("reused"):  # parts made by other cells (their machines are in their erase.json)
+        record["reused"] = patch.metadata["reused"]
     write_atomic(meta, lambda tmp: tmp.write_text(json.dumps(record)), overwrite=True)
     return patch, seconds
 

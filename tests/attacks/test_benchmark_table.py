@@ -397,3 +397,62 @@ def test_erase_cell_trains_the_runs_esd_concepts_together_and_records_each_share
     assert calls == [["Cats", "Dogs"]]  # one run for both; Dogs' cell read its patch from the cache
     for patch, seconds in cells:
         assert seconds == patch.metadata["seconds"] == patch.metadata["batched"]["seconds"] / 2 > 0
+
+
+def test_a_merged_cell_reuses_the_part_another_cell_made_alone(sd_dir, tmp_path, monkeypatch):
+    """``hirm-empty-keep+esd-u-keep``-like cells: the ESD part another cell of the work directory made
+    alone (same method, config, concept, base weights) is read, not trained again, and the cell's erase
+    seconds count what that part cost; a part made with another config is trained anew."""
+    import json
+
+    import torch
+
+    import hirm
+    import hirm.api
+    from hirm.evaluation.canvas_grid import Canvas
+    from hirm.evaluation.compare import Entry
+
+    canvas = Canvas(
+        ("Van_Gogh", "Crayon"), ("Cats", "Dogs"), {"Van_Gogh": "painting", "Crayon": "drawing"},
+        {"Cats": "animal", "Dogs": "animal"},
+    )  # fmt: skip
+    esd = {"esd-u": {"steps": 2, "ddim_steps": 3, "lr": 1e-3}}
+    alone = Entry("esd-u-keep", ("esd-u",), overrides=esd, preserve_others=("esd-u",))
+    other = Entry("esd-u-keep-3", ("esd-u",), overrides={"esd-u": {**esd["esd-u"], "steps": 3}},
+                  preserve_others=("esd-u",))  # fmt: skip
+    both = Entry(
+        "hirm+esd-u-keep", ("hirm", "esd-u"), target="empty", overrides={**esd, "hirm": {"steps": 2}},
+        preserve_others=("hirm", "esd-u"),
+    )  # fmt: skip
+    calls, real = [], hirm.api.erase
+
+    def spy(handle, concepts, *, method, **kwargs):
+        calls.append(method)
+        return real(handle, concepts, method=method, **kwargs)
+
+    monkeypatch.setattr(hirm.api, "erase", spy)
+    handle, cpu, root = hirm.load_model(sd_dir), torch.device("cpu"), tmp_path / "work"
+
+    def cell(entry):
+        work = root / entry.name / "Cats"
+        work.mkdir(parents=True)
+        return attacks_benchmark.erase_cell(entry, canvas, handle, "Cats", work, cpu)
+
+    part, part_seconds = cell(alone)
+    other_part, _ = cell(other)
+    assert calls == ["esd-u", "esd-u"]
+    merged, seconds = cell(both)
+    assert calls == ["esd-u", "esd-u", "hirm"]  # the ESD part was read, not trained
+    for key, value in part.tensors.items():
+        assert torch.equal(merged.tensors[key], value), key
+    assert not torch.equal(part.tensors[key], other_part.tensors[key])  # the other config: another patch
+    record = json.loads((root / both.name / "Cats" / "erase.json").read_text())
+    assert record["reused"] == {"esd-u": str(root / "esd-u-keep" / "Cats")}
+    assert seconds == record["seconds"] > part_seconds  # the part's recorded cost plus HiRM's own
+
+    # without the matching cell, the part is trained again
+    (root / "esd-u-keep" / "Cats" / "erase.json").rename(root / "moved.json")
+    again = root / "hirm+esd-u-keep-2" / "Cats"
+    again.mkdir(parents=True)
+    attacks_benchmark.erase_cell(both, canvas, handle, "Cats", again, cpu)
+    assert calls[-2:] == ["hirm", "esd-u"]

@@ -205,7 +205,7 @@ def make_patch(
         "concepts": concepts,
         "base": {
             **dict(base),
-            "fingerprints": _fingerprints(originals),
+            "fingerprints": component_fingerprints(originals),
             "num_tensors": len(originals),
         },
         # how big the edit is, per tensor: what ``hirm info`` shows (a closed form can rewrite a weight)
@@ -219,7 +219,8 @@ def make_patch(
     return Patch(tensors=tensors, metadata=metadata)
 
 
-def _fingerprints(tensors: Mapping[str, Tensor]) -> dict[str, str]:
+def component_fingerprints(tensors: Mapping[str, Tensor]) -> dict[str, str]:
+    """The base fingerprint per component of ``component/name`` tensors, as a patch records it."""
     by_component: dict[str, dict[str, Tensor]] = {}
     for key, value in tensors.items():
         by_component.setdefault(key.split("/", 1)[0], {})[key] = value
@@ -404,7 +405,7 @@ def _checked_base(
                     f"Patch {i}: {key} has shape {tuple(value.shape)}, the model's is {tuple(param.shape)}."
                 )
             originals[key] = param
-        if _fingerprints(originals) != {c: f for c, f in patch.fingerprints.items() if c in params}:
+        if component_fingerprints(originals) != {c: f for c, f in patch.fingerprints.items() if c in params}:
             made_on = patch.metadata.get("base", {}).get("source", "another model")
             raise PatchMismatchError(
                 f"Patch {i} ({patch.metadata.get('method')}, concepts "

@@ -15,10 +15,11 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 import os
 import re
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
@@ -211,6 +212,26 @@ def _world_concept(canvas: Canvas, name: str, domain: str, entry: Entry) -> Conc
     )
 
 
+#: ``reuse(method, config, concept, handle)``: a part of a merged entry made before (a patch whose
+#: :func:`made_alone` holds and whose base is ``handle``'s weights), with what it cost in seconds and where
+#: it came from; ``None`` = erase it now.
+Reuse = Callable[[str, Any, Concept, Any], "tuple[Any, float, str] | None"]
+
+
+def made_alone(metadata: Mapping[str, Any], method: str, config: Any, concept: Concept) -> bool:
+    """Whether a patch's ``metadata`` says it is what ``method`` with ``config`` makes when it erases
+    ``concept`` alone: the same method, config and concept as recorded (the concept's target only where
+    the method records one, as :meth:`Concept.record` does). Merged patches name several methods, so
+    never match. The base weights are the caller's to check (:func:`hirm.core.patch.component_fingerprints`)."""
+    recorded = metadata.get("concepts") or []
+    if metadata.get("method") != method or len(recorded) != 1 or not isinstance(recorded[0], dict):
+        return False
+    mine = concept.record(target="target" in recorded[0])
+    # as the patch file stores them: JSON (tuples become lists)
+    as_json = json.loads(json.dumps({"config": config.to_dict(), "concept": mine}))
+    return as_json == {"config": metadata.get("config"), "concept": recorded[0]}
+
+
 def make_erase(
     entry: Entry,
     canvas: Canvas,
@@ -218,6 +239,7 @@ def make_erase(
     *,
     esd_batch: int | None = None,
     cache_dir: str | os.PathLike | None = None,
+    reuse: Reuse | None = None,
     progress: bool = True,
 ) -> EraseFn:
     """``erase_fn(handle, name, domain)`` for :func:`run_sweep`: every method of ``entry``, merged.
@@ -226,6 +248,11 @@ def make_erase(
     the sweep's pending concepts in one batched run (:class:`BatchedESD`); each is still its own ESD run,
     and its patch is kept in ``cache_dir``, so an entry that merges ESD with another method (e.g. HiRM +
     ESD-x) reuses the patch the ESD entry made for the same concept.
+
+    ``reuse``: for an entry of several methods, each part (not batched) is first looked up with it, so a
+    part another entry already made alone (same method, config, concept and base weights) is not trained
+    again; the merged patch's ``seconds`` then count each reused part's recorded cost, and its
+    ``reused`` metadata says where each came from.
     """
     batched = {
         m: BatchedESD(
@@ -248,7 +275,7 @@ def make_erase(
         siblings = tuple(
             display_name(x) for x in (canvas.styles if domain == "style" else canvas.objects) if x != name
         )
-        patches, seconds = [], 0.0
+        patches, seconds, reused = [], 0.0, {}
         for m in entry.methods:
             start = time.perf_counter()
             if m in batched:
@@ -266,14 +293,24 @@ def make_erase(
                         spare=tuple(display_name(x) for x in others),
                         spare_templates=spare_templates(display_name(name), domain),
                     )
+                found = reuse(m, config, concept, handle) if reuse and len(entry.methods) > 1 else None
+                if found is not None:
+                    patch, part_seconds, reused[m] = found
+                    patches.append(patch)
+                    seconds += part_seconds
+                    continue
                 patch = erase(handle, [concept], method=m, device=device, progress=False, config=config)
             patches.append(patch)
             seconds += erase_seconds(patch, time.perf_counter() - start)
         if len(patches) == 1:
             return patches[0]
         merged = merge_patches(patches)
-        if batched:  # what the merged erase cost: each batched part's share, the others' wall time
+        if batched or reused:
+            # what the merged erase cost: each batched or reused part's share or record, the others' wall time
             merged.metadata["seconds"] = seconds
+        if reused:
+            merged.metadata["reused"] = reused
+        if batched:
             merged.metadata["batched"] = {
                 m: patch.metadata["batched"] for m, patch in zip(entry.methods, patches) if m in batched
             }

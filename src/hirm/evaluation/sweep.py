@@ -178,9 +178,10 @@ SWEEP_FILES = (MANIFEST, LINES, TABLE)
 
 def erase_seconds(patch: Any, wall_s: float) -> float:
     """What erasing ``patch`` cost: the wall time of the call that returned it, unless it was erased with
-    other concepts in one batched run (``metadata["batched"]``), then its recorded share of that run."""
+    other concepts in one batched run (``metadata["batched"]``), then its recorded share of that run, or
+    some of its parts were made before (``metadata["reused"]``), then their recorded cost is counted."""
     metadata = getattr(patch, "metadata", {})
-    return float(metadata["seconds"]) if metadata.get("batched") else wall_s
+    return float(metadata["seconds"]) if metadata.get("batched") or metadata.get("reused") else wall_s
 
 
 def prepare_out(out: Path, key: str, *, overwrite: bool) -> dict[str, dict[str, Any]]:
