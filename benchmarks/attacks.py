@@ -56,7 +56,8 @@ kv-proj-4-spare / hirm-empty-keep+kv-proj-4-spare (rank 4, directions that spare
 domain's concepts apart: ``KVProjConfig.spare``, ridge ``SPARE_RIDGE``), kv-proj-4-k1 /
 hirm-empty-keep+kv-proj-4-k1 (rank 4, the keys blind only to the one direction the U-Net needs most:
 ``KVProjConfig.key_rank`` = 1), kv-proj-4-k2 (the keys blind to two of the four), kv-proj-8-k1 (the values
-blind to 8 directions, the keys to one).
+blind to 8 directions, the keys to one), hirm-empty-keep+kv-proj-4-k1+esd-u-keep (the three of ours
+merged: HiRM, KV-Proj as in kv-proj-4-k1, ESD-u as in esd-u-keep).
 A merged method's part that another cell of the work directory already made alone for the concept (the
 same method, config, concept and base weights, as its patch file records them; e.g. ``esd-u-keep``'s
 patch inside ``hirm-empty-keep+esd-u-keep``) is read, not trained again: the cell's ``erase.json`` names
@@ -224,6 +225,18 @@ ENTRIES: dict[str, Entry] = {
         # 0.086), and values blind to twice as many directions with the keys to one
         _kv_proj(4, key_rank=2),
         _kv_proj(8, key_rank=1),
+        # ours, all three parts on objects: the pair that held the searches best (HiRM + ESD-u with the
+        # retain term) and the KV-Proj that held textual inversion best with HiRM; devised after those
+        # cells' results on Cats, Horses and Trees (their parts are read from those cells, see made_cells)
+        Entry(
+            "hirm-empty-keep+kv-proj-4-k1+esd-u-keep",
+            ("hirm", "kv-proj", "esd-u"),
+            target="empty",
+            overrides={"hirm": WORLD_TUNED_HIRM, "kv-proj": {"rank": 4, "key_rank": 1}},
+            preserve_others=("hirm", "esd-u"),
+            world_templates=("kv-proj",),
+            contrast_others=("kv-proj",),
+        ),
         Entry("advunlearn-cpu", ("advunlearn",), overrides={"advunlearn": asdict(AdvUnlearnConfig.cpu())}),
         Entry(
             "hirm-adv",
