@@ -119,6 +119,28 @@ def test_merge_patches_refuses_overlap(sd_dir):
         hirm.merge_patches([a, a])
 
 
+def test_merge_patches_of_one_component_fingerprints_the_union_from_the_base(sd_dir):
+    """Two patches changing different tensors of one component (attention only, MLP only): merged with
+    the model's originals they make one patch that applies and equals applying both; without them, or
+    with other weights, merging is refused instead of writing a fingerprint no model matches."""
+    from hirm.core.multi import base_tensors
+
+    model = hirm.load_model(sd_dir)
+    attn = hirm.erase(model, ["Cats"], config=HiRMConfig(steps=3, trainable="attn-only"), progress=False)
+    mlp = hirm.erase(model, ["Cats"], config=HiRMConfig(steps=3, trainable="mlp-only"), progress=False)
+    assert attn.components == mlp.components == ("text_encoder",)
+    with pytest.raises(ValueError, match="all change component 'text_encoder'.*base="):
+        hirm.merge_patches([attn, mlp])
+    keys = [*attn.tensors, *mlp.tensors]
+    merged = hirm.merge_patches([attn, mlp], base=base_tensors(model, keys))
+    one = hirm.apply_patch(hirm.load_model(sd_dir).text_encoder(), merged, component="text_encoder")
+    two = hirm.apply_patch(hirm.load_model(sd_dir).text_encoder(), [attn, mlp], component="text_encoder")
+    assert all(torch.equal(a, b) for a, b in zip(one.state_dict().values(), two.state_dict().values()))
+    other = {k: v + 1 for k, v in base_tensors(model, keys).items()}
+    with pytest.raises(ValueError, match="made for other 'text_encoder' weights"):
+        hirm.merge_patches([attn, mlp], base=other)
+
+
 @pytest.mark.parametrize("family", ["sd", "sdxl", "sd3", "flux"])
 def test_families_erase_apply_and_generate(family, request, tmp_path):
     path = request.getfixturevalue(f"{family}_dir")

@@ -263,3 +263,23 @@ def test_an_entry_that_merges_esd_reuses_the_esd_entrys_cached_patch(sd_dir, can
     # Dogs is not cached: the merged entry's ESD part trains the pending concepts together
     erase(handle, "Dogs", "object")
     assert calls == [["Dogs"]]
+
+
+def test_an_entry_whose_parts_share_a_component_merges_into_a_patch_that_applies(sd_dir, canvas):
+    """KV-Proj (cross-attention keys and values) + ESD-u (the U-Net's other weights) both change the U-Net:
+    the merged patch fingerprints the union from the model and applies as the two parts together."""
+    import torch
+
+    import hirm
+    from hirm.evaluation.compare import make_erase
+
+    entry = Entry(
+        "kv+esd-u", ("kv-proj", "esd-u"),
+        overrides={"kv-proj": {"rank": 2}, "esd-u": {"steps": 2, "ddim_steps": 3, "lr": 1e-3}},
+    )  # fmt: skip
+    handle = hirm.load_model(sd_dir)
+    merged = make_erase(entry, canvas, torch.device("cpu"), progress=False)(handle, "Cats", "object")
+    assert merged.components == ("unet",) and len(merged.metadata["parts"]) == 2
+    one = hirm.apply_patch(hirm.load_model(sd_dir).component("unet"), merged, component="unet")
+    for key, value in merged.tensors.items():
+        assert torch.equal(dict(one.named_parameters())[key.split("/", 1)[1]], value), key

@@ -227,11 +227,17 @@ def component_fingerprints(tensors: Mapping[str, Tensor]) -> dict[str, str]:
     return {comp: fingerprint(values) for comp, values in sorted(by_component.items())}
 
 
-def merge_patches(patches: Sequence[Patch]) -> Patch:
+def merge_patches(patches: Sequence[Patch], *, base: Mapping[str, Tensor] | None = None) -> Patch:
     """One patch from several that change disjoint tensors (e.g. SDXL's two encoders, or HiRM + UCE).
 
     Per-component fingerprints, losses and final losses are merged; if the methods differ the result's
     method is their names joined by ``+`` and each part's metadata is kept under ``parts``.
+
+    A component's fingerprint covers the original values of every tensor the patch changes in it, so
+    when several patches change different tensors of one component (e.g. KV-Proj's cross-attention keys
+    and ESD-u's other U-Net weights) the merged fingerprint needs those originals: ``base`` maps the
+    shared components' ``component/name`` keys to the model's original values
+    (:func:`hirm.core.multi.base_tensors`); each part's fingerprint is checked against it first.
     """
     if not patches:
         raise ValueError("Nothing to merge.")
@@ -241,8 +247,27 @@ def merge_patches(patches: Sequence[Patch]) -> Patch:
         if overlap:
             raise ValueError(f"Patches overlap on {sorted(overlap)[:3]}; use apply_patches to compose them.")
         tensors.update(patch.tensors)
+    fingerprints = {c: f for p in patches for c, f in p.fingerprints.items()}
+    for component in sorted(fingerprints):
+        parts = [i for i, p in enumerate(patches) if component in p.components]
+        if len(parts) < 2:
+            continue
+        keys = sorted(k for k in tensors if k.split("/", 1)[0] == component)
+        if base is None or not set(keys) <= set(base):
+            raise ValueError(
+                f"Patches {parts} all change component {component!r}; merging them needs the model's original "
+                f"values of those tensors: pass base=hirm.core.multi.base_tensors(model, keys), or apply the "
+                "patches together with apply_patch([...])."
+            )
+        for i in parts:
+            own = {k: base[k] for k in patches[i].tensors if k.split("/", 1)[0] == component}
+            if component_fingerprints(own)[component] != patches[i].fingerprints[component]:
+                raise ValueError(
+                    f"Patch {i} was made for other {component!r} weights than the base given to merge_patches."
+                )
+        fingerprints[component] = component_fingerprints({k: base[k] for k in keys})[component]
     metadata = json.loads(json.dumps(patches[0].metadata))
-    metadata["base"]["fingerprints"] = {c: f for p in patches for c, f in p.fingerprints.items()}
+    metadata["base"]["fingerprints"] = fingerprints
     metadata["base"]["num_tensors"] = len(tensors)
     for key in ("final_loss", "losses", "relative_change"):
         merged = {c: v for p in patches for c, v in p.metadata.get(key, {}).items()}
