@@ -227,6 +227,16 @@ def component_fingerprints(tensors: Mapping[str, Tensor]) -> dict[str, str]:
     return {comp: fingerprint(values) for comp, values in sorted(by_component.items())}
 
 
+def shared_keys(patches: Sequence[Patch]) -> list[str]:
+    """The keys of every tensor the patches change in a component that more than one of them changes:
+    the originals :func:`merge_patches` needs as ``base``."""
+    counts: dict[str, int] = {}
+    for patch in patches:
+        for component in patch.components:
+            counts[component] = counts.get(component, 0) + 1
+    return sorted(k for p in patches for k in p.tensors if counts[k.split("/", 1)[0]] > 1)
+
+
 def merge_patches(patches: Sequence[Patch], *, base: Mapping[str, Tensor] | None = None) -> Patch:
     """One patch from several that change disjoint tensors (e.g. SDXL's two encoders, or HiRM + UCE).
 
@@ -236,8 +246,8 @@ def merge_patches(patches: Sequence[Patch], *, base: Mapping[str, Tensor] | None
     A component's fingerprint covers the original values of every tensor the patch changes in it, so
     when several patches change different tensors of one component (e.g. KV-Proj's cross-attention keys
     and ESD-u's other U-Net weights) the merged fingerprint needs those originals: ``base`` maps the
-    shared components' ``component/name`` keys to the model's original values
-    (:func:`hirm.core.multi.base_tensors`); each part's fingerprint is checked against it first.
+    :func:`shared_keys` to the model's original values (:func:`hirm.core.multi.base_tensors`); each
+    part's fingerprint is checked against it first.
     """
     if not patches:
         raise ValueError("Nothing to merge.")
@@ -248,16 +258,15 @@ def merge_patches(patches: Sequence[Patch], *, base: Mapping[str, Tensor] | None
             raise ValueError(f"Patches overlap on {sorted(overlap)[:3]}; use apply_patches to compose them.")
         tensors.update(patch.tensors)
     fingerprints = {c: f for p in patches for c, f in p.fingerprints.items()}
-    for component in sorted(fingerprints):
+    shared = shared_keys(patches)
+    for component in sorted({k.split("/", 1)[0] for k in shared}):
         parts = [i for i, p in enumerate(patches) if component in p.components]
-        if len(parts) < 2:
-            continue
-        keys = sorted(k for k in tensors if k.split("/", 1)[0] == component)
+        keys = [k for k in shared if k.split("/", 1)[0] == component]
         if base is None or not set(keys) <= set(base):
             raise ValueError(
                 f"Patches {parts} all change component {component!r}; merging them needs the model's original "
-                f"values of those tensors: pass base=hirm.core.multi.base_tensors(model, keys), or apply the "
-                "patches together with apply_patch([...])."
+                "values of those tensors: pass base=hirm.core.multi.base_tensors(model, shared_keys(patches)), "
+                "or apply the patches together with apply_patch([...])."
             )
         for i in parts:
             own = {k: base[k] for k in patches[i].tensors if k.split("/", 1)[0] == component}

@@ -267,7 +267,7 @@ def make_erase(
         return batched[entry.methods[0]]
     from hirm.api import erase
     from hirm.core.multi import base_tensors
-    from hirm.core.patch import merge_patches
+    from hirm.core.patch import merge_patches, shared_keys
 
     configs = _configs(entry)
 
@@ -305,14 +305,8 @@ def make_erase(
             seconds += erase_seconds(patch, time.perf_counter() - start)
         if len(patches) == 1:
             return patches[0]
-        shared = {
-            c
-            for i, p in enumerate(patches)
-            for c in p.components
-            if any(c in q.components for q in patches[:i])
-        }
-        keys = [k for p in patches for k in p.tensors if k.split("/", 1)[0] in shared]
-        merged = merge_patches(patches, base=base_tensors(handle, keys) if shared else None)
+        keys = shared_keys(patches)
+        merged = merge_patches(patches, base=base_tensors(handle, keys) if keys else None)
         if batched or reused:
             # what the merged erase cost: each batched or reused part's share or record, the others' wall time
             merged.metadata["seconds"] = seconds
