@@ -56,6 +56,9 @@ from hirm.evaluation.metrics import wilson_interval
 
 GOAL = {"UA": 0.90, "IRA": 0.90, "CRA": 0.95}
 METRICS = ("UA", "IRA", "CRA")
+#: CRA split by the image's concept of the erased domain: one of the erased concepts (how the other domain
+#: fares where the erasure acts, e.g. objects in the erased styles' images) or one of the kept ones.
+CRA_SPLIT = ("CRA_erased", "CRA_kept")
 #: The row of ``--aim``: each erased concept written as its super-category (no model is edited).
 AIM_ROW = "super-category prompt"
 #: ``--aim``'s row per ``--target``: the prompt a perfect misdirection would make the text encoder read.
@@ -77,7 +80,7 @@ def grid_metrics(rows: Sequence[Mapping[str, Any]], erased: Sequence[str], domai
     :meth:`hirm.evaluation.canvas.CanvasEvaluator.judge_items` returns them.
     """
     other = "object" if domain == "style" else "style"
-    counts = {m: [0, 0] for m in METRICS}  # [hits, n]; UA counts misses
+    counts = {m: [0, 0] for m in (*METRICS, *CRA_SPLIT)}  # [hits, n]; UA counts misses
     per_concept = {name: [0, 0] for name in erased}
     for row in rows:
         label, predicted = row[domain], row[f"pred_{domain}"]
@@ -92,8 +95,10 @@ def grid_metrics(rows: Sequence[Mapping[str, Any]], erased: Sequence[str], domai
             counts["IRA"][0] += hit
             counts["IRA"][1] += 1
         if row[other] is not None:
-            counts["CRA"][0] += _same(row[other], row[f"pred_{other}"])
-            counts["CRA"][1] += 1
+            kept = _same(row[other], row[f"pred_{other}"])
+            for metric in ("CRA", "CRA_erased" if target is not None else "CRA_kept"):
+                counts[metric][0] += kept
+                counts[metric][1] += 1
     out: dict[str, Any] = {}
     for metric, (hits, n) in counts.items():
         out[metric] = {"value": hits / n if n else None, "n": n, "ci95": wilson_interval(hits, n)}
@@ -125,6 +130,21 @@ def concepts_for(canvas, names: Sequence[str], domain: str, target: str):
     return [
         Concept(display_name(n), kind=domain, target=world_target(canvas, n, domain, target)) for n in names
     ]
+
+
+def keep_sentences(canvas, kept: Sequence[str], domain: str, per_concept: int = 2) -> list[str]:
+    """Sentences pairing every concept of the other domain with ``per_concept`` kept concepts of ``domain``
+    (the kept ones in turn, so each is used equally often), in the world's training templates naming both,
+    never the grid's (:func:`hirm.evaluation.compare.pair_sentences`).
+
+    ``--keep-sentences``: the ``preserved`` strategy keeps these besides the bare names, since keeping a
+    bare name does not keep the sentences that pair it with another kept concept."""
+    from hirm.evaluation.common import display_name
+    from hirm.evaluation.compare import pair_sentences
+
+    other = "style" if domain == "object" else "object"
+    names = [display_name(n) for n in canvas.names(other)]
+    return list(pair_sentences(names, other, [display_name(n) for n in kept], per_name=per_concept))
 
 
 def aim_items(
@@ -164,6 +184,7 @@ def run_table(
     uce: bool = False,
     uce_tokens: str = "paper",
     preserve_weight: float | None = None,
+    sentences: bool = False,
 ) -> dict[str, Any]:
     """Every (domain, strategy) row; see the module docstring. Returns the JSON-ready result.
 
@@ -173,7 +194,8 @@ def run_table(
     ``uce``: add UCE on all the concepts at once and every HiRM row combined with it (module docstring);
     ``uce_tokens``: its token mode (``paper`` = the original script, ``last`` = the rewritten one).
     ``preserve_weight``: weight of the preserve term the preserved / anchored strategies add (default:
-    ``hirm.core.config.DEFAULT_PRESERVE_WEIGHT``, 1)."""
+    ``hirm.core.config.DEFAULT_PRESERVE_WEIGHT``, 1).
+    ``sentences``: ``preserved`` also keeps :func:`keep_sentences` (needs ``keep_other_domain``)."""
     import torch
 
     from hirm.adapters.loading import load_model
@@ -205,6 +227,10 @@ def run_table(
     anchor = DEFAULT_PRESERVE_WEIGHT if preserve_weight is None else preserve_weight
     if not anchor > 0:
         raise SystemExit(f"--preserve-weight must be > 0 (default {DEFAULT_PRESERVE_WEIGHT}), not {anchor}.")
+    if sentences and not keep_other_domain:
+        raise SystemExit(
+            "--keep-sentences pairs the kept concepts with the other domain's; add --keep-other-domain."
+        )
     dev = torch.device(device)
     canvas, judges = default_canvas_and_judges(model, canvas, judges, dev)
     if settings is None:
@@ -233,6 +259,7 @@ def run_table(
         "target": target,
         "keep_other_domain": keep_other_domain,
         "preserve_weight": anchor,
+        "keep_sentences": sentences,
         "uce_tokens": uce_tokens if uce else None,
         "goal": GOAL,
         "machine": machine_text(),
@@ -254,6 +281,8 @@ def run_table(
         # ``preserved`` (and UCE) keep the domain's other concepts (the IRA ones), as UCE's script keeps the
         # other artists; with keep_other_domain the other domain's concepts (the CRA ones) as well
         kept_texts = [display_name(n) for n in (*kept, *other)]
+        if sentences:
+            kept_texts += keep_sentences(canvas, kept, domain)
 
         made = {}
         for strategy in strategies:
@@ -287,7 +316,17 @@ def run_table(
 
 
 #: What every table pooled by :func:`merge_tables` must share (everything but the sampling seeds).
-SAME_FOR_MERGE = ("hirm_config", "target", "keep_other_domain", "preserve_weight", "uce_tokens", "goal")
+SAME_FOR_MERGE = (
+    "hirm_config",
+    "target",
+    "keep_other_domain",
+    "preserve_weight",
+    "keep_sentences",
+    "uce_tokens",
+    "goal",
+)
+#: What a table written before the setting was recorded ran with.
+RECORD_DEFAULTS = {"preserve_weight": 1.0, "keep_sentences": False}
 
 
 def merge_tables(tables: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
@@ -301,7 +340,7 @@ def merge_tables(tables: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     first = tables[0]
     for table in tables[1:]:
         for key in SAME_FOR_MERGE:
-            if table.get(key) != first.get(key):
+            if table.get(key, RECORD_DEFAULTS.get(key)) != first.get(key, RECORD_DEFAULTS.get(key)):
                 raise SystemExit(f"Cannot merge: the tables differ in {key}; merge only runs of one command.")
         settings = [{k: v for k, v in t["meta"]["settings"].items() if k != "seeds"} for t in (first, table)]
         if settings[0] != settings[1]:
@@ -345,7 +384,9 @@ def merge_tables(tables: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
 def _pool(rows: Sequence[Mapping[str, Any]], erased: Sequence[str]) -> dict[str, Any]:
     """One row pooled over runs on disjoint seeds (see :func:`merge_tables`)."""
     out: dict[str, Any] = {}
-    for metric in METRICS:
+    # tables written before the split was recorded have none: the pooled row then has none either
+    split = tuple(m for m in CRA_SPLIT if all(m in row for row in rows))
+    for metric in (*METRICS, *split):
         n = sum(row[metric]["n"] for row in rows)
         hits = sum(round(row[metric]["value"] * row[metric]["n"]) for row in rows if row[metric]["n"])
         out[metric] = {"value": hits / n if n else None, "n": n, "ci95": wilson_interval(hits, n)}
@@ -385,7 +426,9 @@ def to_markdown(result: Mapping[str, Any], command: str = "") -> str:
         lines += [f"`{command}`", ""]
     lines += [
         f"HiRM settings: {result['hirm_config']}; target: {result['target']}; weight of the strategies' "
-        f"preserve term: {result.get('preserve_weight', 1.0)}. Goal: UA >= 90 %, IRA >= 90 %, "
+        f"preserve term: {result.get('preserve_weight', 1.0)}"
+        f"{'; preserved also keeps sentences pairing kept concepts (--keep-sentences)' if result.get('keep_sentences') else ''}"
+        ". Goal: UA >= 90 %, IRA >= 90 %, "
         "CRA >= 95 %. Values in %, [95 % Wilson interval], n images.",
         "",
         _provenance(result),
@@ -399,6 +442,21 @@ def to_markdown(result: Mapping[str, Any], command: str = "") -> str:
             goal = "yes" if row["meets_goal"] else "no"
             lines.append(f"| {domain} | {name} | {cells} | {row['erase_s']:.1f} | {goal} |")
     lines.append("")
+    split = [(d, name, row) for d, b in result["domains"].items() for name, row in b["rows"].items()
+             if all(m in row for m in CRA_SPLIT)]  # fmt: skip
+    if split:
+        lines += [
+            "CRA split by the image's concept of the erased domain: one of the erased concepts (the other "
+            "domain where the erasure acts) or one of the kept ones.",
+            "",
+            "| domain | strategy | CRA on the erased concepts' images | CRA on the kept concepts' images |",
+            "|---|---|---|---|",
+            *(
+                f"| {d} | {name} | {_cell(row['CRA_erased'])} | {_cell(row['CRA_kept'])} |"
+                for d, name, row in split
+            ),
+            "",
+        ]
     for domain, block in result["domains"].items():
         kept = block.get("kept")
         lines.append(
@@ -496,6 +554,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         type=float,
         default=None,
         help="weight of the preserve term of the preserved / anchored strategies (default 1)",
+    )
+    parser.add_argument(
+        "--keep-sentences",
+        action="store_true",
+        help="preserved-both also keeps sentences pairing each concept of the other domain with two kept ones",
     )
     parser.add_argument(
         "--seeds", default=None, help="Comma-separated sampling seeds (default: the world's)."
@@ -612,6 +675,7 @@ def _run(args: argparse.Namespace) -> dict[str, Any]:
         uce=args.uce,
         uce_tokens=args.uce_tokens,
         preserve_weight=args.preserve_weight,
+        sentences=args.keep_sentences,
     )
 
 

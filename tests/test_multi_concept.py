@@ -122,7 +122,15 @@ def test_wilson_interval_and_grid_metrics_on_known_rows(bench):
     assert m["UA_per_concept"] == {"Cats": 0.5, "Dogs": 1.0}
     assert (m["IRA"]["value"], m["IRA"]["n"]) == (1.0, 1)
     assert (m["CRA"]["value"], m["CRA"]["n"]) == (0.75, 4)
+    # the style kept in the erased objects' images, and in the retained object's
+    assert (m["CRA_erased"]["value"], m["CRA_erased"]["n"]) == (2 / 3, 3)
+    assert (m["CRA_kept"]["value"], m["CRA_kept"]["n"]) == (1.0, 1)
     assert m["meets_goal"] is False
+    # pooled over runs like the other metrics; a table written before the split has none to pool
+    pooled = bench._pool([{**m, "erase_s": 1.0}, {**m, "erase_s": 1.0}], ["Cats", "Dogs"])
+    assert (pooled["CRA_erased"]["n"], pooled["CRA_erased"]["value"]) == (6, 2 / 3)
+    old = {k: v for k, v in m.items() if k != "CRA_kept"}
+    assert "CRA_kept" not in bench._pool([{**m, "erase_s": 1.0}, {**old, "erase_s": 1.0}], ["Cats", "Dogs"])
 
 
 def _judge(classes, channels):
@@ -168,7 +176,8 @@ def test_benchmark_writes_one_row_per_strategy_with_counts_and_intervals(bench, 
     table = (out / "multi_concept.md").read_text()
     assert "| object | average |" in table and "| style | preserved |" in table and "(n=8)" in table
     assert "its IRA is measured on concepts it was told to keep" in table
-    assert table.count("| domain | strategy |") == 1  # one table, both domains
+    assert table.count("| domain | strategy | UA") == 1  # one table, both domains
+    assert table.count("| domain | strategy | CRA on the erased") == 1  # and one of the CRA split
     assert "- objects erased (2): Cats, Dogs; kept (2): Trees, Birds" in table
     with pytest.raises(SystemExit, match="already exists"):  # a one-line error, not a traceback
         bench.main(["--out", str(out), "--model", str(sd_dir), "--budget", "tiny"])
@@ -222,6 +231,52 @@ def test_preserve_weight_reaches_the_preserved_strategy_and_is_recorded(
     with pytest.raises(SystemExit, match="--preserve-weight must be > 0"):
         bench.main(["--out", str(tmp_path / "bad"), "--model", str(sd_dir), "--budget", "tiny",
                     "--preserve-weight", "0"])  # fmt: skip
+    assert not (tmp_path / "bad").exists()
+
+
+def test_keep_sentences_pair_kept_concepts_in_templates_the_grid_does_not_use(
+    bench, world, sd_dir, tmp_path, monkeypatch
+):
+    """``--keep-sentences``: every concept of the other domain is paired with two kept ones (each kept one
+    used equally often), never an erased one, in the world's training templates other than the grid's;
+    ``preserved`` is told to keep them besides the bare names, and the JSON and the table say so."""
+    import hirm.core.multi as multi
+    from hirm.evaluation.canvas_grid import build_items
+    from hirm.world.concepts import CANVAS_TEMPLATE
+
+    sentences = bench.keep_sentences(world, ["Pastel", "Rust"], "style")
+    assert len(sentences) == 8
+    for obj in ("Cats", "Dogs", "Trees", "Birds"):
+        assert sum(obj in s for s in sentences) == 2
+    assert [sum(k in s for s in sentences) for k in ("Pastel", "Rust", "Van Gogh", "Crayon")] == [4, 4, 0, 0]
+    grid = {item.prompt for item in build_items(world, templates=(CANVAS_TEMPLATE,), seeds=(1,))}
+    assert not grid & set(sentences)
+    assert sentences[:4] == [
+        "A Pastel style image of Cats.",
+        "Cats in Rust style",
+        "a picture of Dogs, Pastel style",
+        "Rust Dogs",
+    ]
+
+    kept_by_call, real = [], multi.erase_many
+
+    def spy(*args, keep=(), **kwargs):
+        kept_by_call.append(list(keep))
+        return real(*args, keep=keep, **kwargs)
+
+    monkeypatch.setattr(multi, "erase_many", spy)
+    out = tmp_path / "mc"
+    saved = bench.main(["--out", str(out), "--model", str(sd_dir), "--budget", "tiny", "--domains", "style",
+                        "--strategies", "preserved", "--keep-other-domain", "--keep-sentences",
+                        "--cache-dir", str(tmp_path / "cache")])  # fmt: skip
+    kept = saved["domains"]["style"]["kept"]
+    assert kept_by_call == [["Pastel", "Rust", "Cats", "Dogs", "Trees", "Birds",
+                             *bench.keep_sentences(world, kept, "style")]]  # fmt: skip
+    assert saved["keep_sentences"] is True
+    assert "keeps sentences pairing kept concepts" in (out / "multi_concept.md").read_text()
+    with pytest.raises(SystemExit, match="add --keep-other-domain"):
+        bench.main(["--out", str(tmp_path / "bad"), "--model", str(sd_dir), "--budget", "tiny",
+                    "--keep-sentences"])  # fmt: skip
     assert not (tmp_path / "bad").exists()
 
 
@@ -308,7 +363,14 @@ def test_merge_pools_hits_over_disjoint_seeds_and_refuses_what_would_double_coun
         ([_table([1], 18, [1, 0.8]), _table([2], 18, [1, 0.8], target="empty")], "differ in target"),
         ([_table([1], 18, [1, 0.8]), _table([2], 18, [1, 0.8], erased=("Cats", "Birds"))], "erase other"),
         ([_table([1], 18, [1, 0.8])], "at least two"),
+        (
+            [_table([1], 18, [1, 0.8]), {**_table([2], 18, [1, 0.8]), "keep_sentences": True}],
+            "keep_sentences",
+        ),
     ]
+    # a table written before a setting was recorded ran with its default
+    recorded = {**_table([2], 18, [1, 0.8]), "keep_sentences": False, "preserve_weight": 1.0}
+    assert bench.merge_tables([_table([1], 18, [1, 0.8]), recorded])["domains"]["object"]["rows"]
     for tables, message in refusals:
         with pytest.raises(SystemExit, match=message):
             bench.merge_tables(tables)

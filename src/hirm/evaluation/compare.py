@@ -72,6 +72,9 @@ class Entry:
         spare_others: methods (of ``methods``) whose ``spare`` words are the other domain's concepts, in
             :func:`spare_templates` (KV-Proj: directions that leave what tells them apart, which CRA
             measures).
+        preserve_sentences: methods (of ``preserve_others``) that also preserve each sibling in sentences
+            pairing it with concepts of the other domain (:func:`pair_sentences`; never the grid's template):
+            a preserved bare name does not keep the sentences that name it.
     """
 
     name: str
@@ -82,10 +85,16 @@ class Entry:
     world_templates: tuple[str, ...] = ()
     contrast_others: tuple[str, ...] = ()
     spare_others: tuple[str, ...] = ()
+    preserve_sentences: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if self.target not in TARGETS:
             raise ValueError(f"Entry {self.name!r}: target must be one of {TARGETS}, not {self.target!r}.")
+        stray = [m for m in self.preserve_sentences if m not in self.preserve_others]
+        if stray:
+            raise ValueError(
+                f"Entry {self.name!r}: preserve_sentences names {stray}; add them to preserve_others."
+            )
         for name in ("preserve_others", "world_templates", "contrast_others", "spare_others"):
             stray = [m for m in getattr(self, name) if m not in self.methods]
             if stray:
@@ -170,6 +179,36 @@ def world_templates(domain: str) -> tuple[str, ...]:
             out.extend(named.replace(other, display_name(p)) for p in partners)
         else:
             out.append(named)
+    return tuple(dict.fromkeys(out))
+
+
+def pair_sentences(
+    names: Sequence[str], domain: str, partners: Sequence[str], per_name: int = 2
+) -> tuple[str, ...]:
+    """Sentences pairing each of ``names`` (display names of ``domain``) with ``per_name`` of ``partners``
+    (display names of the other domain), the partners and the templates taken in turn, so each partner
+    is used about equally often. The templates are the world's training templates that name a style and
+    an object by name; the grid's (``CANVAS_TEMPLATE``) and those with super-category words are left out,
+    so no sentence is an evaluated prompt. E.g. ``"A Rust style image of Cats."``."""
+    from hirm.world.concepts import CANVAS_TEMPLATE, TRAIN_TEMPLATES
+
+    if domain not in ("style", "object"):
+        raise ValueError(f"domain must be 'style' or 'object', not {domain!r}.")
+    if not partners or per_name < 1:
+        raise ValueError("pair_sentences needs at least one partner and per_name >= 1.")
+    templates = [
+        t
+        for t in TRAIN_TEMPLATES
+        if t != CANVAS_TEMPLATE and "{style}" in t and "{object}" in t and "_super}" not in t
+    ]
+    other = "object" if domain == "style" else "style"
+    out = []
+    for i, name in enumerate(names):
+        for r in range(per_name):
+            k = i * per_name + r
+            words = {domain: name, other: partners[k % len(partners)]}
+            template = templates[k % len(templates)]
+            out.append(template.replace("{style}", words["style"]).replace("{object}", words["object"]))
     return tuple(dict.fromkeys(out))
 
 
@@ -282,7 +321,11 @@ def make_erase(
             if m in batched:
                 patch = batched[m](handle, name, domain)
             else:
-                config = preserving(configs[m], siblings) if m in entry.preserve_others else configs[m]
+                kept = siblings
+                if m in entry.preserve_sentences:
+                    others = canvas.objects if domain == "style" else canvas.styles
+                    kept += pair_sentences(siblings, domain, [display_name(x) for x in others])
+                config = preserving(configs[m], kept) if m in entry.preserve_others else configs[m]
                 if m in entry.world_templates:
                     config = replace(config, templates=world_templates(domain))
                 if m in entry.contrast_others:
@@ -761,6 +804,8 @@ def _entry_text(entry: Entry) -> str:
         text += (
             f"; {', '.join(entry.preserve_others)} preserves the other concepts of the erased one's domain"
         )
+    if entry.preserve_sentences:
+        text += f" ({', '.join(entry.preserve_sentences)}: also in sentences pairing them with the other domain's)"
     return text
 
 
