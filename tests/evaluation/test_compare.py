@@ -184,6 +184,51 @@ def test_preserve_others_reaches_each_methods_preserve_set(sd_dir, canvas):
     assert list(nested["preserve"]) == siblings and nested["preserve_weight"] == PRESERVE_WEIGHT
 
 
+def test_preserve_sentences_pair_each_sibling_with_the_other_domain_never_in_the_grid_template(
+    sd_dir, canvas
+):
+    """``pair_sentences``: each name with ``per_name`` partners of the other domain, partners and
+    templates in turn, none in the grid's template or a super-category one; an Entry's
+    ``preserve_sentences`` puts them in HiRM's preserve set after the bare siblings, and is refused for a
+    method that preserves nothing."""
+    import pytest
+    import torch
+
+    import hirm
+    from hirm.evaluation.compare import make_erase, pair_sentences
+    from hirm.world.concepts import CANVAS_TEMPLATE
+
+    sentences = pair_sentences(["Cats", "Dogs"], "object", ["Pastel", "Rust", "Van Gogh"])
+    assert sentences == (
+        "A Pastel style image of Cats.",
+        "Cats in Rust style",
+        "a picture of Dogs, Van Gogh style",
+        "Pastel Dogs",
+    )
+    grid = {
+        CANVAS_TEMPLATE.format(object=o, style=s)
+        for o in ("Cats", "Dogs")
+        for s in ("Pastel", "Rust", "Van Gogh")
+    }
+    assert not grid & set(sentences) and not any("(" in s for s in sentences)
+    assert pair_sentences(["Pastel"], "style", ["Cats"], per_name=1) == ("A Pastel style image of Cats.",)
+    with pytest.raises(ValueError, match="domain must be"):
+        pair_sentences(["Cats"], "colour", ["Pastel"])
+    with pytest.raises(ValueError, match="add them to preserve_others"):
+        Entry("x", ("hirm",), preserve_sentences=("hirm",))
+
+    entry = Entry(
+        "hirm-keep-sent", ("hirm",), target="empty", overrides={"hirm": {"steps": 1}},
+        preserve_others=("hirm",), preserve_sentences=("hirm",),
+    )  # fmt: skip
+    name = canvas.objects[0]
+    patch = make_erase(entry, canvas, torch.device("cpu"))(hirm.load_model(sd_dir), name, "object")
+    siblings = tuple(n.replace("_", " ") for n in canvas.objects if n != name)
+    styles = [n.replace("_", " ") for n in canvas.styles]
+    expected = siblings + pair_sentences(siblings, "object", styles)
+    assert tuple(patch.metadata["config"]["preserve"]) == expected and len(expected) == 3 * len(siblings)
+
+
 def test_esd_batch_erases_the_pending_concepts_in_one_run_each_as_its_own_esd(
     sd_dir, canvas, judges, settings, tmp_path, esd_runs
 ):
