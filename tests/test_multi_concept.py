@@ -521,6 +521,46 @@ def test_drift_reads_the_prompt_rows_and_sees_an_edit(drift, model):
     assert all(v < 0.9999 for v in moved.values())
 
 
+def test_drift_rows_keep_sentences_and_one_concept_at_a_time_on_the_world(drift, tmp_path):
+    """``--erase C --each --rows preserved:..,preserved-sentences:..``: a row per (concept, strategy) with
+    the bare kept names as a group of their own; the sentence row keeps the attack entries' sentences
+    (its patch records them); bad flags are one-line errors that write nothing."""
+    import hirm.core.multi as multi
+    from hirm.evaluation.compare import pair_sentences
+
+    kept_by_call, real = [], multi.erase_many
+
+    def spy(*args, keep=(), **kwargs):
+        kept_by_call.append(list(keep))
+        return real(*args, keep=keep, **kwargs)
+
+    out = tmp_path / "drift"
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(multi, "erase_many", spy)
+        result = drift.main(["--out", str(out), "--domains", "object", "--erase", "Cats", "--each", "--target",
+                             "empty", "--steps", "1", "--rows", "preserved:5e-4,preserved-sentences:5e-4"])  # fmt: skip
+    rows = result["domains"]["object"]["rows"]
+    assert [(r["erased_concepts"], r["strategy"]) for r in rows] == [
+        (["Cats"], "preserved"),
+        (["Cats"], "preserved-sentences"),
+    ]
+    for row in rows:
+        assert (row["erased"]["n"], row["kept"]["n"], row["kept, bare"]["n"]) == (1, 19, 19)
+        assert 0 < row["kept, bare"]["mean"] <= 1.0001
+    from hirm.world.concepts import STYLES
+
+    siblings = kept_by_call[0]
+    assert len(siblings) == 19 and "Cats" not in siblings
+    styles = [n.replace("_", " ") for n in STYLES]
+    assert kept_by_call[1] == siblings + list(pair_sentences(siblings, "object", styles))
+    assert "| object | Cats | preserved-sentences |" in (out / "drift.md").read_text()
+    for bad, message in ((["--rows", "nope:1"], "unknown strategy"), (["--each"], "give --erase"),
+                         (["--erase", "Unicorns", "--domains", "object"], "not objects of the world")):  # fmt: skip
+        with pytest.raises(SystemExit, match=message):
+            drift.main(["--out", str(tmp_path / "bad"), "--steps", "1", *bad])
+    assert not (tmp_path / "bad").exists()
+
+
 def test_context_templates_share_no_word_with_the_world_and_are_none_of_its_templates():
     """In-context erasure must not train on the evaluation's words or frames: no word of a context
     template is a world concept name, synonym or super-category, and no template is a world caption
