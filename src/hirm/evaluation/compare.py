@@ -159,20 +159,28 @@ def preserving(config: Any, prompts: tuple[str, ...]) -> Any:
     return replace(config, preserve=prompts)
 
 
+def unevaluated_templates() -> tuple[str, ...]:
+    """The world's training templates a method may train on: the grid's (``CANVAS_TEMPLATE``: the
+    evaluation's and the attacks' prompts) and those with super-category words left out."""
+    from hirm.world.concepts import CANVAS_TEMPLATE, TRAIN_TEMPLATES
+
+    return tuple(t for t in TRAIN_TEMPLATES if t != CANVAS_TEMPLATE and "_super}" not in t)
+
+
 def world_templates(domain: str) -> tuple[str, ...]:
     """The world's training templates that name a concept of ``domain``, as ``{concept}`` templates with
     every concept of the other domain filled in (one template per other-domain concept where the template
     names one). The grid's template (``CANVAS_TEMPLATE``: the evaluation's and the attacks' prompts) and
     the templates with super-category words are left out."""
-    from hirm.world.concepts import CANVAS_TEMPLATE, OBJECTS, STYLES, TRAIN_TEMPLATES
+    from hirm.world.concepts import OBJECTS, STYLES
 
     if domain not in ("style", "object"):
         raise ValueError(f"domain must be 'style' or 'object', not {domain!r}.")
     mine, other = ("{style}", "{object}") if domain == "style" else ("{object}", "{style}")
     partners = OBJECTS if domain == "style" else STYLES
     out: list[str] = []
-    for template in TRAIN_TEMPLATES:
-        if template == CANVAS_TEMPLATE or mine not in template or "_super}" in template:
+    for template in unevaluated_templates():
+        if mine not in template:
             continue
         named = template.replace(mine, "{concept}")
         if other in named:
@@ -190,17 +198,11 @@ def pair_sentences(
     is used about equally often. The templates are the world's training templates that name a style and
     an object by name; the grid's (``CANVAS_TEMPLATE``) and those with super-category words are left out,
     so no sentence is an evaluated prompt. E.g. ``"A Rust style image of Cats."``."""
-    from hirm.world.concepts import CANVAS_TEMPLATE, TRAIN_TEMPLATES
-
     if domain not in ("style", "object"):
         raise ValueError(f"domain must be 'style' or 'object', not {domain!r}.")
     if not partners or per_name < 1:
         raise ValueError("pair_sentences needs at least one partner and per_name >= 1.")
-    templates = [
-        t
-        for t in TRAIN_TEMPLATES
-        if t != CANVAS_TEMPLATE and "{style}" in t and "{object}" in t and "_super}" not in t
-    ]
+    templates = [t for t in unevaluated_templates() if "{style}" in t and "{object}" in t]
     other = "object" if domain == "style" else "style"
     out = []
     for i, name in enumerate(names):
