@@ -237,7 +237,7 @@ def to_markdown(result: dict[str, Any], command: str) -> str:
         "Groups: the erased concepts' and the kept ones' grid prompts, the kept ones' bare names, and the "
         "grid prompts per concept of the other domain.",
         "",
-        "| domain | erased | strategy | lr | erased | kept | kept, bare | other domain | erase s |",
+        "| domain | erased concepts | strategy | lr | erased | kept | kept, bare | other domain | erase s |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
     for domain, block in result["domains"].items():

@@ -136,6 +136,12 @@ def test_merge_patches_of_one_component_fingerprints_the_union_from_the_base(sd_
     one = hirm.apply_patch(hirm.load_model(sd_dir).text_encoder(), merged, component="text_encoder")
     two = hirm.apply_patch(hirm.load_model(sd_dir).text_encoder(), [attn, mlp], component="text_encoder")
     assert all(torch.equal(a, b) for a, b in zip(one.state_dict().values(), two.state_dict().values()))
+    # each part keeps its own losses (the later one does not overwrite the earlier's)
+    assert merged.metadata["final_loss"] == {
+        "text_encoder (part 1: hirm)": attn.metadata["final_loss"]["text_encoder"],
+        "text_encoder (part 2: hirm)": mlp.metadata["final_loss"]["text_encoder"],
+    }
+    assert set(merged.metadata["losses"]) == set(merged.metadata["final_loss"])
     other = {k: v + 1 for k, v in base_tensors(model, keys).items()}
     with pytest.raises(ValueError, match="made for other 'text_encoder' weights"):
         hirm.merge_patches([attn, mlp], base=other)

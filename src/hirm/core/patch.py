@@ -240,7 +240,8 @@ def shared_keys(patches: Sequence[Patch]) -> list[str]:
 def merge_patches(patches: Sequence[Patch], *, base: Mapping[str, Tensor] | None = None) -> Patch:
     """One patch from several that change disjoint tensors (e.g. SDXL's two encoders, or HiRM + UCE).
 
-    Per-component fingerprints, losses and final losses are merged; if the methods differ the result's
+    Per-component fingerprints, losses and final losses are merged (a component several parts change
+    keeps each part's, keyed ``"<component> (part <i>: <method>)"``); if the methods differ the result's
     method is their names joined by ``+`` and each part's metadata is kept under ``parts``.
 
     A component's fingerprint covers the original values of every tensor the patch changes in it, so
@@ -278,8 +279,15 @@ def merge_patches(patches: Sequence[Patch], *, base: Mapping[str, Tensor] | None
     metadata = json.loads(json.dumps(patches[0].metadata))
     metadata["base"]["fingerprints"] = fingerprints
     metadata["base"]["num_tensors"] = len(tensors)
+    # relative_change is per tensor (disjoint); losses are per component, so where several parts change
+    # one component each keeps its own, named by the part: "unet (part 3: esd-u)"
+    changed_by = {c: sum(c in p.components for p in patches) for c in fingerprints}
     for key in ("final_loss", "losses", "relative_change"):
-        merged = {c: v for p in patches for c, v in p.metadata.get(key, {}).items()}
+        merged = {
+            (f"{c} (part {i + 1}: {p.metadata.get('method')})" if changed_by.get(c, 1) > 1 else c): v
+            for i, p in enumerate(patches)
+            for c, v in p.metadata.get(key, {}).items()
+        }
         if merged:
             metadata[key] = merged
     methods = [p.metadata["method"] for p in patches]
