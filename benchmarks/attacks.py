@@ -242,9 +242,10 @@ ENTRIES: dict[str, Entry] = {
         ),
         # ours: hirm-empty-keep also keeping the domain's other concepts in sentences that pair each with
         # two concepts of the other domain (Entry.preserve_sentences; the world's training templates, never
-        # the grid's): its bare-name preserve set keeps those names (relative drift of the final hidden
-        # state 0.4-0.5 % on Cats / Horses) but not sentences naming them (12-33 %); alone and in place of
-        # hirm-empty-keep in the three of ours (whose IRA is what misses the goal on objects)
+        # the grid's): its bare-name preserve set keeps those names (conditioning cosine 0.997) but not the
+        # grid's sentences naming them (0.82-0.92 with Cats, Horses or Trees erased; 0.99 with sentences
+        # kept: results/keep_sentences_drift/objects); alone and in place of hirm-empty-keep in the three
+        # of ours (whose IRA is what misses the goal on objects)
         Entry(
             "hirm-empty-keep-sent",
             ("hirm",),
