@@ -166,6 +166,24 @@ def _hirm_kv_proj(rank: int | None, spare: bool = False, key_rank: int | None = 
     )
 
 
+def _three(sentences: tuple[str, ...] = ()) -> Entry:
+    """The three of ours merged: ``hirm-empty-keep``'s HiRM, KV-Proj as in ``kv-proj-4-k1`` and ESD-u with
+    the retain term as in ``esd-u-keep``; ``sentences``: the parts (``hirm``, ``esd-u``) that also keep the
+    other concepts in sentences (``Entry.preserve_sentences``), each named ``-sent``."""
+    hirm = "hirm-empty-keep" + ("-sent" if "hirm" in sentences else "")
+    esd = "esd-u-keep" + ("-sent" if "esd-u" in sentences else "")
+    return Entry(
+        f"{hirm}+kv-proj-4-k1+{esd}",
+        ("hirm", "kv-proj", "esd-u"),
+        target="empty",
+        overrides={"hirm": WORLD_TUNED_HIRM, "kv-proj": {"rank": 4, "key_rank": 1}},
+        preserve_others=("hirm", "esd-u"),
+        preserve_sentences=sentences,
+        world_templates=("kv-proj",),
+        contrast_others=("kv-proj",),
+    )
+
+
 #: The table's methods (``hirm.evaluation.compare.Entry``: methods merged, target, config overrides),
 #: named and configured as in ``hirm compare`` wherever the comparison has the entry, so that a row of
 #: this table and a row of results/compare describe the same erasure. HiRM runs at the world-tuned
@@ -231,15 +249,7 @@ ENTRIES: dict[str, Entry] = {
         # ours, all three parts on objects: the pair that held the searches best (HiRM + ESD-u with the
         # retain term) and the KV-Proj that held textual inversion best with HiRM; devised after those
         # cells' results on Cats, Horses and Trees (their parts are read from those cells, see made_cells)
-        Entry(
-            "hirm-empty-keep+kv-proj-4-k1+esd-u-keep",
-            ("hirm", "kv-proj", "esd-u"),
-            target="empty",
-            overrides={"hirm": WORLD_TUNED_HIRM, "kv-proj": {"rank": 4, "key_rank": 1}},
-            preserve_others=("hirm", "esd-u"),
-            world_templates=("kv-proj",),
-            contrast_others=("kv-proj",),
-        ),
+        _three(),
         # ours: hirm-empty-keep also keeping the domain's other concepts in sentences that pair each with
         # two concepts of the other domain (Entry.preserve_sentences; the world's training templates, never
         # the grid's): its bare-name preserve set keeps those names (conditioning cosine 0.997) but not the
@@ -254,30 +264,12 @@ ENTRIES: dict[str, Entry] = {
             preserve_others=("hirm",),
             preserve_sentences=("hirm",),
         ),
-        Entry(
-            "hirm-empty-keep-sent+kv-proj-4-k1+esd-u-keep",
-            ("hirm", "kv-proj", "esd-u"),
-            target="empty",
-            overrides={"hirm": WORLD_TUNED_HIRM, "kv-proj": {"rank": 4, "key_rank": 1}},
-            preserve_others=("hirm", "esd-u"),
-            preserve_sentences=("hirm",),
-            world_templates=("kv-proj",),
-            contrast_others=("kv-proj",),
-        ),
+        _three(sentences=("hirm",)),
         # the same for ESD-u's retain term: the other objects' predictions kept for sentences naming them
         # as well as for their bare names (esd-u-keep's IRA, 90.9 % on Cats / Horses / Trees, caps the
         # three's); alone, and in the three with the sentence-keeping HiRM
         Entry("esd-u-keep-sent", ("esd-u",), preserve_others=("esd-u",), preserve_sentences=("esd-u",)),
-        Entry(
-            "hirm-empty-keep-sent+kv-proj-4-k1+esd-u-keep-sent",
-            ("hirm", "kv-proj", "esd-u"),
-            target="empty",
-            overrides={"hirm": WORLD_TUNED_HIRM, "kv-proj": {"rank": 4, "key_rank": 1}},
-            preserve_others=("hirm", "esd-u"),
-            preserve_sentences=("hirm", "esd-u"),
-            world_templates=("kv-proj",),
-            contrast_others=("kv-proj",),
-        ),
+        _three(sentences=("hirm", "esd-u")),
         Entry("advunlearn-cpu", ("advunlearn",), overrides={"advunlearn": asdict(AdvUnlearnConfig.cpu())}),
         Entry(
             "hirm-adv",

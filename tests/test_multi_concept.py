@@ -45,6 +45,21 @@ def bench():
     return _benchmark("multi_concept")
 
 
+@pytest.fixture
+def kept_by_call(monkeypatch):
+    """What each ``hirm.core.multi.erase_many`` call was told to keep (the calls still run)."""
+    import hirm.core.multi as multi
+
+    calls, real = [], multi.erase_many
+
+    def spy(*args, keep=(), **kwargs):
+        calls.append(list(keep))
+        return real(*args, keep=keep, **kwargs)
+
+    monkeypatch.setattr(multi, "erase_many", spy)
+    return calls
+
+
 def _base(model):
     return {
         f"text_encoder/{n}": p.detach().clone() for n, p in component_parameters(model.text_encoder()).items()
@@ -183,18 +198,9 @@ def test_benchmark_writes_one_row_per_strategy_with_counts_and_intervals(bench, 
         bench.main(["--out", str(out), "--model", str(sd_dir), "--budget", "tiny"])
 
 
-def test_keep_other_domain_preserves_the_cra_concepts_too(bench, world, sd_dir, tmp_path, monkeypatch):
+def test_keep_other_domain_preserves_the_cra_concepts_too(bench, world, sd_dir, tmp_path, kept_by_call):
     """``--keep-other-domain``: ``preserved`` is told to keep the other domain's concepts as well, and
     its row says so by its name and its note."""
-    import hirm.core.multi as multi
-
-    kept_by_call, real = [], multi.erase_many
-
-    def spy(*args, keep=(), **kwargs):
-        kept_by_call.append(list(keep))
-        return real(*args, keep=keep, **kwargs)
-
-    monkeypatch.setattr(multi, "erase_many", spy)
     out = tmp_path / "mc"
     saved = bench.main(["--out", str(out), "--model", str(sd_dir), "--budget", "tiny", "--strategies",
                         "preserved", "--keep-other-domain", "--cache-dir", str(tmp_path / "cache")])  # fmt: skip
@@ -235,12 +241,11 @@ def test_preserve_weight_reaches_the_preserved_strategy_and_is_recorded(
 
 
 def test_keep_sentences_pair_kept_concepts_in_templates_the_grid_does_not_use(
-    bench, world, sd_dir, tmp_path, monkeypatch
+    bench, world, sd_dir, tmp_path, kept_by_call
 ):
     """``--keep-sentences``: every concept of the other domain is paired with two kept ones (each kept one
     used equally often), never an erased one, in the world's training templates other than the grid's;
     ``preserved`` is told to keep them besides the bare names, and the JSON and the table say so."""
-    import hirm.core.multi as multi
     from hirm.evaluation.canvas_grid import build_items
     from hirm.world.concepts import CANVAS_TEMPLATE
 
@@ -258,13 +263,6 @@ def test_keep_sentences_pair_kept_concepts_in_templates_the_grid_does_not_use(
         "Rust Dogs",
     ]
 
-    kept_by_call, real = [], multi.erase_many
-
-    def spy(*args, keep=(), **kwargs):
-        kept_by_call.append(list(keep))
-        return real(*args, keep=keep, **kwargs)
-
-    monkeypatch.setattr(multi, "erase_many", spy)
     out = tmp_path / "mc"
     saved = bench.main(["--out", str(out), "--model", str(sd_dir), "--budget", "tiny", "--domains", "style",
                         "--strategies", "preserved", "--keep-other-domain", "--keep-sentences",
@@ -521,23 +519,14 @@ def test_drift_reads_the_prompt_rows_and_sees_an_edit(drift, model):
     assert all(v < 0.9999 for v in moved.values())
 
 
-def test_drift_rows_keep_sentences_and_one_concept_at_a_time_on_the_world(drift, tmp_path):
+def test_drift_rows_keep_sentences_and_one_concept_at_a_time_on_the_world(drift, tmp_path, kept_by_call):
     """``--erase C --each --rows preserved:..,preserved-sentences:..``: a row per (concept, strategy) with
     the bare kept names as a group of their own; the sentence row keeps the attack entries' sentences
     (its patch records them); bad flags are one-line errors that write nothing."""
-    import hirm.core.multi as multi
     from hirm.evaluation.compare import pair_sentences
 
-    kept_by_call, real = [], multi.erase_many
-
-    def spy(*args, keep=(), **kwargs):
-        kept_by_call.append(list(keep))
-        return real(*args, keep=keep, **kwargs)
-
     out = tmp_path / "drift"
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(multi, "erase_many", spy)
-        result = drift.main(["--out", str(out), "--domains", "object", "--erase", "Cats", "--each", "--target",
+    result = drift.main(["--out", str(out), "--domains", "object", "--erase", "Cats", "--each", "--target",
                              "empty", "--steps", "1", "--rows", "preserved:5e-4,preserved-sentences:5e-4"])  # fmt: skip
     rows = result["domains"]["object"]["rows"]
     assert [(r["erased_concepts"], r["strategy"]) for r in rows] == [
