@@ -166,7 +166,7 @@ def run(
             unknown = [n for n in erase if n not in canvas.names(domain)]
             if unknown:
                 raise SystemExit(
-                    f"--erase: {unknown} are not {domain}s of the world; see `hirm info --world`."
+                    f"--erase: {unknown} are not {domain}s of the world; choose from {list(canvas.names(domain))}."
                 )
             names, note = list(erase), None
         else:
