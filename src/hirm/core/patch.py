@@ -260,7 +260,8 @@ def merge_patches(patches: Sequence[Patch], *, base: Mapping[str, Tensor] | None
         tensors.update(patch.tensors)
     fingerprints = {c: f for p in patches for c, f in p.fingerprints.items()}
     shared = shared_keys(patches)
-    for component in sorted({k.split("/", 1)[0] for k in shared}):
+    shared_components = {k.split("/", 1)[0] for k in shared}
+    for component in sorted(shared_components):
         parts = [i for i, p in enumerate(patches) if component in p.components]
         keys = [k for k in shared if k.split("/", 1)[0] == component]
         if base is None or not set(keys) <= set(base):
@@ -281,10 +282,9 @@ def merge_patches(patches: Sequence[Patch], *, base: Mapping[str, Tensor] | None
     metadata["base"]["num_tensors"] = len(tensors)
     # relative_change is per tensor (disjoint); losses are per component, so where several parts change
     # one component each keeps its own, named by the part: "unet (part 3: esd-u)"
-    changed_by = {c: sum(c in p.components for p in patches) for c in fingerprints}
     for key in ("final_loss", "losses", "relative_change"):
         merged = {
-            (f"{c} (part {i + 1}: {p.metadata.get('method')})" if changed_by.get(c, 1) > 1 else c): v
+            (f"{c} (part {i + 1}: {p.metadata.get('method')})" if c in shared_components else c): v
             for i, p in enumerate(patches)
             for c, v in p.metadata.get(key, {}).items()
         }
