@@ -37,6 +37,11 @@ this world, where a super-category often renders as one of the erased concepts (
 ``--target empty`` misdirects each concept toward the empty prompt's read-out (``PromptTarget("")``), the
 guide UCE and ESD erase toward, instead of its super-category: not capped by how the super-category renders.
 
+``--templates partners`` trains each erased concept bare and in frames that each name a concept of the
+other domain (``partner_frames``: the world's training templates naming both, never the grid's), toward
+the same frame with the target in the concept's place; ``preserved`` keeps the domain's kept concepts in
+those frames too and everything else bare. For erased styles whose images lose their objects.
+
 At least two concepts of each domain are always kept for IRA (a domain of n concepts erases at most
 n - 2; the JSON records what was asked and what ran). MiniCanvas 2 has 20 of each: erase 10, keep 10. HiRM settings default to the world-tuned ones of ``hirm compare``
 (HiRM-S toward each concept's super-category, read at the final output, 100 steps, lr 5e-4).
@@ -63,6 +68,8 @@ CRA_SPLIT = ("CRA_erased", "CRA_kept")
 AIM_ROW = "super-category prompt"
 #: ``--aim``'s row per ``--target``: the prompt a perfect misdirection would make the text encoder read.
 AIM_ROWS = {"super": AIM_ROW, "empty": "concept word left out"}
+#: ``--templates partners``: frames per erased concept naming one concept of the other domain each.
+PARTNER_FRAMES = 4
 #: Cheap settings for a smoke run: two concepts, two HiRM steps, one seed, two sampler steps.
 TINY = {"count": 2, "hirm_steps": 2, "seeds": (188,), "sampler_steps": 2}
 
@@ -147,6 +154,23 @@ def keep_sentences(canvas, kept: Sequence[str], domain: str, per_concept: int = 
     return list(pair_sentences(names, other, [display_name(n) for n in kept], per_name=per_concept))
 
 
+def partner_frames(canvas, domain: str, count: int = PARTNER_FRAMES) -> tuple[str, ...]:
+    """``{concept}`` frames of ``domain`` that each name one concept of the other domain: ``count`` of the
+    world's training templates naming both domains (never the grid's; :func:`hirm.evaluation.compare.
+    pair_sentences`), with partners spread over the other domain's list, e.g. ``"Dogs in {concept} style"``.
+
+    ``--templates partners``: each erased concept is trained bare and in these frames toward the same frame
+    with the target in its place (``--target empty``: the concept's word left out, what the aim row
+    renders), and the domain's kept concepts are kept in them; the other domain's kept concepts (and
+    ``--keep-sentences``) stay bare, since the frames have no place for them."""
+    from hirm.evaluation.common import display_name
+    from hirm.evaluation.compare import pair_sentences
+
+    other = [display_name(n) for n in canvas.names("style" if domain == "object" else "object")]
+    spread = [other[k * len(other) // count] for k in range(count)]
+    return pair_sentences(("{concept}",), domain, spread, per_name=count)
+
+
 def aim_items(
     canvas, items: Sequence[Any], erased: Sequence[str], domain: str, target: str = "super"
 ) -> list[Any]:
@@ -185,6 +209,7 @@ def run_table(
     uce_tokens: str = "paper",
     preserve_weight: float | None = None,
     sentences: bool = False,
+    partners: int = 0,
 ) -> dict[str, Any]:
     """Every (domain, strategy) row; see the module docstring. Returns the JSON-ready result.
 
@@ -195,7 +220,10 @@ def run_table(
     ``uce_tokens``: its token mode (``paper`` = the original script, ``last`` = the rewritten one).
     ``preserve_weight``: weight of the preserve term the preserved / anchored strategies add (default:
     ``hirm.core.config.DEFAULT_PRESERVE_WEIGHT``, 1).
-    ``sentences``: ``preserved`` also keeps :func:`keep_sentences` (needs ``keep_other_domain``)."""
+    ``sentences``: ``preserved`` also keeps :func:`keep_sentences` (needs ``keep_other_domain``).
+    ``partners``: train in ``"{concept}"`` and that many :func:`partner_frames` of each domain (``config``
+    must have no templates of its own); ``preserved`` keeps the domain's kept concepts in them and the rest
+    bare."""
     import torch
 
     from hirm.adapters.loading import load_model
@@ -231,6 +259,8 @@ def run_table(
         raise SystemExit(
             "--keep-sentences pairs the kept concepts with the other domain's; add --keep-other-domain."
         )
+    if partners < 0 or (partners and (config is not None and config.templates)):
+        raise SystemExit("--templates partners replaces the HiRM templates; give no other templates.")
     dev = torch.device(device)
     canvas, judges = default_canvas_and_judges(model, canvas, judges, dev)
     if settings is None:
@@ -260,6 +290,7 @@ def run_table(
         "keep_other_domain": keep_other_domain,
         "preserve_weight": anchor,
         "keep_sentences": sentences,
+        "partner_frames": partners,
         "uce_tokens": uce_tokens if uce else None,
         "goal": GOAL,
         "machine": machine_text(),
@@ -283,14 +314,33 @@ def run_table(
         kept_texts = [display_name(n) for n in (*kept, *other)]
         if sentences:
             kept_texts += keep_sentences(canvas, kept, domain)
+        domain_config, bare = config, []
+        if partners:
+            # the frames have a place for this domain's concepts only: the rest is kept bare
+            frames = ("{concept}", *partner_frames(canvas, domain, partners))
+            domain_config = replace(config, templates=frames)
+            bare, kept_texts = kept_texts[len(kept) :], kept_texts[: len(kept)]
 
         made = {}
         for strategy in strategies:
             keep = kept_texts if strategy == "preserved" else []
             row = "preserved-both" if strategy == "preserved" and keep_other_domain else strategy
+            run_config = domain_config
+            if strategy == "preserved" and bare:
+                run_config = replace(
+                    domain_config,
+                    preserve=(*domain_config.preserve, *bare),
+                    preserve_weight=domain_config.preserve_weight or anchor,
+                )
             start = time.perf_counter()
             patch = erase_many(
-                handle, concepts, config, strategy=strategy, keep=keep, anchor_weight=anchor, progress=False
+                handle,
+                concepts,
+                run_config,
+                strategy=strategy,
+                keep=keep,
+                anchor_weight=anchor,
+                progress=False,
             )
             made[row] = (patch, time.perf_counter() - start)
             rows[row] = judge(row, [patch], made[row][1], names, domain)
@@ -308,6 +358,7 @@ def run_table(
         result["domains"][domain] = {
             "erased": names,
             "kept": kept,
+            **({"templates": list(domain_config.templates)} if partners else {}),
             "requested": count,
             "note": note,
             "rows": rows,
@@ -322,11 +373,12 @@ SAME_FOR_MERGE = (
     "keep_other_domain",
     "preserve_weight",
     "keep_sentences",
+    "partner_frames",
     "uce_tokens",
     "goal",
 )
 #: What a table written before the setting was recorded ran with.
-RECORD_DEFAULTS = {"preserve_weight": 1.0, "keep_sentences": False}
+RECORD_DEFAULTS = {"preserve_weight": 1.0, "keep_sentences": False, "partner_frames": 0}
 
 
 def merge_tables(tables: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
@@ -428,6 +480,7 @@ def to_markdown(result: Mapping[str, Any], command: str = "") -> str:
         f"HiRM settings: {result['hirm_config']}; target: {result['target']}; weight of the strategies' "
         f"preserve term: {result.get('preserve_weight', 1.0)}"
         f"{'; preserved also keeps sentences pairing kept concepts (--keep-sentences)' if result.get('keep_sentences') else ''}"
+        f"{'; trained bare and in frames naming the other domain (--templates partners)' if result.get('partner_frames') else ''}"
         ". Goal: UA >= 90 %, IRA >= 90 %, "
         "CRA >= 95 %. Values in %, [95 % Wilson interval], n images.",
         "",
@@ -545,9 +598,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--lr", type=float, default=None, help="HiRM learning rate (default 5e-4).")
     parser.add_argument(
         "--templates",
-        choices=("none", "context"),
+        choices=("none", "context", "partners"),
         default="none",
-        help="train each concept bare (none) or in hirm.core.multi.CONTEXT_TEMPLATES (context)",
+        help="train each concept bare (none), in hirm.core.multi.CONTEXT_TEMPLATES (context), or bare and in "
+        f"{PARTNER_FRAMES} of the world's training templates naming the other domain (partners)",
     )
     parser.add_argument(
         "--preserve-weight",
@@ -676,6 +730,7 @@ def _run(args: argparse.Namespace) -> dict[str, Any]:
         uce_tokens=args.uce_tokens,
         preserve_weight=args.preserve_weight,
         sentences=args.keep_sentences,
+        partners=PARTNER_FRAMES if args.templates == "partners" else 0,
     )
 
 

@@ -278,6 +278,49 @@ def test_keep_sentences_pair_kept_concepts_in_templates_the_grid_does_not_use(
     assert not (tmp_path / "bad").exists()
 
 
+def test_partner_frames_name_the_other_domain_and_keep_only_this_domain_in_them(
+    bench, world, sd_dir, tmp_path, monkeypatch
+):
+    """``--templates partners``: each erased concept is trained bare and in frames that each name one
+    concept of the other domain (the world's training templates naming both, in turn, never the grid's);
+    ``preserved`` keeps the domain's kept concepts in the same frames and the other domain's bare."""
+    import hirm.core.multi as multi
+    from hirm.evaluation.canvas_grid import build_items
+    from hirm.world.concepts import CANVAS_TEMPLATE
+
+    frames = bench.partner_frames(world, "style", 4)
+    assert frames == (
+        "A {concept} style image of Cats.",
+        "Dogs in {concept} style",
+        "a picture of Trees, {concept} style",
+        "{concept} Birds",
+    )
+    grid = {item.prompt for item in build_items(world, templates=(CANVAS_TEMPLATE,), seeds=(1,))}
+    assert not grid & {f.replace("{concept}", s) for f in frames for s in ("Van Gogh", "Pastel")}
+    assert bench.partner_frames(world, "object", 2) == (
+        "A Van Gogh style image of {concept}.",
+        "{concept} in Pastel style",
+    )
+
+    calls, real = [], multi.erase_many
+
+    def spy(model, concepts, config, *, keep=(), **kwargs):
+        calls.append((config, list(keep)))
+        return real(model, concepts, config, keep=keep, **kwargs)
+
+    monkeypatch.setattr(multi, "erase_many", spy)
+    out = tmp_path / "mc"
+    saved = bench.main(["--out", str(out), "--model", str(sd_dir), "--budget", "tiny", "--domains", "style",
+                        "--strategies", "preserved", "--keep-other-domain", "--templates", "partners",
+                        "--cache-dir", str(tmp_path / "cache")])  # fmt: skip
+    ((config, keep),) = calls
+    assert config.templates == ("{concept}", *bench.partner_frames(world, "style"))
+    assert keep == ["Pastel", "Rust"] and config.preserve == ("Cats", "Dogs", "Trees", "Birds")
+    assert saved["partner_frames"] == bench.PARTNER_FRAMES
+    assert saved["domains"]["style"]["templates"] == list(config.templates)
+    assert "in frames naming the other domain" in (out / "multi_concept.md").read_text()
+
+
 def test_aim_row_writes_erased_concepts_as_their_super_category(bench, world, sd_dir, tmp_path):
     """``--aim``: the erased concepts' prompts name the super-category instead (labels unchanged), every
     other prompt is the original's; ``--strategies none`` leaves only the reference rows."""
