@@ -259,7 +259,7 @@ def run_table(
         raise SystemExit(
             "--keep-sentences pairs the kept concepts with the other domain's; add --keep-other-domain."
         )
-    if partners < 0 or (partners and (config is not None and config.templates)):
+    if partners and config is not None and config.templates:
         raise SystemExit("--templates partners replaces the HiRM templates; give no other templates.")
     dev = torch.device(device)
     canvas, judges = default_canvas_and_judges(model, canvas, judges, dev)
@@ -314,16 +314,17 @@ def run_table(
         kept_texts = [display_name(n) for n in (*kept, *other)]
         if sentences:
             kept_texts += keep_sentences(canvas, kept, domain)
-        domain_config, bare = config, []
+        domain_config, framed, bare = config, kept_texts, []
         if partners:
-            # the frames have a place for this domain's concepts only: the rest is kept bare
+            # the frames have a place for this domain's concepts only: the rest is kept bare (UCE's
+            # preserve set stays kept_texts)
             frames = ("{concept}", *partner_frames(canvas, domain, partners))
             domain_config = replace(config, templates=frames)
-            bare, kept_texts = kept_texts[len(kept) :], kept_texts[: len(kept)]
+            framed, bare = kept_texts[: len(kept)], kept_texts[len(kept) :]
 
         made = {}
         for strategy in strategies:
-            keep = kept_texts if strategy == "preserved" else []
+            keep = framed if strategy == "preserved" else []
             row = "preserved-both" if strategy == "preserved" and keep_other_domain else strategy
             run_config = domain_config
             if strategy == "preserved" and bare:

@@ -309,13 +309,24 @@ def test_partner_frames_name_the_other_domain_and_keep_only_this_domain_in_them(
         return real(model, concepts, config, keep=keep, **kwargs)
 
     monkeypatch.setattr(multi, "erase_many", spy)
+    import hirm.api
+
+    uce_keeps, real_erase = [], hirm.api.erase
+
+    def erase_spy(model, concepts, *, config, **kwargs):
+        uce_keeps.append(config.preserve)
+        return real_erase(model, concepts, config=config, **kwargs)
+
+    monkeypatch.setattr(hirm.api, "erase", erase_spy)
     out = tmp_path / "mc"
     saved = bench.main(["--out", str(out), "--model", str(sd_dir), "--budget", "tiny", "--domains", "style",
                         "--strategies", "preserved", "--keep-other-domain", "--templates", "partners",
-                        "--cache-dir", str(tmp_path / "cache")])  # fmt: skip
+                        "--uce", "--cache-dir", str(tmp_path / "cache")])  # fmt: skip
     ((config, keep),) = calls
     assert config.templates == ("{concept}", *bench.partner_frames(world, "style"))
     assert keep == ["Pastel", "Rust"] and config.preserve == ("Cats", "Dogs", "Trees", "Birds")
+    # UCE's preserve set is not templated: it keeps every kept concept of both domains by name
+    assert uce_keeps == [("Pastel", "Rust", "Cats", "Dogs", "Trees", "Birds")]
     assert saved["partner_frames"] == bench.PARTNER_FRAMES
     assert saved["domains"]["style"]["templates"] == list(config.templates)
     assert "in frames naming the other domain" in (out / "multi_concept.md").read_text()
