@@ -60,7 +60,8 @@ blind to 8 directions, the keys to one), hirm-empty-keep+kv-proj-4-k1+esd-u-keep
 merged: HiRM, KV-Proj as in kv-proj-4-k1, ESD-u as in esd-u-keep), hirm-empty-keep-sent /
 hirm-empty-keep-sent+kv-proj-4-k1+esd-u-keep (ours: HiRM keeping the domain's other concepts also in
 sentences with the other domain's, ``Entry.preserve_sentences``; alone and in the three),
-esd-u-keep-sent / hirm-empty-keep-sent+kv-proj-4-k1+esd-u-keep-sent (ESD-u's retain set likewise).
+esd-u-keep-sent / hirm-empty-keep-sent+kv-proj-4-k1+esd-u-keep-sent (ESD-u's retain set likewise),
+hirm-empty-keep-sent+kv-proj-4-k1+esd-u-keep-sent-w4 (the same with ESD-u's retain weight 4).
 A merged method's part that another cell of the work directory already made alone for the concept (the
 same method, config, concept and base weights, as its patch file records them; e.g. ``esd-u-keep``'s
 patch inside ``hirm-empty-keep+esd-u-keep``) is read, not trained again: the cell's ``erase.json`` names
@@ -166,17 +167,22 @@ def _hirm_kv_proj(rank: int | None, spare: bool = False, key_rank: int | None = 
     )
 
 
-def _three(sentences: tuple[str, ...] = ()) -> Entry:
+def _three(sentences: tuple[str, ...] = (), retain_weight: float | None = None) -> Entry:
     """The three of ours merged: ``hirm-empty-keep``'s HiRM, KV-Proj as in ``kv-proj-4-k1`` and ESD-u with
     the retain term as in ``esd-u-keep``; ``sentences``: the parts (``hirm``, ``esd-u``) that also keep the
-    other concepts in sentences (``Entry.preserve_sentences``), each named ``-sent``."""
+    other concepts in sentences (``Entry.preserve_sentences``), each named ``-sent``; ``retain_weight``:
+    ESD-u's retain-term weight (default 1), named ``-w<weight>``."""
     hirm = "hirm-empty-keep" + ("-sent" if "hirm" in sentences else "")
     esd = "esd-u-keep" + ("-sent" if "esd-u" in sentences else "")
+    esd += f"-w{retain_weight:g}" if retain_weight is not None else ""
+    overrides = {"hirm": WORLD_TUNED_HIRM, "kv-proj": {"rank": 4, "key_rank": 1}}
+    if retain_weight is not None:
+        overrides["esd-u"] = {"preserve_weight": retain_weight}
     return Entry(
         f"{hirm}+kv-proj-4-k1+{esd}",
         ("hirm", "kv-proj", "esd-u"),
         target="empty",
-        overrides={"hirm": WORLD_TUNED_HIRM, "kv-proj": {"rank": 4, "key_rank": 1}},
+        overrides=overrides,
         preserve_others=("hirm", "esd-u"),
         preserve_sentences=sentences,
         world_templates=("kv-proj",),
@@ -270,6 +276,9 @@ ENTRIES: dict[str, Entry] = {
         # three's); alone, and in the three with the sentence-keeping HiRM
         Entry("esd-u-keep-sent", ("esd-u",), preserve_others=("esd-u",), preserve_sentences=("esd-u",)),
         _three(sentences=("hirm", "esd-u")),
+        # the same with ESD-u's retain term four times heavier: alone, ESD-u takes one neighbour object
+        # per erased one (Horses: Dogs 1.00 -> 0.50 with Dogs in its retain set), the three's IRA loss
+        _three(sentences=("hirm", "esd-u"), retain_weight=4.0),
         Entry("advunlearn-cpu", ("advunlearn",), overrides={"advunlearn": asdict(AdvUnlearnConfig.cpu())}),
         Entry(
             "hirm-adv",

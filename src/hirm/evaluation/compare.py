@@ -146,16 +146,20 @@ ENTRIES: dict[str, Entry] = {
 PRESERVE_WEIGHT = DEFAULT_PRESERVE_WEIGHT
 
 
-def preserving(config: Any, prompts: tuple[str, ...]) -> Any:
-    """``config`` with ``prompts`` as its preserve set: UCE's ``preserve``; HiRM's ``preserve`` with its
-    ``preserve_weight`` (:data:`PRESERVE_WEIGHT` when it has none); hardened HiRM's nested HiRM config."""
+def preserving(config: Any, prompts: tuple[str, ...], weight: float | None = None) -> Any:
+    """``config`` with ``prompts`` as its preserve set: UCE's ``preserve``; HiRM's and ESD's ``preserve``
+    with ``preserve_weight`` = ``weight`` if given, else the config's (:data:`PRESERVE_WEIGHT` when it has
+    none); hardened HiRM's nested HiRM config."""
     names = {f.name for f in fields(config)}
     if "hirm" in names and "preserve" not in names:
-        return replace(config, hirm=preserving(config.hirm, prompts))
+        return replace(config, hirm=preserving(config.hirm, prompts, weight))
     if "preserve" not in names:
         raise ValueError(f"{type(config).__name__} has no preserve set; leave it out of preserve_others.")
     if "preserve_weight" in names:
-        return replace(config, preserve=prompts, preserve_weight=config.preserve_weight or PRESERVE_WEIGHT)
+        chosen = weight or config.preserve_weight or PRESERVE_WEIGHT
+        return replace(config, preserve=prompts, preserve_weight=chosen)
+    if weight is not None:
+        raise ValueError(f"{type(config).__name__} has no preserve weight; leave preserve_weight out.")
     return replace(config, preserve=prompts)
 
 
@@ -242,9 +246,23 @@ ESD_METHODS = ("esd-x", "esd-u")
 
 
 def _configs(entry: Entry) -> dict[str, Any]:
+    """Each method's config with the entry's overrides, except a ``preserve_weight`` of a method in
+    ``preserve_others``: that waits for the preserve set (:func:`_preserve_weight`), since a config may
+    refuse a weight without one (ESD does)."""
     from hirm.core.registry import get_method
 
-    return {m: replace(get_method(m).config_cls(), **dict(entry.overrides.get(m, {}))) for m in entry.methods}
+    out = {}
+    for m in entry.methods:
+        settings = dict(entry.overrides.get(m, {}))
+        if m in entry.preserve_others:
+            settings.pop("preserve_weight", None)
+        out[m] = replace(get_method(m).config_cls(), **settings)
+    return out
+
+
+def _preserve_weight(entry: Entry, method: str) -> float | None:
+    """The ``preserve_weight`` the entry's overrides give ``method`` with its preserve set, if any."""
+    return entry.overrides.get(method, {}).get("preserve_weight")
 
 
 def _world_concept(canvas: Canvas, name: str, domain: str, entry: Entry) -> Concept:
@@ -327,7 +345,11 @@ def make_erase(
                 if m in entry.preserve_sentences:
                     others = canvas.objects if domain == "style" else canvas.styles
                     kept += pair_sentences(siblings, domain, [display_name(x) for x in others])
-                config = preserving(configs[m], kept) if m in entry.preserve_others else configs[m]
+                config = (
+                    preserving(configs[m], kept, _preserve_weight(entry, m))
+                    if m in entry.preserve_others
+                    else configs[m]
+                )
                 if m in entry.world_templates:
                     config = replace(config, templates=world_templates(domain))
                 if m in entry.contrast_others:
