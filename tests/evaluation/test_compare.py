@@ -172,6 +172,16 @@ def test_preserve_others_reaches_each_methods_preserve_set(sd_dir, canvas):
     assert (esd_config.preserve, esd_config.preserve_weight) == (keep, PRESERVE_WEIGHT)
     with pytest.raises(ValueError, match="has no preserve set"):
         preserving(DiffQuickFixConfig(), keep)
+    # an entry's preserve_weight override waits for the preserve set (ESD refuses a weight without one)
+    from hirm.evaluation.compare import _configs, _preserve_weight
+
+    weighted = Entry("esd-u-keep-w4", ("esd-u",), overrides={"esd-u": {"preserve_weight": 4.0}},
+                     preserve_others=("esd-u",))  # fmt: skip
+    made = preserving(_configs(weighted)["esd-u"], keep, _preserve_weight(weighted, "esd-u"))
+    assert (made.preserve, made.preserve_weight) == (keep, 4.0)
+    assert preserving(HiRMConfig(), keep, 2.5).preserve_weight == 2.5
+    with pytest.raises(ValueError, match="has no preserve weight"):
+        preserving(UCEConfig(), keep, 2.0)
 
     entry = Entry(
         "hirm-adv-keep", ("hirm-adv",), target="super",
