@@ -147,6 +147,28 @@ def test_merge_patches_of_one_component_fingerprints_the_union_from_the_base(sd_
         hirm.merge_patches([attn, mlp], base=other)
 
 
+def test_split_patch_gives_back_each_merged_part_as_made(sd_dir, tmp_path):
+    """``split_patch``: a saved and reloaded HiRM + UCE merge splits into the two patches it was made
+    from (tensors, method, base fingerprints), each applying alone; a patch of one method is refused."""
+    from hirm.core.patch import split_patch
+
+    model = hirm.load_model(sd_dir)
+    made = [
+        hirm.erase(model, ["Cats"], config=FAST, progress=False),
+        hirm.erase(model, ["Cats"], method="uce", progress=False),
+    ]
+    path = hirm.merge_patches(made).save(tmp_path / "both.safetensors")
+    parts = split_patch(hirm.Patch.load(path))
+    assert [p.metadata["method"] for p in parts] == ["hirm", "uce"]
+    for part, original in zip(parts, made, strict=True):
+        assert set(part.tensors) == set(original.tensors)
+        assert all(torch.equal(part.tensors[k], v) for k, v in original.tensors.items())
+        assert part.fingerprints == original.fingerprints
+        hirm.apply_patch(hirm.load_pipeline(sd_dir), part)
+    with pytest.raises(ValueError, match="not a merge of different methods"):
+        split_patch(made[0])
+
+
 @pytest.mark.parametrize("family", ["sd", "sdxl", "sd3", "flux"])
 def test_families_erase_apply_and_generate(family, request, tmp_path):
     path = request.getfixturevalue(f"{family}_dir")

@@ -297,6 +297,32 @@ def merge_patches(patches: Sequence[Patch], *, base: Mapping[str, Tensor] | None
     return Patch(tensors=tensors, metadata=metadata)
 
 
+def split_patch(patch: Patch) -> list[Patch]:
+    """The parts a :func:`merge_patches` of different methods was made from, each as it was made: its
+    tensors (the keys its own ``relative_change`` names) and its own metadata and base fingerprints, so
+    each applies alone, e.g. to measure what each part of HiRM + KV-Proj + ESD-u costs."""
+    parts = patch.metadata.get("parts")
+    if not parts:
+        raise ValueError(
+            "This patch is not a merge of different methods (its metadata has no 'parts'); nothing to split."
+        )
+    out: list[Patch] = []
+    seen: set[str] = set()
+    for i, metadata in enumerate(parts):
+        keys = set((metadata.get("relative_change") or {}) if isinstance(metadata, dict) else ())
+        if not keys or not keys <= set(patch.tensors) or keys & seen:
+            raise ValueError(
+                f"Part {i} of this merged patch does not name its own tensors; it cannot be split."
+            )
+        seen |= keys
+        out.append(Patch({k: patch.tensors[k] for k in sorted(keys)}, json.loads(json.dumps(metadata))))
+    if seen != set(patch.tensors):
+        raise ValueError(
+            "The parts of this merged patch do not account for all its tensors; it cannot be split."
+        )
+    return out
+
+
 def component_parameters(module: nn.Module) -> dict[str, nn.Parameter]:
     return {canonical_name(n): p for n, p in module.named_parameters()}
 
