@@ -66,10 +66,13 @@ def run_cell(cell: Path, concept: str, seeds: Sequence[int], device: str, worst:
         ("all parts", [patch]),
         *((f"part {i + 1}: {p.metadata['method']}", [p]) for i, p in enumerate(parts)),
     ):
+        # the original model is judged once, with the first row
         result = evaluate_canvas(
-            "minicanvas", target=concept, patches=patches, settings=settings, device=device, progress=False
-        )
-        rows.setdefault("original", judged(result, "original"))
+            "minicanvas", target=concept, patches=patches, settings=settings, device=device,
+            baseline=not rows, progress=False,
+        )  # fmt: skip
+        if not rows:
+            rows["original"] = judged(result, "original")
         rows[label] = judged(result, "erased")
     domain = Canvas.from_world().domain(concept)
     names = worst_kept(rows, concept, domain, worst)
