@@ -61,7 +61,9 @@ merged: HiRM, KV-Proj as in kv-proj-4-k1, ESD-u as in esd-u-keep), hirm-empty-ke
 hirm-empty-keep-sent+kv-proj-4-k1+esd-u-keep (ours: HiRM keeping the domain's other concepts also in
 sentences with the other domain's, ``Entry.preserve_sentences``; alone and in the three),
 esd-u-keep-sent / hirm-empty-keep-sent+kv-proj-4-k1+esd-u-keep-sent (ESD-u's retain set likewise),
-hirm-empty-keep-sent+kv-proj-4-k1+esd-u-keep-sent-w4 (the same with ESD-u's retain weight 4).
+hirm-empty-keep-sent+kv-proj-4-k1+esd-u-keep-sent-w4 (the same with ESD-u's retain weight 4),
+hirm-empty-keep-sent+kv-proj-4-k1+esd-u-keep-sent-n3 (instead, ESD-u also keeps the 3 preserve prompts
+nearest the concept at every step, ``ESDConfig.preserve_nearest``).
 A merged method's part that another cell of the work directory already made alone for the concept (the
 same method, config, concept and base weights, as its patch file records them; e.g. ``esd-u-keep``'s
 patch inside ``hirm-empty-keep+esd-u-keep``) is read, not trained again: the cell's ``erase.json`` names
@@ -167,17 +169,27 @@ def _hirm_kv_proj(rank: int | None, spare: bool = False, key_rank: int | None = 
     )
 
 
-def _three(sentences: tuple[str, ...] = (), retain_weight: float | None = None) -> Entry:
+def _three(
+    sentences: tuple[str, ...] = (), retain_weight: float | None = None, nearest: int | None = None
+) -> Entry:
     """The three of ours merged: ``hirm-empty-keep``'s HiRM, KV-Proj as in ``kv-proj-4-k1`` and ESD-u with
     the retain term as in ``esd-u-keep``; ``sentences``: the parts (``hirm``, ``esd-u``) that also keep the
     other concepts in sentences (``Entry.preserve_sentences``), each named ``-sent``; ``retain_weight``:
-    ESD-u's retain-term weight (default 1), named ``-w<weight>``."""
+    ESD-u's retain-term weight (default 1), named ``-w<weight>``; ``nearest``: ESD-u also keeps the
+    predictions of that many preserve prompts nearest the concept at every step
+    (``ESDConfig.preserve_nearest``), named ``-n<nearest>``."""
     hirm = "hirm-empty-keep" + ("-sent" if "hirm" in sentences else "")
     esd = "esd-u-keep" + ("-sent" if "esd-u" in sentences else "")
     esd += f"-w{retain_weight:g}" if retain_weight is not None else ""
-    overrides = {"hirm": WORLD_TUNED_HIRM, "kv-proj": {"rank": 4, "key_rank": 1}}
+    esd += f"-n{nearest}" if nearest is not None else ""
+    overrides: dict[str, Any] = {"hirm": WORLD_TUNED_HIRM, "kv-proj": {"rank": 4, "key_rank": 1}}
+    esd_settings: dict[str, Any] = {}
     if retain_weight is not None:
-        overrides["esd-u"] = {"preserve_weight": retain_weight}
+        esd_settings["preserve_weight"] = retain_weight
+    if nearest is not None:
+        esd_settings["preserve_nearest"] = nearest
+    if esd_settings:
+        overrides["esd-u"] = esd_settings
     return Entry(
         f"{hirm}+kv-proj-4-k1+{esd}",
         ("hirm", "kv-proj", "esd-u"),
@@ -279,6 +291,10 @@ ENTRIES: dict[str, Entry] = {
         # the same with ESD-u's retain term four times heavier: alone, ESD-u takes one neighbour object
         # per erased one (Horses: Dogs 1.00 -> 0.50 with Dogs in its retain set), the three's IRA loss
         _three(sentences=("hirm", "esd-u"), retain_weight=4.0),
+        # instead, weight 1 and, at every step, the retain term also on the 3 preserve prompts whose original
+        # noise predictions are nearest the concept's (ESDConfig.preserve_nearest: one neighbour's name and
+        # its two sentences), the neighbour the ESD-u part takes (results/attacks_parts)
+        _three(sentences=("hirm", "esd-u"), nearest=3),
         Entry("advunlearn-cpu", ("advunlearn",), overrides={"advunlearn": asdict(AdvUnlearnConfig.cpu())}),
         Entry(
             "hirm-adv",

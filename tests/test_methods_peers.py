@@ -146,6 +146,8 @@ def test_registry_lists_the_peer_methods_with_their_defaults():
         (lambda: ESDConfig(preserve="dog"), "ESDConfig.preserve"),
         (lambda: ESDConfig(preserve=("dog",), preserve_weight=0), "ESDConfig.preserve_weight"),
         (lambda: ESDConfig(preserve_weight=2.0), "ESDConfig.preserve_weight"),
+        (lambda: ESDConfig(preserve_nearest=1), "ESDConfig.preserve_nearest"),
+        (lambda: ESDConfig(preserve=("dog",), preserve_nearest=-1), "ESDConfig.preserve_nearest"),
         (lambda: DiffQuickFixConfig(lam=0), "DiffQuickFixConfig.lam"),
         (lambda: DiffQuickFixConfig(templates=("no slot",)), "DiffQuickFixConfig.templates[0]"),
         (lambda: DiffQuickFixConfig(templates=("{concept} {concept}",)), "exactly once"),
@@ -342,12 +344,14 @@ def test_esd_trains_exactly_compvis_xattn_and_noxattn(model):
     assert set(_erase(model, "esd-u").tensors) == {f"unet/{n}" for n in noxattn}
 
 
-def _esd_step(model, config: ESDConfig, gen: torch.Generator, current=None):
+def _esd_step(model, config: ESDConfig, gen: torch.Generator, current=None, near=(), out=None):
     """Restate one ESD step: the latent x_t sampled with DDIM + CFG (start guidance) on the concept by the
     U-Net being trained (``current``; default the original) from the draws of the seeded generator, the
     loss ||eps(x_t, c, t) - [eps*(x_t, t) - eta (eps*(x_t, c, t) - eps*(x_t, t))]||^2 (eq. 4); with a
     preserve set (ours) one more draw picks a preserve prompt p and ``preserve_weight`` ||eps(x_t, p, t) -
-    eps*(x_t, p, t)||^2 is added. Returns the loss, the retain term (or None) and the gradients."""
+    eps*(x_t, p, t)||^2 is added; ``near`` (ours, preserve_nearest): the same term's mean over those
+    preserve prompts, at the same x_t, added with the same weight (its value goes to ``out["near"]``).
+    Returns the loss, the retain term (or None) and the gradients."""
     from diffusers import DDIMScheduler
 
     unet = model.component("unet")
@@ -380,6 +384,14 @@ def _esd_step(model, config: ESDConfig, gen: torch.Generator, current=None):
             student(x, t, encoder_hidden_states=emb_keep[j : j + 1]).sample, keep
         )
         loss = loss + config.preserve_weight * retain
+    if near:
+        rows = emb_keep[list(near)]
+        xs = x.expand(len(near), -1, -1, -1)
+        with torch.no_grad():
+            keep = unet(xs, t, encoder_hidden_states=rows).sample
+        term = torch.nn.functional.mse_loss(student(xs, t, encoder_hidden_states=rows).sample, keep)
+        out["near"] = term.item()
+        loss = loss + config.preserve_weight * term
     loss.backward()
     return loss.item(), None if retain is None else retain.item(), dict(student.named_parameters())
 
@@ -432,6 +444,72 @@ def test_esd_preserve_set_adds_the_retain_term_and_leaves_the_authors_esd_as_it_
         _erase(model, "esd-u", config=replace(config, preserve=("cat", "dog")))
     # without a preserve set: the record (and so batched ESD's cache keys) has no trace of the option
     assert "preserve" not in ESDUConfig().to_dict() and config.to_dict()["preserve"] == ("dog", "a red car")
+
+
+def _nearest_by_hand(model, config: ESDConfig) -> list[int]:
+    """Restate the preserve_nearest ranking: a generator of its own seeded with the config's seed, per probe
+    a t_enc and a start noise, x_t sampled by the original U-Net with DDIM + CFG (start guidance), each
+    preserve prompt's mean squared distance to the concept's noise prediction summed over the probes."""
+    from diffusers import DDIMScheduler
+
+    from hirm.core.esd import NEAREST_PROBES
+
+    unet = model.component("unet")
+    hidden, _ = prompt_embeddings(model.text_encoder(), model.tokenizer(), ["", "cat", *config.preserve])
+    emb_0, emb_c, emb_keep = hidden[:1], hidden[1:2], hidden[2:]
+    scheduler = DDIMScheduler.from_config(model.component("scheduler").config)
+    scheduler.set_timesteps(config.ddim_steps)
+    gen = torch.Generator().manual_seed(config.seed)
+    total = [0.0] * len(config.preserve)
+    with torch.no_grad():
+        for _ in range(NEAREST_PROBES):
+            t_enc = int(torch.randint(config.ddim_steps, (1,), generator=gen))
+            x = torch.randn((1, 4, 8, 8), generator=gen) * scheduler.init_noise_sigma
+            for t in scheduler.timesteps[:t_enc]:
+                uncond, cond = unet(
+                    torch.cat([x, x]), t, encoder_hidden_states=torch.cat([emb_0, emb_c])
+                ).sample.chunk(2)
+                x = scheduler.step(uncond + config.start_guidance * (cond - uncond), t, x).prev_sample
+            t = scheduler.timesteps[t_enc]
+            eps_c = unet(x, t, encoder_hidden_states=emb_c).sample
+            for j in range(len(config.preserve)):
+                eps_p = unet(x, t, encoder_hidden_states=emb_keep[j : j + 1]).sample
+                total[j] += float(((eps_p - eps_c) ** 2).mean())
+    return sorted(range(len(total)), key=lambda j: total[j])[: config.preserve_nearest]
+
+
+def test_esd_preserve_nearest_keeps_the_concepts_nearest_prompts_every_step(model):
+    """Ours: the ranking restated by hand; at the first step the term is 0 (the trained U-Net is the
+    original) and the loss is the uniform-retain run's; at the second it is the restated mean retain term
+    on the nearest prompts, added with the preserve weight; the random stream is the one without it."""
+    preserve = ("dog", "a red car", "a cat", "tree", "a photo of a house")
+    config = ESDUConfig(
+        steps=2, lr=1e-3, ddim_steps=4, negative_guidance=1.5, seed=3, preserve=preserve, preserve_weight=1.5,
+        preserve_nearest=2,
+    )  # fmt: skip
+    near = _nearest_by_hand(model, config)
+    patch = _erase(model, "esd-u", config=config)
+    assert patch.metadata["nearest"] == {"cat": [preserve[j] for j in near]}
+    first = _erase(model, "esd-u", config=replace(config, steps=1))
+    uniform = _erase(model, "esd-u", config=replace(config, steps=1, preserve_nearest=0))
+    assert patch.metadata["retain_nearest_losses"]["unet"][0] == 0.0
+    assert first.metadata["losses"] == uniform.metadata["losses"]
+    gen = torch.Generator().manual_seed(config.seed)
+    found: dict[str, float] = {}
+    _esd_step(model, config, gen, near=near, out=found)
+    assert found["near"] == 0.0
+    loss, retain, _ = _esd_step(
+        model, config, gen, current=_with_patch(model.component("unet"), first, "unet"), near=near, out=found
+    )
+    assert found["near"] > 0
+    assert patch.metadata["retain_nearest_losses"]["unet"][1] == pytest.approx(found["near"], rel=1e-3)
+    assert patch.metadata["retain_losses"]["unet"][1] == pytest.approx(retain, rel=1e-3)
+    assert patch.metadata["losses"]["unet"][1] == pytest.approx(loss, rel=1e-3)
+    # off: the record has no trace of the option; more than the preserve set holds is refused
+    assert "preserve_nearest" not in replace(config, preserve_nearest=0).to_dict()
+    assert config.to_dict()["preserve_nearest"] == 2
+    with pytest.raises(ValueError, match="ESDUConfig.preserve_nearest is 6 but the preserve set has 5"):
+        replace(config, preserve_nearest=6)
 
 
 def test_esd_bf16_trains_the_same_tensors_with_nearly_the_same_loss(model):

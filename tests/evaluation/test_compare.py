@@ -179,6 +179,15 @@ def test_preserve_others_reaches_each_methods_preserve_set(sd_dir, canvas):
                      preserve_others=("esd-u",))  # fmt: skip
     made = preserving(_configs(weighted)["esd-u"], keep, _preserve_weight(weighted, "esd-u"))
     assert (made.preserve, made.preserve_weight) == (keep, 4.0)
+    # so does preserve_nearest (ESD refuses more nearest prompts than its preserve set holds)
+    from hirm.evaluation.compare import _with_preserve
+
+    near = Entry("esd-u-keep-n2", ("esd-u",), overrides={"esd-u": {"preserve_nearest": 2}},
+                 preserve_others=("esd-u",))  # fmt: skip
+    made = _with_preserve(
+        near, "esd-u", preserving(_configs(near)["esd-u"], keep, _preserve_weight(near, "esd-u"))
+    )
+    assert (made.preserve, made.preserve_weight, made.preserve_nearest) == (keep, PRESERVE_WEIGHT, 2)
     assert preserving(HiRMConfig(), keep, 2.5).preserve_weight == 2.5
     with pytest.raises(ValueError, match="has no preserve weight"):
         preserving(UCEConfig(), keep, 2.0)

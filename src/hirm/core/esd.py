@@ -26,8 +26,8 @@ target as ``eps(c) - eta' (eps(c) - eps())``, i.e. eta' = eta + 1 (its default 2
 v-prediction scheduler the same linear target is formed in v space.
 
 One departure, off by default and named: ``ESDConfig.preserve`` (ours) adds a retain term that keeps
-the original U-Net's predictions for other prompts (see its attribute); without it every step is the
-authors'.
+the original U-Net's predictions for other prompts (see its attribute), and ``preserve_nearest`` adds the
+same term on the preserve prompts nearest each concept; without them every step is the authors'.
 
 :func:`erase` with several concepts trains one U-Net on all of them (a random concept per step). To
 erase each concept *separately* (one patch per concept), many at a time in one batched run, see
@@ -84,6 +84,13 @@ class ESDConfig:
             in the paper's ESD; one concept at a time (:mod:`hirm.core.esd_batched` refuses it); a
             prompt that is also an erased concept is refused.
         preserve_weight: the retain term's weight (> 0).
+        preserve_nearest: ``k`` (ours; 0, the default, = off). Besides the uniform draw, each step also adds
+            ``preserve_weight`` times the retain term on the ``k`` preserve prompts nearest the step's
+            concept, batched at the same ``x_t`` and ``t``. Nearness is ranked once before training
+            (:func:`nearest_preserved`): the mean over :data:`NEAREST_PROBES` latents of ``||eps*(x_t, p, t)
+            - eps*(x_t, c, t)||^2``, the latents sampled as the training's are, from a generator of its own
+            (so the training's random stream is unchanged). Meant for the few neighbours an ESD-u erasure
+            drags along (an object's closest object). Needs a preserve set of at least ``k`` prompts.
     """
 
     variant: ESDVariant = "esd-x"
@@ -96,6 +103,7 @@ class ESDConfig:
     precision: Literal["fp32", "bf16"] = "fp32"
     preserve: tuple[str, ...] = ()
     preserve_weight: float = 1.0
+    preserve_nearest: int = 0
 
     def __post_init__(self) -> None:
         owner = type(self).__name__
@@ -103,6 +111,12 @@ class ESDConfig:
         check_float(owner, "preserve_weight", self.preserve_weight, positive=True)
         if self.preserve_weight != 1.0 and not self.preserve:
             raise ValueError(f"{owner}.preserve_weight is set without a preserve set; add preserve prompts.")
+        check_int(owner, "preserve_nearest", self.preserve_nearest, minimum=0)
+        if self.preserve_nearest > len(self.preserve):
+            raise ValueError(
+                f"{owner}.preserve_nearest is {self.preserve_nearest} but the preserve set has "
+                f"{len(self.preserve)} prompts; lower it or add preserve prompts."
+            )
         check_choice(owner, "variant", self.variant, get_args(ESDVariant))
         check_int(owner, "steps", self.steps, minimum=1)
         check_float(owner, "lr", self.lr, positive=True)
@@ -113,11 +127,14 @@ class ESDConfig:
         check_choice(owner, "precision", self.precision, ("fp32", "bf16"))
 
     def to_dict(self) -> dict[str, Any]:
-        """The settings; the preserve set's only when one is given, so the authors' ESD keeps the record
-        (and the batched runs' cache keys) it had before the option existed."""
+        """The settings; the preserve set's only when one is given and ``preserve_nearest`` only when on,
+        so the authors' ESD (and ESD with a uniform retain term) keeps the record (and the batched runs'
+        cache keys) it had before the options existed."""
         out = asdict(self)
         if not self.preserve:
             del out["preserve"], out["preserve_weight"]
+        if not self.preserve_nearest:
+            del out["preserve_nearest"]
         return out
 
 
@@ -180,6 +197,56 @@ def sample_until(
         uncond, cond = both.float().chunk(2)
         latents = scheduler.step(uncond + guidance * (cond - uncond), t, latents).prev_sample
     return latents
+
+
+#: Probe latents per concept that rank the preserve prompts for ``ESDConfig.preserve_nearest``.
+NEAREST_PROBES = 8
+
+
+@torch.no_grad()
+def nearest_preserved(
+    unet: nn.Module,
+    scheduler,
+    emb_0: Tensor,
+    emb_concepts: Tensor,
+    emb_keep: Tensor,
+    config: ESDConfig,
+    *,
+    channels: int,
+    size: tuple[int, int],
+) -> list[list[int]]:
+    """Per concept, the indices of the ``config.preserve_nearest`` preserve prompts whose noise predictions
+    (the frozen ``unet``'s) are nearest the concept's, nearest first. For each of :data:`NEAREST_PROBES`
+    probes a ``t_enc`` and a start noise are drawn from a generator of its own seeded with ``config.seed``,
+    ``x_t`` is sampled as ESD samples its training latents (:func:`sample_until` with the start guidance)
+    and each prompt's squared distance ``mean((eps(x_t, p, t) - eps(x_t, c, t))^2)`` is added up; ties keep
+    the preserve set's order. Runs under the config's precision, as the training does."""
+    device = emb_0.device
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=config.precision == "bf16")
+    generator = torch.Generator(device="cpu").manual_seed(config.seed)
+    chunk = 16  # preserve prompts per forward
+    out = []
+    for k in range(emb_concepts.shape[0]):
+        emb_c = emb_concepts[k : k + 1]
+        distance = torch.zeros(emb_keep.shape[0], dtype=torch.float64)
+        for _ in range(NEAREST_PROBES):
+            t_enc = int(torch.randint(config.ddim_steps, (1,), generator=generator))
+            noise = (
+                torch.randn((1, channels, *size), generator=generator).to(device) * scheduler.init_noise_sigma
+            )
+            with autocast:
+                x_t = sample_until(unet, scheduler, noise, emb_c, emb_0, t_enc, config.start_guidance).float()
+                t = scheduler.timesteps[t_enc]
+                eps_c = unet(x_t, t, encoder_hidden_states=emb_c).sample.float()
+                for i in range(0, emb_keep.shape[0], chunk):
+                    keep = emb_keep[i : i + chunk]
+                    eps_p = unet(x_t.expand(keep.shape[0], -1, -1, -1), t, encoder_hidden_states=keep).sample
+                    distance[i : i + chunk] += (
+                        (eps_p.float() - eps_c).pow(2).flatten(1).mean(1).double().cpu()
+                    )
+        order = sorted(range(len(distance)), key=lambda j: (float(distance[j]), j))
+        out.append(order[: config.preserve_nearest])
+    return out
 
 
 def _check_model(model, components: Sequence[str] | None, unet: nn.Module) -> None:
@@ -278,8 +345,16 @@ def erase(
         emb_keep = prompt_embeddings(
             model.text_encoder("text_encoder"), model.tokenizer("text_encoder"), list(config.preserve)
         )[0].to(device)
+    nearest = None
+    if config.preserve_nearest:  # ours (ESDConfig.preserve_nearest): ranked once, with a generator of its own
+        nearest = nearest_preserved(
+            unet, scheduler, emb_0, emb_concepts, emb_keep, config, channels=channels, size=size
+        )
+        for concept, picked in zip(concepts, nearest, strict=True):
+            logger.info("ESD keeps %r nearest %r.", [config.preserve[j] for j in picked], concept.text)
     losses: list[float] = []
     retained: list[float] = []
+    retained_nearest: list[float] = []
     bar = tqdm(range(config.steps), desc=f"ESD {config.variant}", disable=not progress, leave=False)
     for _ in bar:
         k = int(torch.randint(len(concepts), (1,), generator=generator))
@@ -305,6 +380,16 @@ def erase(
             retain = nn.functional.mse_loss(kept.float(), keep.float())
             retained.append(retain.item())
             loss = loss + config.preserve_weight * retain
+        if nearest is not None:  # ours (ESDConfig.preserve_nearest): the concept's nearest, no random draw
+            emb_near = emb_keep[nearest[k]]
+            x_near = x_t.expand(emb_near.shape[0], -1, -1, -1)
+            with autocast:
+                with torch.no_grad():
+                    keep = unet(x_near, t, encoder_hidden_states=emb_near).sample
+                kept = trained(x_near, t, encoder_hidden_states=emb_near).sample
+            near = nn.functional.mse_loss(kept.float(), keep.float())
+            retained_nearest.append(near.item())
+            loss = loss + config.preserve_weight * near
         value = loss.item()
         if not math.isfinite(value):
             raise NonFiniteLossError(
@@ -328,6 +413,16 @@ def erase(
             "losses": {"unet": losses},
             "final_loss": {"unet": losses[-1]},
             **({"retain_losses": {"unet": retained}} if retained else {}),
+            **(
+                {
+                    "retain_nearest_losses": {"unet": retained_nearest},
+                    "nearest": {
+                        c.text: [config.preserve[j] for j in picked] for c, picked in zip(concepts, nearest)
+                    },
+                }
+                if nearest is not None
+                else {}
+            ),
         },
     )
     del trained, optimizer

@@ -245,17 +245,23 @@ def world_target(canvas: Canvas, name: str, domain: str, kind: str) -> Target:
 ESD_METHODS = ("esd-x", "esd-u")
 
 
+#: Overrides of a ``preserve_others`` method that wait for its preserve set: a config may refuse them
+#: without one (ESD does).
+WITH_PRESERVE = ("preserve_weight", "preserve_nearest")
+
+
 def _configs(entry: Entry) -> dict[str, Any]:
-    """Each method's config with the entry's overrides, except a ``preserve_weight`` of a method in
-    ``preserve_others``: that waits for the preserve set (:func:`_preserve_weight`), since a config may
-    refuse a weight without one (ESD does)."""
+    """Each method's config with the entry's overrides, except those of :data:`WITH_PRESERVE` for a
+    method in ``preserve_others``: they wait for the preserve set (:func:`_preserve_weight`,
+    :func:`_with_preserve`)."""
     from hirm.core.registry import get_method
 
     out = {}
     for m in entry.methods:
         settings = dict(entry.overrides.get(m, {}))
         if m in entry.preserve_others:
-            settings.pop("preserve_weight", None)
+            for name in WITH_PRESERVE:
+                settings.pop(name, None)
         out[m] = replace(get_method(m).config_cls(), **settings)
     return out
 
@@ -263,6 +269,17 @@ def _configs(entry: Entry) -> dict[str, Any]:
 def _preserve_weight(entry: Entry, method: str) -> float | None:
     """The ``preserve_weight`` the entry's overrides give ``method`` with its preserve set, if any."""
     return entry.overrides.get(method, {}).get("preserve_weight")
+
+
+def _with_preserve(entry: Entry, method: str, config: Any) -> Any:
+    """``config`` (with its preserve set) and the entry's other :data:`WITH_PRESERVE` overrides of
+    ``method`` (the weight is :func:`preserving`'s)."""
+    later = {
+        k: v
+        for k, v in entry.overrides.get(method, {}).items()
+        if k in WITH_PRESERVE and k != "preserve_weight"
+    }
+    return replace(config, **later) if later else config
 
 
 def _world_concept(canvas: Canvas, name: str, domain: str, entry: Entry) -> Concept:
@@ -346,7 +363,7 @@ def make_erase(
                     others = canvas.objects if domain == "style" else canvas.styles
                     kept += pair_sentences(siblings, domain, [display_name(x) for x in others])
                 config = (
-                    preserving(configs[m], kept, _preserve_weight(entry, m))
+                    _with_preserve(entry, m, preserving(configs[m], kept, _preserve_weight(entry, m)))
                     if m in entry.preserve_others
                     else configs[m]
                 )
