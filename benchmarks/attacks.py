@@ -63,7 +63,8 @@ sentences with the other domain's, ``Entry.preserve_sentences``; alone and in th
 esd-u-keep-sent / hirm-empty-keep-sent+kv-proj-4-k1+esd-u-keep-sent (ESD-u's retain set likewise),
 hirm-empty-keep-sent+kv-proj-4-k1+esd-u-keep-sent-w4 (the same with ESD-u's retain weight 4),
 hirm-empty-keep-sent+kv-proj-4-k1+esd-u-keep-sent-n3 (instead, ESD-u also keeps the 3 preserve prompts
-nearest the concept at every step, ``ESDConfig.preserve_nearest``).
+nearest the concept at every step, ``ESDConfig.preserve_nearest``), -n3own (those 3 kept at their own
+latents, ``ESDConfig.nearest_latents``).
 A merged method's part that another cell of the work directory already made alone for the concept (the
 same method, config, concept and base weights, as its patch file records them; e.g. ``esd-u-keep``'s
 patch inside ``hirm-empty-keep+esd-u-keep``) is read, not trained again: the cell's ``erase.json`` names
@@ -170,24 +171,31 @@ def _hirm_kv_proj(rank: int | None, spare: bool = False, key_rank: int | None = 
 
 
 def _three(
-    sentences: tuple[str, ...] = (), retain_weight: float | None = None, nearest: int | None = None
+    sentences: tuple[str, ...] = (),
+    retain_weight: float | None = None,
+    nearest: int | None = None,
+    own_latents: bool = False,
 ) -> Entry:
     """The three of ours merged: ``hirm-empty-keep``'s HiRM, KV-Proj as in ``kv-proj-4-k1`` and ESD-u with
     the retain term as in ``esd-u-keep``; ``sentences``: the parts (``hirm``, ``esd-u``) that also keep the
     other concepts in sentences (``Entry.preserve_sentences``), each named ``-sent``; ``retain_weight``:
     ESD-u's retain-term weight (default 1), named ``-w<weight>``; ``nearest``: ESD-u also keeps the
     predictions of that many preserve prompts nearest the concept at every step
-    (``ESDConfig.preserve_nearest``), named ``-n<nearest>``."""
+    (``ESDConfig.preserve_nearest``), named ``-n<nearest>``; ``own_latents``: that term at the nearest
+    prompts' own latents (``ESDConfig.nearest_latents = "own"``), named ``-n<nearest>own``."""
     hirm = "hirm-empty-keep" + ("-sent" if "hirm" in sentences else "")
     esd = "esd-u-keep" + ("-sent" if "esd-u" in sentences else "")
     esd += f"-w{retain_weight:g}" if retain_weight is not None else ""
     esd += f"-n{nearest}" if nearest is not None else ""
+    esd += "own" if own_latents else ""
     overrides: dict[str, Any] = {"hirm": WORLD_TUNED_HIRM, "kv-proj": {"rank": 4, "key_rank": 1}}
     esd_settings: dict[str, Any] = {}
     if retain_weight is not None:
         esd_settings["preserve_weight"] = retain_weight
     if nearest is not None:
         esd_settings["preserve_nearest"] = nearest
+    if own_latents:
+        esd_settings["nearest_latents"] = "own"
     if esd_settings:
         overrides["esd-u"] = esd_settings
     return Entry(
@@ -295,6 +303,10 @@ ENTRIES: dict[str, Entry] = {
         # noise predictions are nearest the concept's (ESDConfig.preserve_nearest: one neighbour's name and
         # its two sentences), the neighbour the ESD-u part takes (results/attacks_parts)
         _three(sentences=("hirm", "esd-u"), nearest=3),
+        # the same 3 kept at their own latents (ESDConfig.nearest_latents = "own"): at the concept's latent
+        # (-n3) textual inversion brought Horses back (77.5 %), as if keeping a neighbour's predictions on
+        # the concept's images kept a path to it
+        _three(sentences=("hirm", "esd-u"), nearest=3, own_latents=True),
         Entry("advunlearn-cpu", ("advunlearn",), overrides={"advunlearn": asdict(AdvUnlearnConfig.cpu())}),
         Entry(
             "hirm-adv",

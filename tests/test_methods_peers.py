@@ -512,6 +512,64 @@ def test_esd_preserve_nearest_keeps_the_concepts_nearest_prompts_every_step(mode
         replace(config, preserve_nearest=6)
 
 
+def test_esd_nearest_at_their_own_latents_uses_a_bank_sampled_with_each_prompt(model):
+    """Ours (nearest_latents="own"): the bank restated (a generator seeded with seed + 1, per nearest
+    prompt NEAREST_BANK draws of t_enc and noise, x_t sampled by the original U-Net with the prompt in the
+    concept's place), then one entry per prompt drawn from the same generator each step; the second
+    step's term is the restated mean retain term there, at each entry's own timestep."""
+    from diffusers import DDIMScheduler
+
+    from hirm.core.esd import NEAREST_BANK
+
+    preserve = ("dog", "a red car", "a cat", "tree")
+    config = ESDUConfig(
+        steps=2, lr=1e-3, ddim_steps=4, negative_guidance=1.5, seed=3, preserve=preserve, preserve_nearest=2,
+        nearest_latents="own",
+    )  # fmt: skip
+    near = _nearest_by_hand(model, config)
+    patch = _erase(model, "esd-u", config=config)
+    first = _erase(model, "esd-u", config=replace(config, steps=1))
+    unet = model.component("unet")
+    hidden, _ = prompt_embeddings(model.text_encoder(), model.tokenizer(), ["", *preserve])
+    emb_0, emb_near = hidden[:1], hidden[1:][near]
+    scheduler = DDIMScheduler.from_config(model.component("scheduler").config)
+    scheduler.set_timesteps(config.ddim_steps)
+    gen = torch.Generator().manual_seed(config.seed + 1)
+    bank, steps = [], []
+    with torch.no_grad():
+        for p in range(len(near)):
+            for _ in range(NEAREST_BANK):
+                t_enc = int(torch.randint(config.ddim_steps, (1,), generator=gen))
+                x = torch.randn((1, 4, 8, 8), generator=gen) * scheduler.init_noise_sigma
+                for t in scheduler.timesteps[:t_enc]:
+                    uncond, cond = unet(
+                        torch.cat([x, x]), t, encoder_hidden_states=torch.cat([emb_0, emb_near[p : p + 1]])
+                    ).sample.chunk(2)
+                    x = scheduler.step(uncond + config.start_guidance * (cond - uncond), t, x).prev_sample
+                bank.append(x)
+                steps.append(t_enc)
+    torch.randint(NEAREST_BANK, (len(near),), generator=gen)  # the first step's entries
+    b = torch.randint(NEAREST_BANK, (len(near),), generator=gen)
+    xs = torch.cat([bank[p * NEAREST_BANK + int(b[p])] for p in range(len(near))])
+    ts = scheduler.timesteps[torch.tensor([steps[p * NEAREST_BANK + int(b[p])] for p in range(len(near))])]
+    current = _with_patch(unet, first, "unet")
+    with torch.no_grad():
+        term = torch.nn.functional.mse_loss(
+            current(xs, ts, encoder_hidden_states=emb_near).sample,
+            unet(xs, ts, encoder_hidden_states=emb_near).sample,
+        )
+    assert patch.metadata["retain_nearest_losses"]["unet"][0] == 0.0
+    assert patch.metadata["retain_nearest_losses"]["unet"][1] == pytest.approx(term.item(), rel=1e-3)
+    # the concept's own random stream is untouched: the first step's ESD loss is the uniform-retain run's
+    uniform = _erase(
+        model, "esd-u", config=replace(config, steps=1, preserve_nearest=0, nearest_latents="concept")
+    )
+    assert first.metadata["losses"] == uniform.metadata["losses"]
+    assert "nearest_latents" not in replace(config, nearest_latents="concept").to_dict()
+    with pytest.raises(ValueError, match="nearest_latents is set without preserve_nearest"):
+        ESDUConfig(preserve=preserve, nearest_latents="own")
+
+
 def test_esd_bf16_trains_the_same_tensors_with_nearly_the_same_loss(model):
     fp32 = _erase(model, "esd-u", config=ESDUConfig(steps=2, ddim_steps=4, lr=1e-4))
     bf16 = _erase(model, "esd-u", config=ESDUConfig(steps=2, ddim_steps=4, lr=1e-4, precision="bf16"))

@@ -91,6 +91,13 @@ class ESDConfig:
             - eps*(x_t, c, t)||^2``, the latents sampled as the training's are, from a generator of its own
             (so the training's random stream is unchanged). Meant for the few neighbours an ESD-u erasure
             drags along (an object's closest object). Needs a preserve set of at least ``k`` prompts.
+        nearest_latents: where the ``preserve_nearest`` term is evaluated (ours). ``concept``: at the step's
+            ``x_t`` (the concept's latent, like the uniform term). ``own``: at each nearest prompt's own
+            latents, a bank of :data:`NEAREST_BANK` per prompt sampled once before training by the frozen
+            U-Net with the prompt in the concept's place (:func:`nearest_bank`), one entry per prompt
+            drawn each step from the bank's generator. At the concept's latent the kept predictions keep
+            the U-Net able to denoise the concept's images under a neighbour's conditioning, a path a
+            learned embedding can take; the neighbour's own images come from its own latents.
     """
 
     variant: ESDVariant = "esd-x"
@@ -104,6 +111,7 @@ class ESDConfig:
     preserve: tuple[str, ...] = ()
     preserve_weight: float = 1.0
     preserve_nearest: int = 0
+    nearest_latents: Literal["concept", "own"] = "concept"
 
     def __post_init__(self) -> None:
         owner = type(self).__name__
@@ -116,6 +124,11 @@ class ESDConfig:
             raise ValueError(
                 f"{owner}.preserve_nearest is {self.preserve_nearest} but the preserve set has "
                 f"{len(self.preserve)} prompts; lower it or add preserve prompts."
+            )
+        check_choice(owner, "nearest_latents", self.nearest_latents, ("concept", "own"))
+        if self.nearest_latents != "concept" and not self.preserve_nearest:
+            raise ValueError(
+                f"{owner}.nearest_latents is set without preserve_nearest; set preserve_nearest."
             )
         check_choice(owner, "variant", self.variant, get_args(ESDVariant))
         check_int(owner, "steps", self.steps, minimum=1)
@@ -135,6 +148,8 @@ class ESDConfig:
             del out["preserve"], out["preserve_weight"]
         if not self.preserve_nearest:
             del out["preserve_nearest"]
+        if self.nearest_latents == "concept":
+            del out["nearest_latents"]
         return out
 
 
@@ -249,6 +264,44 @@ def nearest_preserved(
     return out
 
 
+#: Latents per nearest prompt in the bank of ``ESDConfig.nearest_latents = "own"``.
+NEAREST_BANK = 32
+
+
+@torch.no_grad()
+def nearest_bank(
+    unet: nn.Module,
+    scheduler,
+    emb_0: Tensor,
+    emb_prompts: Tensor,
+    config: ESDConfig,
+    generator: torch.Generator,
+    *,
+    channels: int,
+    size: tuple[int, int],
+) -> tuple[Tensor, Tensor]:
+    """For each prompt of ``emb_prompts`` (P, L, D), :data:`NEAREST_BANK` latents sampled by the frozen
+    ``unet`` as ESD samples its training latents, the prompt in the concept's place: ``t_enc`` and a start
+    noise drawn from ``generator`` (the training's bank generator, seeded with ``config.seed + 1``), then
+    :func:`sample_until` with the start guidance. Returns the latents (P, B, C, H, W) and their ``t_enc``
+    indices (P, B)."""
+    autocast = torch.autocast(emb_0.device.type, dtype=torch.bfloat16, enabled=config.precision == "bf16")
+    latents, steps = [], []
+    for p in range(emb_prompts.shape[0]):
+        for _ in range(NEAREST_BANK):
+            t_enc = int(torch.randint(config.ddim_steps, (1,), generator=generator))
+            noise = torch.randn((1, channels, *size), generator=generator).to(emb_0.device)
+            with autocast:
+                x_t = sample_until(
+                    unet, scheduler, noise * scheduler.init_noise_sigma, emb_prompts[p : p + 1], emb_0, t_enc,
+                    config.start_guidance,
+                )  # fmt: skip
+            latents.append(x_t.float())
+            steps.append(t_enc)
+    shape = (emb_prompts.shape[0], NEAREST_BANK)
+    return torch.cat(latents).reshape(*shape, channels, *size), torch.tensor(steps).reshape(shape)
+
+
 def _check_model(model, components: Sequence[str] | None, unet: nn.Module) -> None:
     if model.family.name != "sd" or model.family.denoiser != "unet":
         raise ValueError(
@@ -352,6 +405,16 @@ def erase(
         )
         for concept, picked in zip(concepts, nearest, strict=True):
             logger.info("ESD keeps %r nearest %r.", [config.preserve[j] for j in picked], concept.text)
+    banks, bank_generator = None, None
+    if config.preserve_nearest and config.nearest_latents == "own":  # ours: the nearest prompts' own latents
+        # one generator of its own: first every concept's bank, then the training's draws from the banks
+        bank_generator = torch.Generator(device="cpu").manual_seed(config.seed + 1)
+        banks = [
+            nearest_bank(
+                unet, scheduler, emb_0, emb_keep[picked], config, bank_generator, channels=channels, size=size
+            )
+            for picked in nearest
+        ]
     losses: list[float] = []
     retained: list[float] = []
     retained_nearest: list[float] = []
@@ -382,11 +445,17 @@ def erase(
             loss = loss + config.preserve_weight * retain
         if nearest is not None:  # ours (ESDConfig.preserve_nearest): the concept's nearest, no random draw
             emb_near = emb_keep[nearest[k]]
-            x_near = x_t.expand(emb_near.shape[0], -1, -1, -1)
+            x_near, t_near = x_t.expand(emb_near.shape[0], -1, -1, -1), t
+            if banks is not None:  # one bank entry per nearest prompt, at its own timestep
+                bank, bank_steps = banks[k]
+                b = torch.randint(NEAREST_BANK, (emb_near.shape[0],), generator=bank_generator)
+                rows = torch.arange(emb_near.shape[0])
+                x_near = bank[rows, b].to(device)
+                t_near = scheduler.timesteps[bank_steps[rows, b].to(scheduler.timesteps.device)]
             with autocast:
                 with torch.no_grad():
-                    keep = unet(x_near, t, encoder_hidden_states=emb_near).sample
-                kept = trained(x_near, t, encoder_hidden_states=emb_near).sample
+                    keep = unet(x_near, t_near, encoder_hidden_states=emb_near).sample
+                kept = trained(x_near, t_near, encoder_hidden_states=emb_near).sample
             near = nn.functional.mse_loss(kept.float(), keep.float())
             retained_nearest.append(near.item())
             loss = loss + config.preserve_weight * near

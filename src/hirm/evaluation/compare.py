@@ -247,7 +247,7 @@ ESD_METHODS = ("esd-x", "esd-u")
 
 #: Overrides of a ``preserve_others`` method that wait for its preserve set: a config may refuse them
 #: without one (ESD does).
-WITH_PRESERVE = ("preserve_weight", "preserve_nearest")
+WITH_PRESERVE = ("preserve_weight", "preserve_nearest", "nearest_latents")
 
 
 def _configs(entry: Entry) -> dict[str, Any]:
