@@ -214,6 +214,26 @@ def sample_until(
     return latents
 
 
+def draw_latent(
+    unet: nn.Module,
+    scheduler,
+    emb_c: Tensor,
+    emb_0: Tensor,
+    config: ESDConfig,
+    generator: torch.Generator,
+    channels: int,
+    size: tuple[int, int],
+) -> tuple[Tensor, int]:
+    """One ESD training latent: ``t_enc`` and a start noise drawn from ``generator`` (in that order), then
+    ``t_enc`` guided DDIM steps (:func:`sample_until`, the config's start guidance) on ``emb_c``. Returns
+    ``x_t`` (float32) and ``t_enc``."""
+    t_enc = int(torch.randint(config.ddim_steps, (1,), generator=generator))
+    noise = (
+        torch.randn((1, channels, *size), generator=generator).to(emb_0.device) * scheduler.init_noise_sigma
+    )
+    return sample_until(unet, scheduler, noise, emb_c, emb_0, t_enc, config.start_guidance).float(), t_enc
+
+
 #: Probe latents per concept that rank the preserve prompts for ``ESDConfig.preserve_nearest``.
 NEAREST_PROBES = 8
 
@@ -245,12 +265,8 @@ def nearest_preserved(
         emb_c = emb_concepts[k : k + 1]
         distance = torch.zeros(emb_keep.shape[0], dtype=torch.float64)
         for _ in range(NEAREST_PROBES):
-            t_enc = int(torch.randint(config.ddim_steps, (1,), generator=generator))
-            noise = (
-                torch.randn((1, channels, *size), generator=generator).to(device) * scheduler.init_noise_sigma
-            )
             with autocast:
-                x_t = sample_until(unet, scheduler, noise, emb_c, emb_0, t_enc, config.start_guidance).float()
+                x_t, t_enc = draw_latent(unet, scheduler, emb_c, emb_0, config, generator, channels, size)
                 t = scheduler.timesteps[t_enc]
                 eps_c = unet(x_t, t, encoder_hidden_states=emb_c).sample.float()
                 for i in range(0, emb_keep.shape[0], chunk):
@@ -289,14 +305,11 @@ def nearest_bank(
     latents, steps = [], []
     for p in range(emb_prompts.shape[0]):
         for _ in range(NEAREST_BANK):
-            t_enc = int(torch.randint(config.ddim_steps, (1,), generator=generator))
-            noise = torch.randn((1, channels, *size), generator=generator).to(emb_0.device)
             with autocast:
-                x_t = sample_until(
-                    unet, scheduler, noise * scheduler.init_noise_sigma, emb_prompts[p : p + 1], emb_0, t_enc,
-                    config.start_guidance,
-                )  # fmt: skip
-            latents.append(x_t.float())
+                x_t, t_enc = draw_latent(
+                    unet, scheduler, emb_prompts[p : p + 1], emb_0, config, generator, channels, size
+                )
+            latents.append(x_t)
             steps.append(t_enc)
     shape = (emb_prompts.shape[0], NEAREST_BANK)
     return torch.cat(latents).reshape(*shape, channels, *size), torch.tensor(steps).reshape(shape)
@@ -356,6 +369,15 @@ def _setup(model, concepts: Sequence[Concept], config: ESDConfig, components: Se
         size=(size, size) if isinstance(size, int) else tuple(size),
         names=trainable_names(unet, config.variant),
     )
+
+
+def _retain_term(trained: nn.Module, unet: nn.Module, x_t: Tensor, t, emb: Tensor) -> Tensor:
+    """``mean ||eps_theta(x_t, p, t) - eps_theta*(x_t, p, t)||^2`` over the rows of ``emb`` (ours: the
+    retain terms of ``ESDConfig.preserve`` and ``preserve_nearest``)."""
+    with torch.no_grad():
+        keep = unet(x_t, t, encoder_hidden_states=emb).sample
+    kept = trained(x_t, t, encoder_hidden_states=emb).sample
+    return nn.functional.mse_loss(kept.float(), keep.float())
 
 
 def erase(
@@ -421,11 +443,9 @@ def erase(
     bar = tqdm(range(config.steps), desc=f"ESD {config.variant}", disable=not progress, leave=False)
     for _ in bar:
         k = int(torch.randint(len(concepts), (1,), generator=generator))
-        t_enc = int(torch.randint(config.ddim_steps, (1,), generator=generator))
-        noise = torch.randn((1, channels, *size), generator=generator).to(device) * scheduler.init_noise_sigma
         emb_c = emb_concepts[k : k + 1]
         with autocast:
-            x_t = sample_until(trained, scheduler, noise, emb_c, emb_0, t_enc, config.start_guidance).float()
+            x_t, t_enc = draw_latent(trained, scheduler, emb_c, emb_0, config, generator, channels, size)
             t = scheduler.timesteps[t_enc]
             with torch.no_grad():
                 both = unet(torch.cat([x_t, x_t]), t, encoder_hidden_states=torch.cat([emb_0, emb_c])).sample
@@ -437,10 +457,7 @@ def erase(
             # preserve set the random stream and every step are the authors'
             j = int(torch.randint(len(config.preserve), (1,), generator=generator))
             with autocast:
-                with torch.no_grad():
-                    keep = unet(x_t, t, encoder_hidden_states=emb_keep[j : j + 1]).sample
-                kept = trained(x_t, t, encoder_hidden_states=emb_keep[j : j + 1]).sample
-            retain = nn.functional.mse_loss(kept.float(), keep.float())
+                retain = _retain_term(trained, unet, x_t, t, emb_keep[j : j + 1])
             retained.append(retain.item())
             loss = loss + config.preserve_weight * retain
         if nearest is not None:  # ours (ESDConfig.preserve_nearest): the concept's nearest, no random draw
@@ -453,10 +470,7 @@ def erase(
                 x_near = bank[rows, b].to(device)
                 t_near = scheduler.timesteps[bank_steps[rows, b].to(scheduler.timesteps.device)]
             with autocast:
-                with torch.no_grad():
-                    keep = unet(x_near, t_near, encoder_hidden_states=emb_near).sample
-                kept = trained(x_near, t_near, encoder_hidden_states=emb_near).sample
-            near = nn.functional.mse_loss(kept.float(), keep.float())
+                near = _retain_term(trained, unet, x_near, t_near, emb_near)
             retained_nearest.append(near.item())
             loss = loss + config.preserve_weight * near
         value = loss.item()
