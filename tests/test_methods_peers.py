@@ -25,7 +25,7 @@ from hirm.core.esd import trainable_names as esd_names
 from hirm.core.hirm import trainable_names as hirm_names
 from hirm.core.kv_proj import KVProjConfig
 from hirm.core.naive import NaiveConfig
-from hirm.core.patch import Patch, apply_patches, component_parameters
+from hirm.core.patch import Patch, apply_patches, component_parameters, make_patch
 from hirm.core.uce import UCEConfig, prompt_embeddings
 
 CAT = [Concept("cat")]
@@ -568,6 +568,44 @@ def test_esd_nearest_at_their_own_latents_uses_a_bank_sampled_with_each_prompt(m
     assert "nearest_latents" not in replace(config, nearest_latents="concept").to_dict()
     with pytest.raises(ValueError, match="nearest_latents is set without preserve_nearest"):
         ESDUConfig(preserve=preserve, nearest_latents="own")
+
+
+def test_esd_trained_on_another_patch_trains_with_it_in_place_and_targets_from_the_original(model):
+    """Ours (erase's trained_on): with a cross-attention patch in place on the trained copy, the first step
+    is the restated ESD step whose x_t and trained predictions come from the patched U-Net and whose target
+    from the original; the patch returned holds only ESD-u's tensors and names what it was trained on; a
+    patch of tensors ESD trains, or of another component, is refused."""
+    from hirm.core.esd import erase as esd_erase
+
+    unet = model.component("unet")
+    params = component_parameters(unet)
+    keys = [n for n in params if "attn2" in n.split(".") and n.endswith(("to_k.weight", "to_v.weight"))]
+    on = make_patch(
+        method="test-kv", originals={f"unet/{n}": params[n].detach() for n in keys},
+        edited={f"unet/{n}": params[n].detach() * 0.5 for n in keys}, config={}, concepts=[], base=model.base_info(),
+    )  # fmt: skip
+    config = ESDUConfig(steps=1, lr=1e-3, ddim_steps=4, negative_guidance=1.5, seed=3)
+    before = _state(model)
+    patch = esd_erase(model, CAT, config, progress=False, trained_on=on)
+    loss, _, grads = _esd_step(
+        model, config, torch.Generator().manual_seed(config.seed), current=_with_patch(unet, on, "unet")
+    )
+    assert patch.metadata["losses"]["unet"][0] == pytest.approx(loss, rel=1e-4)
+    _check_adam_first_step(model, patch, config, grads)
+    assert not set(patch.tensors) & set(on.tensors)
+    assert patch.metadata["trained_on"] == {"method": "test-kv", "digest": on.digest}
+    alone = esd_erase(model, CAT, config, progress=False)
+    assert alone.metadata["losses"] != patch.metadata["losses"]  # the patch in place changed the step
+    assert all(torch.equal(before[k], v) for k, v in _state(model).items())  # the caller's model untouched
+    with pytest.raises(ValueError, match="tensors that ESD trains"):
+        esd_erase(model, CAT, ESDXConfig(steps=1, ddim_steps=4), progress=False, trained_on=on)
+    name, weight = next(iter(component_parameters(model.component("text_encoder")).items()))
+    encoder_patch = make_patch(
+        method="test-te", originals={f"text_encoder/{name}": weight.detach()},
+        edited={f"text_encoder/{name}": weight.detach() * 0.5}, config={}, concepts=[], base=model.base_info(),
+    )  # fmt: skip
+    with pytest.raises(ValueError, match="not only the U-Net"):
+        esd_erase(model, CAT, config, progress=False, trained_on=encoder_patch)
 
 
 def test_esd_bf16_trains_the_same_tensors_with_nearly_the_same_loss(model):

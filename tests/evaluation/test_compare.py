@@ -347,3 +347,44 @@ def test_an_entry_whose_parts_share_a_component_merges_into_a_patch_that_applies
     one = hirm.apply_patch(hirm.load_model(sd_dir).component("unet"), merged, component="unet")
     for key, value in merged.tensors.items():
         assert torch.equal(dict(one.named_parameters())[key.split("/", 1)[1]], value), key
+
+
+def test_trained_on_trains_esd_with_the_earlier_part_in_place_and_never_reuses_a_part_made_alone(
+    sd_dir, canvas
+):
+    """``Entry.trained_on``: ESD-u is trained with the entry's KV-Proj patch for the same concept in place
+    (its part records that patch's digest), the order is checked, and a part trained so is never taken
+    for what the method makes alone (``made_alone``), nor looked up as one."""
+    import pytest
+    import torch
+
+    import hirm
+    from hirm.core.config import Concept
+    from hirm.core.patch import split_patch
+    from hirm.evaluation.compare import made_alone, make_erase
+
+    with pytest.raises(ValueError, match="'kv-proj' first"):
+        Entry("x", ("esd-u", "kv-proj"), trained_on={"esd-u": "kv-proj"})
+    with pytest.raises(ValueError, match="needs both among its methods"):
+        Entry("x", ("esd-u",), trained_on={"esd-u": "kv-proj"})
+    entry = Entry(
+        "kv+esd-u-onkv", ("kv-proj", "esd-u"), overrides={"kv-proj": {"rank": 1}, "esd-u": {"steps": 1, "ddim_steps": 2}},
+        contrast_others=("kv-proj",), trained_on={"esd-u": "kv-proj"},
+    )  # fmt: skip
+    looked_up = []
+
+    def reuse(method, config, concept, handle):
+        looked_up.append(method)
+        return None
+
+    name = canvas.objects[0]
+    merged = make_erase(entry, canvas, torch.device("cpu"), reuse=reuse)(
+        hirm.load_model(sd_dir), name, "object"
+    )
+    kv, esd = split_patch(merged)
+    assert esd.metadata["trained_on"] == {"method": "kv-proj", "digest": kv.digest}
+    assert looked_up == ["kv-proj"]  # the ESD-u part is never looked up as a part made alone
+    config = replace(hirm.get_method("esd-u").config_cls(), steps=1, ddim_steps=2)
+    concept = Concept(text=name.replace("_", " "), kind="object")
+    assert not made_alone(esd.metadata, "esd-u", config, concept)
+    assert made_alone({k: v for k, v in esd.metadata.items() if k != "trained_on"}, "esd-u", config, concept)

@@ -50,7 +50,7 @@ from tqdm.auto import tqdm
 
 from hirm.core.config import Concept, check_choice, check_float, check_int, check_prompts, check_seed
 from hirm.core.hirm import NonFiniteLossError
-from hirm.core.patch import Patch, component_parameters, make_patch
+from hirm.core.patch import Patch, apply_patches, component_parameters, make_patch
 from hirm.core.registry import MethodSpec, register
 from hirm.core.uce import prompt_embeddings
 
@@ -371,6 +371,19 @@ def _setup(model, concepts: Sequence[Concept], config: ESDConfig, components: Se
     )
 
 
+def _check_trained_on(patch: Patch, names: Sequence[str]) -> None:
+    """``erase``'s ``trained_on`` must change U-Net tensors only, none that ESD trains."""
+    others = sorted({key.split("/", 1)[0] for key in patch.tensors} - {"unet"})
+    if others:
+        raise ValueError(f"ESD: trained_on changes {others}, not only the U-Net; give a U-Net patch.")
+    both = sorted(set(names) & {key.split("/", 1)[1] for key in patch.tensors})
+    if both:
+        raise ValueError(
+            f"ESD: trained_on changes {len(both)} tensors that ESD trains (e.g. {both[0]!r}); "
+            "give a patch of other tensors or merge the two patches instead."
+        )
+
+
 def _retain_term(trained: nn.Module, unet: nn.Module, x_t: Tensor, t, emb: Tensor) -> Tensor:
     """``mean ||eps_theta(x_t, p, t) - eps_theta*(x_t, p, t)||^2`` over the rows of ``emb`` (ours: the
     retain terms of ``ESDConfig.preserve`` and ``preserve_nearest``)."""
@@ -387,11 +400,20 @@ def erase(
     *,
     components: Sequence[str] | None = None,
     progress: bool = True,
+    trained_on: Patch | None = None,
 ) -> Patch:
     """ESD on the U-Net of ``model`` (a ``ModelHandle``); returns a patch of the trained tensors.
 
     A copy of the U-Net is trained; the caller's U-Net serves as the frozen ``theta*`` and is never
     modified (gradients are not even enabled on it).
+
+    ``trained_on`` (ours; ``None`` = the authors' ESD): a patch of U-Net tensors that ESD does not train
+    (e.g. KV-Proj's cross-attention edit for ``esd-u``), applied to the trained copy only, so the U-Net is
+    trained with the weights it will run with (every ``x_t`` it samples and every prediction of the trained
+    U-Net see the patch) while ESD's target and the retain term's predictions still come from the caller's
+    U-Net. The returned patch holds only ESD's tensors (merge it with ``trained_on`` to get the model it was
+    trained for) and records ``trained_on``'s method and digest; it is refused where it touches a tensor
+    ESD trains or another component.
     """
     start = time.perf_counter()
     setup = _setup(model, concepts, config, components)
@@ -399,6 +421,9 @@ def erase(
     scheduler, channels, size, names = setup.scheduler, setup.channels, setup.size, setup.names
     concepts = setup.concepts
     trained = copy.deepcopy(unet).eval().requires_grad_(False)
+    if trained_on is not None:  # ours: the weights the trained U-Net will run with, frozen
+        _check_trained_on(trained_on, names)
+        apply_patches(trained, [trained_on], component="unet", keep_originals=False)
     params = component_parameters(trained)
     for name in names:
         params[name].requires_grad_(True)
@@ -496,6 +521,11 @@ def erase(
             "losses": {"unet": losses},
             "final_loss": {"unet": losses[-1]},
             **({"retain_losses": {"unet": retained}} if retained else {}),
+            **(
+                {"trained_on": {"method": trained_on.metadata.get("method"), "digest": trained_on.digest}}
+                if trained_on is not None
+                else {}
+            ),
             **(
                 {
                     "retain_nearest_losses": {"unet": retained_nearest},

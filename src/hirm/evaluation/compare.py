@@ -75,6 +75,9 @@ class Entry:
         preserve_sentences: methods (of ``preserve_others``) that also preserve each sibling in sentences
             pairing it with concepts of the other domain (:func:`pair_sentences`; never the grid's template):
             a preserved bare name does not keep the sentences that name it.
+        trained_on: ``{method: earlier}``: ``method`` (ESD) is trained with the patch ``earlier`` (a method
+            listed before it) made for the same concept in place (``hirm.core.esd.erase``'s ``trained_on``),
+            e.g. ESD-u on the U-Net that carries KV-Proj's edit; never reused from a patch made alone.
     """
 
     name: str
@@ -86,6 +89,7 @@ class Entry:
     contrast_others: tuple[str, ...] = ()
     spare_others: tuple[str, ...] = ()
     preserve_sentences: tuple[str, ...] = ()
+    trained_on: Mapping[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.target not in TARGETS:
@@ -95,6 +99,13 @@ class Entry:
             raise ValueError(
                 f"Entry {self.name!r}: preserve_sentences names {stray}; add them to preserve_others."
             )
+        for method, earlier in self.trained_on.items():
+            order = list(self.methods)
+            if method not in order or earlier not in order or order.index(earlier) >= order.index(method):
+                raise ValueError(
+                    f"Entry {self.name!r}: trained_on {method!r} -> {earlier!r} needs both among its methods, "
+                    f"{earlier!r} first."
+                )
         for name in ("preserve_others", "world_templates", "contrast_others", "spare_others"):
             stray = [m for m in getattr(self, name) if m not in self.methods]
             if stray:
@@ -302,6 +313,8 @@ def made_alone(metadata: Mapping[str, Any], method: str, config: Any, concept: C
     recorded = metadata.get("concepts") or []
     if metadata.get("method") != method or len(recorded) != 1 or not isinstance(recorded[0], dict):
         return False
+    if "trained_on" in metadata:  # trained with another patch in place: not what the method makes alone
+        return False
     mine = concept.record(target="target" in recorded[0])
     # as the patch file stores them: JSON (tuples become lists)
     as_json = json.loads(json.dumps({"config": config.to_dict(), "concept": mine}))
@@ -337,7 +350,7 @@ def make_erase(
             canvas, device, batch=esd_batch, cache_dir=cache_dir, progress=progress,
         )
         for m in entry.methods
-        if esd_batch and m in ESD_METHODS and m not in entry.preserve_others
+        if esd_batch and m in ESD_METHODS and m not in entry.preserve_others and m not in entry.trained_on
     }  # fmt: skip
     if len(entry.methods) == 1 and batched:
         return batched[entry.methods[0]]
@@ -353,6 +366,7 @@ def make_erase(
             display_name(x) for x in (canvas.styles if domain == "style" else canvas.objects) if x != name
         )
         patches, seconds, reused = [], 0.0, {}
+        made: dict[str, Any] = {}  # method -> its patch for this concept, for Entry.trained_on
         for m in entry.methods:
             start = time.perf_counter()
             if m in batched:
@@ -378,13 +392,22 @@ def make_erase(
                         spare=tuple(display_name(x) for x in others),
                         spare_templates=spare_templates(display_name(name), domain),
                     )
-                found = reuse(m, config, concept, handle) if reuse and len(entry.methods) > 1 else None
+                alone = reuse and len(entry.methods) > 1 and m not in entry.trained_on
+                found = reuse(m, config, concept, handle) if alone else None
                 if found is not None:
                     patch, part_seconds, reused[m] = found
+                    made[m] = patch
                     patches.append(patch)
                     seconds += part_seconds
                     continue
-                patch = erase(handle, [concept], method=m, device=device, progress=False, config=config)
+                if m in entry.trained_on:
+                    from hirm.core.registry import get_method
+
+                    on = made[entry.trained_on[m]]
+                    patch = get_method(m).erase(handle, [concept], config, progress=False, trained_on=on)
+                else:
+                    patch = erase(handle, [concept], method=m, device=device, progress=False, config=config)
+            made[m] = patch
             patches.append(patch)
             seconds += erase_seconds(patch, time.perf_counter() - start)
         if len(patches) == 1:
