@@ -25,9 +25,10 @@ Conventions: ``negative_guidance`` is the paper's eta (the target above); ``esd_
 target as ``eps(c) - eta' (eps(c) - eps())``, i.e. eta' = eta + 1 (its default 2 = our 1). With a
 v-prediction scheduler the same linear target is formed in v space.
 
-One departure, off by default and named: ``ESDConfig.preserve`` (ours) adds a retain term that keeps
-the original U-Net's predictions for other prompts (see its attribute), and ``preserve_nearest`` adds the
-same term on the preserve prompts nearest each concept; without them every step is the authors'.
+Departures, all ours, off by default and named: ``ESDConfig.preserve`` adds a retain term that keeps
+the original U-Net's predictions for other prompts, ``preserve_nearest`` (and ``nearest_latents``) the
+same term on the preserve prompts nearest each concept (see their attributes), and :func:`erase`'s
+``trained_on`` trains with another U-Net patch in place; without them every step is the authors'.
 
 :func:`erase` with several concepts trains one U-Net on all of them (a random concept per step). To
 erase each concept *separately* (one patch per concept), many at a time in one batched run, see
@@ -140,9 +141,9 @@ class ESDConfig:
         check_choice(owner, "precision", self.precision, ("fp32", "bf16"))
 
     def to_dict(self) -> dict[str, Any]:
-        """The settings; the preserve set's only when one is given and ``preserve_nearest`` only when on,
-        so the authors' ESD (and ESD with a uniform retain term) keeps the record (and the batched runs'
-        cache keys) it had before the options existed."""
+        """The settings; the preserve set's only when one is given, ``preserve_nearest`` only when on and
+        ``nearest_latents`` only when not the default, so the authors' ESD (and ESD with a uniform retain
+        term) keeps the record (and the batched runs' cache keys) it had before the options existed."""
         out = asdict(self)
         if not self.preserve:
             del out["preserve"], out["preserve_weight"]
