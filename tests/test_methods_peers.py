@@ -344,6 +344,21 @@ def test_esd_trains_exactly_compvis_xattn_and_noxattn(model):
     assert set(_erase(model, "esd-u").tensors) == {f"unet/{n}" for n in noxattn}
 
 
+def _latent_by_hand(unet, scheduler, gen, emb_0, emb_c, config):
+    """Restate ESD's training latent: t_enc, then a start noise from ``gen``, then t_enc DDIM steps with
+    classifier-free guidance (the start guidance; unconditional first in one batch, as CompVis' DDIM
+    sampler does) by ``unet`` on ``emb_c``. Returns x_t and t_enc."""
+    t_enc = int(torch.randint(config.ddim_steps, (1,), generator=gen))
+    x = torch.randn((1, 4, 8, 8), generator=gen) * scheduler.init_noise_sigma
+    with torch.no_grad():
+        for t in scheduler.timesteps[:t_enc]:
+            uncond, cond = unet(
+                torch.cat([x, x]), t, encoder_hidden_states=torch.cat([emb_0, emb_c])
+            ).sample.chunk(2)
+            x = scheduler.step(uncond + config.start_guidance * (cond - uncond), t, x).prev_sample
+    return x, t_enc
+
+
 def _esd_step(model, config: ESDConfig, gen: torch.Generator, current=None, near=(), out=None):
     """Restate one ESD step: the latent x_t sampled with DDIM + CFG (start guidance) on the concept by the
     U-Net being trained (``current``; default the original) from the draws of the seeded generator, the
@@ -361,15 +376,8 @@ def _esd_step(model, config: ESDConfig, gen: torch.Generator, current=None, near
     scheduler = DDIMScheduler.from_config(model.component("scheduler").config)
     scheduler.set_timesteps(config.ddim_steps)
     torch.randint(1, (1,), generator=gen)  # which concept (one here)
-    t_enc = int(torch.randint(config.ddim_steps, (1,), generator=gen))
-    x = torch.randn((1, 4, 8, 8), generator=gen) * scheduler.init_noise_sigma
+    x, t_enc = _latent_by_hand(student, scheduler, gen, emb_0, emb_c, config)
     with torch.no_grad():
-        for t in scheduler.timesteps[:t_enc]:
-            # classifier-free guidance in one batch (unconditional first), as CompVis' DDIM sampler does
-            uncond, cond = student(
-                torch.cat([x, x]), t, encoder_hidden_states=torch.cat([emb_0, emb_c])
-            ).sample.chunk(2)
-            x = scheduler.step(uncond + config.start_guidance * (cond - uncond), t, x).prev_sample
         t = scheduler.timesteps[t_enc]
         e_0, e_p = unet(torch.cat([x, x]), t, encoder_hidden_states=torch.cat([emb_0, emb_c])).sample.chunk(2)
     loss = torch.nn.functional.mse_loss(
@@ -463,13 +471,7 @@ def _nearest_by_hand(model, config: ESDConfig) -> list[int]:
     total = [0.0] * len(config.preserve)
     with torch.no_grad():
         for _ in range(NEAREST_PROBES):
-            t_enc = int(torch.randint(config.ddim_steps, (1,), generator=gen))
-            x = torch.randn((1, 4, 8, 8), generator=gen) * scheduler.init_noise_sigma
-            for t in scheduler.timesteps[:t_enc]:
-                uncond, cond = unet(
-                    torch.cat([x, x]), t, encoder_hidden_states=torch.cat([emb_0, emb_c])
-                ).sample.chunk(2)
-                x = scheduler.step(uncond + config.start_guidance * (cond - uncond), t, x).prev_sample
+            x, t_enc = _latent_by_hand(unet, scheduler, gen, emb_0, emb_c, config)
             t = scheduler.timesteps[t_enc]
             eps_c = unet(x, t, encoder_hidden_states=emb_c).sample
             for j in range(len(config.preserve)):
@@ -536,18 +538,11 @@ def test_esd_nearest_at_their_own_latents_uses_a_bank_sampled_with_each_prompt(m
     scheduler.set_timesteps(config.ddim_steps)
     gen = torch.Generator().manual_seed(config.seed + 1)
     bank, steps = [], []
-    with torch.no_grad():
-        for p in range(len(near)):
-            for _ in range(NEAREST_BANK):
-                t_enc = int(torch.randint(config.ddim_steps, (1,), generator=gen))
-                x = torch.randn((1, 4, 8, 8), generator=gen) * scheduler.init_noise_sigma
-                for t in scheduler.timesteps[:t_enc]:
-                    uncond, cond = unet(
-                        torch.cat([x, x]), t, encoder_hidden_states=torch.cat([emb_0, emb_near[p : p + 1]])
-                    ).sample.chunk(2)
-                    x = scheduler.step(uncond + config.start_guidance * (cond - uncond), t, x).prev_sample
-                bank.append(x)
-                steps.append(t_enc)
+    for p in range(len(near)):
+        for _ in range(NEAREST_BANK):
+            x, t_enc = _latent_by_hand(unet, scheduler, gen, emb_0, emb_near[p : p + 1], config)
+            bank.append(x)
+            steps.append(t_enc)
     torch.randint(NEAREST_BANK, (len(near),), generator=gen)  # the first step's entries
     b = torch.randint(NEAREST_BANK, (len(near),), generator=gen)
     xs = torch.cat([bank[p * NEAREST_BANK + int(b[p])] for p in range(len(near))])
