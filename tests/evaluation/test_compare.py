@@ -367,6 +367,8 @@ def test_trained_on_trains_esd_with_the_earlier_part_in_place_and_never_reuses_a
         Entry("x", ("esd-u", "kv-proj"), trained_on={"esd-u": "kv-proj"})
     with pytest.raises(ValueError, match="needs both among its methods"):
         Entry("x", ("esd-u",), trained_on={"esd-u": "kv-proj"})
+    with pytest.raises(ValueError, match="only .* train on another patch"):
+        Entry("x", ("kv-proj", "uce"), trained_on={"uce": "kv-proj"})
     entry = Entry(
         "kv+esd-u-onkv", ("kv-proj", "esd-u"), overrides={"kv-proj": {"rank": 1}, "esd-u": {"steps": 1, "ddim_steps": 2}},
         contrast_others=("kv-proj",), trained_on={"esd-u": "kv-proj"},

@@ -51,6 +51,10 @@ from hirm.io import LOCK, directory_lock, read_json, read_marker, write_atomic, 
 METRICS = ("UA", "IRA", "CRA", "AA", "UA_heldout")
 
 
+#: The ESD variants (the methods ``Entry.trained_on`` and ``--esd-batch`` apply to).
+ESD_METHODS = ("esd-x", "esd-u")
+
+
 @dataclass(frozen=True)
 class Entry:
     """One row group of the table: a method (or several whose patches are applied together).
@@ -100,6 +104,10 @@ class Entry:
                 f"Entry {self.name!r}: preserve_sentences names {stray}; add them to preserve_others."
             )
         for method, earlier in self.trained_on.items():
+            if method not in ESD_METHODS:
+                raise ValueError(
+                    f"Entry {self.name!r}: trained_on names {method!r}; only {ESD_METHODS} train on another patch."
+                )
             order = list(self.methods)
             if method not in order or earlier not in order or order.index(earlier) >= order.index(method):
                 raise ValueError(
@@ -253,7 +261,6 @@ def world_target(canvas: Canvas, name: str, domain: str, kind: str) -> Target:
 
 
 #: Methods :class:`BatchedESD` can run many concepts of at once.
-ESD_METHODS = ("esd-x", "esd-u")
 
 
 #: Overrides of a ``preserve_others`` method that wait for its preserve set: a config may refuse them
