@@ -65,7 +65,8 @@ hirm-empty-keep-sent+kv-proj-4-k1+esd-u-keep-sent-w4 (the same with ESD-u's reta
 hirm-empty-keep-sent+kv-proj-4-k1+esd-u-keep-sent-n3 (instead, ESD-u also keeps the 3 preserve prompts
 nearest the concept at every step, ``ESDConfig.preserve_nearest``), -n3own (those 3 kept at their own
 latents, ``ESDConfig.nearest_latents``), -onkv (ESD-u trained on the U-Net carrying the KV-Proj part,
-``Entry.trained_on``).
+``Entry.trained_on``), hirm-empty-keep-sent+kv-proj-4-k1+esd-u-keep-sent-w4-adv (the -w4 three whose ESD-u
+part trains against a learned word embedding, ``ESDConfig.adversary``).
 A merged method's part that another cell of the work directory already made alone for the concept (the
 same method, config, concept and base weights, as its patch file records them; e.g. ``esd-u-keep``'s
 patch inside ``hirm-empty-keep+esd-u-keep``) is read, not trained again: the cell's ``erase.json`` names
@@ -177,6 +178,7 @@ def _three(
     nearest: int | None = None,
     own_latents: bool = False,
     on_kv: bool = False,
+    adversary: bool = False,
 ) -> Entry:
     """The three of ours merged: ``hirm-empty-keep``'s HiRM, KV-Proj as in ``kv-proj-4-k1`` and ESD-u with
     the retain term as in ``esd-u-keep``; ``sentences``: the parts (``hirm``, ``esd-u``) that also keep the
@@ -185,13 +187,16 @@ def _three(
     predictions of that many preserve prompts nearest the concept at every step
     (``ESDConfig.preserve_nearest``), named ``-n<nearest>``; ``own_latents``: that term at the nearest
     prompts' own latents (``ESDConfig.nearest_latents = "own"``), named ``-n<nearest>own``; ``on_kv``:
-    ESD-u trained on the U-Net that carries the KV-Proj part (``Entry.trained_on``), named ``-onkv``."""
+    ESD-u trained on the U-Net that carries the KV-Proj part (``Entry.trained_on``), named ``-onkv``;
+    ``adversary``: ESD-u trained against a learned word embedding (``ESDConfig.adversary = "embedding"``,
+    its defaults), named ``-adv``."""
     hirm = "hirm-empty-keep" + ("-sent" if "hirm" in sentences else "")
     esd = "esd-u-keep" + ("-sent" if "esd-u" in sentences else "")
     esd += f"-w{retain_weight:g}" if retain_weight is not None else ""
     esd += f"-n{nearest}" if nearest is not None else ""
     esd += "own" if own_latents else ""
     esd += "-onkv" if on_kv else ""
+    esd += "-adv" if adversary else ""
     overrides: dict[str, Any] = {"hirm": WORLD_TUNED_HIRM, "kv-proj": {"rank": 4, "key_rank": 1}}
     esd_settings: dict[str, Any] = {}
     if retain_weight is not None:
@@ -200,6 +205,8 @@ def _three(
         esd_settings["preserve_nearest"] = nearest
     if own_latents:
         esd_settings["nearest_latents"] = "own"
+    if adversary:
+        esd_settings["adversary"] = "embedding"
     if esd_settings:
         overrides["esd-u"] = esd_settings
     return Entry(
@@ -316,6 +323,11 @@ ENTRIES: dict[str, Entry] = {
         # with: merged, the three lose more of a neighbour than any part alone (Horses: Dogs 30 % against
         # 95 % with KV-Proj alone and 50 % with ESD-u alone, results/attacks_parts)
         _three(sentences=("hirm", "esd-u"), on_kv=True),
+        # the -w4 three (IRA 90.8 % on Horses, textual inversion and UnlearnDiffAtk 10 % each) with ESD-u
+        # trained against a learned word embedding, the threat those attacks stand for (ESDConfig.adversary:
+        # one attacker step per ESD step, lr 2e-2 as the textual-inversion attack's; AdvUnlearn's loop on
+        # ESD-u's tensors)
+        _three(sentences=("hirm", "esd-u"), retain_weight=4.0, adversary=True),
         Entry("advunlearn-cpu", ("advunlearn",), overrides={"advunlearn": asdict(AdvUnlearnConfig.cpu())}),
         Entry(
             "hirm-adv",

@@ -603,6 +603,95 @@ def test_esd_trained_on_another_patch_trains_with_it_in_place_and_targets_from_t
         esd_erase(model, CAT, config, progress=False, trained_on=encoder_patch)
 
 
+def _attacker_by_hand(model, vector: torch.Tensor, x, t, current, eps_concept):
+    """Restate the adversary's recovery term and its gradient: "cat" encoded by the original text encoder
+    (``[start] cat [end]`` and padding, the concept prompt) with "cat"'s word embedding output replaced by
+    ``vector``, ``current``'s prediction there against the original's prediction for the concept. Returns
+    the prediction, the term and its gradient in the vector."""
+    from hirm.core.encoder import text_transformer
+
+    encoder = model.text_encoder()
+    ids = model.tokenizer()(["cat"], padding="max_length", max_length=77, return_tensors="pt").input_ids
+    (cat,) = ids[0, 1:2].tolist()
+    leaf = vector.detach().clone().requires_grad_(True)
+    hook = text_transformer(encoder).embeddings.token_embedding.register_forward_hook(
+        lambda _m, inputs, out: torch.where((inputs[0] == cat).unsqueeze(-1), leaf, out)
+    )
+    try:
+        emb = encoder(input_ids=ids).last_hidden_state
+    finally:
+        hook.remove()
+    prediction = current(x, t, encoder_hidden_states=emb).sample
+    recovery = torch.nn.functional.mse_loss(prediction, eps_concept)
+    (grad,) = torch.autograd.grad(recovery, leaf, retain_graph=True)
+    return prediction, recovery.item(), grad
+
+
+def test_esd_against_an_embedding_adversary_restated_for_two_steps(model):
+    """Ours (ESDConfig.adversary): the vector starts at "cat"'s word embedding, so at the first step the
+    adversary's term is ESD's term at the concept (recovery 0, the vector not moved) and the loss is
+    (1 + weight) times it; at the second step the restated recovery and erasure terms of the once-updated
+    U-Net, and the vector after it is Adam's step (adversary_lr) down the restated recovery gradient. The
+    random stream is the authors' (the ESD terms equal a plain run's) and the caller's model is untouched."""
+    from diffusers import DDIMScheduler
+
+    from hirm.core.encoder import text_transformer
+
+    config = ESDUConfig(
+        steps=2, lr=1e-3, ddim_steps=4, negative_guidance=1.5, seed=3, adversary="embedding", adversary_lr=0.05,
+        adversary_weight=0.7,
+    )  # fmt: skip
+    before = _state(model)
+    patch = _erase(model, "esd-u", config=config)
+    assert all(torch.equal(before[k], v) for k, v in _state(model).items())
+    assert all(p.grad is None for p in model.text_encoder().parameters())
+    plain = _erase(
+        model, "esd-u", config=replace(config, adversary="none", adversary_lr=2e-2, adversary_weight=1)
+    )
+    first = _erase(model, "esd-u", config=replace(config, steps=1))
+    meta, esd = patch.metadata, plain.metadata["losses"]["unet"]
+    assert meta["adversary_recovery"]["unet"][0] == pytest.approx(0.0, abs=1e-9)
+    assert meta["adversary_losses"]["unet"][0] == pytest.approx(esd[0], rel=1e-5)
+    assert meta["losses"]["unet"][0] == pytest.approx(1.7 * esd[0], rel=1e-5)
+    # the second step, restated at the once-updated U-Net (the first update is Adam's sign step on a
+    # gradient (1 + weight) times ESD's: the same patch as the plain run's first step)
+    unet = model.component("unet")
+    current = _with_patch(unet, first, "unet")
+    hidden, _ = prompt_embeddings(model.text_encoder(), model.tokenizer(), ["", "cat"])
+    emb_0, emb_c = hidden[:1], hidden[1:2]
+    scheduler = DDIMScheduler.from_config(model.component("scheduler").config)
+    scheduler.set_timesteps(config.ddim_steps)
+    gen = torch.Generator().manual_seed(config.seed)
+    torch.randint(1, (1,), generator=gen)
+    _latent_by_hand(unet, scheduler, gen, emb_0, emb_c, config)  # the first step's draws
+    torch.randint(1, (1,), generator=gen)
+    x, t_enc = _latent_by_hand(current, scheduler, gen, emb_0, emb_c, config)
+    t = scheduler.timesteps[t_enc]
+    with torch.no_grad():
+        e_0, e_c = unet(torch.cat([x, x]), t, encoder_hidden_states=torch.cat([emb_0, emb_c])).sample.chunk(2)
+    table = text_transformer(model.text_encoder()).embeddings.token_embedding.weight.detach()
+    start = table[model.tokenizer()("cat", add_special_tokens=False).input_ids].mean(0)
+    prediction, recovery, grad = _attacker_by_hand(model, start, x, t, current, e_c)
+    erased = torch.nn.functional.mse_loss(prediction, e_0 - 1.5 * (e_c - e_0)).item()
+    assert recovery > 0
+    assert meta["adversary_recovery"]["unet"][1] == pytest.approx(recovery, rel=1e-3)
+    assert meta["adversary_losses"]["unet"][1] == pytest.approx(erased, rel=1e-3)
+    assert meta["losses"]["unet"][1] == pytest.approx(esd[1] + 0.7 * erased, rel=1e-3)
+    leaf = start.clone().requires_grad_(True)
+    adam = torch.optim.Adam([leaf], lr=0.05)
+    leaf.grad = grad  # the attacker's first step (none at the first, where there is nothing to recover)
+    adam.step()
+    _close(torch.tensor(meta["adversary_vectors"]["cat"]), leaf.detach(), rel=1e-3)
+    # off: no trace in the record; its settings without it, and batched ESD with it, are refused
+    assert "adversary" not in plain.metadata["config"] and config.to_dict()["adversary"] == "embedding"
+    with pytest.raises(ValueError, match="set without an adversary"):
+        ESDUConfig(adversary_weight=2.0)
+    from hirm.core.esd_batched import erase_each
+
+    with pytest.raises(ValueError, match="without an adversary"):
+        erase_each(model, CAT, config, progress=False)
+
+
 def test_esd_bf16_trains_the_same_tensors_with_nearly_the_same_loss(model):
     fp32 = _erase(model, "esd-u", config=ESDUConfig(steps=2, ddim_steps=4, lr=1e-4))
     bf16 = _erase(model, "esd-u", config=ESDUConfig(steps=2, ddim_steps=4, lr=1e-4, precision="bf16"))

@@ -27,8 +27,10 @@ v-prediction scheduler the same linear target is formed in v space.
 
 Departures, all ours, off by default and named: ``ESDConfig.preserve`` adds a retain term that keeps
 the original U-Net's predictions for other prompts, ``preserve_nearest`` (and ``nearest_latents``) the
-same term on the preserve prompts nearest each concept (see their attributes), and :func:`erase`'s
-``trained_on`` trains with another U-Net patch in place; without them every step is the authors'.
+same term on the preserve prompts nearest each concept (see their attributes), ``adversary`` trains
+against a learned word embedding (AdvUnlearn's attack-and-unlearn loop on ESD's tensors, see
+:class:`EmbeddingAdversary`), and :func:`erase`'s ``trained_on`` trains with another U-Net patch in
+place; without them every step is the authors'.
 
 :func:`erase` with several concepts trains one U-Net on all of them (a random concept per step). To
 erase each concept *separately* (one patch per concept), many at a time in one batched run, see
@@ -99,6 +101,23 @@ class ESDConfig:
             drawn each step from the bank's generator. At the concept's latent the kept predictions keep
             the U-Net able to denoise the concept's images under a neighbour's conditioning, a path a
             learned embedding can take; the neighbour's own images come from its own latents.
+        adversary: ``embedding`` (ours; ``none``, the default, = the authors' ESD): ESD trained against a
+            learned word embedding, as AdvUnlearn trains its text encoder against one (Zhang et al.,
+            NeurIPS 2024; their paper also runs the loop on U-Net modules). One vector per concept,
+            started at the concept word's embedding (the mean of its tokens), stands in the concept's
+            place in the concept prompt and is encoded by the original text encoder. At every step but
+            the first (where the trained U-Net is still the original) it takes one Adam step
+            (``adversary_lr``) toward recovering the concept, ``||eps_theta(x_t, E(v),
+            t) - eps*(x_t, c, t)||^2`` at the step's own ``x_t`` and ``t``, and ESD's loss adds
+            ``adversary_weight`` times ESD's term at that input, ``||eps_theta(x_t, E(v), t) - target||^2``
+            (the concept's target): free adversarial training, one attacker step per training step, the
+            attacker kept from step to step (textual inversion's threat: a word the erased model still
+            draws the concept from). No random draw, so the training's stream is unchanged. The patch
+            records both terms (``adversary_losses``, ``adversary_recovery``) and each concept's last
+            vector (``adversary_vectors``).
+        adversary_lr: the adversary's Adam learning rate (> 0; 2e-2 = the textual-inversion attack's
+            effective rate at its CPU defaults, 5e-3 x batch 4).
+        adversary_weight: the weight of ESD's term at the adversary's input (> 0).
     """
 
     variant: ESDVariant = "esd-x"
@@ -113,6 +132,9 @@ class ESDConfig:
     preserve_weight: float = 1.0
     preserve_nearest: int = 0
     nearest_latents: Literal["concept", "own"] = "concept"
+    adversary: Literal["none", "embedding"] = "none"
+    adversary_lr: float = 2e-2
+    adversary_weight: float = 1.0
 
     def __post_init__(self) -> None:
         owner = type(self).__name__
@@ -131,6 +153,14 @@ class ESDConfig:
             raise ValueError(
                 f"{owner}.nearest_latents is set without preserve_nearest; set preserve_nearest."
             )
+        check_choice(owner, "adversary", self.adversary, ("none", "embedding"))
+        check_float(owner, "adversary_lr", self.adversary_lr, positive=True)
+        check_float(owner, "adversary_weight", self.adversary_weight, positive=True)
+        if self.adversary == "none" and (self.adversary_lr != 2e-2 or self.adversary_weight != 1.0):
+            raise ValueError(
+                f"{owner}: adversary_lr or adversary_weight is set without an adversary; "
+                "set adversary='embedding'."
+            )
         check_choice(owner, "variant", self.variant, get_args(ESDVariant))
         check_int(owner, "steps", self.steps, minimum=1)
         check_float(owner, "lr", self.lr, positive=True)
@@ -142,8 +172,9 @@ class ESDConfig:
 
     def to_dict(self) -> dict[str, Any]:
         """The settings; the preserve set's only when one is given, ``preserve_nearest`` only when on and
-        ``nearest_latents`` only when not the default, so the authors' ESD (and ESD with a uniform retain
-        term) keeps the record (and the batched runs' cache keys) it had before the options existed."""
+        ``nearest_latents`` only when not the default and the adversary's only when on, so the authors'
+        ESD (and ESD with a uniform retain term) keeps the record (and the batched runs' cache keys) it had
+        before the options existed."""
         out = asdict(self)
         if not self.preserve:
             del out["preserve"], out["preserve_weight"]
@@ -151,6 +182,8 @@ class ESDConfig:
             del out["preserve_nearest"]
         if self.nearest_latents == "concept":
             del out["nearest_latents"]
+        if self.adversary == "none":
+            del out["adversary"], out["adversary_lr"], out["adversary_weight"]
         return out
 
 
@@ -316,6 +349,40 @@ def nearest_bank(
     return torch.cat(latents).reshape(*shape, channels, *size), torch.tensor(steps).reshape(shape)
 
 
+class EmbeddingAdversary:
+    """The attacker of ``ESDConfig.adversary = "embedding"`` (ours): one word-embedding vector (1, D) per
+    concept, started at the mean of the concept's token embeddings, in the one slot of ``[start] <slot>
+    [end]`` (the concept prompt with the vector in the concept's place), encoded by the frozen original
+    text encoder; each vector has an Adam optimizer of its own (``adversary_lr``)."""
+
+    def __init__(self, model, concepts: Sequence[Concept], config: ESDConfig, device: torch.device) -> None:
+        # the attacks' prompt helpers: the same slot mechanics textual inversion uses (imported here, as
+        # hirm.core.advunlearn does, so that hirm.core loads without hirm.attacks)
+        from hirm.attacks.text import as_batch, slot_id, token_embedding, with_slots, word_ids
+
+        self.encoder = model.text_encoder("text_encoder")
+        tokenizer = model.tokenizer("text_encoder")
+        ids, mask = with_slots(tokenizer, "<adversary>", "<adversary>", 1, slot_id(tokenizer))
+        self.ids, self.mask = as_batch([ids], device), torch.tensor([mask], device=device)
+        table = token_embedding(self.encoder).weight.detach()
+        self.vectors = [
+            table[word_ids(tokenizer, c.text)].float().mean(dim=0, keepdim=True).clone().requires_grad_(True)
+            for c in concepts
+        ]
+        self.optimizers = [torch.optim.Adam([v], lr=config.adversary_lr) for v in self.vectors]
+
+    def embed(self, k: int) -> Tensor:
+        """Concept ``k``'s adversarial input, encoded (1, L, D); differentiable in its vector."""
+        from hirm.attacks.text import encode
+
+        return encode(self.encoder, self.ids, self.mask, self.vectors[k][None])
+
+    def step(self, k: int, grad: Tensor) -> None:
+        """One Adam step of concept ``k``'s vector down ``grad`` (the recovery loss's gradient)."""
+        self.vectors[k].grad = grad
+        self.optimizers[k].step()
+
+
 def _check_model(model, components: Sequence[str] | None, unet: nn.Module) -> None:
     if model.family.name != "sd" or model.family.denoiser != "unet":
         raise ValueError(
@@ -463,11 +530,17 @@ def erase(
             )
             for picked in nearest
         ]
+    adversary = None
+    if config.adversary == "embedding":  # ours (ESDConfig.adversary)
+        adversary = EmbeddingAdversary(model, concepts, config, device)
+    trainable = [params[n] for n in names]
     losses: list[float] = []
     retained: list[float] = []
     retained_nearest: list[float] = []
+    adversarial: list[float] = []
+    recovered: list[float] = []
     bar = tqdm(range(config.steps), desc=f"ESD {config.variant}", disable=not progress, leave=False)
-    for _ in bar:
+    for step in bar:
         k = int(torch.randint(len(concepts), (1,), generator=generator))
         emb_c = emb_concepts[k : k + 1]
         with autocast:
@@ -475,7 +548,8 @@ def erase(
             t = scheduler.timesteps[t_enc]
             with torch.no_grad():
                 both = unet(torch.cat([x_t, x_t]), t, encoder_hidden_states=torch.cat([emb_0, emb_c])).sample
-                target = esd_target(*both.float().chunk(2), config.negative_guidance)
+                eps_empty, eps_concept = both.float().chunk(2)
+                target = esd_target(eps_empty, eps_concept, config.negative_guidance)
             optimizer.zero_grad(set_to_none=True)
             prediction = trained(x_t, t, encoder_hidden_states=emb_c).sample
         loss = nn.functional.mse_loss(prediction.float(), target)
@@ -499,14 +573,28 @@ def erase(
                 near = _retain_term(trained, unet, x_near, t_near, emb_near)
             retained_nearest.append(near.item())
             loss = loss + config.preserve_weight * near
+        attacker_grad = None
+        if adversary is not None:  # ours (ESDConfig.adversary): no random draw, the stream is unchanged
+            emb_adv = adversary.embed(k)
+            with autocast:
+                attacked = trained(x_t, t, encoder_hidden_states=emb_adv).sample.float()
+            recovery = nn.functional.mse_loss(attacked, eps_concept)
+            erased = nn.functional.mse_loss(attacked, target)
+            if step:  # at the first step the trained U-Net is the original: nothing to recover but rounding
+                (attacker_grad,) = torch.autograd.grad(recovery, adversary.vectors[k], retain_graph=True)
+            recovered.append(recovery.item())
+            adversarial.append(erased.item())
+            loss = loss + config.adversary_weight * erased
         value = loss.item()
         if not math.isfinite(value):
             raise NonFiniteLossError(
                 f"Loss became {value} at step {len(losses)}; lower the learning rate. Nothing was saved."
             )
         losses.append(value)
-        loss.backward()
+        loss.backward(inputs=trainable)  # only ESD's tensors (not the adversary's vector, not the encoder)
         optimizer.step()
+        if attacker_grad is not None:  # the attacker moves after the step it was trained against
+            adversary.step(k, attacker_grad)
         bar.set_postfix(loss=f"{value:.4g}")
 
     originals = dict(component_parameters(unet))
@@ -522,6 +610,17 @@ def erase(
             "losses": {"unet": losses},
             "final_loss": {"unet": losses[-1]},
             **({"retain_losses": {"unet": retained}} if retained else {}),
+            **(
+                {
+                    "adversary_losses": {"unet": adversarial},
+                    "adversary_recovery": {"unet": recovered},
+                    "adversary_vectors": {
+                        c.text: v.detach().reshape(-1).tolist() for c, v in zip(concepts, adversary.vectors)
+                    },
+                }
+                if adversary is not None
+                else {}
+            ),
             **(
                 {"trained_on": {"method": trained_on.metadata.get("method"), "digest": trained_on.digest}}
                 if trained_on is not None

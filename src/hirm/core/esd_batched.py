@@ -83,6 +83,11 @@ def erase_each(
             "Batched ESD runs the authors' ESD, without a preserve set; erase one concept at a time "
             "(hirm.core.esd.erase) to keep one."
         )
+    if config.adversary != "none":
+        raise ValueError(
+            "Batched ESD runs the authors' ESD, without an adversary; erase one concept at a time "
+            "(hirm.core.esd.erase) to train against one."
+        )
     texts = [c.text for c in concepts]
     if len(set(texts)) != len(texts):
         raise ValueError(f"Concepts given twice: {sorted({t for t in texts if texts.count(t) > 1})}.")
