@@ -173,20 +173,16 @@ def test_preserve_others_reaches_each_methods_preserve_set(sd_dir, canvas):
     with pytest.raises(ValueError, match="has no preserve set"):
         preserving(DiffQuickFixConfig(), keep)
     # an entry's preserve_weight override waits for the preserve set (ESD refuses a weight without one)
-    from hirm.evaluation.compare import _configs, _preserve_weight
+    from hirm.evaluation.compare import _configs, _preserved
 
     weighted = Entry("esd-u-keep-w4", ("esd-u",), overrides={"esd-u": {"preserve_weight": 4.0}},
                      preserve_others=("esd-u",))  # fmt: skip
-    made = preserving(_configs(weighted)["esd-u"], keep, _preserve_weight(weighted, "esd-u"))
+    made = _preserved(weighted, "esd-u", _configs(weighted)["esd-u"], keep)
     assert (made.preserve, made.preserve_weight) == (keep, 4.0)
     # so does preserve_nearest (ESD refuses more nearest prompts than its preserve set holds)
-    from hirm.evaluation.compare import _with_preserve
-
     near = Entry("esd-u-keep-n2", ("esd-u",), overrides={"esd-u": {"preserve_nearest": 2}},
                  preserve_others=("esd-u",))  # fmt: skip
-    made = _with_preserve(
-        near, "esd-u", preserving(_configs(near)["esd-u"], keep, _preserve_weight(near, "esd-u"))
-    )
+    made = _preserved(near, "esd-u", _configs(near)["esd-u"], keep)
     assert (made.preserve, made.preserve_weight, made.preserve_nearest) == (keep, PRESERVE_WEIGHT, 2)
     assert preserving(HiRMConfig(), keep, 2.5).preserve_weight == 2.5
     with pytest.raises(ValueError, match="has no preserve weight"):

@@ -270,8 +270,7 @@ WITH_PRESERVE = ("preserve_weight", "preserve_nearest", "nearest_latents")
 
 def _configs(entry: Entry) -> dict[str, Any]:
     """Each method's config with the entry's overrides, except those of :data:`WITH_PRESERVE` for a
-    method in ``preserve_others``: they wait for the preserve set (:func:`_preserve_weight`,
-    :func:`_with_preserve`)."""
+    method in ``preserve_others``: they wait for the preserve set (:func:`_preserved`)."""
     from hirm.core.registry import get_method
 
     out = {}
@@ -284,19 +283,13 @@ def _configs(entry: Entry) -> dict[str, Any]:
     return out
 
 
-def _preserve_weight(entry: Entry, method: str) -> float | None:
-    """The ``preserve_weight`` the entry's overrides give ``method`` with its preserve set, if any."""
-    return entry.overrides.get(method, {}).get("preserve_weight")
-
-
-def _with_preserve(entry: Entry, method: str, config: Any) -> Any:
-    """``config`` (with its preserve set) and the entry's other :data:`WITH_PRESERVE` overrides of
-    ``method`` (the weight is :func:`preserving`'s)."""
-    later = {
-        k: v
-        for k, v in entry.overrides.get(method, {}).items()
-        if k in WITH_PRESERVE and k != "preserve_weight"
-    }
+def _preserved(entry: Entry, method: str, config: Any, kept: tuple[str, ...]) -> Any:
+    """``config`` with ``kept`` as its preserve set (:func:`preserving`, with the entry's
+    ``preserve_weight`` for ``method`` if it gives one) and the entry's other :data:`WITH_PRESERVE`
+    overrides of ``method``."""
+    overrides = entry.overrides.get(method, {})
+    config = preserving(config, kept, overrides.get("preserve_weight"))
+    later = {k: v for k, v in overrides.items() if k in WITH_PRESERVE and k != "preserve_weight"}
     return replace(config, **later) if later else config
 
 
@@ -383,11 +376,7 @@ def make_erase(
                 if m in entry.preserve_sentences:
                     others = canvas.objects if domain == "style" else canvas.styles
                     kept += pair_sentences(siblings, domain, [display_name(x) for x in others])
-                config = (
-                    _with_preserve(entry, m, preserving(configs[m], kept, _preserve_weight(entry, m)))
-                    if m in entry.preserve_others
-                    else configs[m]
-                )
+                config = _preserved(entry, m, configs[m], kept) if m in entry.preserve_others else configs[m]
                 if m in entry.world_templates:
                     config = replace(config, templates=world_templates(domain))
                 if m in entry.contrast_others:
