@@ -66,7 +66,8 @@ hirm-empty-keep-sent+kv-proj-4-k1+esd-u-keep-sent-n3 (instead, ESD-u also keeps 
 nearest the concept at every step, ``ESDConfig.preserve_nearest``), -n3own (those 3 kept at their own
 latents, ``ESDConfig.nearest_latents``), -onkv (ESD-u trained on the U-Net carrying the KV-Proj part,
 ``Entry.trained_on``), hirm-empty-keep-sent+kv-proj-4-k1+esd-u-keep-sent-w4-adv (the -w4 three whose ESD-u
-part trains against a learned word embedding, ``ESDConfig.adversary``).
+part trains against a learned word embedding, ``ESDConfig.adversary``), -w4-n3-adv (that, with ESD-u
+also keeping its 3 nearest preserve prompts).
 A merged method's part that another cell of the work directory already made alone for the concept (the
 same method, config, concept and base weights, as its patch file records them; e.g. ``esd-u-keep``'s
 patch inside ``hirm-empty-keep+esd-u-keep``) is read, not trained again: the cell's ``erase.json`` names
@@ -328,6 +329,11 @@ ENTRIES: dict[str, Entry] = {
         # one attacker step per ESD step, lr 2e-2 as the textual-inversion attack's; AdvUnlearn's loop on
         # ESD-u's tensors)
         _three(sentences=("hirm", "esd-u"), retain_weight=4.0, adversary=True),
+        # the same with ESD-u also keeping its 3 nearest preserve prompts at every step (weight 4 like the
+        # uniform term): the adversary gave ESD-u's erasure back and took the neighbour (Horses: Dogs 25 %
+        # under the ESD-u part, its last vector as near Dogs' conditioning as Horses'), the nearest term
+        # holds that neighbour (results/attacks_parts_adv)
+        _three(sentences=("hirm", "esd-u"), retain_weight=4.0, nearest=3, adversary=True),
         Entry("advunlearn-cpu", ("advunlearn",), overrides={"advunlearn": asdict(AdvUnlearnConfig.cpu())}),
         Entry(
             "hirm-adv",
