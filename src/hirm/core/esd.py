@@ -103,18 +103,18 @@ class ESDConfig:
             learned embedding can take; the neighbour's own images come from its own latents.
         adversary: ``embedding`` (ours; ``none``, the default, = the authors' ESD): ESD trained against a
             learned word embedding, as AdvUnlearn trains its text encoder against one (Zhang et al.,
-            NeurIPS 2024; their paper also runs the loop on U-Net modules). One vector per concept,
-            started at the concept word's embedding (the mean of its tokens), stands in the concept's
-            place in the concept prompt and is encoded by the original text encoder. At every step but
-            the first (where the trained U-Net is still the original) it takes one Adam step
-            (``adversary_lr``) toward recovering the concept, ``||eps_theta(x_t, E(v),
-            t) - eps*(x_t, c, t)||^2`` at the step's own ``x_t`` and ``t``, and ESD's loss adds
-            ``adversary_weight`` times ESD's term at that input, ``||eps_theta(x_t, E(v), t) - target||^2``
-            (the concept's target): free adversarial training, one attacker step per training step, the
-            attacker kept from step to step (textual inversion's threat: a word the erased model still
-            draws the concept from). No random draw, so the training's stream is unchanged. The patch
-            records both terms (``adversary_losses``, ``adversary_recovery``) and each concept's last
-            vector (``adversary_vectors``).
+            NeurIPS 2024; their paper weighs the loop on the U-Net and prefers the text encoder). One
+            vector per concept, started at the concept word's embedding (the mean of its tokens), stands
+            in the concept's place in the concept prompt and is encoded by the original text encoder. At
+            every step but the first (where the trained U-Net is still the original) it takes one Adam
+            step (``adversary_lr``) toward recovering the concept,
+            ``||eps_theta(x_t, E(v), t) - eps*(x_t, c, t)||^2`` at the step's own ``x_t`` and ``t``, and
+            ESD's loss adds ``adversary_weight`` times ESD's term at that input,
+            ``||eps_theta(x_t, E(v), t) - target||^2`` (the concept's target): free adversarial training,
+            one attacker step per training step, the attacker kept from step to step (textual inversion's
+            threat: a word the erased model still draws the concept from). No random draw, so the
+            training's stream is unchanged. The patch records both terms (``adversary_losses``,
+            ``adversary_recovery``) and each concept's last vector (``adversary_vectors``).
         adversary_lr: the adversary's Adam learning rate (> 0; 2e-2 = the textual-inversion attack's
             effective rate at its CPU defaults, 5e-3 x batch 4).
         adversary_weight: the weight of ESD's term at the adversary's input (> 0).
