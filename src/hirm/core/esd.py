@@ -495,7 +495,8 @@ def erase(
     params = component_parameters(trained)
     for name in names:
         params[name].requires_grad_(True)
-    optimizer = torch.optim.Adam([params[n] for n in names], lr=config.lr)
+    trainable = [params[n] for n in names]
+    optimizer = torch.optim.Adam(trainable, lr=config.lr)
     generator = torch.Generator(device="cpu").manual_seed(config.seed)
     logger.info(
         "ESD (%s) trains %d tensors (%d parameters).",
@@ -533,7 +534,6 @@ def erase(
     adversary = None
     if config.adversary == "embedding":  # ours (ESDConfig.adversary)
         adversary = EmbeddingAdversary(model, concepts, config, device)
-    trainable = [params[n] for n in names]
     losses: list[float] = []
     retained: list[float] = []
     retained_nearest: list[float] = []
