@@ -67,7 +67,7 @@ nearest the concept at every step, ``ESDConfig.preserve_nearest``), -n3own (thos
 latents, ``ESDConfig.nearest_latents``), -onkv (ESD-u trained on the U-Net carrying the KV-Proj part,
 ``Entry.trained_on``), hirm-empty-keep-sent+kv-proj-4-k1+esd-u-keep-sent-w4-adv (the -w4 three whose ESD-u
 part trains against a learned word embedding, ``ESDConfig.adversary``), -w4-n3-adv (that, with ESD-u
-also keeping its 3 nearest preserve prompts).
+also keeping its 3 nearest preserve prompts), -w4-onkv-adv (-w4-adv with ESD-u trained on the KV-Proj part).
 A merged method's part that another cell of the work directory already made alone for the concept (the
 same method, config, concept and base weights, as its patch file records them; e.g. ``esd-u-keep``'s
 patch inside ``hirm-empty-keep+esd-u-keep``) is read, not trained again: the cell's ``erase.json`` names
@@ -334,6 +334,9 @@ ENTRIES: dict[str, Entry] = {
         # under the ESD-u part, its last vector as near Dogs' conditioning as Horses'), the nearest term
         # holds that neighbour (results/attacks_parts_adv)
         _three(sentences=("hirm", "esd-u"), retain_weight=4.0, nearest=3, adversary=True),
+        # -w4-adv with ESD-u trained on the U-Net that carries the KV-Proj part: the attacker then finds only
+        # what KV-Proj leaves (on the original U-Net it ended as near Dogs' conditioning as Horses')
+        _three(sentences=("hirm", "esd-u"), retain_weight=4.0, on_kv=True, adversary=True),
         Entry("advunlearn-cpu", ("advunlearn",), overrides={"advunlearn": asdict(AdvUnlearnConfig.cpu())}),
         Entry(
             "hirm-adv",
