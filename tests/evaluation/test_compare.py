@@ -284,6 +284,9 @@ def test_esd_batch_erases_the_pending_concepts_in_one_run_each_as_its_own_esd(
         assert (cached.tensors[key] - originals[key] - mine).norm() <= 2e-2 * mine.norm() + 1e-12, key
     # without a batch size the entry runs one concept at a time, as before
     assert make_erase(entry, canvas, torch.device("cpu"), esd_batch=None).__class__ is not BatchedESD
+    # nor does an ESD that is not the authors' (batched ESD refuses an adversary): routed, not failed
+    adversary = Entry("esd-x-adv", ("esd-x",), overrides={"esd-x": {"adversary": "embedding"}})
+    assert make_erase(adversary, canvas, torch.device("cpu"), esd_batch=5).__class__ is not BatchedESD
 
 
 def test_an_entry_that_merges_esd_reuses_the_esd_entrys_cached_patch(sd_dir, canvas, tmp_path, esd_runs):

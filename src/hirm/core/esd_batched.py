@@ -56,6 +56,16 @@ from hirm.io import write_atomic
 CHECKPOINT_FORMAT = "hirm-esd-batched/1"
 
 
+def unbatchable(config: ESDConfig) -> str | None:
+    """What in ``config`` batched ESD cannot run (ours, one concept at a time only), or ``None`` for
+    the authors' ESD: a preserve set (its retain terms) or an adversary."""
+    if config.preserve:
+        return "a preserve set"
+    if config.adversary != "none":
+        return "an adversary"
+    return None
+
+
 def erase_each(
     model,
     concepts: Sequence[Concept],
@@ -78,15 +88,11 @@ def erase_each(
     concepts = list(concepts)
     if not concepts:
         raise ValueError("Give at least one concept to erase.")
-    if config.preserve:
+    reason = unbatchable(config)
+    if reason:
         raise ValueError(
-            "Batched ESD runs the authors' ESD, without a preserve set; erase one concept at a time "
-            "(hirm.core.esd.erase) to keep one."
-        )
-    if config.adversary != "none":
-        raise ValueError(
-            "Batched ESD runs the authors' ESD, without an adversary; erase one concept at a time "
-            "(hirm.core.esd.erase) to train against one."
+            f"Batched ESD runs the authors' ESD, without {reason}; erase one concept at a time "
+            "(hirm.core.esd.erase) for it."
         )
     texts = [c.text for c in concepts]
     if len(set(texts)) != len(texts):

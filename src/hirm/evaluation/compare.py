@@ -260,9 +260,6 @@ def world_target(canvas: Canvas, name: str, domain: str, kind: str) -> Target:
     raise ValueError(f"target must be one of {TARGETS}, not {kind!r}.")
 
 
-#: Methods :class:`BatchedESD` can run many concepts of at once.
-
-
 #: Overrides of a ``preserve_others`` method that wait for its preserve set: a config may refuse them
 #: without one (ESD does).
 WITH_PRESERVE = ("preserve_weight", "preserve_nearest", "nearest_latents")
@@ -333,16 +330,20 @@ def make_erase(
 ) -> EraseFn:
     """``erase_fn(handle, name, domain)`` for :func:`run_sweep`: every method of ``entry``, merged.
 
-    ``esd_batch``: each ESD method of ``entry`` (one that keeps no preserve set) erases up to that many of
-    the sweep's pending concepts in one batched run (:class:`BatchedESD`); each is still its own ESD run,
-    and its patch is kept in ``cache_dir``, so an entry that merges ESD with another method (e.g. HiRM +
-    ESD-x) reuses the patch the ESD entry made for the same concept.
+    ``esd_batch``: each ESD method of ``entry`` that runs the authors' ESD (no preserve set, no adversary,
+    not trained on another patch) erases up to that many of the sweep's pending concepts in one batched
+    run (:class:`BatchedESD`); each is still its own ESD run, and its patch is kept in ``cache_dir``, so an
+    entry that merges ESD with another method (e.g. HiRM + ESD-x) reuses the patch the ESD entry made for
+    the same concept.
 
     ``reuse``: for an entry of several methods, each part (not batched) is first looked up with it, so a
     part another entry already made alone (same method, config, concept and base weights) is not trained
     again; the merged patch's ``seconds`` then count each reused part's recorded cost, and its
     ``reused`` metadata says where each came from.
     """
+    from hirm.core.esd_batched import unbatchable
+
+    configs = _configs(entry)
     batched = {
         m: BatchedESD(
             # the plain ESD entry (ESD has no target), so the patch is the one that entry makes and caches
@@ -351,14 +352,13 @@ def make_erase(
         )
         for m in entry.methods
         if esd_batch and m in ESD_METHODS and m not in entry.preserve_others and m not in entry.trained_on
+        and not unbatchable(configs[m])
     }  # fmt: skip
     if len(entry.methods) == 1 and batched:
         return batched[entry.methods[0]]
     from hirm.api import erase
     from hirm.core.multi import base_tensors
     from hirm.core.patch import merge_patches, shared_keys
-
-    configs = _configs(entry)
 
     def run(handle: Any, name: str, domain: str):
         concept = _world_concept(canvas, name, domain, entry)
