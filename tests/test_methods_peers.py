@@ -603,6 +603,78 @@ def test_esd_trained_on_another_patch_trains_with_it_in_place_and_targets_from_t
         esd_erase(model, CAT, config, progress=False, trained_on=encoder_patch)
 
 
+def test_esd_retain_through_the_shipped_parts_restated_for_one_step(model):
+    """Ours (erase's retain_through): with a patch of a text-encoder tensor and of the cross-attention's
+    keys and values, the first step's retain term is restated as the original model's prediction for the
+    drawn kept prompt against the trained U-Net's with the patch's U-Net tensors in place, fed the prompt
+    as the patched encoder encodes it; ESD's own term and x_t stay the trained U-Net's alone. The loss and
+    Adam's first step (gradients of both forwards summed) match; the record names the patch; the caller's
+    model is untouched; no preserve set, or a patch of tensors ESD trains, is refused."""
+    from diffusers import DDIMScheduler
+
+    from hirm.core.esd import erase as esd_erase
+
+    unet, encoder = model.component("unet"), model.text_encoder()
+    params = component_parameters(unet)
+    kv = [n for n in params if "attn2" in n.split(".") and n.endswith(("to_k.weight", "to_v.weight"))]
+    name = "encoder.layers.0.mlp.fc1.weight"
+    weight = component_parameters(encoder)[name].detach()
+    originals = {f"unet/{n}": params[n].detach() for n in kv} | {f"text_encoder/{name}": weight}
+    through = make_patch(
+        method="test-stack", originals=originals, edited={k: v * 0.5 for k, v in originals.items()},
+        config={}, concepts=[], base=model.base_info(),
+    )  # fmt: skip
+    preserve = ("dog", "a red car", "tree")
+    config = ESDUConfig(
+        steps=1, lr=1e-3, ddim_steps=4, negative_guidance=1.5, seed=3, preserve=preserve, preserve_weight=1.5
+    )
+    before = _state(model)
+    patch = esd_erase(model, CAT, config, progress=False, retain_through=through)
+
+    # restated: the step of _esd_step with the retain forward through the patched encoder and U-Net
+    gen = torch.Generator().manual_seed(config.seed)
+    student = copy.deepcopy(unet).requires_grad_(True)
+    hidden, _ = prompt_embeddings(encoder, model.tokenizer(), ["", "cat", *preserve])
+    emb_0, emb_c, emb_keep = hidden[:1], hidden[1:2], hidden[2:]
+    shipped_encoder = _with_patch(encoder, through, "text_encoder")
+    shipped_keep = prompt_embeddings(shipped_encoder, model.tokenizer(), list(preserve))[0]
+    scheduler = DDIMScheduler.from_config(model.component("scheduler").config)
+    scheduler.set_timesteps(config.ddim_steps)
+    torch.randint(1, (1,), generator=gen)
+    x, t_enc = _latent_by_hand(student, scheduler, gen, emb_0, emb_c, config)
+    t = scheduler.timesteps[t_enc]
+    with torch.no_grad():
+        e_0, e_p = unet(torch.cat([x, x]), t, encoder_hidden_states=torch.cat([emb_0, emb_c])).sample.chunk(2)
+    esd_term = torch.nn.functional.mse_loss(
+        student(x, t, encoder_hidden_states=emb_c).sample, e_0 - config.negative_guidance * (e_p - e_0)
+    )
+    j = int(torch.randint(len(preserve), (1,), generator=gen))
+    shipped_student = _with_patch(unet, through, "unet").requires_grad_(True)
+    with torch.no_grad():
+        keep = unet(x, t, encoder_hidden_states=emb_keep[j : j + 1]).sample
+    retain = torch.nn.functional.mse_loss(
+        shipped_student(x, t, encoder_hidden_states=shipped_keep[j : j + 1]).sample, keep
+    )
+    (esd_term + config.preserve_weight * retain).backward()
+    shipped_params = dict(shipped_student.named_parameters())
+    for n, p in student.named_parameters():
+        p.grad = p.grad + shipped_params[n].grad
+    assert retain.item() > 0  # without the patch the first step's retain term is 0
+    assert patch.metadata["retain_losses"]["unet"][0] == pytest.approx(retain.item(), rel=1e-3)
+    assert patch.metadata["losses"]["unet"][0] == pytest.approx(
+        (esd_term + config.preserve_weight * retain).item(), rel=1e-4
+    )
+    _check_adam_first_step(model, patch, config, dict(student.named_parameters()))
+    assert patch.metadata["retain_through"] == {"method": "test-stack", "digest": through.digest}
+    assert not set(patch.tensors) & set(through.tensors)
+    assert all(torch.equal(before[k], v) for k, v in _state(model).items())
+    with pytest.raises(ValueError, match="give a preserve set"):
+        esd_erase(model, CAT, ESDUConfig(steps=1, ddim_steps=4), progress=False, retain_through=through)
+    with pytest.raises(ValueError, match="tensors that ESD trains"):
+        esd_erase(model, CAT, ESDXConfig(steps=1, ddim_steps=4, preserve=preserve), progress=False,
+                  retain_through=through)  # fmt: skip
+
+
 def _attacker_by_hand(model, vector: torch.Tensor, x, t, current, eps_concept):
     """Restate the adversary's recovery term and its gradient: "cat" encoded by the original text encoder
     (``[start] cat [end]`` and padding, the concept prompt) with "cat"'s word embedding output replaced by

@@ -389,3 +389,55 @@ def test_trained_on_trains_esd_with_the_earlier_part_in_place_and_never_reuses_a
     concept = Concept(text=name.replace("_", " "), kind="object")
     assert not made_alone(esd.metadata, "esd-u", config, concept)
     assert made_alone({k: v for k, v in esd.metadata.items() if k != "trained_on"}, "esd-u", config, concept)
+
+
+def test_retain_through_gives_esd_the_earlier_parts_merged_and_never_reuses_a_part_made_alone(sd_dir, canvas):
+    """``Entry.retain_through``: ESD-u's retain term goes through the patches the parts listed before it
+    made for the same concept, merged (its part records that merge's digest); only an ESD method of
+    ``preserve_others`` listed after another part may ask; a part trained so is never taken for what the
+    method makes alone, nor looked up as one."""
+    import pytest
+    import torch
+
+    import hirm
+    from hirm.core.config import Concept
+    from hirm.core.patch import merge_patches, split_patch
+    from hirm.evaluation.compare import made_alone, make_erase
+
+    with pytest.raises(ValueError, match="retain_through names 'esd-u'"):  # no preserve set
+        Entry("x", ("kv-proj", "esd-u"), retain_through=("esd-u",))
+    with pytest.raises(ValueError, match="retain_through names 'esd-u'"):  # nothing before it
+        Entry("x", ("esd-u", "kv-proj"), preserve_others=("esd-u",), retain_through=("esd-u",))
+    with pytest.raises(ValueError, match="retain_through names 'uce'"):  # not ESD
+        Entry("x", ("kv-proj", "uce"), preserve_others=("uce",), retain_through=("uce",))
+    entry = Entry(
+        "hirm+kv+esd-u-thru", ("hirm", "kv-proj", "esd-u"), target="empty",
+        overrides={"hirm": {"steps": 1}, "kv-proj": {"rank": 1}, "esd-u": {"steps": 1, "ddim_steps": 2}},
+        preserve_others=("hirm", "esd-u"), contrast_others=("kv-proj",), retain_through=("esd-u",),
+    )  # fmt: skip
+    looked_up = []
+
+    def reuse(method, config, concept, handle):
+        looked_up.append(method)
+        return None
+
+    name = canvas.objects[0]
+    handle = hirm.load_model(sd_dir)
+    merged = make_erase(entry, canvas, torch.device("cpu"), reuse=reuse)(handle, name, "object")
+    te, kv, esd = split_patch(merged)
+    assert esd.metadata["retain_through"] == {
+        "method": "hirm+kv-proj",
+        "digest": merge_patches([te, kv]).digest,
+    }
+    assert looked_up == ["hirm", "kv-proj"]  # the ESD-u part is never looked up as a part made alone
+    config = replace(
+        hirm.get_method("esd-u").config_cls(),
+        steps=1,
+        ddim_steps=2,
+        preserve=tuple(esd.metadata["config"]["preserve"]),
+    )
+    concept = Concept(text=name.replace("_", " "), kind="object")
+    assert not made_alone(esd.metadata, "esd-u", config, concept)
+    assert made_alone(
+        {k: v for k, v in esd.metadata.items() if k != "retain_through"}, "esd-u", config, concept
+    )

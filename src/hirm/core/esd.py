@@ -29,8 +29,9 @@ Departures, all ours, off by default and named: ``ESDConfig.preserve`` adds a re
 the original U-Net's predictions for other prompts, ``preserve_nearest`` (and ``nearest_latents``) the
 same term on the preserve prompts nearest each concept (see their attributes), ``adversary`` trains
 against a learned word embedding (AdvUnlearn's attack-and-unlearn loop on ESD's tensors, see
-:class:`EmbeddingAdversary`), and :func:`erase`'s ``trained_on`` trains with another U-Net patch in
-place; without them every step is the authors'.
+:class:`EmbeddingAdversary`), :func:`erase`'s ``trained_on`` trains with another U-Net patch in
+place, and its ``retain_through`` takes the retain terms through the patches that will ship with ESD's;
+without them every step is the authors'.
 
 :func:`erase` with several concepts trains one U-Net on all of them (a random concept per step). To
 erase each concept *separately* (one patch per concept), many at a time in one batched run, see
@@ -43,12 +44,13 @@ import copy
 import logging
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any, Literal, get_args
 
 import torch
 from torch import Tensor, nn
+from torch.func import functional_call
 from tqdm.auto import tqdm
 
 from hirm.core.config import Concept, check_choice, check_float, check_int, check_prompts, check_seed
@@ -452,13 +454,74 @@ def _check_trained_on(patch: Patch, names: Sequence[str]) -> None:
         )
 
 
-def _retain_term(trained: nn.Module, unet: nn.Module, x_t: Tensor, t, emb: Tensor) -> Tensor:
+@dataclass(frozen=True)
+class _Shipped:
+    """What ``erase``'s ``retain_through`` changes in the retain terms' trained prediction: the kept
+    prompts as the shipped text encoder encodes them, the shipped U-Net tensors (own names) on ``device``."""
+
+    emb_keep: Tensor  # (P, L, D)
+    unet: dict[str, Tensor]
+
+
+def _shipped(
+    model, patch: Patch, names: Sequence[str], prompts: Sequence[str], trained: nn.Module
+) -> _Shipped:
+    """``erase``'s ``retain_through``: checked (text-encoder and U-Net tensors only, none that ESD trains),
+    the kept prompts encoded by a copy of the text encoder carrying the patch's encoder tensors."""
+    others = sorted(set(patch.components) - {"unet", "text_encoder"})
+    if others:
+        raise ValueError(
+            f"ESD: retain_through changes {others}; give a patch of text_encoder and U-Net tensors only."
+        )
+    both = sorted(set(names) & {k.split("/", 1)[1] for k in patch.tensors if k.startswith("unet/")})
+    if both:
+        raise ValueError(
+            f"ESD: retain_through changes {len(both)} tensors that ESD trains (e.g. {both[0]!r}); "
+            "give a patch of other tensors."
+        )
+    device = next(trained.parameters()).device
+    encoder = model.text_encoder("text_encoder")
+    if "text_encoder" in patch.components:
+        encoder = copy.deepcopy(encoder)
+        apply_patches(encoder, [patch], component="text_encoder", keep_originals=False)
+    emb_keep = prompt_embeddings(encoder, model.tokenizer("text_encoder"), list(prompts))[0].to(device)
+    dtypes = {n: p.dtype for n, p in trained.named_parameters()}
+    unet = (
+        {n: v.to(device, dtypes[n]) for n, v in patch.state_dict("unet", trained).items()}
+        if "unet" in patch.components
+        else {}
+    )
+    return _Shipped(emb_keep=emb_keep, unet=unet)
+
+
+def _retain_term(
+    trained: nn.Module,
+    unet: nn.Module,
+    x_t: Tensor,
+    t,
+    emb: Tensor,
+    *,
+    shipped_emb: Tensor | None = None,
+    shipped_unet: Mapping[str, Tensor] | None = None,
+) -> Tensor:
     """``mean ||eps_theta(x_t, p, t) - eps_theta*(x_t, p, t)||^2`` over the rows of ``emb`` (ours: the
-    retain terms of ``ESDConfig.preserve`` and ``preserve_nearest``)."""
+    retain terms of ``ESDConfig.preserve`` and ``preserve_nearest``). With ``shipped_emb`` (the same
+    prompts through the shipped encoder) and ``shipped_unet`` (tensors in the trained U-Net's place for
+    this forward only): the original model against the trained U-Net as it will ship."""
     with torch.no_grad():
         keep = unet(x_t, t, encoder_hidden_states=emb).sample
-    kept = trained(x_t, t, encoder_hidden_states=emb).sample
+    if shipped_emb is None:
+        kept = trained(x_t, t, encoder_hidden_states=emb).sample
+    else:
+        kept = functional_call(
+            trained, dict(shipped_unet or {}), (x_t, t), {"encoder_hidden_states": shipped_emb}, strict=False
+        ).sample
     return nn.functional.mse_loss(kept.float(), keep.float())
+
+
+def _through(shipped: _Shipped, rows: Sequence[int]) -> dict[str, Any]:
+    """``_retain_term``'s keywords for the kept prompts ``rows`` as they ship."""
+    return {"shipped_emb": shipped.emb_keep[list(rows)], "shipped_unet": shipped.unet}
 
 
 def erase(
@@ -469,6 +532,7 @@ def erase(
     components: Sequence[str] | None = None,
     progress: bool = True,
     trained_on: Patch | None = None,
+    retain_through: Patch | None = None,
 ) -> Patch:
     """ESD on the U-Net of ``model`` (a ``ModelHandle``); returns a patch of the trained tensors.
 
@@ -482,6 +546,14 @@ def erase(
     U-Net. The returned patch holds only ESD's tensors (merge it with ``trained_on`` to get the model it was
     trained for) and records ``trained_on``'s method and digest; it is refused where it touches a tensor
     ESD trains or another component.
+
+    ``retain_through`` (ours; ``None`` = the retain terms as above): the patch of the parts that will ship
+    with ESD's (text-encoder and U-Net tensors, none that ESD trains; e.g. HiRM's and KV-Proj's merged).
+    The retain terms (``ESDConfig.preserve``, ``preserve_nearest``; one is needed) then compare the
+    original model's prediction for a kept prompt with the trained U-Net's as it will run: the prompt
+    encoded by the text encoder carrying the patch's encoder tensors, the trained U-Net carrying the
+    patch's U-Net tensors in that forward only. ESD's own term, its ``x_t`` draws and the adversary see
+    the trained U-Net alone, as without. The patch records ``retain_through``'s method and digest.
     """
     start = time.perf_counter()
     setup = _setup(model, concepts, config, components)
@@ -514,6 +586,13 @@ def erase(
         emb_keep = prompt_embeddings(
             model.text_encoder("text_encoder"), model.tokenizer("text_encoder"), list(config.preserve)
         )[0].to(device)
+    shipped = None
+    if retain_through is not None:  # ours: the retain terms through the parts that ship with ESD's
+        if emb_keep is None:
+            raise ValueError(
+                "ESD: retain_through acts on the retain term; give a preserve set (ESDConfig.preserve)."
+            )
+        shipped = _shipped(model, retain_through, names, config.preserve, trained)
     nearest = None
     if config.preserve_nearest:  # ours (ESDConfig.preserve_nearest): ranked once, with a generator of its own
         nearest = nearest_preserved(
@@ -557,7 +636,14 @@ def erase(
             # preserve set the random stream and every step are the authors'
             j = int(torch.randint(len(config.preserve), (1,), generator=generator))
             with autocast:
-                retain = _retain_term(trained, unet, x_t, t, emb_keep[j : j + 1])
+                retain = _retain_term(
+                    trained,
+                    unet,
+                    x_t,
+                    t,
+                    emb_keep[j : j + 1],
+                    **({} if shipped is None else _through(shipped, [j])),
+                )
             retained.append(retain.item())
             loss = loss + config.preserve_weight * retain
         if nearest is not None:  # ours (ESDConfig.preserve_nearest): the concept's nearest, no random draw
@@ -570,7 +656,14 @@ def erase(
                 x_near = bank[rows, b].to(device)
                 t_near = scheduler.timesteps[bank_steps[rows, b].to(scheduler.timesteps.device)]
             with autocast:
-                near = _retain_term(trained, unet, x_near, t_near, emb_near)
+                near = _retain_term(
+                    trained,
+                    unet,
+                    x_near,
+                    t_near,
+                    emb_near,
+                    **({} if shipped is None else _through(shipped, nearest[k])),
+                )
             retained_nearest.append(near.item())
             loss = loss + config.preserve_weight * near
         attacker_grad = None
@@ -624,6 +717,16 @@ def erase(
             **(
                 {"trained_on": {"method": trained_on.metadata.get("method"), "digest": trained_on.digest}}
                 if trained_on is not None
+                else {}
+            ),
+            **(
+                {
+                    "retain_through": {
+                        "method": retain_through.metadata.get("method"),
+                        "digest": retain_through.digest,
+                    }
+                }
+                if retain_through is not None
                 else {}
             ),
             **(

@@ -82,6 +82,10 @@ class Entry:
         trained_on: ``{method: earlier}``: ``method`` (ESD) is trained with the patch ``earlier`` (a method
             listed before it) made for the same concept in place (``hirm.core.esd.erase``'s ``trained_on``),
             e.g. ESD-u on the U-Net that carries KV-Proj's edit; never reused from a patch made alone.
+        retain_through: methods (ESD, of ``preserve_others``) whose retain term compares the original model
+            with the trained U-Net as it will ship: through the patches the methods listed before it made
+            for the same concept, merged (``hirm.core.esd.erase``'s ``retain_through``); never reused from
+            a patch made alone.
     """
 
     name: str
@@ -94,6 +98,7 @@ class Entry:
     spare_others: tuple[str, ...] = ()
     preserve_sentences: tuple[str, ...] = ()
     trained_on: Mapping[str, str] = field(default_factory=dict)
+    retain_through: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if self.target not in TARGETS:
@@ -113,6 +118,16 @@ class Entry:
                 raise ValueError(
                     f"Entry {self.name!r}: trained_on {method!r} -> {earlier!r} needs both among its methods, "
                     f"{earlier!r} first."
+                )
+        for method in self.retain_through:
+            if (
+                method not in ESD_METHODS
+                or method not in self.preserve_others
+                or self.methods.index(method) == 0
+            ):
+                raise ValueError(
+                    f"Entry {self.name!r}: retain_through names {method!r}; it must be an ESD method of "
+                    "preserve_others listed after the parts it keeps the retain term through."
                 )
         for name in ("preserve_others", "world_templates", "contrast_others", "spare_others"):
             stray = [m for m in getattr(self, name) if m not in self.methods]
@@ -310,8 +325,8 @@ def made_alone(metadata: Mapping[str, Any], method: str, config: Any, concept: C
     recorded = metadata.get("concepts") or []
     if metadata.get("method") != method or len(recorded) != 1 or not isinstance(recorded[0], dict):
         return False
-    if "trained_on" in metadata:  # trained with another patch in place: not what the method makes alone
-        return False
+    if "trained_on" in metadata or "retain_through" in metadata:  # trained with other patches in view:
+        return False  # not what the method makes alone
     mine = concept.record(target="target" in recorded[0])
     # as the patch file stores them: JSON (tuples become lists)
     as_json = json.loads(json.dumps({"config": config.to_dict(), "concept": mine}))
@@ -388,7 +403,12 @@ def make_erase(
                         spare=tuple(display_name(x) for x in others),
                         spare_templates=spare_templates(display_name(name), domain),
                     )
-                alone = reuse and len(entry.methods) > 1 and m not in entry.trained_on
+                alone = (
+                    reuse
+                    and len(entry.methods) > 1
+                    and m not in entry.trained_on
+                    and m not in entry.retain_through
+                )
                 found = reuse(m, config, concept, handle) if alone else None
                 if found is not None:
                     patch, part_seconds, reused[m] = found
@@ -396,11 +416,21 @@ def make_erase(
                     patches.append(patch)
                     seconds += part_seconds
                     continue
-                if m in entry.trained_on:
+                if m in entry.trained_on or m in entry.retain_through:
                     from hirm.core.registry import get_method
 
-                    on = made[entry.trained_on[m]]
-                    patch = get_method(m).erase(handle, [concept], config, progress=False, trained_on=on)
+                    kwargs: dict[str, Any] = {}
+                    if m in entry.trained_on:
+                        kwargs["trained_on"] = made[entry.trained_on[m]]
+                    if m in entry.retain_through:
+                        earlier = [made[x] for x in entry.methods[: entry.methods.index(m)]]
+                        keys = shared_keys(earlier)
+                        kwargs["retain_through"] = (
+                            earlier[0]
+                            if len(earlier) == 1
+                            else merge_patches(earlier, base=base_tensors(handle, keys) if keys else None)
+                        )
+                    patch = get_method(m).erase(handle, [concept], config, progress=False, **kwargs)
                 else:
                     patch = erase(handle, [concept], method=m, device=device, progress=False, config=config)
             made[m] = patch
