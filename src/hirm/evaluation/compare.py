@@ -121,7 +121,8 @@ class Entry:
                 )
         for method in self.retain_through:
             if (
-                method not in ESD_METHODS
+                method not in self.methods
+                or method not in ESD_METHODS
                 or method not in self.preserve_others
                 or self.methods.index(method) == 0
             ):
@@ -375,6 +376,13 @@ def make_erase(
     from hirm.core.multi import base_tensors
     from hirm.core.patch import merge_patches, shared_keys
 
+    def merged_parts(handle: Any, parts: Sequence[Any]) -> Any:
+        """``parts`` as one patch (one part as it is; tensors several change merged on the base's)."""
+        if len(parts) == 1:
+            return parts[0]
+        keys = shared_keys(parts)
+        return merge_patches(parts, base=base_tensors(handle, keys) if keys else None)
+
     def run(handle: Any, name: str, domain: str):
         concept = _world_concept(canvas, name, domain, entry)
         siblings = tuple(
@@ -424,12 +432,7 @@ def make_erase(
                         kwargs["trained_on"] = made[entry.trained_on[m]]
                     if m in entry.retain_through:
                         earlier = [made[x] for x in entry.methods[: entry.methods.index(m)]]
-                        keys = shared_keys(earlier)
-                        kwargs["retain_through"] = (
-                            earlier[0]
-                            if len(earlier) == 1
-                            else merge_patches(earlier, base=base_tensors(handle, keys) if keys else None)
-                        )
+                        kwargs["retain_through"] = merged_parts(handle, earlier)
                     patch = get_method(m).erase(handle, [concept], config, progress=False, **kwargs)
                 else:
                     patch = erase(handle, [concept], method=m, device=device, progress=False, config=config)
@@ -438,8 +441,7 @@ def make_erase(
             seconds += erase_seconds(patch, time.perf_counter() - start)
         if len(patches) == 1:
             return patches[0]
-        keys = shared_keys(patches)
-        merged = merge_patches(patches, base=base_tensors(handle, keys) if keys else None)
+        merged = merged_parts(handle, patches)
         if batched or reused:
             # what the merged erase cost: each batched or reused part's share or record, the others' wall time
             merged.metadata["seconds"] = seconds
