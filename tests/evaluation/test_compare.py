@@ -348,6 +348,26 @@ def test_an_entry_whose_parts_share_a_component_merges_into_a_patch_that_applies
         assert torch.equal(dict(one.named_parameters())[key.split("/", 1)[1]], value), key
 
 
+def _erased_with_lookups(entry, canvas, sd_dir, name):
+    """``make_erase``'s patch for the object ``name`` and the methods it looked up as parts made alone
+    (a lookup that never finds one, so every part is trained)."""
+    import torch
+
+    import hirm
+    from hirm.evaluation.compare import make_erase
+
+    looked_up = []
+
+    def reuse(method, config, concept, handle):
+        looked_up.append(method)
+        return None
+
+    merged = make_erase(entry, canvas, torch.device("cpu"), reuse=reuse)(
+        hirm.load_model(sd_dir), name, "object"
+    )
+    return merged, looked_up
+
+
 def test_trained_on_trains_esd_with_the_earlier_part_in_place_and_never_reuses_a_part_made_alone(
     sd_dir, canvas
 ):
@@ -355,12 +375,11 @@ def test_trained_on_trains_esd_with_the_earlier_part_in_place_and_never_reuses_a
     (its part records that patch's digest), the order is checked, and a part trained so is never taken
     for what the method makes alone (``made_alone``), nor looked up as one."""
     import pytest
-    import torch
 
     import hirm
     from hirm.core.config import Concept
     from hirm.core.patch import split_patch
-    from hirm.evaluation.compare import made_alone, make_erase
+    from hirm.evaluation.compare import made_alone
 
     with pytest.raises(ValueError, match="'kv-proj' first"):
         Entry("x", ("esd-u", "kv-proj"), trained_on={"esd-u": "kv-proj"})
@@ -372,16 +391,8 @@ def test_trained_on_trains_esd_with_the_earlier_part_in_place_and_never_reuses_a
         "kv+esd-u-onkv", ("kv-proj", "esd-u"), overrides={"kv-proj": {"rank": 1}, "esd-u": {"steps": 1, "ddim_steps": 2}},
         contrast_others=("kv-proj",), trained_on={"esd-u": "kv-proj"},
     )  # fmt: skip
-    looked_up = []
-
-    def reuse(method, config, concept, handle):
-        looked_up.append(method)
-        return None
-
     name = canvas.objects[0]
-    merged = make_erase(entry, canvas, torch.device("cpu"), reuse=reuse)(
-        hirm.load_model(sd_dir), name, "object"
-    )
+    merged, looked_up = _erased_with_lookups(entry, canvas, sd_dir, name)
     kv, esd = split_patch(merged)
     assert esd.metadata["trained_on"] == {"method": "kv-proj", "digest": kv.digest}
     assert looked_up == ["kv-proj"]  # the ESD-u part is never looked up as a part made alone
@@ -397,12 +408,11 @@ def test_retain_through_gives_esd_the_earlier_parts_merged_and_never_reuses_a_pa
     ``preserve_others`` listed after another part may ask; a part trained so is never taken for what the
     method makes alone, nor looked up as one."""
     import pytest
-    import torch
 
     import hirm
     from hirm.core.config import Concept
     from hirm.core.patch import merge_patches, split_patch
-    from hirm.evaluation.compare import made_alone, make_erase
+    from hirm.evaluation.compare import made_alone
 
     with pytest.raises(ValueError, match="retain_through names 'esd-u'"):  # no preserve set
         Entry("x", ("kv-proj", "esd-u"), retain_through=("esd-u",))
@@ -415,15 +425,8 @@ def test_retain_through_gives_esd_the_earlier_parts_merged_and_never_reuses_a_pa
         overrides={"hirm": {"steps": 1}, "kv-proj": {"rank": 1}, "esd-u": {"steps": 1, "ddim_steps": 2}},
         preserve_others=("hirm", "esd-u"), contrast_others=("kv-proj",), retain_through=("esd-u",),
     )  # fmt: skip
-    looked_up = []
-
-    def reuse(method, config, concept, handle):
-        looked_up.append(method)
-        return None
-
     name = canvas.objects[0]
-    handle = hirm.load_model(sd_dir)
-    merged = make_erase(entry, canvas, torch.device("cpu"), reuse=reuse)(handle, name, "object")
+    merged, looked_up = _erased_with_lookups(entry, canvas, sd_dir, name)
     te, kv, esd = split_patch(merged)
     assert esd.metadata["retain_through"] == {
         "method": "hirm+kv-proj",
