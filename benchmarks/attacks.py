@@ -69,7 +69,8 @@ latents, ``ESDConfig.nearest_latents``), -onkv (ESD-u trained on the U-Net carry
 part trains against a learned word embedding, ``ESDConfig.adversary``), -w4-n3-adv (that, with ESD-u
 also keeping its 3 nearest preserve prompts), -w4-onkv-adv (-w4-adv with ESD-u trained on the KV-Proj part),
 hirm-empty-keep-sent+kv-proj-4-k1+esd-u-keep-sent-thru (ESD-u's retain term through the HiRM and KV-Proj
-parts, ``Entry.retain_through``).
+parts, ``Entry.retain_through``), -thru-advthru (that, with ESD-u also trained against a learned word
+embedding that attacks the three as they ship, ``ESDConfig.adversary_through``).
 A merged method's part that another cell of the work directory already made alone for the concept (the
 same method, config, concept and base weights, as its patch file records them; e.g. ``esd-u-keep``'s
 patch inside ``hirm-empty-keep+esd-u-keep``) is read, not trained again: the cell's ``erase.json`` names
@@ -183,6 +184,7 @@ def _three(
     on_kv: bool = False,
     adversary: bool = False,
     through: bool = False,
+    adversary_through: bool = False,
 ) -> Entry:
     """The three of ours merged: ``hirm-empty-keep``'s HiRM, KV-Proj as in ``kv-proj-4-k1`` and ESD-u with
     the retain term as in ``esd-u-keep``; ``sentences``: the parts (``hirm``, ``esd-u``) that also keep the
@@ -195,15 +197,21 @@ def _three(
     ``adversary``: ESD-u trained against a learned word embedding (``ESDConfig.adversary = "embedding"``,
     its defaults), named ``-adv``; ``through``: ESD-u's retain term through the HiRM and KV-Proj parts
     (``Entry.retain_through``: the kept prompts as the shipped encoder encodes them, the trained U-Net
-    with KV-Proj's tensors in that forward), named ``-thru``."""
+    with KV-Proj's tensors in that forward), named ``-thru``; ``adversary_through``: with ``adversary`` and
+    ``through``, the adversary attacks the three as they ship (``ESDConfig.adversary_through``: encoded by
+    HiRM's encoder, read by the trained U-Net with KV-Proj's tensors), named ``-thru-advthru`` in place of
+    ``-adv-thru``."""
+    if adversary_through and not (adversary and through):
+        raise ValueError("_three: adversary_through needs adversary and through.")
     hirm = "hirm-empty-keep" + ("-sent" if "hirm" in sentences else "")
     esd = "esd-u-keep" + ("-sent" if "esd-u" in sentences else "")
     esd += f"-w{retain_weight:g}" if retain_weight is not None else ""
     esd += f"-n{nearest}" if nearest is not None else ""
     esd += "own" if own_latents else ""
     esd += "-onkv" if on_kv else ""
-    esd += "-adv" if adversary else ""
+    esd += "-adv" if adversary and not adversary_through else ""
     esd += "-thru" if through else ""
+    esd += "-advthru" if adversary_through else ""
     overrides: dict[str, Any] = {"hirm": WORLD_TUNED_HIRM, "kv-proj": {"rank": 4, "key_rank": 1}}
     esd_settings: dict[str, Any] = {}
     if retain_weight is not None:
@@ -214,6 +222,8 @@ def _three(
         esd_settings["nearest_latents"] = "own"
     if adversary:
         esd_settings["adversary"] = "embedding"
+    if adversary_through:
+        esd_settings["adversary_through"] = True
     if esd_settings:
         overrides["esd-u"] = esd_settings
     return Entry(
@@ -349,6 +359,10 @@ ENTRIES: dict[str, Entry] = {
         # against 100 / 95 / 50 % per part, results/attacks_parts), and the term kept ESD-u's U-Net alone
         # near the original, not the stack that ships
         _three(sentences=("hirm", "esd-u"), through=True),
+        # -thru whose ESD-u part also trains against a learned word embedding that attacks the three as they
+        # ship (the -adv adversary attacked ESD-u's U-Net alone under the original encoder, found a vector
+        # whose encoding is as near Dogs' conditioning as Horses', and ESD's term there cost Dogs)
+        _three(sentences=("hirm", "esd-u"), through=True, adversary=True, adversary_through=True),
         Entry("advunlearn-cpu", ("advunlearn",), overrides={"advunlearn": asdict(AdvUnlearnConfig.cpu())}),
         Entry(
             "hirm-adv",

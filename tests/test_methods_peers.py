@@ -603,41 +603,39 @@ def test_esd_trained_on_another_patch_trains_with_it_in_place_and_targets_from_t
         esd_erase(model, CAT, config, progress=False, trained_on=encoder_patch)
 
 
-def test_esd_retain_through_the_shipped_parts_restated_for_one_step(model):
-    """Ours (erase's retain_through): with a patch of a text-encoder tensor and of the cross-attention's
-    keys and values, the first step's retain term is restated as the original model's prediction for the
-    drawn kept prompt against the trained U-Net's with the patch's U-Net tensors in place, fed the prompt
-    as the patched encoder encodes it; ESD's own term and x_t stay the trained U-Net's alone. The loss and
-    Adam's first step (gradients of both forwards summed) match; the record names the patch; the caller's
-    model is untouched; no preserve set, or a patch of tensors ESD trains, is refused."""
-    from diffusers import DDIMScheduler
-
-    from hirm.core.esd import erase as esd_erase
-
+def _stack_patch(model) -> Patch:
+    """A stand-in for the parts that ship with ESD's: a text-encoder tensor and the cross-attention's keys
+    and values, halved."""
     unet, encoder = model.component("unet"), model.text_encoder()
     params = component_parameters(unet)
     kv = [n for n in params if "attn2" in n.split(".") and n.endswith(("to_k.weight", "to_v.weight"))]
     name = "encoder.layers.0.mlp.fc1.weight"
     weight = component_parameters(encoder)[name].detach()
     originals = {f"unet/{n}": params[n].detach() for n in kv} | {f"text_encoder/{name}": weight}
-    through = make_patch(
+    return make_patch(
         method="test-stack", originals=originals, edited={k: v * 0.5 for k, v in originals.items()},
         config={}, concepts=[], base=model.base_info(),
     )  # fmt: skip
-    preserve = ("dog", "a red car", "tree")
-    config = ESDUConfig(
-        steps=1, lr=1e-3, ddim_steps=4, negative_guidance=1.5, seed=3, preserve=preserve, preserve_weight=1.5
-    )
-    before = _state(model)
-    patch = esd_erase(model, CAT, config, progress=False, retain_through=through)
 
-    # restated: the step of _esd_step with the retain forward through the patched encoder and U-Net
+
+def _shipped_step_by_hand(model, config: ESDConfig, through: Patch) -> dict:
+    """Restate ESD's first step with erase's ``retain_through``: ESD's own term and x_t from the trained
+    U-Net alone, the drawn kept prompt's retain term through the patched encoder and U-Net and, with
+    ``config.adversary_through``, the adversary ("cat"'s word embedding) encoded by the patched encoder and
+    read by the patched U-Net, its recovery gradient taken at this first step. Backpropagates the loss;
+    returns the terms, the trained copy (gradients of every forward summed on it) and the attacker's start
+    and gradient."""
+    from diffusers import DDIMScheduler
+
+    from hirm.core.encoder import text_transformer
+
+    unet, encoder = model.component("unet"), model.text_encoder()
     gen = torch.Generator().manual_seed(config.seed)
     student = copy.deepcopy(unet).requires_grad_(True)
-    hidden, _ = prompt_embeddings(encoder, model.tokenizer(), ["", "cat", *preserve])
+    hidden, _ = prompt_embeddings(encoder, model.tokenizer(), ["", "cat", *config.preserve])
     emb_0, emb_c, emb_keep = hidden[:1], hidden[1:2], hidden[2:]
     shipped_encoder = _with_patch(encoder, through, "text_encoder")
-    shipped_keep = prompt_embeddings(shipped_encoder, model.tokenizer(), list(preserve))[0]
+    shipped_keep = prompt_embeddings(shipped_encoder, model.tokenizer(), list(config.preserve))[0]
     scheduler = DDIMScheduler.from_config(model.component("scheduler").config)
     scheduler.set_timesteps(config.ddim_steps)
     torch.randint(1, (1,), generator=gen)
@@ -645,26 +643,54 @@ def test_esd_retain_through_the_shipped_parts_restated_for_one_step(model):
     t = scheduler.timesteps[t_enc]
     with torch.no_grad():
         e_0, e_p = unet(torch.cat([x, x]), t, encoder_hidden_states=torch.cat([emb_0, emb_c])).sample.chunk(2)
-    esd_term = torch.nn.functional.mse_loss(
-        student(x, t, encoder_hidden_states=emb_c).sample, e_0 - config.negative_guidance * (e_p - e_0)
-    )
-    j = int(torch.randint(len(preserve), (1,), generator=gen))
+    target = e_0 - config.negative_guidance * (e_p - e_0)
+    esd_term = torch.nn.functional.mse_loss(student(x, t, encoder_hidden_states=emb_c).sample, target)
+    j = int(torch.randint(len(config.preserve), (1,), generator=gen))
     shipped_student = _with_patch(unet, through, "unet").requires_grad_(True)
     with torch.no_grad():
         keep = unet(x, t, encoder_hidden_states=emb_keep[j : j + 1]).sample
     retain = torch.nn.functional.mse_loss(
         shipped_student(x, t, encoder_hidden_states=shipped_keep[j : j + 1]).sample, keep
     )
-    (esd_term + config.preserve_weight * retain).backward()
+    loss = esd_term + config.preserve_weight * retain
+    out = {"esd": esd_term.item(), "retain": retain.item(), "student": student}
+    if config.adversary_through:
+        table = text_transformer(shipped_encoder).embeddings.token_embedding.weight.detach()
+        start = table[model.tokenizer()("cat", add_special_tokens=False).input_ids].mean(0)
+        prediction, recovery, grad = _attacker_by_hand(
+            model, start, x, t, shipped_student, e_p, encoder=shipped_encoder
+        )
+        erased = torch.nn.functional.mse_loss(prediction, target)
+        loss = loss + config.adversary_weight * erased
+        out |= {"recovery": recovery, "erased": erased.item(), "start": start, "grad": grad}
+    loss.backward()
     shipped_params = dict(shipped_student.named_parameters())
     for n, p in student.named_parameters():
         p.grad = p.grad + shipped_params[n].grad
-    assert retain.item() > 0  # without the patch the first step's retain term is 0
-    assert patch.metadata["retain_losses"]["unet"][0] == pytest.approx(retain.item(), rel=1e-3)
-    assert patch.metadata["losses"]["unet"][0] == pytest.approx(
-        (esd_term + config.preserve_weight * retain).item(), rel=1e-4
+    return out | {"loss": loss.item()}
+
+
+def test_esd_retain_through_the_shipped_parts_restated_for_one_step(model):
+    """Ours (erase's retain_through): with a patch of a text-encoder tensor and of the cross-attention's
+    keys and values, the first step's retain term is restated as the original model's prediction for the
+    drawn kept prompt against the trained U-Net's with the patch's U-Net tensors in place, fed the prompt
+    as the patched encoder encodes it; ESD's own term and x_t stay the trained U-Net's alone. The loss and
+    Adam's first step (gradients of both forwards summed) match; the record names the patch; the caller's
+    model is untouched; no preserve set, or a patch of tensors ESD trains, is refused."""
+    from hirm.core.esd import erase as esd_erase
+
+    through = _stack_patch(model)
+    preserve = ("dog", "a red car", "tree")
+    config = ESDUConfig(
+        steps=1, lr=1e-3, ddim_steps=4, negative_guidance=1.5, seed=3, preserve=preserve, preserve_weight=1.5
     )
-    _check_adam_first_step(model, patch, config, dict(student.named_parameters()))
+    before = _state(model)
+    patch = esd_erase(model, CAT, config, progress=False, retain_through=through)
+    step = _shipped_step_by_hand(model, config, through)
+    assert step["retain"] > 0  # without the patch the first step's retain term is 0
+    assert patch.metadata["retain_losses"]["unet"][0] == pytest.approx(step["retain"], rel=1e-3)
+    assert patch.metadata["losses"]["unet"][0] == pytest.approx(step["loss"], rel=1e-4)
+    _check_adam_first_step(model, patch, config, dict(step["student"].named_parameters()))
     assert patch.metadata["retain_through"] == {"method": "test-stack", "digest": through.digest}
     assert not set(patch.tensors) & set(through.tensors)
     assert all(torch.equal(before[k], v) for k, v in _state(model).items())
@@ -675,14 +701,50 @@ def test_esd_retain_through_the_shipped_parts_restated_for_one_step(model):
                   retain_through=through)  # fmt: skip
 
 
-def _attacker_by_hand(model, vector: torch.Tensor, x, t, current, eps_concept):
+def test_esd_adversary_through_the_shipped_parts_restated_for_one_step(model):
+    """Ours (ESDConfig.adversary_through): the adversary's vector, started at "cat"'s word embedding, is
+    encoded by the patched encoder and read by the trained U-Net with the patch's U-Net tensors in place;
+    already at the first step it has something to recover (the patch stands in the way), so the restated
+    recovery term is positive, the vector takes Adam's step down its gradient, and ESD's term at its input
+    joins the loss (Adam's first step on the gradients of all three forwards summed). Without the patch,
+    or without an adversary, the option is refused; it is recorded only when on."""
+    from hirm.core.esd import erase as esd_erase
+
+    through = _stack_patch(model)
+    config = ESDUConfig(
+        steps=1, lr=1e-3, ddim_steps=4, negative_guidance=1.5, seed=3, preserve=("dog", "a red car", "tree"),
+        adversary="embedding", adversary_lr=0.05, adversary_weight=0.7, adversary_through=True,
+    )  # fmt: skip
+    before = _state(model)
+    patch = esd_erase(model, CAT, config, progress=False, retain_through=through)
+    step, meta = _shipped_step_by_hand(model, config, through), patch.metadata
+    assert step["recovery"] > 0
+    assert meta["adversary_recovery"]["unet"][0] == pytest.approx(step["recovery"], rel=1e-3)
+    assert meta["adversary_losses"]["unet"][0] == pytest.approx(step["erased"], rel=1e-3)
+    assert meta["losses"]["unet"][0] == pytest.approx(step["loss"], rel=1e-4)
+    _check_adam_first_step(model, patch, config, dict(step["student"].named_parameters()))
+    leaf = step["start"].clone().requires_grad_(True)
+    adam = torch.optim.Adam([leaf], lr=0.05)
+    leaf.grad = step["grad"]
+    adam.step()
+    _close(torch.tensor(meta["adversary_vectors"]["cat"]), leaf.detach(), rel=1e-3)
+    assert all(torch.equal(before[k], v) for k, v in _state(model).items())
+    assert meta["config"]["adversary_through"] is True
+    assert "adversary_through" not in replace(config, adversary_through=False).to_dict()
+    with pytest.raises(ValueError, match="give one"):
+        esd_erase(model, CAT, config, progress=False)
+    with pytest.raises(ValueError, match="adversary_through is set without an adversary"):
+        ESDUConfig(adversary_through=True)
+
+
+def _attacker_by_hand(model, vector: torch.Tensor, x, t, current, eps_concept, encoder=None):
     """Restate the adversary's recovery term and its gradient: "cat" encoded by the original text encoder
-    (``[start] cat [end]`` and padding, the concept prompt) with "cat"'s word embedding output replaced by
-    ``vector``, ``current``'s prediction there against the original's prediction for the concept. Returns
-    the prediction, the term and its gradient in the vector."""
+    (or ``encoder``; ``[start] cat [end]`` and padding, the concept prompt) with "cat"'s word embedding
+    output replaced by ``vector``, ``current``'s prediction there against the original's prediction for the
+    concept. Returns the prediction, the term and its gradient in the vector."""
     from hirm.core.encoder import text_transformer
 
-    encoder = model.text_encoder()
+    encoder = model.text_encoder() if encoder is None else encoder
     ids = model.tokenizer()(["cat"], padding="max_length", max_length=77, return_tensors="pt").input_ids
     (cat,) = ids[0, 1:2].tolist()
     leaf = vector.detach().clone().requires_grad_(True)

@@ -420,6 +420,9 @@ def test_retain_through_gives_esd_the_earlier_parts_merged_and_never_reuses_a_pa
         Entry("x", ("esd-u", "kv-proj"), preserve_others=("esd-u",), retain_through=("esd-u",))
     with pytest.raises(ValueError, match="retain_through names 'uce'"):  # not ESD
         Entry("x", ("kv-proj", "uce"), preserve_others=("uce",), retain_through=("uce",))
+    with pytest.raises(ValueError, match="add it to retain_through"):  # its adversary needs the parts
+        Entry("x", ("kv-proj", "esd-u"), preserve_others=("esd-u",),
+              overrides={"esd-u": {"adversary": "embedding", "adversary_through": True}})  # fmt: skip
     entry = Entry(
         "hirm+kv+esd-u-thru", ("hirm", "kv-proj", "esd-u"), target="empty",
         overrides={"hirm": {"steps": 1}, "kv-proj": {"rank": 1}, "esd-u": {"steps": 1, "ddim_steps": 2}},

@@ -30,8 +30,8 @@ the original U-Net's predictions for other prompts, ``preserve_nearest`` (and ``
 same term on the preserve prompts nearest each concept (see their attributes), ``adversary`` trains
 against a learned word embedding (AdvUnlearn's attack-and-unlearn loop on ESD's tensors, see
 :class:`EmbeddingAdversary`), :func:`erase`'s ``trained_on`` trains with another U-Net patch in
-place, and its ``retain_through`` takes the retain terms through the patches that will ship with ESD's;
-without them every step is the authors'.
+place, and its ``retain_through`` takes the retain terms through the patches that will ship with ESD's
+(the adversary too with ``adversary_through``); without them every step is the authors'.
 
 :func:`erase` with several concepts trains one U-Net on all of them (a random concept per step). To
 erase each concept *separately* (one patch per concept), many at a time in one batched run, see
@@ -53,7 +53,15 @@ from torch import Tensor, nn
 from torch.func import functional_call
 from tqdm.auto import tqdm
 
-from hirm.core.config import Concept, check_choice, check_float, check_int, check_prompts, check_seed
+from hirm.core.config import (
+    Concept,
+    check_bool,
+    check_choice,
+    check_float,
+    check_int,
+    check_prompts,
+    check_seed,
+)
 from hirm.core.hirm import NonFiniteLossError
 from hirm.core.patch import Patch, apply_patches, component_parameters, make_patch
 from hirm.core.registry import MethodSpec, register
@@ -120,6 +128,13 @@ class ESDConfig:
         adversary_lr: the adversary's Adam learning rate (> 0; 2e-2 = the textual-inversion attack's
             effective rate at its CPU defaults, 5e-3 x batch 4).
         adversary_weight: the weight of ESD's term at the adversary's input (> 0).
+        adversary_through: the adversary attacks the model as it will ship (ours; ``False``, the default,
+            = the trained U-Net alone with the original text encoder). Needs :func:`erase`'s
+            ``retain_through`` patch (the parts that ship with ESD's): the vector is encoded by the text
+            encoder carrying the patch's encoder tensors and read by the trained U-Net carrying the patch's
+            U-Net tensors in that forward only, both for its recovery step and for ESD's term at its
+            input, so ESD is trained against what an attacker of the shipped model finds. The attacker
+            also steps at the first step (the shipped parts have erased something to recover already).
     """
 
     variant: ESDVariant = "esd-x"
@@ -137,6 +152,7 @@ class ESDConfig:
     adversary: Literal["none", "embedding"] = "none"
     adversary_lr: float = 2e-2
     adversary_weight: float = 1.0
+    adversary_through: bool = False
 
     def __post_init__(self) -> None:
         owner = type(self).__name__
@@ -163,6 +179,11 @@ class ESDConfig:
                 f"{owner}: adversary_lr or adversary_weight is set without an adversary; "
                 "set adversary='embedding'."
             )
+        check_bool(owner, "adversary_through", self.adversary_through)
+        if self.adversary_through and self.adversary == "none":
+            raise ValueError(
+                f"{owner}.adversary_through is set without an adversary; set adversary='embedding'."
+            )
         check_choice(owner, "variant", self.variant, get_args(ESDVariant))
         check_int(owner, "steps", self.steps, minimum=1)
         check_float(owner, "lr", self.lr, positive=True)
@@ -174,7 +195,8 @@ class ESDConfig:
 
     def to_dict(self) -> dict[str, Any]:
         """The settings; the preserve set's only when one is given, ``preserve_nearest`` only when on and
-        ``nearest_latents`` only when not the default and the adversary's only when on, so the authors'
+        ``nearest_latents`` only when not the default and the adversary's (``adversary_through`` only when
+        on) only when on, so the authors'
         ESD (and ESD with a uniform retain term) keeps the record (and the batched runs' cache keys) it had
         before the options existed."""
         out = asdict(self)
@@ -186,6 +208,8 @@ class ESDConfig:
             del out["nearest_latents"]
         if self.adversary == "none":
             del out["adversary"], out["adversary_lr"], out["adversary_weight"]
+        if not self.adversary_through:
+            del out["adversary_through"]
         return out
 
 
@@ -355,14 +379,22 @@ class EmbeddingAdversary:
     """The attacker of ``ESDConfig.adversary = "embedding"`` (ours): one word-embedding vector (1, D) per
     concept, started at the mean of the concept's token embeddings, in the one slot of ``[start] <slot>
     [end]`` (the concept prompt with the vector in the concept's place), encoded by the frozen original
-    text encoder; each vector has an Adam optimizer of its own (``adversary_lr``)."""
+    text encoder (``encoder``: the shipped one, ``ESDConfig.adversary_through``); each vector has an Adam
+    optimizer of its own (``adversary_lr``)."""
 
-    def __init__(self, model, concepts: Sequence[Concept], config: ESDConfig, device: torch.device) -> None:
+    def __init__(
+        self,
+        model,
+        concepts: Sequence[Concept],
+        config: ESDConfig,
+        device: torch.device,
+        encoder: nn.Module | None = None,
+    ) -> None:
         # the attacks' prompt helpers: the same slot mechanics textual inversion uses (imported here, as
         # hirm.core.advunlearn does, so that hirm.core loads without hirm.attacks)
         from hirm.attacks.text import as_batch, slot_id, token_embedding, with_slots, word_ids
 
-        self.encoder = model.text_encoder("text_encoder")
+        self.encoder = model.text_encoder("text_encoder") if encoder is None else encoder
         tokenizer = model.tokenizer("text_encoder")
         ids, mask = with_slots(tokenizer, "<adversary>", "<adversary>", 1, slot_id(tokenizer))
         self.ids, self.mask = as_batch([ids], device), torch.tensor([mask], device=device)
@@ -461,6 +493,7 @@ class _Shipped:
 
     emb_keep: Tensor  # (P, L, D)
     unet: dict[str, Tensor]
+    encoder: nn.Module  # the text encoder carrying the patch's encoder tensors (frozen)
 
 
 def _shipped(
@@ -491,7 +524,7 @@ def _shipped(
         if "unet" in patch.components
         else {}
     )
-    return _Shipped(emb_keep=emb_keep, unet=unet)
+    return _Shipped(emb_keep=emb_keep, unet=unet, encoder=encoder)
 
 
 def _retain_term(
@@ -552,8 +585,9 @@ def erase(
     The retain terms (``ESDConfig.preserve``, ``preserve_nearest``; one is needed) then compare the
     original model's prediction for a kept prompt with the trained U-Net's as it will run: the prompt
     encoded by the text encoder carrying the patch's encoder tensors, the trained U-Net carrying the
-    patch's U-Net tensors in that forward only. ESD's own term, its ``x_t`` draws and the adversary see
-    the trained U-Net alone, as without. The patch records ``retain_through``'s method and digest.
+    patch's U-Net tensors in that forward only. ESD's own term and its ``x_t`` draws see the trained U-Net
+    alone, as without; the adversary too, unless ``ESDConfig.adversary_through`` (which needs this patch).
+    The patch records ``retain_through``'s method and digest.
     """
     start = time.perf_counter()
     setup = _setup(model, concepts, config, components)
@@ -593,6 +627,11 @@ def erase(
                 "ESD: retain_through acts on the retain term; give a preserve set (ESDConfig.preserve)."
             )
         shipped = _shipped(model, retain_through, names, config.preserve, trained)
+    if config.adversary_through and shipped is None:
+        raise ValueError(
+            "ESD: adversary_through attacks the model through erase's retain_through patch; give one "
+            "(the parts that ship with ESD's)."
+        )
     nearest = None
     if config.preserve_nearest:  # ours (ESDConfig.preserve_nearest): ranked once, with a generator of its own
         nearest = nearest_preserved(
@@ -612,7 +651,9 @@ def erase(
         ]
     adversary = None
     if config.adversary == "embedding":  # ours (ESDConfig.adversary)
-        adversary = EmbeddingAdversary(model, concepts, config, device)
+        adversary = EmbeddingAdversary(
+            model, concepts, config, device, encoder=shipped.encoder if config.adversary_through else None
+        )
     losses: list[float] = []
     retained: list[float] = []
     retained_nearest: list[float] = []
@@ -670,10 +711,17 @@ def erase(
         if adversary is not None:  # ours (ESDConfig.adversary): no random draw, the stream is unchanged
             emb_adv = adversary.embed(k)
             with autocast:
-                attacked = trained(x_t, t, encoder_hidden_states=emb_adv).sample.float()
+                if config.adversary_through:  # the shipped U-Net tensors in this forward only
+                    attacked = functional_call(
+                        trained, shipped.unet, (x_t, t), {"encoder_hidden_states": emb_adv}, strict=False
+                    ).sample.float()
+                else:
+                    attacked = trained(x_t, t, encoder_hidden_states=emb_adv).sample.float()
             recovery = nn.functional.mse_loss(attacked, eps_concept)
             erased = nn.functional.mse_loss(attacked, target)
-            if step:  # at the first step the trained U-Net is the original: nothing to recover but rounding
+            # at the first step the trained U-Net is the original: nothing to recover but rounding, unless
+            # the shipped parts stand in the way
+            if step or config.adversary_through:
                 (attacker_grad,) = torch.autograd.grad(recovery, adversary.vectors[k], retain_graph=True)
             recovered.append(recovery.item())
             adversarial.append(erased.item())
