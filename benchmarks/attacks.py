@@ -70,7 +70,8 @@ part trains against a learned word embedding, ``ESDConfig.adversary``), -w4-n3-a
 also keeping its 3 nearest preserve prompts), -w4-onkv-adv (-w4-adv with ESD-u trained on the KV-Proj part),
 hirm-empty-keep-sent+kv-proj-4-k1+esd-u-keep-sent-thru (ESD-u's retain term through the HiRM and KV-Proj
 parts, ``Entry.retain_through``), -thru-advthru (that, with ESD-u also trained against a learned word
-embedding that attacks the three as they ship, ``ESDConfig.adversary_through``).
+embedding that attacks the three as they ship, ``ESDConfig.adversary_through``), -thru-seed1 (the -thru
+three with every part's training seed 1).
 A merged method's part that another cell of the work directory already made alone for the concept (the
 same method, config, concept and base weights, as its patch file records them; e.g. ``esd-u-keep``'s
 patch inside ``hirm-empty-keep+esd-u-keep``) is read, not trained again: the cell's ``erase.json`` names
@@ -185,6 +186,7 @@ def _three(
     adversary: bool = False,
     through: bool = False,
     adversary_through: bool = False,
+    seed: int | None = None,
 ) -> Entry:
     """The three of ours merged: ``hirm-empty-keep``'s HiRM, KV-Proj as in ``kv-proj-4-k1`` and ESD-u with
     the retain term as in ``esd-u-keep``; ``sentences``: the parts (``hirm``, ``esd-u``) that also keep the
@@ -200,7 +202,8 @@ def _three(
     with KV-Proj's tensors in that forward), named ``-thru``; ``adversary_through``: with ``adversary`` and
     ``through``, the adversary attacks the three as they ship (``ESDConfig.adversary_through``: encoded by
     HiRM's encoder, read by the trained U-Net with KV-Proj's tensors), named ``-thru-advthru`` in place of
-    ``-adv-thru``."""
+    ``-adv-thru``; ``seed``: every part's training seed (HiRM's, KV-Proj's and ESD-u's; their defaults
+    otherwise), named ``-seed<seed>`` at the end: the same three trained again, for its spread."""
     if adversary_through and not (adversary and through):
         raise ValueError("_three: adversary_through needs adversary and through.")
     hirm = "hirm-empty-keep" + ("-sent" if "hirm" in sentences else "")
@@ -214,6 +217,12 @@ def _three(
     esd += "-advthru" if adversary_through else ""
     overrides: dict[str, Any] = {"hirm": WORLD_TUNED_HIRM, "kv-proj": {"rank": 4, "key_rank": 1}}
     esd_settings: dict[str, Any] = {}
+    if seed is not None:
+        overrides = {
+            "hirm": {**WORLD_TUNED_HIRM, "seed": seed},
+            "kv-proj": {"rank": 4, "key_rank": 1, "seed": seed},
+        }
+        esd_settings["seed"] = seed
     if retain_weight is not None:
         esd_settings["preserve_weight"] = retain_weight
     if nearest is not None:
@@ -227,7 +236,7 @@ def _three(
     if esd_settings:
         overrides["esd-u"] = esd_settings
     return Entry(
-        f"{hirm}+kv-proj-4-k1+{esd}",
+        f"{hirm}+kv-proj-4-k1+{esd}" + (f"-seed{seed}" if seed is not None else ""),
         ("hirm", "kv-proj", "esd-u"),
         target="empty",
         overrides=overrides,
@@ -363,6 +372,9 @@ ENTRIES: dict[str, Entry] = {
         # ship (the -adv adversary attacked ESD-u's U-Net alone under the original encoder, found a vector
         # whose encoding is as near Dogs' conditioning as Horses', and ESD's term there cost Dogs)
         _three(sentences=("hirm", "esd-u"), through=True, adversary=True, adversary_through=True),
+        # the -thru three trained again with every part's seed 1: how far the closest object row moves
+        # when only the training's random draws change (ESD-u's latents and timesteps, KV-Proj's pool)
+        _three(sentences=("hirm", "esd-u"), through=True, seed=1),
         Entry("advunlearn-cpu", ("advunlearn",), overrides={"advunlearn": asdict(AdvUnlearnConfig.cpu())}),
         Entry(
             "hirm-adv",
