@@ -215,14 +215,12 @@ def _three(
     esd += "-adv" if adversary and not adversary_through else ""
     esd += "-thru" if through else ""
     esd += "-advthru" if adversary_through else ""
-    overrides: dict[str, Any] = {"hirm": WORLD_TUNED_HIRM, "kv-proj": {"rank": 4, "key_rank": 1}}
-    esd_settings: dict[str, Any] = {}
-    if seed is not None:
-        overrides = {
-            "hirm": {**WORLD_TUNED_HIRM, "seed": seed},
-            "kv-proj": {"rank": 4, "key_rank": 1, "seed": seed},
-        }
-        esd_settings["seed"] = seed
+    seeded = {} if seed is None else {"seed": seed}
+    overrides: dict[str, Any] = {
+        "hirm": {**WORLD_TUNED_HIRM, **seeded},
+        "kv-proj": {"rank": 4, "key_rank": 1, **seeded},
+    }
+    esd_settings: dict[str, Any] = dict(seeded)
     if retain_weight is not None:
         esd_settings["preserve_weight"] = retain_weight
     if nearest is not None:
