@@ -195,10 +195,9 @@ class ESDConfig:
 
     def to_dict(self) -> dict[str, Any]:
         """The settings; the preserve set's only when one is given, ``preserve_nearest`` only when on and
-        ``nearest_latents`` only when not the default and the adversary's (``adversary_through`` only when
-        on) only when on, so the authors'
-        ESD (and ESD with a uniform retain term) keeps the record (and the batched runs' cache keys) it had
-        before the options existed."""
+        ``nearest_latents`` only when not the default and the adversary's only when on (``adversary_through``
+        only when set), so the authors' ESD (and ESD with a uniform retain term) keeps the record (and the
+        batched runs' cache keys) it had before the options existed."""
         out = asdict(self)
         if not self.preserve:
             del out["preserve"], out["preserve_weight"]

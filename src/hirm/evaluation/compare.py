@@ -130,14 +130,16 @@ class Entry:
                     f"Entry {self.name!r}: retain_through names {method!r}; it must be an ESD method of "
                     "preserve_others listed after the parts it keeps the retain term through."
                 )
-        for method in ESD_METHODS:
-            if (self.overrides.get(method) or {}).get(
-                "adversary_through"
-            ) and method not in self.retain_through:
-                raise ValueError(
-                    f"Entry {self.name!r}: {method!r} sets adversary_through; add it to retain_through (the "
-                    "adversary attacks the parts it ships with)."
-                )
+        unrouted = [
+            m
+            for m in ESD_METHODS
+            if (self.overrides.get(m) or {}).get("adversary_through") and m not in self.retain_through
+        ]
+        if unrouted:
+            raise ValueError(
+                f"Entry {self.name!r}: {unrouted[0]!r} sets adversary_through; add it to retain_through (the "
+                "adversary attacks the parts it ships with)."
+            )
         for name in ("preserve_others", "world_templates", "contrast_others", "spare_others"):
             stray = [m for m in getattr(self, name) if m not in self.methods]
             if stray:
