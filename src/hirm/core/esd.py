@@ -545,10 +545,16 @@ def _retain_term(
     if shipped_emb is None:
         kept = trained(x_t, t, encoder_hidden_states=emb).sample
     else:
-        kept = functional_call(
-            trained, dict(shipped_unet or {}), (x_t, t), {"encoder_hidden_states": shipped_emb}, strict=False
-        ).sample
+        kept = _as_shipped(trained, shipped_unet or {}, x_t, t, shipped_emb)
     return nn.functional.mse_loss(kept.float(), keep.float())
+
+
+def _as_shipped(trained: nn.Module, tensors: Mapping[str, Tensor], x_t: Tensor, t, emb: Tensor) -> Tensor:
+    """The trained U-Net's prediction with ``tensors`` (the shipped parts' U-Net tensors) in place for this
+    forward only (``torch.func.functional_call``: no tensor is swapped under autograd)."""
+    return functional_call(
+        trained, dict(tensors), (x_t, t), {"encoder_hidden_states": emb}, strict=False
+    ).sample
 
 
 def _through(shipped: _Shipped, rows: Sequence[int]) -> dict[str, Any]:
@@ -710,10 +716,8 @@ def erase(
         if adversary is not None:  # ours (ESDConfig.adversary): no random draw, the stream is unchanged
             emb_adv = adversary.embed(k)
             with autocast:
-                if config.adversary_through:  # the shipped U-Net tensors in this forward only
-                    attacked = functional_call(
-                        trained, shipped.unet, (x_t, t), {"encoder_hidden_states": emb_adv}, strict=False
-                    ).sample.float()
+                if config.adversary_through:
+                    attacked = _as_shipped(trained, shipped.unet, x_t, t, emb_adv).float()
                 else:
                     attacked = trained(x_t, t, encoder_hidden_states=emb_adv).sample.float()
             recovery = nn.functional.mse_loss(attacked, eps_concept)
